@@ -1,0 +1,38 @@
+# Every target that runs code depends on `venv`, which builds .venv from nothing once.
+PY := .venv/bin/python
+PIP_FLAGS := -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: venv demo test lint ui report bench clean
+
+venv: .venv/.installed
+
+.venv/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(PY) -m studies.run tiling_overlap_sweep
+	$(PY) -m reports.kpi --out reports/out/kpi.html
+	@echo
+	@echo "Done. The study is in mlruns/optuna/journal.log, its runs in mlruns/mlflow.db."
+	@echo "  Browse the runs:      make ui   (then open http://127.0.0.1:5000, experiment studies/tiling_overlap_sweep)"
+	@echo "  Weekly KPI report:    reports/out/kpi.html (open it in a browser; make report rebuilds it)"
+	@echo "  Replay a trial's run: .venv/bin/python -m tracking.replay RUN_ID"
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+report: venv
+	$(PY) -m reports.kpi --out reports/out/kpi.html
+
+ui: venv
+	$(PY) -m tracking.ui
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf .venv build *.egg-info

@@ -1,0 +1,88 @@
+"""A PINN experiment as one dataclass: problem + model + trainer settings, and ``run_pinn``.
+
+This is the single entry point the benchmarks, the studies and replay drive, so a config
+recorded anywhere rebuilds the same run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from cpikan.nn import MLP, ScaledCPIKAN, ScaledModel
+from cpikan.pde import Problem, make_problem
+from cpikan.train import Callback, TrainConfig, Trainer, TrainResult, seed_everything
+
+MODEL_KINDS = ("cpikan", "mlp")
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "cpikan"
+    hidden: tuple[int, ...] = (8, 8)
+    degree: int = 5
+    squash: str = "tanh"
+    layernorm: bool = False
+    init: str = "xavier"
+    dtype: str = "float32"
+    fourier_features: int = 0
+    fourier_sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model.kind: unknown {self.kind!r}; allowed: {', '.join(MODEL_KINDS)}")
+        self.hidden = tuple(int(h) for h in self.hidden)
+
+
+@dataclass
+class PINNConfig:
+    problem: str = "helmholtz1d"
+    problem_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    threads: int = 0  # 0: leave torch's default
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PINNConfig:
+        d = dict(d)
+        model = ModelConfig(**d.pop("model", {}))
+        train = TrainConfig(**d.pop("train", {}))
+        return cls(model=model, train=train, **d)
+
+
+def build_model(cfg: ModelConfig, problem: Problem, seed: int) -> ScaledModel:
+    widths = [problem.dim, *cfg.hidden, 1]
+    common = dict(init=cfg.init, dtype=cfg.dtype, fourier_features=cfg.fourier_features,
+                  fourier_sigma=cfg.fourier_sigma, seed=seed)
+    if cfg.kind == "mlp":
+        return MLP(widths, problem.lo, problem.hi, **common)
+    return ScaledCPIKAN(widths, cfg.degree, problem.lo, problem.hi, squash=cfg.squash,
+                        layernorm=cfg.layernorm, **common)
+
+
+def build(cfg: PINNConfig) -> tuple[Problem, ScaledModel]:
+    seed_everything(cfg.train.seed)
+    problem = make_problem(cfg.problem, **cfg.problem_kwargs)
+    return problem, build_model(cfg.model, problem, cfg.train.seed)
+
+
+def run_pinn(
+    cfg: PINNConfig, callbacks: Sequence[Callback] = (), **trainer_kw: Any
+) -> tuple[TrainResult, ScaledModel, Problem]:
+    """Build, train and evaluate; the result's metrics hold the relative L2 error."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    problem, model = build(cfg)
+    trainer = Trainer(model, problem, cfg.train, callbacks, **trainer_kw)
+    return trainer.fit(), model, problem
+
+
+def n_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,164 @@
+"""The Problem protocol every PDE benchmark follows.
+
+A problem owns its domain, its collocation sampler, its residual (written with derivatives
+from the fast jet path), its boundary/initial/data terms, the reference solution and a
+fixed evaluation grid. It is an ``nn.Module`` so that unknown coefficients (the inverse
+problem) are ordinary parameters that train and checkpoint with the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cpikan import sampling
+from cpikan.diff import Derivatives
+from cpikan.nn.base import check_bounds
+
+DerivFn = Callable[[nn.Module, Tensor], Derivatives]
+
+
+@dataclass
+class Collocation:
+    """Training points: interior, and (points, target values) for each condition."""
+
+    interior: Tensor
+    conditions: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Collocation:
+        return Collocation(
+            self.interior.to(device, dtype),
+            {k: (p.to(device, dtype), v.to(device, dtype)) for k, (p, v) in self.conditions.items()},
+        )
+
+    def state(self) -> dict[str, Tensor]:
+        out = {"interior": self.interior}
+        for k, (p, v) in self.conditions.items():
+            out[f"{k}.points"], out[f"{k}.values"] = p, v
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> Collocation:
+        names = sorted({k.split(".")[0] for k in state if k != "interior"})
+        return cls(state["interior"], {n: (state[f"{n}.points"], state[f"{n}.values"]) for n in names})
+
+    def split(self, parts: int) -> list[Collocation]:
+        """``parts`` micro-batches (gradient accumulation); every term is split alike."""
+        out = [Collocation(chunk, {}) for chunk in self.interior.chunk(parts)]
+        for k, (p, v) in self.conditions.items():
+            for mb, pp, vv in zip(out, p.chunk(parts), v.chunk(parts)):
+                mb.conditions[k] = (pp, vv)
+        return out
+
+
+class Problem(nn.Module):
+    """Base class: subclasses set ``name``, ``lo``, ``hi``, ``coords`` and implement
+    :meth:`exact` and :meth:`residual`; time, when present, is the last coordinate."""
+
+    name: str = ""
+    coords: tuple[str, ...] = ()
+    time_dependent: bool = False
+    #: the residual is divided by this so the PDE term is O(1) (the equation's own scale)
+    residual_scale: float = 1.0
+
+    def __init__(
+        self,
+        lo: tuple[float, ...],
+        hi: tuple[float, ...],
+        *,
+        n_interior: int = 2000,
+        n_boundary: int = 400,
+        n_initial: int = 400,
+        sampler: str = "lhs",
+        eval_resolution: int = 101,
+    ) -> None:
+        super().__init__()
+        self.lo, self.hi = (tuple(v) for v in check_bounds(lo, hi))
+        if sampler not in sampling.SAMPLERS:
+            raise ValueError(f"sampler: unknown {sampler!r}; allowed: {', '.join(sampling.SAMPLERS)}")
+        for f, v in (("n_interior", n_interior), ("n_boundary", n_boundary), ("n_initial", n_initial)):
+            if v < 0 or (f == "n_interior" and v < 1):
+                raise ValueError(f"{f}: must be a positive count, got {v}")
+        self.n_interior, self.n_boundary, self.n_initial = n_interior, n_boundary, n_initial
+        self.sampler = sampler
+        self.eval_resolution = eval_resolution
+
+    @property
+    def dim(self) -> int:
+        return len(self.lo)
+
+    # -- to implement --------------------------------------------------------------
+    def exact(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def residual(self, d: Derivatives, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- sampling ------------------------------------------------------------------
+    def sample_interior(self, n: int, gen: torch.Generator) -> Tensor:
+        return sampling.sample(self.sampler, n, self.lo, self.hi, gen)
+
+    def sample_boundary(self, n: int, gen: torch.Generator) -> Tensor:
+        """Points on the spatial faces of the box (every face equally often)."""
+        space = self.dim - 1 if self.time_dependent else self.dim
+        pts = sampling.uniform(n, self.lo, self.hi, gen)
+        face = torch.arange(n) % (2 * space)
+        dim, side = face // 2, face % 2
+        lo, hi = torch.tensor(self.lo, dtype=pts.dtype), torch.tensor(self.hi, dtype=pts.dtype)
+        value = torch.where(side == 0, lo[dim], hi[dim])
+        return pts.scatter(1, dim[:, None], value[:, None])
+
+    def sample_initial(self, n: int, gen: torch.Generator) -> Tensor:
+        pts = sampling.sample(self.sampler, n, self.lo, self.hi, gen)
+        return torch.cat([pts[:, :-1], torch.full_like(pts[:, -1:], self.lo[-1])], dim=1)
+
+    def sample(self, gen: torch.Generator) -> Collocation:
+        interior = self.sample_interior(self.n_interior, gen)
+        cond = {}
+        if self.n_boundary:
+            b = self.sample_boundary(self.n_boundary, gen)
+            cond["bc"] = (b, self.exact(b))
+        if self.time_dependent and self.n_initial:
+            i = self.sample_initial(self.n_initial, gen)
+            cond["ic"] = (i, self.exact(i))
+        cond.update(self.data())
+        return Collocation(interior, cond)
+
+    def data(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Observed samples (inverse problems); none by default."""
+        return {}
+
+    # -- losses and evaluation -----------------------------------------------------
+    def loss_terms(
+        self, model: nn.Module, batch: Collocation, deriv_fn: DerivFn | None = None
+    ) -> dict[str, Tensor]:
+        """Mean squared PDE residual and condition misfits, one entry per term."""
+        x = sampling.check_finite("interior", batch.interior)
+        d = model.derivatives(x) if deriv_fn is None else deriv_fn(model, x)
+        terms = {"pde": (self.residual(d, x.to(d.u.dtype)) / self.residual_scale).square().mean()}
+        for name, (pts, vals) in batch.conditions.items():
+            pred = model(pts)[:, 0]
+            terms[name] = (pred - vals.to(pred.dtype)).square().mean()
+        return terms
+
+    def eval_grid(self) -> Tensor:
+        axes = [torch.linspace(a, b, self.eval_resolution, dtype=torch.float64)
+                for a, b in zip(self.lo, self.hi)]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.dim)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        grid = self.eval_grid()
+        ref = self.exact(grid)
+        pred = torch.cat([model(c)[:, 0].double() for c in grid.split(65536)])
+        rel = torch.linalg.vector_norm(pred - ref) / torch.linalg.vector_norm(ref)
+        return {"rel_l2": float(rel)}
+
+    def settings(self) -> dict[str, object]:
+        return {"problem": self.name, "lo": list(self.lo), "hi": list(self.hi),
+                "n_interior": self.n_interior, "n_boundary": self.n_boundary,
+                "n_initial": self.n_initial if self.time_dependent else 0, "sampler": self.sampler}
+

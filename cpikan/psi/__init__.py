@@ -1,0 +1,1 @@
+"""Phase-shifting interferometry: forward model, synthetic wafers, classical baseline."""

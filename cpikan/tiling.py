@@ -1,0 +1,347 @@
+"""Out-of-core tiled inference: exact crop-and-stitch, or blended windows.
+
+``predict_tiled`` reads one batch of tiles at a time from any (C, H, W) array-like (a numpy
+memmap included), runs the model under ``torch.inference_mode`` and writes each tile's
+contribution straight into ``out`` (which may itself be a memmap), so peak memory depends
+on the tile size and batch size, never on the image.
+
+``mode="crop"`` equals full-image inference up to float rounding for a CNN in eval mode
+(DOMAIN.md §4): every tile carries a halo ≥ the receptive-field radius and only its core is
+written; tile origins sit on multiples of the network's downsampling factor; tiles are
+clipped at the image border (no extra padding), and an image whose size is not a multiple
+of the factor is zero-padded once at the bottom/right — exactly as :func:`predict_full` does
+for the reference. ``hann``/``gaussian``/``constant`` blend overlapping windows (seams are
+hidden, not removed).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+MODES = ("crop", "hann", "gaussian", "constant")
+
+
+# --------------------------------------------------------------------------- model geometry
+def model_geometry(model: nn.Module, channels: int | None = None) -> tuple[int, int]:
+    """(receptive-field radius, downsampling factor): declared by the model, else measured."""
+    radius = getattr(model, "receptive_field_radius", None)
+    factor = getattr(model, "downsampling_factor", None)
+    if radius is None or factor is None:
+        if channels is None:
+            raise ValueError("model declares no receptive_field_radius/downsampling_factor; pass channels to measure")
+        m_radius, m_factor = measure_geometry(model, channels)
+        radius = m_radius if radius is None else radius
+        factor = m_factor if factor is None else factor
+    return int(radius), int(factor)
+
+
+def measure_geometry(model: nn.Module, channels: int, size: int = 256, probes: int = 3) -> tuple[int, int]:
+    """Receptive-field radius from the input gradient of one central output pixel (summed
+    over a few random inputs, so dead ReLUs do not hide pixels); the factor by probing."""
+    factor = _probe_factor(model, channels, size)
+    was_training = model.training
+    model.eval()
+    reach = torch.zeros(size, size)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(probes):
+        x = torch.randn(1, channels, size, size, generator=gen).to(_dtype(model)).requires_grad_(True)
+        model(x)[0, :, size // 2, size // 2].sum().backward()
+        reach += x.grad[0].abs().sum(0).float()
+    model.train(was_training)
+    nz = (reach > 0).nonzero()
+    radius = int((nz - size // 2).abs().max()) if len(nz) else 0
+    return radius, factor
+
+
+def _probe_factor(model: nn.Module, channels: int, size: int) -> int:
+    """Largest power of two f such that every size not divisible by f is rejected or
+    changes shape; i.e. the network's total stride."""
+    factor = 1
+    for f in (2, 4, 8, 16, 32, 64):
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, channels, size + f // 2, size + f // 2, dtype=_dtype(model)))
+            if out.shape[-1] != size + f // 2:
+                factor = f
+        except (RuntimeError, ValueError):
+            factor = f
+    return factor
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None else torch.float32
+
+
+# --------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class Tile:
+    """Input window [y0:y1, x0:x1] of the padded image, and the core it writes."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    cy0: int
+    cy1: int
+    cx0: int
+    cx1: int
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    height: int
+    width: int
+    padded: tuple[int, int]
+    tile_size: int
+    overlap: int
+    mode: str
+    tiles: tuple[Tile, ...]
+
+    def memory_estimate(self, channels: int, out_channels: int, batch_size: int, bytes_per: int = 4,
+                        model_factor: float = 12.0) -> int:
+        """Bytes held at once: a batch of input tiles, the model's activations (≈ model_factor
+        × the input, a U-Net's widest levels), the output tiles and the blending buffers."""
+        t = self.tile_size * self.tile_size
+        per_tile = t * (channels + out_channels * 3) * bytes_per + t * channels * bytes_per * model_factor
+        return int(batch_size * per_tile)
+
+
+def _axis_starts(length: int, core: int, factor: int) -> list[int]:
+    starts = list(range(0, length, core))
+    return [s - s % factor for s in starts]
+
+
+def plan_tiles(
+    height: int, width: int, *, tile_size: int = 512, overlap: int = 128, mode: str = "crop",
+    radius: int = 0, factor: int = 1,
+) -> TilePlan:
+    """Tiles covering an image. ``crop``: cores of tile_size − overlap on a grid aligned to
+    ``factor``, each read with a halo of overlap/2 (≥ radius) clipped at the border."""
+    if mode not in MODES:
+        raise ValueError(f"mode: unknown {mode!r}; allowed: {', '.join(MODES)}")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image: zero-size image ({height} × {width})")
+    if tile_size <= overlap:
+        raise ValueError(f"tile_size: must be > overlap, got tile_size={tile_size}, overlap={overlap}")
+    if overlap < 0:
+        raise ValueError(f"overlap: must be ≥ 0, got {overlap}")
+    ph, pw = _ceil_to(height, factor), _ceil_to(width, factor)
+    tiles = []
+    if mode == "crop":
+        halo = overlap // 2
+        core = tile_size - 2 * halo
+        if halo < radius:
+            raise ValueError(f"overlap: crop mode needs overlap/2 ≥ the receptive-field radius {radius}, "
+                             f"got overlap={overlap}; use overlap ≥ {2 * radius}")
+        if core < factor:
+            raise ValueError(f"tile_size: tile {tile_size} minus halo leaves a core smaller than the "
+                             f"downsampling factor {factor}")
+        core -= core % factor
+        for y in _axis_starts(ph, core, factor):
+            for x in _axis_starts(pw, core, factor):
+                cy1, cx1 = min(y + core, ph), min(x + core, pw)
+                y0, x0 = max(0, y - halo), max(0, x - halo)
+                y0, x0 = y0 - y0 % factor, x0 - x0 % factor
+                y1, x1 = min(ph, _ceil_to(cy1 + halo, factor)), min(pw, _ceil_to(cx1 + halo, factor))
+                tiles.append(Tile(y0, y1, x0, x1, y, cy1, x, cx1))
+    else:
+        step = tile_size - overlap
+        ys = sorted({min(s, max(0, ph - tile_size)) for s in range(0, max(ph - overlap, 1), step)})
+        xs = sorted({min(s, max(0, pw - tile_size)) for s in range(0, max(pw - overlap, 1), step)})
+        ys = [s - s % factor for s in ys]
+        xs = [s - s % factor for s in xs]
+        for y in ys:
+            for x in xs:
+                y1, x1 = min(ph, y + tile_size), min(pw, x + tile_size)
+                tiles.append(Tile(y, y1, x, x1, y, y1, x, x1))
+    return TilePlan(height, width, (ph, pw), tile_size, overlap, mode, tuple(tiles))
+
+
+def _ceil_to(n: int, f: int) -> int:
+    return int(math.ceil(n / f) * f)
+
+
+# --------------------------------------------------------------------------- windows
+def window_1d(kind: str, n: int) -> np.ndarray:
+    """A strictly positive 1-D blending window; 2-D windows are outer products of two."""
+    if kind == "constant":
+        return np.ones(n, np.float64)
+    if kind == "hann":
+        return np.hanning(n + 2)[1:-1]
+    return np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / (n / 8)) ** 2) + 1e-6  # gaussian, σ = n/8
+
+
+def window(kind: str, h: int, w: int) -> np.ndarray:
+    return np.outer(window_1d(kind, h), window_1d(kind, w)).astype(np.float32)
+
+
+def _weight_sums(plan: TilePlan, kind: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The blend plan is a product grid of row and column spans, and every window is an outer
+    product, so Σ windows = outer(Σ row windows, Σ column windows): O(H + W) memory."""
+    sy, sx = np.zeros(h), np.zeros(w)
+    for y0, y1 in sorted({(t.cy0, min(t.cy1, h)) for t in plan.tiles}):
+        sy[y0:y1] += window_1d(kind, y1 - y0)
+    for x0, x1 in sorted({(t.cx0, min(t.cx1, w)) for t in plan.tiles}):
+        sx[x0:x1] += window_1d(kind, x1 - x0)
+    return sy, sx
+
+
+# --------------------------------------------------------------------------- inference
+def _read(image: Any, t: Tile, height: int, width: int) -> np.ndarray:
+    """Tile of the virtually zero-padded image (bottom/right padding only)."""
+    block = np.asarray(image[:, t.y0 : min(t.y1, height), t.x0 : min(t.x1, width)])
+    if block.shape[1:] != (t.y1 - t.y0, t.x1 - t.x0):
+        pad = ((0, 0), (0, t.y1 - t.y0 - block.shape[1]), (0, t.x1 - t.x0 - block.shape[2]))
+        block = np.pad(block, pad)
+    return block
+
+
+def release_pages(arr: Any) -> None:
+    """Drop a memmap's resident pages (flushing writes first) so RSS stays bounded by the
+    tiles in flight; the kernel re-reads anything needed again. No-op for other arrays."""
+    base = arr
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None:
+        return
+    if getattr(base, "mode", "r") != "r":
+        base.flush()
+    try:
+        base._mmap.madvise(mmap.MADV_DONTNEED)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _check_image(image: Any) -> tuple[int, int, int]:
+    shape = getattr(image, "shape", None)
+    if shape is None or len(shape) != 3:
+        raise ValueError(f"image: expected a (C, H, W) array, got shape {shape}")
+    c, h, w = (int(s) for s in shape)
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"image: zero-size image {tuple(shape)}")
+    return c, h, w
+
+
+def _batches(tiles: tuple[Tile, ...], batch_size: int) -> Iterator[list[Tile]]:
+    """Group equal-shape tiles (a batch must stack), one row band of tiles at a time."""
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    band = None
+    for t in tiles:
+        if t.cy0 != band:
+            yield from (g for g in groups.values() if g)
+            groups, band = {}, t.cy0
+        g = groups.setdefault((t.y1 - t.y0, t.x1 - t.x0), [])
+        g.append(t)
+        if len(g) == batch_size:
+            yield g
+            groups[(t.y1 - t.y0, t.x1 - t.x0)] = []
+    for g in groups.values():
+        if g:
+            yield g
+
+
+def predict_tiled(
+    model: nn.Module,
+    image: Any,
+    *,
+    tile_size: int = 512,
+    overlap: int = 128,
+    mode: str = "crop",
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    out: np.ndarray | None = None,
+    out_channels: int | None = None,
+    normalize: Any = None,
+    check_finite: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """Run ``model`` over ``image`` (C, H, W) tile by tile; returns ``out`` (K, H, W) float32.
+
+    ``normalize``: optional callable applied to each float32 tile before the model (e.g.
+    the dataset's fixed intensity scaling — never per-tile statistics).
+    """
+    c, h, w = _check_image(image)
+    expected = getattr(model, "in_channels", None)
+    if expected is not None and c != expected:
+        raise ValueError(f"channels: model expects {expected} input channels, image has {c}")
+    radius, factor = model_geometry(model, c)
+    plan = plan_tiles(h, w, tile_size=tile_size, overlap=overlap, mode=mode, radius=radius, factor=factor)
+    k = out_channels or getattr(model, "out_channels", 1)
+    if out is None:
+        out = np.zeros((k, h, w), np.float32)
+    elif tuple(out.shape) != (k, h, w):
+        raise ValueError(f"out: shape {tuple(out.shape)} does not match the output (K, H, W) = {(k, h, w)}")
+    elif mode != "crop":
+        out[...] = 0
+    device = torch.device(device)
+    dtype = _dtype(model)
+    win_cache: dict[tuple[int, int], np.ndarray] = {}
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(plan.tiles), desc="tiles", unit="tile", disable=not progress, mininterval=2)
+    band = -1
+    try:
+        with torch.inference_mode():
+            for group in _batches(plan.tiles, batch_size):
+                if group[0].cy0 != band:  # a new row band of tiles
+                    band = group[0].cy0
+                    release_pages(image)
+                    release_pages(out)
+                arrays = [_read(image, t, h, w) for t in group]
+                batch = torch.from_numpy(np.stack(arrays).astype(np.float32, copy=False))
+                if check_finite and not torch.isfinite(batch).all():
+                    raise ValueError("image: contains NaN or Inf pixels")
+                if normalize is not None:
+                    batch = normalize(batch)
+                pred = model(batch.to(device=device, dtype=dtype)).float().cpu().numpy()
+                for t, p in zip(group, pred):
+                    cy1, cx1 = min(t.cy1, h), min(t.cx1, w)
+                    if cy1 <= t.cy0 or cx1 <= t.cx0:
+                        continue
+                    sy, sx = t.cy0 - t.y0, t.cx0 - t.x0
+                    core = p[:, sy : sy + cy1 - t.cy0, sx : sx + cx1 - t.cx0]
+                    if mode == "crop":
+                        out[:, t.cy0 : cy1, t.cx0 : cx1] = core
+                    else:
+                        key = (cy1 - t.cy0, cx1 - t.cx0)
+                        wnd = win_cache.setdefault(key, window(mode, *key))
+                        out[:, t.cy0 : cy1, t.cx0 : cx1] += core * wnd
+                bar.update(len(group))
+        if mode != "crop":
+            sy, sx = _weight_sums(plan, mode, h, w)
+            for r0 in range(0, h, 1024):  # row blocks: out may be a memmap
+                out[:, r0 : r0 + 1024] /= np.outer(sy[r0 : r0 + 1024], sx).astype(np.float32)[None]
+        release_pages(out)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return out
+
+
+def predict_full(model: nn.Module, image: Any, device: str | torch.device = "cpu",
+                 normalize: Any = None) -> np.ndarray:
+    """Whole-image inference, zero-padded to the downsampling factor exactly as the tiles are."""
+    c, h, w = _check_image(image)
+    _, factor = model_geometry(model, c)
+    x = _read(image, Tile(0, _ceil_to(h, factor), 0, _ceil_to(w, factor), 0, 0, 0, 0), h, w)
+    batch = torch.from_numpy(np.asarray(x, np.float32))[None]
+    if normalize is not None:
+        batch = normalize(batch)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            y = model(batch.to(device=device, dtype=_dtype(model))).float().cpu().numpy()[0]
+    finally:
+        model.train(was_training)
+    return y[:, :h, :w]

@@ -1,0 +1,347 @@
+"""The PINN trainer: Adam then L-BFGS, with the robustness a long study needs.
+
+One ``Trainer`` trains one model on one problem. It is deterministic on CPU for a given
+seed (a private generator draws every collocation point), can checkpoint and resume
+bit-for-bit, survives NaN/Inf steps, and reports through :class:`Callback` hooks only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cpikan import sampling
+from cpikan.losses import make_balancer
+from cpikan.pde.base import Collocation, Problem
+from cpikan.train.callbacks import Callback
+from cpikan.train.config import TrainConfig
+from cpikan.train.schedulers import make_scheduler, scale_lr, step_scheduler
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    loss: float
+    metrics: dict[str, float]
+    nan_events: int
+    stopped_early: bool
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global RNG (model init, dropout); sampling has its own generator."""
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        problem: Problem,
+        config: TrainConfig,
+        callbacks: Sequence[Callback] = (),
+        *,
+        device: str | torch.device = "cpu",
+        checkpoint_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.device = torch.device(device)
+        if config.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp: 'fp16' needs a CUDA device; on CPU use 'bf16' or 'none'")
+        self.model = model.to(self.device)
+        self.problem = problem.to(self.device)
+        self.callbacks = list(callbacks)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        if hasattr(model, "checkpointing"):
+            model.checkpointing = config.checkpoint_activations
+        self.dtype = next(model.parameters()).dtype
+        self.params = [p for p in [*model.parameters(), *problem.parameters()] if p.requires_grad]
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.batch = problem.sample(self.gen).to(self.dtype, self.device)
+        self.balancer = make_balancer(config.balancing, config.loss_weights, config.balance_every)
+        self.opt: torch.optim.Optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        self.sched = make_scheduler(self.opt, config)
+        use_scaler = config.amp == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.phase = "adam"
+        self.step = 0
+        self.nan_events = 0
+        self.best, self.wait = math.inf, 0
+        self.stopped_early = False
+        self.losses: list[float] = []
+        self._good: dict[str, Any] | None = None
+        self.until: int | None = None
+        self.lbfgs_end = config.adam_steps + config.lbfgs_steps
+
+    # ------------------------------------------------------------------ public API
+    def fit(
+        self, resume: str | os.PathLike[str] | None = None, until: int | None = None
+    ) -> TrainResult:
+        """Train to the end (or only up to step ``until``, e.g. to checkpoint and resume later)."""
+        if resume is not None:
+            self.load_checkpoint(resume)
+        self.until = until
+        t0 = time.perf_counter()
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        self._snapshot()
+        if self.phase == "adam":
+            self._run_adam()
+            if not self._paused():
+                self._begin_lbfgs()
+        if self.phase == "lbfgs" and not self._paused():
+            self._run_lbfgs()
+        if not self._paused():
+            self.phase = "done"
+        metrics = self.evaluate()
+        last = self.losses[-1] if self.losses else math.nan
+        result = TrainResult(self.step, last, metrics, self.nan_events, self.stopped_early,
+                             time.perf_counter() - t0, list(self.losses))
+        for cb in self.callbacks:
+            cb.on_train_end(result)
+        return result
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        metrics = self.problem.evaluate(self.model)
+        self.model.train()
+        for cb in self.callbacks:
+            cb.on_eval(self.step, metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ Adam phase
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _run_adam(self) -> None:
+        cfg = self.cfg
+        streaming = getattr(self.problem, "streaming", False)  # a data task: a new batch a step
+        while self.step < cfg.adam_steps and not self._early_stop() and not self._paused():
+            if streaming and self.step:
+                self.batch = self.problem.next_batch().to(self.dtype, self.device)
+            self._adapt_points()
+            metrics = self._adam_step()
+            self.step += 1
+            if metrics is not None:
+                self._after_step(metrics)
+
+    def _adam_step(self) -> dict[str, float] | None:
+        cfg = self.cfg
+        self.opt.zero_grad(set_to_none=True)
+        micro = self.batch.split(cfg.accumulation_steps) if cfg.accumulation_steps > 1 else [self.batch]
+        sums: dict[str, float] = {}
+        total = 0.0
+        for i, mb in enumerate(micro):
+            with self._autocast():
+                terms = self.problem.loss_terms(self.model, mb)
+            terms = {k: v.float() if v.dtype in (torch.bfloat16, torch.float16) else v
+                     for k, v in terms.items()}
+            if i == 0:
+                self.balancer.maybe_update(self.step, terms, self.params)
+            loss = self.balancer.combine(terms) / len(micro)
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(micro)
+        self.scaler.unscale_(self.opt)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if cfg.clip_grad_norm is not None:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm))
+        else:
+            gnorm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        bad = not math.isfinite(total) or (not math.isfinite(gnorm) and cfg.amp != "fp16")
+        if cfg.nan_guard and bad:
+            self._recover()
+            return None
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        if cfg.nan_guard and not all(torch.isfinite(p).all() for p in self.params):
+            self._recover()
+            return None
+        step_scheduler(self.sched, total)
+        return self._metrics(total, sums, gnorm)
+
+    def _metrics(self, total: float, terms: dict[str, float], gnorm: float) -> dict[str, float]:
+        m = {"loss": total, "lr": self.opt.param_groups[0]["lr"], "grad_norm": gnorm,
+             "nan_events": float(self.nan_events)}
+        for k, v in terms.items():
+            m[f"loss_{k}"] = v
+            m[f"weight_{k}"] = self.balancer.weight(k)
+        return m
+
+    def _after_step(self, metrics: dict[str, float]) -> None:
+        cfg = self.cfg
+        loss = metrics["loss"]
+        self.losses.append(loss)
+        if loss < self.best - cfg.early_stop_min_delta:
+            self.best, self.wait = loss, 0
+        else:
+            self.wait += 1
+        if self.step % cfg.nan_snapshot_every == 0:
+            self._snapshot()
+        for cb in self.callbacks:
+            cb.on_step(self.step, metrics)
+        if cfg.eval_every and self.step % cfg.eval_every == 0:
+            self.evaluate()
+        if cfg.checkpoint_every and self.checkpoint_path and self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint(self.checkpoint_path)
+
+    def _paused(self) -> bool:
+        return self.until is not None and self.step >= self.until
+
+    def _early_stop(self) -> bool:
+        p = self.cfg.early_stop_patience
+        if p and self.wait >= p:
+            self.stopped_early = True
+            return True
+        return False
+
+    def _adapt_points(self) -> None:
+        """Resample the interior, or add residual-adaptive points (RAR-D), on schedule."""
+        cfg, s = self.cfg, self.step
+        if cfg.resample_every and s and s % cfg.resample_every == 0:
+            new = self.problem.sample_interior(self.problem.n_interior, self.gen)
+            self.batch.interior = new.to(self.device, self.dtype)
+        if cfg.rar_every and s and s % cfg.rar_every == 0:
+            cands = self.problem.sample_interior(cfg.rar_candidates, self.gen)
+            cands = cands.to(self.device, self.dtype)
+
+            def residual(x: Tensor) -> Tensor:
+                with torch.no_grad():
+                    return self.problem.residual(self.model.derivatives(x), x)
+
+            new = sampling.rar_d(cands, residual, cfg.rar_points, self.gen, cfg.rar_k, cfg.rar_c)
+            self.batch.interior = torch.cat([self.batch.interior, new])
+
+    # ------------------------------------------------------------------ NaN guard
+    def _snapshot(self) -> None:
+        self._good = {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "problem": copy.deepcopy(self.problem.state_dict()),
+            "optimizer": copy.deepcopy(self.opt.state_dict()),
+        }
+
+    def _recover(self) -> None:
+        """Skip the step, restore the last good state and lower the learning rate."""
+        self.nan_events += 1
+        self.opt.zero_grad(set_to_none=True)
+        if self._good is not None:
+            self.model.load_state_dict(self._good["model"])
+            self.problem.load_state_dict(self._good["problem"])
+            self.opt.load_state_dict(self._good["optimizer"])
+        scale_lr(self.opt, self.cfg.nan_lr_factor)
+        if self._good is not None:  # keep the lowered lr if we must restore again
+            self._good["optimizer"] = copy.deepcopy(self.opt.state_dict())
+
+    # ------------------------------------------------------------------ L-BFGS phase
+    def _make_lbfgs(self, lr: float) -> torch.optim.LBFGS:
+        return torch.optim.LBFGS(
+            self.params, lr=lr, max_iter=self.cfg.lbfgs_chunk, history_size=self.cfg.lbfgs_history,
+            line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15,
+        )
+
+    def _begin_lbfgs(self) -> None:
+        self.phase = "lbfgs"
+        self.lbfgs_end = self.step + self.cfg.lbfgs_steps  # Adam may have stopped early
+        self.opt = self._make_lbfgs(self.cfg.lbfgs_lr)
+        self.best, self.wait = math.inf, 0
+        self._snapshot()
+
+    def _closure(self) -> Tensor:
+        """Full batch, full precision (no autocast): L-BFGS's line search needs exact values."""
+        self.opt.zero_grad(set_to_none=True)
+        terms = self.problem.loss_terms(self.model, self.batch)
+        loss = self.balancer.combine(terms)
+        loss.backward()
+        self._last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        return loss
+
+    def _run_lbfgs(self) -> None:
+        end = self.lbfgs_end
+        while self.step < end and not self._early_stop() and not self._paused():
+            state = self.opt.state[self.params[0]]
+            before = state.get("n_iter", 0)
+            loss = float(self.opt.step(self._closure).detach())
+            done = self.opt.state[self.params[0]].get("n_iter", 0) - before
+            if self.cfg.nan_guard and (
+                not math.isfinite(loss) or not all(torch.isfinite(p).all() for p in self.params)
+            ):
+                self._recover()
+                self.opt = self._make_lbfgs(self.opt.param_groups[0]["lr"])
+                self.step += 1
+                continue
+            self.step = min(end, self.step + max(done, 1))
+            gnorm = float(torch.nn.utils.get_total_norm(
+                [p.grad for p in self.params if p.grad is not None]))
+            self._after_step(self._metrics(loss, self._last_terms, gnorm))
+            if done == 0:  # converged: L-BFGS will not move any more
+                break
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_json(),
+            "step": self.step,
+            "phase": self.phase,
+            "lbfgs_end": self.lbfgs_end,
+            "model": self.model.state_dict(),
+            "problem": self.problem.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "batch": self.batch.state(),
+            "nan_events": self.nan_events,
+            "early_stop": (self.best, self.wait),
+            "losses": list(self.losses),
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically (temp file + rename): a crash never leaves half a checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self.step, str(path))
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state["config"] != self.cfg.to_json():
+            raise ValueError(f"resume: checkpoint {path} was written with a different TrainConfig")
+        self.model.load_state_dict(state["model"])
+        self.problem.load_state_dict(state["problem"])
+        self.phase, self.step = state["phase"], state["step"]
+        self.lbfgs_end = state["lbfgs_end"]
+        if self.phase == "lbfgs":
+            self.opt = self._make_lbfgs(self.cfg.lbfgs_lr)
+        self.opt.load_state_dict(state["optimizer"])
+        if self.sched is not None and state["scheduler"] is not None:
+            self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.balancer.load_state_dict(state["balancer"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.batch = Collocation.from_state(state["batch"])
+        self.nan_events = state["nan_events"]
+        self.best, self.wait = state["early_stop"]
+        self.losses = list(state["losses"])
+

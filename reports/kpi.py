@@ -1,0 +1,291 @@
+"""The weekly KPI report: one self-contained HTML file, built from MLflow and Optuna as they are.
+
+    python -m reports.kpi [--since 7d] [--out reports/out/kpi.html] [--kpis reports/kpis.toml]
+
+KPI table (target, current value, value a week earlier, trend, status, link to the run that
+produced the value), a trend chart per KPI, the plots of every study touched in the period
+(optimisation history or Pareto front, parameter importances) and the latest convergence
+curves of the PDE benchmarks. plotly.js is embedded once, so the file opens offline. The
+exact values also sit in a JSON block (id ``kpi-data``) for tools and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracking import store
+from tracking.store import TrackingError
+
+KPI_FILE = Path(__file__).with_name("kpis.toml")
+AGGREGATIONS = ("min", "max", "last", "success_rate", "min_param")
+UI = "http://127.0.0.1:5000"
+
+
+@dataclass
+class KPI:
+    name: str
+    experiment: str
+    metric: str
+    aggregation: str
+    direction: str
+    target: float
+    unit: str = ""
+    filter: str = ""
+    threshold: float | None = None
+    param: str | None = None
+
+
+@dataclass
+class Value:
+    value: float | None
+    run_id: str | None
+    experiment_id: str | None
+
+
+def load_kpis(path: Path = KPI_FILE) -> list[KPI]:
+    data = tomllib.loads(path.read_text())
+    kpis = [KPI(**k) for k in data.get("kpi", [])]
+    for k in kpis:
+        if k.aggregation not in AGGREGATIONS:
+            raise ValueError(f"{path}: KPI {k.name!r}: aggregation {k.aggregation!r}; allowed: {', '.join(AGGREGATIONS)}")
+        if k.direction not in ("lower", "higher"):
+            raise ValueError(f"{path}: KPI {k.name!r}: direction must be lower or higher")
+    return kpis
+
+
+def parse_since(text: str) -> dt.timedelta:
+    m = re.fullmatch(r"(\d+)([dhw])", text.strip())
+    if not m:
+        raise ValueError(f"--since: expected a period like 7d, 24h or 2w, got {text!r}")
+    n, unit = int(m.group(1)), m.group(2)
+    return {"d": dt.timedelta(days=n), "h": dt.timedelta(hours=n), "w": dt.timedelta(weeks=n)}[unit]
+
+
+def runs_of(client: Any, kpi: KPI) -> list[Any]:
+    exp = client.get_experiment_by_name(kpi.experiment)
+    if exp is None:
+        return []
+    flt = "attributes.status = 'FINISHED'" + (f" and {kpi.filter}" if kpi.filter else "")
+    return client.search_runs([exp.experiment_id], filter_string=flt, max_results=5000,
+                              order_by=["attributes.start_time ASC"])
+
+
+def aggregate(kpi: KPI, runs: list[Any], until_ms: float | None = None) -> Value:
+    runs = [r for r in runs if until_ms is None or r.info.start_time <= until_ms]
+    with_metric = [r for r in runs if kpi.metric in r.data.metrics]
+    if not with_metric:
+        return Value(None, None, None)
+    if kpi.aggregation == "success_rate":
+        ok = sum(r.data.metrics[kpi.metric] <= (kpi.threshold or 0) for r in with_metric)
+        last = with_metric[-1]
+        return Value(ok / len(with_metric), last.info.run_id, last.info.experiment_id)
+    if kpi.aggregation == "min_param":
+        cands = [(float(r.data.params[kpi.param]), r) for r in with_metric if kpi.param in r.data.params]
+        if not cands:
+            return Value(None, None, None)
+        v, r = min(cands, key=lambda c: c[0])
+        return Value(v, r.info.run_id, r.info.experiment_id)
+    if kpi.aggregation == "last":
+        r = with_metric[-1]
+    else:
+        pick = min if kpi.aggregation == "min" else max
+        r = pick(with_metric, key=lambda r: r.data.metrics[kpi.metric])
+    return Value(r.data.metrics[kpi.metric], r.info.run_id, r.info.experiment_id)
+
+
+def status(kpi: KPI, v: float | None) -> str:
+    if v is None:
+        return "no data"
+    met = v <= kpi.target if kpi.direction == "lower" else v >= kpi.target
+    return "met" if met else "not met"
+
+
+def trend(kpi: KPI, now: float | None, before: float | None) -> str:
+    if now is None or before is None:
+        return "—"
+    if now == before:
+        return "→ unchanged"
+    better = now < before if kpi.direction == "lower" else now > before
+    return "↑ better" if better else "↓ worse"
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "no data"
+    return f"{v:.4g}"
+
+
+# --------------------------------------------------------------------------- figures
+def trend_figure(kpi: KPI, runs: list[Any]) -> Any:
+    import plotly.graph_objects as go
+
+    xs, ys = [], []
+    for r in runs:
+        if kpi.metric not in r.data.metrics:
+            continue
+        v = aggregate(kpi, runs, r.info.start_time).value
+        xs.append(dt.datetime.fromtimestamp(r.info.start_time / 1000))
+        ys.append(v)
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers", name=kpi.name))
+    fig.add_hline(y=kpi.target, line_dash="dash", annotation_text="target")
+    fig.update_layout(title=kpi.name, height=300, template="plotly_white", margin=dict(t=40, b=30))
+    if kpi.aggregation not in ("success_rate", "min_param") and all(y and y > 0 for y in ys) and ys:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def study_figures(since: dt.datetime) -> list[tuple[str, Any]]:
+    """optuna.visualization plots for each study of the default journal with trials in the period."""
+    import optuna
+
+    from studies.run import default_storage, open_storage  # reports sits above studies
+
+    path = Path(default_storage()[len("journal:"):])
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    storage = open_storage(default_storage())
+    out = []
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start >= since]
+        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+        if not trials or not complete:
+            continue
+        vis = optuna.visualization
+        multi = len(study.directions) > 1
+        names = None
+        try:
+            from studies import registry
+
+            names = [m for m, _ in registry.get(summary.study_name).objectives]
+        except Exception:  # noqa: BLE001 — a study not in our registry still gets plots
+            pass
+        try:
+            fig = vis.plot_pareto_front(study, target_names=names[:3] if names else None,
+                                        targets=(lambda t: t.values[:3]) if len(study.directions) > 3 else None) \
+                if multi else vis.plot_optimization_history(study)
+            out.append((f"{summary.study_name}: {'Pareto front' if multi else 'optimisation history'}", fig))
+        except Exception as exc:  # noqa: BLE001
+            print(f"warning: {summary.study_name}: no history/Pareto plot ({exc})", file=sys.stderr)
+        if len(complete) >= 3:
+            try:
+                fig = vis.plot_param_importances(study, target=(lambda t: t.values[0]) if multi else None)
+                out.append((f"{summary.study_name}: parameter importances", fig))
+            except Exception as exc:  # noqa: BLE001
+                print(f"warning: {summary.study_name}: no importance plot ({exc})", file=sys.stderr)
+    return out
+
+
+def convergence_figures(client: Any) -> list[tuple[str, Any]]:
+    import plotly.graph_objects as go
+
+    out = []
+    for exp in client.search_experiments():
+        name = exp.name
+        if not (name.startswith("pde/") or name in {f"studies/{p}" for p in
+                ("helmholtz1d", "helmholtz2d", "diffusion", "poisson3d", "reaction_diffusion_inverse")}):
+            continue
+        runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=1,
+                                  order_by=["attributes.start_time DESC"])
+        if not runs:
+            continue
+        hist = client.get_metric_history(runs[0].info.run_id, "loss")
+        if not hist:
+            continue
+        fig = go.Figure(go.Scatter(x=[m.step for m in hist], y=[m.value for m in hist], mode="lines"))
+        fig.update_layout(title=f"{name}: latest run's loss", yaxis_type="log", height=300,
+                          template="plotly_white", margin=dict(t=40, b=30))
+        out.append((name, fig))
+    return out
+
+
+# --------------------------------------------------------------------------- page
+def build(since: dt.timedelta, kpi_file: Path = KPI_FILE) -> tuple[str, list[dict[str, Any]]]:
+    client = store.client()
+    now = dt.datetime.now()
+    cutoff_ms = (now - since).timestamp() * 1000
+    rows, figs = [], []
+    for kpi in load_kpis(kpi_file):
+        runs = runs_of(client, kpi)
+        cur = aggregate(kpi, runs)
+        prev = aggregate(kpi, runs, cutoff_ms)
+        rows.append({"name": kpi.name, "target": kpi.target, "unit": kpi.unit, "direction": kpi.direction,
+                     "value": cur.value, "run_id": cur.run_id, "experiment_id": cur.experiment_id,
+                     "week_earlier": prev.value, "trend": trend(kpi, cur.value, prev.value),
+                     "status": status(kpi, cur.value), "metric": kpi.metric, "aggregation": kpi.aggregation})
+        if cur.value is not None:
+            figs.append((f"Trend: {kpi.name}", trend_figure(kpi, runs)))
+    figs += study_figures(now - since)
+    figs += convergence_figures(client)
+    return render(rows, figs, now, since), rows
+
+
+def render(rows: list[dict[str, Any]], figs: list[tuple[str, Any]], now: dt.datetime, since: dt.timedelta) -> str:
+    esc = html.escape
+    table = []
+    for r in rows:
+        link = (f'<a href="{UI}/#/experiments/{r["experiment_id"]}/runs/{r["run_id"]}">{r["run_id"][:8]}</a>'
+                if r["run_id"] else "—")
+        cls = {"met": "ok", "not met": "bad", "no data": "none"}[r["status"]]
+        table.append(f"<tr><td>{esc(r['name'])}</td><td>{'≤' if r['direction'] == 'lower' else '≥'} "
+                     f"{fmt(r['target'])} {esc(r['unit'])}</td><td>{fmt(r['value'])}</td>"
+                     f"<td>{fmt(r['week_earlier'])}</td><td>{esc(r['trend'])}</td>"
+                     f'<td class="{cls}">{r["status"]}</td><td>{link}</td></tr>')
+    parts = []
+    for i, (title, fig) in enumerate(figs):
+        parts.append(f"<h3>{esc(title)}</h3>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0),
+                                                             config={"displaylogo": False}))
+    data = json.dumps(rows).replace("</", "<\\/")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cPIKAN Lab — weekly KPI report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.ok{{background:#d9f2d9}}.bad{{background:#f7d4d4}}
+.none{{color:#888}}</style></head><body>
+<h1>cPIKAN Lab — weekly KPI report</h1>
+<p>Generated {now:%Y-%m-%d %H:%M} from {esc(store.tracking_uri())}; period: the last {since.days or since.seconds // 3600}
+{'days' if since.days else 'hours'}. Values are the KPI's aggregation over all finished runs so far; "week earlier" over
+runs started before the period.</p>
+<table><tr><th>KPI</th><th>target</th><th>current</th><th>week earlier</th><th>trend</th><th>status</th><th>run</th></tr>
+{''.join(table)}</table>
+<script type="application/json" id="kpi-data">{data}</script>
+{''.join(parts) if parts else '<p>No runs yet: nothing to plot.</p>'}
+</body></html>
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reports.kpi", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--since", default="7d")
+    ap.add_argument("--out", default="reports/out/kpi.html")
+    ap.add_argument("--kpis", default=str(KPI_FILE))
+    args = ap.parse_args(argv)
+    try:
+        since = parse_since(args.since)
+        if not Path(args.kpis).exists():
+            raise ValueError(f"--kpis: {args.kpis} not found")
+        page, rows = build(since, Path(args.kpis))
+    except (ValueError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    tmp.write_text(page)
+    tmp.replace(out)  # never a half-written report
+    met = sum(r["status"] == "met" for r in rows)
+    print(f"KPI report: {out.resolve()}  ({met}/{len(rows)} KPIs met)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Studies on Optuna: `python -m studies.run NAME` (see ARCHITECTURE.md)."""

@@ -1,0 +1,66 @@
+"""PDE benchmark studies and their entry point ``run(config, ctx)``.
+
+``run`` is recorded on every PDE run (``studies.pde:run``), so
+``python -m tracking.replay RUN_ID`` re-executes exactly this function. Evaluations during
+training are reported to the study (intermediate values, pruning).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cpikan.experiment import PINNConfig, n_parameters, run_pinn
+from cpikan.presets import PRESETS
+from cpikan.train import Callback
+from studies.registry import Study, register
+
+ENTRY_POINT = "studies.pde:run"
+
+
+class Report(Callback):
+    """Evaluations → ``ctx.report`` (logged; fed to the pruner inside a study)."""
+
+    def __init__(self, ctx: Any, metric: str = "rel_l2") -> None:
+        self.ctx, self.metric, self.last = ctx, metric, -1
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if self.metric in metrics and step != self.last:  # the final evaluation repeats the last step
+            self.last = step
+            self.ctx.report(step, metrics[self.metric])
+
+
+def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
+    """Train, evaluate and log: step metrics, results, the model and a convergence figure."""
+    data_file = config.problem_kwargs.get("data_file")
+    if data_file:
+        ctx.log_dataset(data_file, name=Path(data_file).name)
+    t0 = time.perf_counter()
+    result, model, problem = run_pinn(config, [ctx.metrics_callback(), Report(ctx)])
+    seconds = time.perf_counter() - t0
+    results = dict(result.metrics)
+    results.update(final_loss=result.loss, steps=float(result.steps),
+                   nan_events=float(result.nan_events), params=float(n_parameters(model)))
+    ctx.log_results(results, {"seconds": seconds, "steps_per_second": result.steps / max(seconds, 1e-9)},
+                    step=result.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        torch.save({"model": model.state_dict(), "problem": problem.state_dict()}, path)
+        ctx.log_artifact(path, "model")
+    return results
+
+
+def _identity(trial: Any, base: PINNConfig) -> PINNConfig:
+    return base
+
+
+for _name in ("helmholtz1d", "helmholtz2d", "diffusion", "poisson3d", "reaction_diffusion_inverse"):
+    register(Study(
+        name=_name, config_cls=PINNConfig, default=lambda n=_name: copy.deepcopy(PRESETS[n]),
+        space=_identity, objectives=[("rel_l2", "minimize")], entry_point=ENTRY_POINT, default_trials=1,
+    ))

@@ -1,0 +1,121 @@
+"""``psi_pretrain``: train the PSI reconstruction network and log it as an MLflow model."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cpikan.psi.data import open_memmap_dataset
+from cpikan.psi.model import PSINet
+from cpikan.psi.synth import WaferSpec, write_dataset
+from cpikan.psi.train import PSITask, PSITrainSpec
+from cpikan.train import TrainConfig, Trainer
+from studies.registry import Study, register
+from tracking import hashing
+from tracking.store import mlruns_dir
+
+EXPERIMENT = "studies/psi_pretrain"
+
+
+@dataclass
+class PSIPretrainConfig:
+    steps: int = 300
+    lr: float = 1e-3
+    width: int = 8
+    depth: int = 3
+    patch: int = 64
+    batch_size: int = 8
+    loss: str = "supervised"
+    noise_levels: tuple[float, ...] = (0.0, 0.01, 0.05)
+    train_size: int = 1024
+    val_size: int = 256
+    data_seed: int = 11
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        PSITrainSpec(loss=self.loss)  # validates the loss name
+        self.noise_levels = tuple(float(v) for v in self.noise_levels)
+        for name in ("steps", "width", "patch", "batch_size", "train_size", "val_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PSIPretrainConfig:
+        return cls(**d)
+
+
+def synthetic_dataset(spec: WaferSpec) -> Path:
+    """A wafer written once under mlruns/data/psi/<spec hash>/ and reused afterwards."""
+    root = mlruns_dir() / "data" / "psi" / hashing.config_hash(asdict(spec))[:16]
+    if not (root / "buckets.npy").exists():
+        write_dataset(spec, root, progress=False)
+    return root
+
+
+def build_model(cfg: PSIPretrainConfig) -> PSINet:
+    torch.manual_seed(cfg.seed)
+    return PSINet(width=cfg.width, depth=cfg.depth)
+
+
+def run(config: PSIPretrainConfig, ctx: Any) -> dict[str, float]:
+    train_dir = synthetic_dataset(WaferSpec(config.train_size, config.train_size, seed=config.data_seed))
+    val_dir = synthetic_dataset(WaferSpec(config.val_size, config.val_size, seed=config.data_seed + 1))
+    ctx.log_dataset(train_dir / "buckets.npy", "train_buckets")
+    ctx.log_dataset(val_dir / "buckets.npy", "val_buckets", context="validation")
+    b, h = open_memmap_dataset(train_dir)
+    vb, vh = open_memmap_dataset(val_dir)
+    spec = PSITrainSpec(loss=config.loss, patch=config.patch, batch_size=config.batch_size,
+                        noise_levels=config.noise_levels, seed=config.seed)
+    task = PSITask(b, h, spec, (vb, vh))
+    model = build_model(config)
+    train_cfg = TrainConfig(adam_steps=config.steps, lr=config.lr, clip_grad_norm=1.0, seed=config.seed,
+                            nan_snapshot_every=50, eval_every=max(config.steps // 3, 1))
+    t0 = time.perf_counter()
+    result = Trainer(model, task, train_cfg, [ctx.metrics_callback()]).fit()
+    seconds = time.perf_counter() - t0
+    results = {"rmse_nm": result.metrics["rmse_nm"], "classical_rmse_nm": result.metrics["classical_rmse_nm"],
+               "final_loss": result.loss}
+    ctx.log_results(results, {"seconds": seconds})
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
+        (Path(tmp) / "model_config.json").write_text(json.dumps(asdict(config)))
+        ctx.log_artifact(Path(tmp) / "state_dict.pt", "psinet")
+        ctx.log_artifact(Path(tmp) / "model_config.json", "psinet")
+    log_mlflow_model(ctx.run_id, model)
+    return results
+
+
+def log_mlflow_model(run_id: str, model: torch.nn.Module) -> None:
+    """The trained network as an MLflow PyTorch model (browsable and loadable from the UI)."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model.eval(), name="model", serialization_format="pickle",
+                                 pip_requirements=["torch==2.13.0"])
+
+
+def load_model(run_id: str) -> PSINet:
+    """Rebuild a pretrained PSINet from a psi_pretrain run's artifacts."""
+    from tracking import store
+
+    c = store.client()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(c.download_artifacts(run_id, "psinet", tmp))
+        cfg = PSIPretrainConfig.from_dict(json.loads((path / "model_config.json").read_text()))
+        model = build_model(cfg)
+        model.load_state_dict(torch.load(path / "state_dict.pt", weights_only=True))
+    return model.eval()
+
+
+def _space(trial: Any, base: PSIPretrainConfig) -> PSIPretrainConfig:
+    return replace(base, lr=trial.suggest_float("lr", 3e-4, 3e-3, log=True)) if trial.number else base
+
+
+register(Study("psi_pretrain", PSIPretrainConfig, PSIPretrainConfig, _space, [("rmse_nm", "minimize")],
+               "studies.psi_pretrain:run", default_trials=1))

@@ -1,0 +1,136 @@
+"""The study registry: each study declares its config dataclass, search space, objectives
+and ``run(config, ctx)`` — the entry point replay re-executes by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# name → module that registers it (imported lazily: `--list` and `--help` stay fast)
+MODULES = {
+    "tiling_overlap_sweep": "studies.tiling_sweep",
+    "psi_pretrain": "studies.psi_pretrain",
+    "scheduler_search": "studies.searches",
+    "init_search": "studies.searches",
+    "helmholtz1d": "studies.pde",
+    "helmholtz2d": "studies.pde",
+    "diffusion": "studies.pde",
+    "poisson3d": "studies.pde",
+    "reaction_diffusion_inverse": "studies.pde",
+}
+DESCRIPTIONS = {
+    "tiling_overlap_sweep": "tile size × overlap × blend mode on a synthetic PSI image (Pareto: error, seams, time, memory)",
+    "psi_pretrain": "train the PSI U-Net (refines the classical estimate); logged as an MLflow model",
+    "scheduler_search": "LR scheduler × learning rate on helmholtz1d, median pruning",
+    "init_search": "initialisation × Chebyshev degree on helmholtz1d and diffusion",
+    "helmholtz1d": "PDE benchmark: 1-D Helmholtz, k = 4π",
+    "helmholtz2d": "PDE benchmark: 2-D Helmholtz, a1 = 1, a2 = 4",
+    "diffusion": "PDE benchmark: the published Scaled-cPIKAN diffusion setup",
+    "poisson3d": "PDE benchmark: 3-D Poisson on the unit cube",
+    "reaction_diffusion_inverse": "PDE benchmark: recover D and κ from 200 noisy samples",
+}
+
+
+@dataclass
+class Study:
+    name: str
+    config_cls: type
+    default: Callable[[], Any]
+    space: Callable[[Any, Any], Any]  # (trial, base config) -> config for this trial
+    objectives: list[tuple[str, str]]  # (metric, "minimize" | "maximize")
+    entry_point: str  # "module:function", recorded on every run for replay
+    pruner: str = "none"  # "median" | "none"
+    default_trials: int = 8
+
+    def run_fn(self) -> Callable[[Any, Any], dict[str, float]]:
+        module, _, fn = self.entry_point.partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+_STUDIES: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    _STUDIES[study.name] = study
+    return study
+
+
+def get(name: str) -> Study:
+    if name not in MODULES:
+        raise KeyError(name)
+    importlib.import_module(MODULES[name])
+    return _STUDIES[name]
+
+
+# --------------------------------------------------------------------------- --set
+def settable_keys(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a (nested) config dataclass → their field types."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            out.update(settable_keys(value, key + "."))
+        else:
+            out[key] = hints.get(f.name, type(value))
+    return out
+
+
+def _parse(text: str, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        typ = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(typ), typing.get_args(typ)
+    try:
+        if typ is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if typ in (int, float, str):
+            return typ(text)
+        value = json.loads(text)
+        if origin is tuple:
+            return tuple(value)
+        return value
+    except (ValueError, json.JSONDecodeError, TypeError):
+        raise ValueError(f"--set {key}: cannot read {text!r} as {getattr(typ, '__name__', typ)}") from None
+
+
+def apply_overrides(config: Any, pairs: list[str]) -> Any:
+    """``key=value`` pairs onto a copy of ``config``; errors name the key and what is allowed."""
+    keys = settable_keys(config)
+    config = dataclasses.replace(config)
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set: expected key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        if key not in keys:
+            raise ValueError(f"--set: unknown key {key!r}; allowed: {', '.join(sorted(keys))}")
+        value = _parse(text, keys[key], key)
+        parts = key.split(".")
+        obj = config
+        for p in parts[:-1]:
+            child = dataclasses.replace(getattr(obj, p))
+            setattr(obj, p, child)
+            obj = child
+        setattr(obj, parts[-1], value)
+    # re-run validation (__post_init__) of every level
+    return _revalidate(config)
+
+
+def _revalidate(config: Any) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        kwargs[f.name] = _revalidate(v) if dataclasses.is_dataclass(v) else v
+    return type(config)(**kwargs)

@@ -1,0 +1,80 @@
+"""PDE definitions: the reference solutions satisfy residuals and conditions; sampling."""
+
+import math
+
+import pytest
+import torch
+
+from cpikan import diff, sampling
+from cpikan.pde import PROBLEMS, make_problem
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_exact_solution_has_zero_residual(name):
+    problem = make_problem(name)
+    gen = torch.Generator().manual_seed(0)
+    x = problem.sample_interior(200, gen)
+    d = diff.derivatives_autograd(lambda z: problem.exact(z)[:, None], x)
+    if name == "reaction_diffusion_inverse":  # residual with the true coefficients
+        with torch.no_grad():
+            problem.log_D.fill_(math.log(problem.D_true))
+            problem.log_kappa.fill_(math.log(problem.kappa_true))
+    r = problem.residual(d, x) / problem.residual_scale
+    assert r.abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_conditions_lie_on_the_domain_faces(name):
+    problem = make_problem(name)
+    batch = problem.sample(torch.Generator().manual_seed(1))
+    lo, hi = torch.tensor(problem.lo), torch.tensor(problem.hi).double()
+    pts, _ = batch.conditions["bc"]
+    space = problem.dim - (1 if problem.time_dependent else 0)
+    on_face = ((pts[:, :space] - lo[:space]).abs() < 1e-12) | ((pts[:, :space] - hi[:space]).abs() < 1e-12)
+    assert on_face.any(dim=1).all()
+    if problem.time_dependent:
+        ic, _ = batch.conditions["ic"]
+        assert (ic[:, -1] == problem.lo[-1]).all()
+    assert ((batch.interior >= lo) & (batch.interior <= hi)).all()
+
+
+def test_helmholtz1d_zero_field_is_not_a_solution():
+    """u = 0 meets u'' + k²u = 0 and u(±1) = 0; the Neumann term rules it out."""
+    problem = make_problem("helmholtz1d")
+    batch = problem.sample(torch.Generator().manual_seed(0))
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return 0 * x
+
+        def derivatives(self, x):
+            return diff.derivatives_autograd(lambda z: 0 * z.square(), x)
+
+    terms = problem.loss_terms(Zero(), batch)
+    assert terms["pde"] == 0 and terms["bc"] < 1e-20 and terms["bc_flux"] > 0.5
+
+
+def test_inverse_data_is_fixed_and_noisy():
+    a = make_problem("reaction_diffusion_inverse")
+    b = make_problem("reaction_diffusion_inverse")
+    assert torch.equal(a.data_points, b.data_points) and torch.equal(a.data_values, b.data_values)
+    clean = a.exact(a.data_points)
+    noise = (a.data_values - clean).std() / clean.std()
+    assert 0.005 < float(noise) < 0.02
+
+
+def test_latin_hypercube_fills_every_stratum():
+    pts = sampling.latin_hypercube(50, [0, -1], [1, 1], torch.Generator().manual_seed(0))
+    for j, (lo, hi) in enumerate([(0, 1), (-1, 1)]):
+        strata = ((pts[:, j] - lo) / (hi - lo) * 50).floor().long()
+        assert sorted(strata.tolist()) == list(range(50))
+
+
+def test_rar_d_prefers_large_residuals():
+    cands = torch.linspace(0, 1, 1000, dtype=torch.float64)[:, None]
+    gen = torch.Generator().manual_seed(0)
+    picked = sampling.rar_d(cands, lambda x: (x[:, 0] > 0.9).double() * 100.0, 100, gen, k=2, c=0.0)
+    assert (picked[:, 0] > 0.9).all()
+    w = sampling.rar_d_weights(torch.tensor([1.0, 3.0]), k=1, c=1.0)
+    # density ∝ r/mean(r) + c = [0.5 + 1, 1.5 + 1]
+    assert torch.allclose(w, torch.tensor([1.5, 2.5], dtype=torch.float64) / 4.0)

@@ -1,0 +1,115 @@
+"""PSI: forward model, quantisation, synthetic wafers on disk, classical baseline, physics loss."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cpikan.psi import classical, physics, synth
+from cpikan.psi.loss import physics_loss, render_torch
+
+
+def test_forward_model_channels_are_laser_major():
+    h = np.array([[1.25]])
+    I = physics.render(h)
+    assert I.shape == (16, 1, 1)
+    cfg = physics.PSIConfig()
+    for l, lam in enumerate(cfg.wavelengths):
+        for k in range(4):
+            expected = 128 + 100 * np.cos(4 * np.pi * 1.25 / lam + k * np.pi / 2)
+            assert I[l * 4 + k, 0, 0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_quantisation_round_trip_and_noise_models():
+    I = physics.render(np.linspace(0, 35, 1000).reshape(10, 100))
+    for bits, tol in ((8, 0.5), (16, 0.5 / 256)):
+        q = physics.quantize(I, bits)
+        assert q.dtype == (np.uint8 if bits == 8 else np.uint16)
+        assert np.abs(physics.dequantize(q) - I).max() <= tol + 1e-4
+    rng = np.random.default_rng(0)
+    g = physics.add_noise(I, 0.05, "gaussian", rng) - I
+    assert g.std() == pytest.approx(5.0, rel=0.05)
+    s = physics.add_noise(I, 0.05, "shot", rng) - I
+    bright, dark = I > 200, I < 60
+    assert s[bright].std() > 1.5 * s[dark].std()  # ∝ √I
+    with pytest.raises(ValueError, match="bits: allowed 8 or 16"):
+        physics.quantize(I, 12)
+
+
+def test_synthetic_wafer_written_in_blocks(tmp_path):
+    spec = synth.WaferSpec(height=300, width=200, seed=3, noise=0.01)
+    out = synth.write_dataset(spec, tmp_path / "w", rows_per_block=64, progress=False)
+    b = np.load(out / "buckets.npy", mmap_mode="r")
+    h = np.load(out / "height.npy", mmap_mode="r")
+    assert b.shape == (16, 300, 200) and b.dtype == np.uint16
+    assert h.shape == (300, 200) and h.dtype == np.float32
+    assert 0.0 < h.min() and h.max() <= 35.0 and h.max() - h.min() > 20
+    assert np.array_equal(h, synth.Wafer(spec).full())  # blocks equal the whole
+    assert json.loads((out / "meta.json").read_text())["spec"]["seed"] == 3
+    assert not list(out.glob("*.part"))
+
+
+def test_classical_noise_free_rmse_below_1nm():
+    rng = np.random.default_rng(0)
+    h = rng.uniform(0, 35, size=(200, 300))
+    est, mask = classical.reconstruct(physics.quantize(physics.render(h), 16), rows_per_chunk=64)
+    rmse_nm = float(np.sqrt(np.mean((est - h) ** 2)) * 1000)
+    assert rmse_nm <= 1.0 and mask.all()
+
+
+def test_classical_masks_low_modulation():
+    I = physics.render(np.full((4, 4), 10.0))
+    I[:, :, :2] = 128.0  # no fringe contrast in the first two columns
+    _, mask = classical.reconstruct(I)
+    assert not mask[:, :2].any() and mask[:, 2:].all()
+
+
+def test_classical_rejects_wrong_channel_count():
+    with pytest.raises(ValueError, match="channels: expected 16"):
+        classical.reconstruct(np.zeros((12, 4, 4)))
+
+
+def _smooth_height(n=64):
+    spec = synth.WaferSpec(height=n, width=n, seed=1, steps=0)
+    return torch.from_numpy(synth.Wafer(spec).full()).double()[None, None]
+
+
+def test_physics_loss_true_height_is_a_minimum():
+    h = _smooth_height()
+    buckets = render_torch(h)
+    h_true = h.clone().requires_grad_(True)
+    loss, terms = physics_loss(h_true, buckets)
+    loss.backward()
+    assert float(terms["data"]) < 1e-20
+    assert float(h_true.grad.abs().max()) < 1e-12
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    smooth = 0.05 * torch.sin(2 * torch.pi * xx) * torch.cos(2 * torch.pi * yy)
+    noisy = 0.05 * torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    for bump in (smooth, noisy):
+        worse, _ = physics_loss(h + bump.double()[None, None], buckets, smoothness=1e-3)
+        assert float(worse) > 1e-4
+    # the smoothness term penalises the noisy perturbation far more than the smooth one
+    _, t0 = physics_loss(h, buckets, smoothness=1.0)
+    _, t_smooth = physics_loss(h + smooth.double()[None, None], buckets, smoothness=1.0)
+    _, t_noisy = physics_loss(h + noisy.double()[None, None], buckets, smoothness=1.0)
+    assert float(t_noisy["smooth"] - t0["smooth"]) > 10 * abs(float(t_smooth["smooth"] - t0["smooth"]))
+
+
+def test_torch_and_numpy_renderers_agree():
+    h = _smooth_height(16)
+    assert np.allclose(render_torch(h)[0].numpy(), physics.render(h[0, 0].numpy(), dtype=np.float64), atol=1e-9)
+
+
+def test_cpikan_patch_refinement_lowers_the_physics_loss_and_the_error():
+    from cpikan.psi.refine import refine_patch
+
+    # a 48 × 48 patch of a 1024 × 1024 wafer: locally smooth, as patches of real images are
+    spec = synth.WaferSpec(height=1024, width=1024, seed=4, steps=0, cones=0)
+    h = synth.Wafer(spec).rows(500, 548)[:, 500:548]
+    noisy = physics.add_noise(physics.render(h), 0.05, rng=np.random.default_rng(0))
+    start, _ = classical.reconstruct(noisy)
+    refined, info = refine_patch(noisy, start, steps=150)
+    assert info["loss_final"] < info["loss_start"]
+    rmse = lambda e: float(np.sqrt(np.mean((e - h) ** 2)))  # noqa: E731
+    assert rmse(refined) < rmse(start)

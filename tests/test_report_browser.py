@@ -1,0 +1,91 @@
+"""The KPI report renders in headless Chromium with no console errors and no network requests.
+
+Skips (with the reason) where Chromium is not installed: apt-get install chromium.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium's own background calls (clock sync, components), not the page's
+BROWSER_SERVICE = re.compile(rb"^[A-Z]+ (https?://)?[^/ :]*(google\.com|googleapis\.com|gvt1\.com|gstatic\.com)[/: ]")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_report_renders_offline_without_console_errors(tmp_path, monkeypatch):
+    from tracking.tracker import Tracker
+
+    monkeypatch.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for rel in (1e-3, 2e-4):
+        with Tracker("studies/tiling_overlap_sweep") as run:
+            run.log_results({"rel_l2": rel, "image_mpix": 4.2, "seam_rel": rel})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "kpi.html"
+    res = subprocess.run([sys.executable, "-m", "reports.kpi", "--out", str(out)], env=env, cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    dom, console, requests = render(out)
+    assert "cPIKAN Lab" in dom and "plotly" in dom  # rendered
+    assert console == [], console
+    assert requests == [], requests
+
+
+def render(page: Path) -> tuple[str, list[str], list[bytes]]:
+    """(DOM, console messages, requests) of a page loaded in headless Chromium, every
+    network request sent to a local proxy that only records it."""
+    seen: list[bytes] = []
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    stop = threading.Event()
+
+    def record() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    seen.append(conn.recv(4096))
+                except OSError:
+                    seen.append(b"?")
+
+    t = threading.Thread(target=record, daemon=True)
+    t.start()
+    port = server.getsockname()[1]
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={page.parent / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
+           f"--proxy-server=http://127.0.0.1:{port}", "--proxy-bypass-list=<-loopback>",
+           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+    console = [line for line in r.stderr.splitlines() if ":CONSOLE" in line]
+    return r.stdout, console, [q for q in seen if not BROWSER_SERVICE.search(q)]
+
+
+def test_the_check_itself_catches_errors_and_requests(tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body>x<script src="https://cdn.example.org/a.js"></script>'
+                   '<script>console.error("boom")</script></body></html>')
+    _, console, requests = render(bad)
+    assert any("boom" in c for c in console) and requests

@@ -1,0 +1,173 @@
+"""`python -m studies.run`: nested runs, replay of a trial, resume after SIGKILL, parallel
+workers on the journal file and on PostgreSQL, and bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG = "postgresql://postgres@127.0.0.1:5432"
+TINY = ["--set", "train.adam_steps=15", "--set", "train.lbfgs_steps=0",
+        "--set", 'problem_kwargs={"n_interior": 60}']
+
+
+def _env(mlruns):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(CPIKAN_MLRUNS=str(mlruns), PYTHONPATH=str(ROOT))
+    return env
+
+
+def _study(mlruns, *args, **kw):
+    return subprocess.run([sys.executable, "-m", "studies.run", *args], capture_output=True, text=True,
+                          env=_env(mlruns), cwd=ROOT, **kw)
+
+
+def _trials(mlruns, name, storage=None):
+    import optuna
+
+    from studies.run import open_storage
+
+    storage = storage or f"journal:{mlruns / 'optuna' / 'journal.log'}"
+    return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()
+
+
+def _runs(mlruns, monkeypatch):
+    from tracking import store
+
+    monkeypatch.setenv("CPIKAN_MLRUNS", str(mlruns))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    c = store.client()
+    exps = [e.experiment_id for e in c.search_experiments()]
+    return c, (c.search_runs(exps, max_results=1000) if exps else [])
+
+
+def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
+    out = _study(tmp_path, "helmholtz1d", "--trials", "3", *TINY)
+    assert out.returncode == 0, out.stderr
+    trials = _trials(tmp_path, "helmholtz1d")
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    c, runs = _runs(tmp_path, monkeypatch)
+    parents = [r for r in runs if r.data.tags.get("cpikan.study_parent") == "true"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["optuna.trial_number"] for r in children) == ["0", "1", "2"]
+    assert all(r.data.tags["optuna.state"] == "COMPLETE" and "rel_l2" in r.data.metrics for r in children)
+    rid = trials[1].user_attrs["mlflow_run_id"]
+    rep = subprocess.run([sys.executable, "-m", "tracking.replay", rid], capture_output=True, text=True,
+                         env=_env(tmp_path), cwd=ROOT)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    # running the same command again resumes: the study already has its 3 trials
+    again = _study(tmp_path, "helmholtz1d", "--trials", "3", *TINY)
+    assert again.returncode == 0 and len(_trials(tmp_path, "helmholtz1d")) == 3
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
+    slow = ["--set", "train.adam_steps=400", "--set", "train.lbfgs_steps=0",
+            "--set", 'problem_kwargs={"n_interior": 100}']
+    proc = subprocess.Popen([sys.executable, "-m", "studies.run", "helmholtz1d", "--trials", "3", *slow],
+                            env=_env(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            journal = tmp_path / "optuna" / "journal.log"
+            if not journal.exists():
+                continue
+            try:
+                trials = _trials(tmp_path, "helmholtz1d")
+            except KeyError:
+                continue
+            states = [t.state.name for t in trials]
+            # mid-trial: the running trial has its MLflow run, i.e. training has started
+            if "COMPLETE" in states and states[-1] == "RUNNING" and "mlflow_run_id" in trials[-1].user_attrs:
+                break
+        else:
+            pytest.fail("never saw a completed trial followed by a running one")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {t.number: t.state.name for t in _trials(tmp_path, "helmholtz1d")}
+    stale = max(before)
+    out = _study(tmp_path, "helmholtz1d", "--trials", "3", *slow)
+    assert out.returncode == 0, out.stderr
+    trials = _trials(tmp_path, "helmholtz1d")
+    numbers = [t.number for t in trials]
+    assert numbers == sorted(set(numbers))  # no duplicates
+    states = {t.number: t.state.name for t in trials}
+    assert states[stale] == "FAIL"
+    assert sum(s == "COMPLETE" for s in states.values()) == 3
+    for n, s in before.items():
+        if s == "COMPLETE":
+            assert states[n] == "COMPLETE"  # kept
+    c, _ = _runs(tmp_path, monkeypatch)
+    stale_run = c.get_run(trials[stale].user_attrs["mlflow_run_id"])
+    assert stale_run.info.status == "FAILED" and "worker died" in stale_run.data.tags["error"]
+
+
+def _two_workers(tmp_path, monkeypatch, storage_args, storage=None):
+    out = _study(tmp_path, "helmholtz1d", "--trials", "8", "--workers", "2", *storage_args, *TINY)
+    assert out.returncode == 0, out.stderr
+    trials = _trials(tmp_path, "helmholtz1d", storage)
+    assert sorted(t.number for t in trials) == list(range(8))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["worker.pid"] for t in trials}) == 2  # both workers took trials
+    _, runs = _runs(tmp_path, monkeypatch)
+    nested = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(8))
+
+
+def test_two_workers_on_the_journal_file(tmp_path, monkeypatch):
+    _two_workers(tmp_path, monkeypatch, [])
+
+
+@pytest.mark.postgres
+def test_two_workers_on_postgresql(tmp_path, monkeypatch):
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG + "/test", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not running")
+    db = f"optuna_test_{uuid.uuid4().hex[:8]}"
+    admin.execute(f"CREATE DATABASE {db}")
+    url = f"{PG}/{db}"
+    try:
+        _two_workers(tmp_path, monkeypatch, ["--storage", url], url)
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no_such_study"], "unknown study 'no_such_study'; known: tiling_overlap_sweep"),
+        (["helmholtz1d", "--set", "train.warp=3"], "unknown key 'train.warp'; allowed:"),
+        (["helmholtz1d", "--set", "train.lr=fast"], "--set train.lr: cannot read 'fast' as float"),
+        (["helmholtz1d", "--set", "train.scheduler=sometimes"], "scheduler: unknown 'sometimes'"),
+        (["helmholtz1d", "--trials", "0"], "--trials: must be ≥ 1"),
+        (["helmholtz1d", "--storage", "postgresql://postgres@127.0.0.1:1/none"], "unreachable"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, monkeypatch, args, message):
+    out = _study(tmp_path, *args)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    journal = tmp_path / "optuna" / "journal.log"
+    assert not journal.exists() or journal.stat().st_size == 0
+    if (tmp_path / "mlflow.db").exists():
+        _, runs = _runs(tmp_path, monkeypatch)
+        assert runs == []
+
+
+def test_list_names_every_study(tmp_path):
+    out = _study(tmp_path, "--list")
+    assert out.returncode == 0
+    for name in ("tiling_overlap_sweep", "scheduler_search", "init_search", "psi_pretrain", "poisson3d"):
+        assert name in out.stdout

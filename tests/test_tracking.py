@@ -1,0 +1,219 @@
+"""Tracking on a real SQLite store: run lifecycle, provenance, secrets, replay, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cpikan.pde import make_problem
+from studies import pde
+from tests.helpers import tiny_config
+from tracking import provenance, store
+from tracking.tracker import Tracker
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "s3cr3t-token-value-42"
+
+
+@pytest.fixture
+def mlruns(tmp_path, monkeypatch):
+    monkeypatch.setenv(store.ENV_ROOT, str(tmp_path / "mlruns"))
+    monkeypatch.delenv(store.ENV_URI, raising=False)
+    return tmp_path / "mlruns"
+
+
+def _all_runs(client):
+    exps = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in exps]) if exps else []
+
+
+def _cli(args, env_root, **env):
+    full = {k: v for k, v in os.environ.items() if k != store.ENV_URI}
+    full.update({store.ENV_ROOT: str(env_root), "PYTHONPATH": str(ROOT), **env})
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full, cwd=ROOT)
+
+
+def _tracked_pde_run(cfg):
+    with Tracker(f"pde/{cfg.problem}", config=cfg, entry_point=pde.ENTRY_POINT, seed=cfg.train.seed) as run:
+        pde.run(cfg, run)
+    return run.run_id
+
+
+def test_run_records_params_metrics_tags_artifacts(mlruns):
+    cfg = tiny_config(adam_steps=15, lr=1e-2)
+    rid = _tracked_pde_run(cfg)
+    c = store.client()
+    run = c.get_run(rid)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.adam_steps"] == "15"
+    assert run.data.params["model.hidden"] == "[6, 6]"
+    tags = run.data.tags
+    assert len(tags["config_hash"]) == 64 and tags["cpikan.entry_point"] == "studies.pde:run"
+    assert {"git.commit", "git.branch", "git.dirty", "command", "host", "cpu", "version.torch",
+            "version.mlflow", "version.optuna", "torch.threads", "seed"} <= set(tags)
+    assert len(c.get_metric_history(rid, "loss")) == 15
+    assert "rel_l2" in json.loads(tags["cpikan.result_metrics"])
+    assert "seconds" in json.loads(tags["cpikan.measurement_metrics"])
+    names = {a.path for a in c.list_artifacts(rid)} | {a.path for a in c.list_artifacts(rid, "model")}
+    assert {"config.json", "model/state_dict.pt", "figures"} <= names
+    config = json.loads(Path(c.download_artifacts(rid, "config.json", str(mlruns.parent))).read_text())
+    assert config["train"]["adam_steps"] == 15
+
+
+def test_exception_marks_failed_keeps_metrics_and_reraises(mlruns):
+    with pytest.raises(RuntimeError, match="boom"):
+        with Tracker("t/failing") as run:
+            for step in range(30):
+                run.log_metrics({"a": step, "b": -step}, step)
+            raise RuntimeError("boom")
+    c = store.client()
+    r = c.get_run(run.run_id)
+    assert r.info.status == "FAILED" and "boom" in r.data.tags["error"]
+    assert len(c.get_metric_history(run.run_id, "a")) == 30
+
+
+def test_ctrl_c_marks_killed(mlruns):
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker("t/killed") as run:
+            run.log_metrics({"a": 1.0}, 0)
+            raise KeyboardInterrupt
+    r = store.client().get_run(run.run_id)
+    assert r.info.status == "KILLED" and r.data.metrics["a"] == 1.0
+
+
+def test_more_than_a_batch_of_metrics_and_long_params(mlruns):
+    with Tracker("t/batch", flush_interval=0.0) as run:
+        for step in range(700):
+            run.log_metrics({"x": step, "y": step * 2.0}, step)
+        run.log_params({"long": "v" * 7000, "short": 3})
+    c = store.client()
+    assert len(c.get_metric_history(run.run_id, "y")) == 700
+    params = c.get_run(run.run_id).data.params
+    assert params["short"] == "3" and "params_long.json" in params["long"]
+    assert "params_long.json" in {a.path for a in c.list_artifacts(run.run_id)}
+
+
+def test_secrets_never_logged(mlruns, monkeypatch):
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    monkeypatch.setattr(sys, "argv", ["train.py", f"--token={SECRET}"])
+    with Tracker("t/secrets", config={"note": SECRET, "n": 1}, tags={"who": SECRET}) as run:
+        run.log_params({"token_again": SECRET})
+        run.log_text(f"leaked? {SECRET}", "notes.txt")
+    c = store.client()
+    r = c.get_run(run.run_id)
+    blob = json.dumps([r.data.params, r.data.tags])
+    for root, _, files in os.walk(mlruns / "artifacts"):
+        for f in files:
+            blob += Path(root, f).read_text(errors="replace")
+    assert SECRET not in blob
+    assert provenance.REDACTED in r.data.tags["command"]
+
+
+def test_dirty_tree_diff_is_recorded(mlruns, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run_git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)  # noqa: E731
+    run_git("init", "-q")
+    (repo / "solver.py").write_text("alpha = 1\n")
+    run_git("add", ".")
+    run_git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (repo / "solver.py").write_text("alpha = 2\n")
+    monkeypatch.setattr(provenance, "project_root", lambda: repo)
+    with Tracker("t/dirty") as run:
+        pass
+    c = store.client()
+    assert c.get_run(run.run_id).data.tags["git.dirty"] == "true"
+    diff = Path(c.download_artifacts(run.run_id, "provenance/uncommitted.diff", str(tmp_path))).read_text()
+    assert "+alpha = 2" in diff
+
+
+def test_replay_reproduces_exactly(mlruns):
+    rid = _tracked_pde_run(tiny_config(adam_steps=20, lr=1e-2, lbfgs_steps=5))
+    out = _cli(["-m", "tracking.replay", rid], mlruns)
+    assert out.returncode == 0, out.stderr
+    assert "DIFFERENT" not in out.stdout and "rel_l2" in out.stdout and "reproduced" in out.stdout
+    c = store.client()
+    replays = [r for r in _all_runs(c) if r.data.tags.get("replay_of") == rid]
+    assert len(replays) == 1 and replays[0].data.tags["replay.reproduced"] == "true"
+
+
+def test_replay_refuses_a_changed_dataset(mlruns, tmp_path):
+    data = tmp_path / "observations.npz"
+    make_problem("reaction_diffusion_inverse").write_observations(str(data), n=50)
+    cfg = tiny_config("reaction_diffusion_inverse", adam_steps=5)
+    cfg.problem_kwargs["data_file"] = str(data)
+    rid = _tracked_pde_run(cfg)
+    make_problem("reaction_diffusion_inverse").write_observations(str(data), n=50, seed=7)
+    before = len(_all_runs(store.client()))
+    out = _cli(["-m", "tracking.replay", rid], mlruns)
+    assert out.returncode == 2
+    assert "changed since the run" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert len(_all_runs(store.client())) == before
+
+
+def test_replay_bad_input_is_one_line_exit_2_and_writes_nothing(mlruns):
+    c = store.client()
+    with Tracker("t/noconfig", entry_point="studies.pde:run") as bare:
+        pass
+    with Tracker("t/corrupt", config={"a": 1}, entry_point="studies.pde:run") as corrupt:
+        pass
+    c.log_text(corrupt.run_id, "{not json", "config.json")
+    before = len(_all_runs(c))
+    cases = {
+        "0123456789abcdef": "no such run",
+        bare.run_id: "no config.json artifact",
+        corrupt.run_id: "corrupted",
+    }
+    for rid, message in cases.items():
+        out = _cli(["-m", "tracking.replay", rid], mlruns)
+        assert out.returncode == 2, (rid, out.stderr)
+        assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    out = _cli(["-m", "tracking.replay", bare.run_id], mlruns, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    assert out.returncode == 2 and "unreachable" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert len(_all_runs(c)) == before
+
+
+def test_file_hash_is_streamed_and_cached(tmp_path):
+    from tracking import hashing
+
+    f = tmp_path / "big.bin"
+    f.write_bytes(os.urandom(3 * hashing.CHUNK + 17))
+    import hashlib
+
+    assert hashing.file_sha256(f) == hashlib.sha256(f.read_bytes()).hexdigest()
+    f.write_bytes(b"changed")
+    assert hashing.file_sha256(f) == hashlib.sha256(b"changed").hexdigest()
+
+
+def test_best_run_and_auto_link(mlruns):
+    from tracking.links import auto_link, best_run
+
+    ids = {}
+    for name, value in (("a", 0.3), ("b", 0.1), ("c", 0.2)):
+        with Tracker("t/best", run_name=name, tags={"family": "x" if name != "b" else "y"}) as run:
+            run.log_results({"rel_l2": value})
+        ids[name] = run.run_id
+    assert best_run("t/best", "rel_l2").info.run_id == ids["b"]
+    assert best_run("t/best", "rel_l2", "max").info.run_id == ids["a"]
+    assert best_run("t/best", "rel_l2", filter_string="tags.family = 'x'").info.run_id == ids["c"]
+    assert best_run("t/nothing", "rel_l2") is None
+    with pytest.raises(ValueError, match="direction"):
+        best_run("t/best", "rel_l2", "down")
+    with Tracker("t/next") as nxt:
+        auto_link(ids["b"], nxt.run_id, role="pretrained", metric="rel_l2")
+    c = store.client()
+    assert c.get_run(nxt.run_id).data.tags["link.pretrained"] == ids["b"]
+    assert json.loads(c.get_run(ids["b"]).data.tags["link.used_by"]) == [nxt.run_id]
+
+
+def test_system_metrics_on_request(mlruns):
+    import time
+
+    with Tracker("t/system", system_metrics=True) as run:
+        time.sleep(6)
+    keys = store.client().get_run(run.run_id).data.metrics
+    assert any(k.startswith("system/") for k in keys), keys

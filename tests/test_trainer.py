@@ -1,0 +1,207 @@
+"""Trainer: NaN survival, exact resume across processes, schedulers, inits, balancing."""
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from cpikan.experiment import PINNConfig, build, run_pinn
+from cpikan.train import Callback, History, Trainer
+from cpikan.train.config import SCHEDULERS
+from tests.helpers import tiny_config
+
+
+def _flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_training_reduces_loss_and_reports_metrics():
+    hist = History()
+    result, _, _ = run_pinn(tiny_config(adam_steps=60, lr=1e-2, eval_every=20), [hist])
+    losses = [m["loss"] for _, m in hist.steps]
+    assert len(losses) == 60 and losses[-1] < 0.5 * losses[0]
+    assert {"loss", "loss_pde", "loss_bc", "loss_ic", "lr", "grad_norm"} <= set(hist.steps[0][1])
+    assert [s for s, _ in hist.evals] == [20, 40, 60, 60]
+    assert math.isfinite(result.metrics["rel_l2"])
+
+
+class Poison(Callback):
+    """Writes NaN into the weights after step ``at`` (as a diverging step would)."""
+
+    def __init__(self, model, at):
+        self.model, self.at = model, at
+
+    def on_step(self, step, metrics):
+        if step == self.at:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+
+
+def test_nan_mid_training_is_survived():
+    cfg = tiny_config(adam_steps=30, lr=1e-2, lbfgs_steps=5)
+    problem, model = build(cfg)
+    trainer = Trainer(model, problem, cfg.train, [Poison(model, 10)])
+    result = trainer.fit()
+    assert result.nan_events >= 1
+    assert torch.isfinite(_flat(model)).all()
+    assert math.isfinite(result.loss)
+    assert trainer.opt.param_groups[0]["lr"] <= 1.0  # L-BFGS lr; the Adam lr was halved below
+    assert result.steps >= 30
+
+
+def test_nan_loss_lowers_lr_and_restores_state():
+    cfg = tiny_config(adam_steps=15, lr=1e-2)
+    problem, model = build(cfg)
+    calls = {"n": 0}
+    original = problem.loss_terms
+
+    def flaky(model_, batch, deriv_fn=None):
+        calls["n"] += 1
+        terms = original(model_, batch, deriv_fn)
+        if calls["n"] == 8:
+            terms["pde"] = terms["pde"] * float("inf")
+        return terms
+
+    problem.loss_terms = flaky
+    trainer = Trainer(model, problem, cfg.train)
+    lrs = []
+
+    class Lr(Callback):
+        def on_step(self, step, metrics):
+            lrs.append(metrics["lr"])
+
+    trainer.callbacks.append(Lr())
+    result = trainer.fit()
+    assert result.nan_events == 1
+    assert lrs[0] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(5e-3)
+    assert torch.isfinite(_flat(model)).all()
+
+
+RESUME_SCRIPT = """
+import json, sys, torch
+from cpikan.experiment import PINNConfig, build
+from cpikan.train import Trainer
+torch.set_num_threads(1)
+cfg = PINNConfig.from_dict(json.loads(sys.argv[1]))
+problem, model = build(cfg)
+trainer = Trainer(model, problem, cfg.train)
+if sys.argv[2] == "first":
+    trainer.fit(until=int(sys.argv[4]))
+    trainer.save_checkpoint(sys.argv[3])
+else:
+    trainer.fit(resume=sys.argv[3])
+torch.save(model.state_dict(), sys.argv[3] + "." + sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("lbfgs_steps, split", [(0, 10), (10, 20)])
+def test_resume_in_new_process_equals_uninterrupted(tmp_path, lbfgs_steps, split):
+    """2N steps == N steps, checkpoint, N more in a fresh process (bit-identical on CPU)."""
+    cfg = tiny_config(adam_steps=20, lr=1e-2, scheduler="cosine", lbfgs_steps=lbfgs_steps,
+                      lbfgs_chunk=5, rar_every=7, rar_points=10, rar_candidates=200)
+    cfg_json = json.dumps(asdict(cfg))
+    problem, model = build(PINNConfig.from_dict(json.loads(cfg_json)))
+    Trainer(model, problem, cfg.train).fit()
+    ckpt = str(tmp_path / "ckpt.pt")
+    for phase in ("first", "second"):
+        subprocess.run([sys.executable, "-c", RESUME_SCRIPT, cfg_json, phase, ckpt, str(split)],
+                       check=True)
+    half = torch.load(ckpt + ".first")
+    resumed = torch.load(ckpt + ".second")
+    assert not all(torch.equal(half[k], resumed[k]) for k in half)  # the second half trained
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, resumed[k]), k
+
+
+@pytest.mark.parametrize("name", [s for s in SCHEDULERS if s != "none"])
+def test_each_scheduler_changes_the_learning_rate(name):
+    hist = History()
+    lr = 1e-7 if name == "plateau" else 1e-2  # a plateau needs a loss that stops improving
+    run_pinn(tiny_config(adam_steps=40, lr=lr, scheduler=name, plateau_patience=2,
+                         plateau_factor=0.5), [hist])
+    lrs = [m["lr"] for _, m in hist.steps]
+    assert lrs[0] == pytest.approx(lr, rel=0.2)
+    assert lrs[-1] < 0.9 * lr, f"{name} did not lower the learning rate"
+
+
+@pytest.mark.parametrize("init", ["kaiming", "xavier", "orthogonal", "small_random"])
+def test_each_init_trains_and_differs(init):
+    cfg = tiny_config(adam_steps=5)
+    cfg.model.init = init
+    result, model, _ = run_pinn(cfg)
+    assert math.isfinite(result.loss)
+    std = float(model.layers[0].coeffs.detach().std())
+    expected = {"small_random": (0.003, 0.008), "xavier": (0.1, 0.5), "kaiming": (0.2, 0.9),
+                "orthogonal": (0.1, 0.5)}[init]
+    assert expected[0] < std < expected[1], (init, std)
+
+
+def test_orthogonal_init_rows_are_orthonormal():
+    cfg = tiny_config(adam_steps=0)
+    cfg.model.init = "orthogonal"
+    _, model = build(cfg)
+    w = model.layers[1].coeffs.detach().flatten(1)
+    assert torch.allclose(w @ w.T, torch.eye(w.shape[0], dtype=w.dtype), atol=1e-10)
+
+
+@pytest.mark.parametrize("balancing", ["fixed", "gradnorm", "lra"])
+def test_balancing_strategies(balancing):
+    hist = History()
+    run_pinn(tiny_config(adam_steps=25, lr=1e-2, balancing=balancing, balance_every=5,
+                         loss_weights={"pde": 1.0, "bc": 1.0, "ic": 1.0}), [hist])
+    first, last = hist.steps[0][1], hist.steps[-1][1]
+    changed = any(abs(first[f"weight_{k}"] - last[f"weight_{k}"]) > 1e-6 for k in ("bc", "ic"))
+    assert changed == (balancing != "fixed")
+    if balancing == "gradnorm":
+        total = sum(last[f"weight_{k}"] for k in ("pde", "bc", "ic"))
+        assert total == pytest.approx(3.0)
+
+
+def test_early_stopping_ends_the_phase():
+    cfg = tiny_config(adam_steps=500, lr=1e-9, early_stop_patience=5, early_stop_min_delta=1.0)
+    result, _, _ = run_pinn(cfg)
+    assert result.stopped_early and result.steps < 20
+
+
+def test_accumulation_matches_full_batch_gradient():
+    """Two equal micro-batches accumulate to the full-batch gradient of a mean loss."""
+    cfg = tiny_config(adam_steps=0)
+    problem, model = build(cfg)
+    batch = problem.sample(torch.Generator().manual_seed(0)).to(torch.float64)
+    full = sum(problem.loss_terms(model, batch).values())
+    g_full = torch.autograd.grad(full, list(model.parameters()))
+    acc = [torch.zeros_like(p) for p in model.parameters()]
+    for mb in batch.split(2):
+        part = sum(problem.loss_terms(model, mb).values()) / 2
+        for a, g in zip(acc, torch.autograd.grad(part, list(model.parameters()))):
+            a += g
+    for a, g in zip(acc, g_full):
+        assert torch.allclose(a, g, rtol=1e-10, atol=1e-12)
+
+
+def test_accumulation_bf16_and_checkpointing_run():
+    hist = History()
+    cfg = tiny_config(adam_steps=10, lr=1e-2, accumulation_steps=2, amp="bf16",
+                      checkpoint_activations=True, clip_grad_norm=1.0)
+    cfg.model.dtype = "float32"
+    result, _, _ = run_pinn(cfg, [hist])
+    assert math.isfinite(result.loss)
+    assert all(m["grad_norm"] > 0 for _, m in hist.steps)
+
+
+def test_fp16_on_cpu_is_refused():
+    cfg = tiny_config(amp="fp16")
+    problem, model = build(cfg)
+    with pytest.raises(ValueError, match="amp"):
+        Trainer(model, problem, cfg.train)
+
+
+def test_inverse_problem_parameters_train():
+    cfg = tiny_config("reaction_diffusion_inverse", adam_steps=10, lr=1e-2)
+    result, _, problem = run_pinn(cfg)
+    assert result.metrics["D"] != pytest.approx(0.05)
+    assert {"D_rel_err", "kappa_rel_err"} <= set(result.metrics)

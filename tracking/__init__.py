@@ -1,0 +1,1 @@
+"""tracking layer (see ARCHITECTURE.md)."""

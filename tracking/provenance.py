@@ -1,0 +1,97 @@
+"""Where a run came from: code version, command, machine, library versions; secrets redacted."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSW|PASSWD|PWD|KEY|CREDENTIAL|AUTH|COOKIE|SESSION)", re.I)
+REDACTED = "[REDACTED]"
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """commit, branch, dirty flag and the uncommitted diff (tracked changes, staged or not)."""
+    root = root or project_root()
+    commit = _git("rev-parse", "HEAD", cwd=root)
+    if commit is None:
+        return {"commit": "unknown", "branch": "unknown", "dirty": False, "diff": ""}
+    branch = (_git("rev-parse", "--abbrev-ref", "HEAD", cwd=root) or "unknown").strip()
+    diff = _git("diff", "HEAD", "--no-color", cwd=root) or ""
+    untracked = (_git("ls-files", "--others", "--exclude-standard", cwd=root) or "").split()
+    if untracked:
+        diff += "".join(f"\n# untracked: {u}" for u in untracked)
+    return {"commit": commit.strip(), "branch": branch, "dirty": bool(diff.strip()), "diff": diff}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "mlflow", "optuna", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def redact(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace the value of every secret-looking environment variable wherever it appears."""
+    env = os.environ if env is None else env
+    for name, value in env.items():
+        if SECRET_NAME.search(name) and len(value) >= 4:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def command_line() -> str:
+    return redact(" ".join([os.path.basename(sys.executable), *sys.argv]))
+
+
+def collect(seed: int | None = None) -> dict[str, Any]:
+    """Provenance as flat tags (strings) plus the diff text (logged as an artifact)."""
+    import torch
+
+    git = git_state()
+    tags = {
+        "git.commit": git["commit"],
+        "git.branch": git["branch"],
+        "git.dirty": str(git["dirty"]).lower(),
+        "command": command_line(),
+        "host": socket.gethostname(),
+        "cpu": cpu_model(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "torch.threads": str(torch.get_num_threads()),
+    }
+    if seed is not None:
+        tags["seed"] = str(seed)
+    tags.update({f"version.{k}": v for k, v in versions().items()})
+    return {"tags": {k: redact(v) for k, v in tags.items()}, "diff": redact(git["diff"])}

@@ -1,0 +1,208 @@
+"""Replay a past run by its ID and say whether it reproduced.
+
+    python -m tracking.replay RUN_ID [--rtol R] [--force]
+
+Rebuilds the config from the run's ``config.json``, imports the recorded entry point
+(``module:function``, by name: tracking never imports the studies), re-runs it with the
+same seed and thread count as a new run tagged ``replay_of=RUN_ID``, and prints a
+metric-by-metric table. Result metrics must agree within ``--rtol`` (default 0: exact, as
+on the same CPU machine); measurements (time, throughput, memory) are shown, not compared.
+
+Exit status: 0 reproduced, 1 did not reproduce, 2 bad input (unknown run, missing or
+corrupted config, changed dataset without --force, unreachable store) — in which case
+nothing is written to the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tracking import hashing, provenance, store, tracker
+from tracking.store import TrackingError
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+TAG_REPLAY_OF = "replay_of"
+TAG_REPRODUCED = "replay.reproduced"
+
+
+def _import(ref: str, what: str) -> Any:
+    module, _, name = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise TrackingError(f"{what} {ref!r} cannot be imported ({exc})") from None
+    return obj
+
+
+def load_source_run(client: Any, run_id: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"run ID {run_id!r}: no such run in {store.tracking_uri()}") from None
+
+
+def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, float]]]:
+    """The config object and the entry point, rebuilt from the run (no writes)."""
+    from mlflow.exceptions import MlflowException
+
+    tags = run.data.tags
+    rid = run.info.run_id
+    if tracker.TAG_ENTRY not in tags:
+        raise TrackingError(f"run {rid} records no entry point (tag {tracker.TAG_ENTRY}); it cannot be replayed")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(rid, tracker.CONFIG_ARTIFACT, tmp)
+            text = Path(path).read_text()
+        except (MlflowException, OSError):
+            raise TrackingError(f"run {rid} has no {tracker.CONFIG_ARTIFACT} artifact; it cannot be replayed") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrackingError(f"run {rid}: {tracker.CONFIG_ARTIFACT} is corrupted ({exc.msg} at line {exc.lineno})") from None
+    recorded = tags.get(tracker.TAG_CONFIG_HASH)
+    if recorded and hashing.config_hash(data) != recorded:
+        raise TrackingError(f"run {rid}: {tracker.CONFIG_ARTIFACT} does not match its config_hash tag (corrupted)")
+    fn = _import(tags[tracker.TAG_ENTRY], "entry point")
+    config: Any = data
+    if tracker.TAG_CONFIG_CLASS in tags:
+        cls = _import(tags[tracker.TAG_CONFIG_CLASS], "config class")
+        try:
+            config = cls.from_dict(data) if hasattr(cls, "from_dict") else cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise TrackingError(f"run {rid}: {tracker.CONFIG_ARTIFACT} is not a valid config ({exc})") from None
+    return config, fn
+
+
+def check_datasets(run: Any, force: bool) -> list[str]:
+    """Refuse (unless ``force``) when a recorded dataset's content changed or vanished."""
+    warnings = []
+    for name, info in json.loads(run.data.tags.get(tracker.TAG_DATASETS, "{}")).items():
+        path = Path(info["path"])
+        problem = None
+        if not path.exists():
+            problem = f"dataset {name!r} ({path}) no longer exists"
+        elif hashing.file_sha256(path) != info["sha256"]:
+            problem = f"dataset {name!r} ({path}) changed since the run (sha256 differs)"
+        if problem and not force:
+            raise TrackingError(problem + "; pass --force to replay anyway")
+        if problem:
+            warnings.append(problem)
+    return warnings
+
+
+def code_warnings(run: Any, client: Any) -> list[str]:
+    tags = run.data.tags
+    now = provenance.git_state()
+    out = []
+    if tags.get("git.commit") not in (None, now["commit"]):
+        out.append(f"code commit differs: run {tags['git.commit'][:12]}, now {now['commit'][:12]}")
+    if tags.get("git.dirty") == "true" or now["dirty"]:
+        old = ""
+        if tags.get("git.dirty") == "true":
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    old = Path(client.download_artifacts(run.info.run_id, "provenance/uncommitted.diff", tmp)).read_text()
+                except Exception:  # noqa: BLE001
+                    old = "?"
+        if old != provenance.redact(now["diff"]):
+            out.append("uncommitted changes differ from the run's recorded diff")
+    return out
+
+
+def compare(
+    old: dict[str, float], new: dict[str, float], measurements: list[str], rtol: float
+) -> tuple[bool, list[tuple]]:
+    """Every metric but the machine measurements must agree (last values of step metrics too)."""
+    rows, ok = [], True
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if name in measurements:
+            rows.append((name, a, b, "", "not compared"))
+            continue
+        if a is None or b is None:
+            same = False
+        elif math.isnan(a) and math.isnan(b):
+            same = True
+        else:
+            same = a == b or abs(a - b) <= rtol * max(abs(a), abs(b))
+        diff = "" if a is None or b is None else f"{abs(a - b):.3g}"
+        rows.append((name, a, b, diff, "same" if same else "DIFFERENT"))
+        ok &= same
+    return ok, rows
+
+
+def print_table(rows: list[tuple]) -> None:
+    def fmt(v: Any) -> str:
+        return "—" if v is None else (f"{v:.10g}" if isinstance(v, float) else str(v))
+
+    head = ("metric", "original", "replay", "|Δ|", "verdict")
+    table = [head] + [tuple(fmt(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, str]:
+    """Re-run ``run_id``; returns (reproduced, new run ID). Raises TrackingError on bad input."""
+    import torch
+
+    client = store.client(must_exist=True)
+    run = load_source_run(client, run_id)
+    config, fn = load_config(client, run)
+    for w in check_datasets(run, force) + code_warnings(run, client):
+        print(f"warning: {w}", file=sys.stderr)
+    tags = run.data.tags
+    if tags.get("torch.threads"):
+        torch.set_num_threads(int(tags["torch.threads"]))
+    exp = client.get_experiment(run.info.experiment_id).name
+    measurements = json.loads(tags.get(tracker.TAG_MEASUREMENTS, "[]"))
+    seed = int(tags["seed"]) if tags.get("seed") else None
+    with tracker.Tracker(exp, config=config, entry_point=tags[tracker.TAG_ENTRY], seed=seed,
+                         run_name=f"replay of {run.info.run_name or run_id}",
+                         tags={TAG_REPLAY_OF: run_id}) as ctx:
+        fn(config, ctx)
+        new_id = ctx.run_id
+    new_metrics = client.get_run(new_id).data.metrics
+    ok, rows = compare(dict(run.data.metrics), dict(new_metrics), measurements, rtol)
+    print_table(rows)
+    client.set_tag(new_id, TAG_REPRODUCED, str(ok).lower())
+    client.set_tag(new_id, "replay.rtol", str(rtol))
+    client.log_text(new_id, json.dumps([list(r) for r in rows], indent=1), "replay/comparison.json")
+    return ok, new_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tracking.replay", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_id")
+    ap.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for result metrics (default 0: exact)")
+    ap.add_argument("--force", action="store_true", help="replay even if a dataset changed")
+    args = ap.parse_args(argv)
+    if not args.rtol >= 0:
+        print("error: --rtol must be ≥ 0", file=sys.stderr)
+        return 2
+    try:
+        ok, new_id = replay(args.run_id, args.rtol, args.force)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"replay run {new_id}: {'reproduced' if ok else 'DID NOT reproduce'} run {args.run_id}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

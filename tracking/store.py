@@ -1,0 +1,86 @@
+"""Where runs live: the project's default SQLite store, or MLFLOW_TRACKING_URI.
+
+MLflow 3 refuses a plain ``./mlruns`` file store, so the default is
+``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# artifact transfers are small and many; MLflow's per-download progress bars only add noise
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+ENV_ROOT = "CPIKAN_MLRUNS"  # where the embedded store lives (default: ./mlruns)
+
+
+class TrackingError(RuntimeError):
+    """A user-facing tracking problem: the CLIs print it on one line and exit 2."""
+
+
+def mlruns_dir() -> Path:
+    return Path(os.environ.get(ENV_ROOT, "mlruns")).resolve()
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get(ENV_URI)
+    if uri:
+        return uri
+    root = mlruns_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def is_local(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("postgresql") or uri.startswith("mysql")
+
+
+def artifact_location(experiment: str) -> str | None:
+    """Artifacts of the embedded store go under mlruns/artifacts/<experiment>; a server decides."""
+    if not is_local(tracking_uri()):
+        return None
+    return (mlruns_dir() / "artifacts" / experiment).as_uri()
+
+
+def client(must_exist: bool = False):  # type: ignore[no-untyped-def]
+    """An MlflowClient on the project store; raises TrackingError when it cannot be reached.
+
+    ``must_exist``: for read-mostly commands (replay, reports), do not create an empty
+    embedded store as a side effect of looking into it.
+    """
+    from mlflow import MlflowClient
+
+    if must_exist and not os.environ.get(ENV_URI) and not (mlruns_dir() / "mlflow.db").exists():
+        raise TrackingError(f"no tracking store at {mlruns_dir() / 'mlflow.db'} (no runs yet?)")
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)  # MLflow's own helpers (system metrics) use the global URI
+    c = MlflowClient(tracking_uri=uri)
+    check_reachable(c, uri)
+    return c
+
+
+def check_reachable(c, uri: str) -> None:  # type: ignore[no-untyped-def]
+    if uri.startswith("http"):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except Exception as exc:  # noqa: BLE001 — any failure means the same to the user
+            raise TrackingError(f"tracking server {uri} is unreachable ({type(exc).__name__})") from None
+
+
+def get_or_create_experiment(c, name: str) -> str:  # type: ignore[no-untyped-def]
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location(name))
+    except Exception:  # created concurrently by another worker
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
