@@ -332,23 +332,35 @@ def prepare(args: argparse.Namespace) -> tuple[registry.Study, Any]:
     return study_def, base
 
 
-def spawn_workers(args: argparse.Namespace, parent_id: str) -> int:
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // args.workers)
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def spawn_workers(args: argparse.Namespace, parent_id: str, count: int) -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` worker processes; the calling process is one more worker."""
+    threads = threads_per_worker(args.workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "CPIKAN_THREADS": str(threads)}
     argv = [sys.executable, "-m", "studies.run", args.name, "--trials", str(args.trials),
             "--storage", args.storage, "--study-name", args.study_name, "--seed", str(args.seed),
             "--worker", parent_id, "--sampler", args.sampler, "--pruner", args.pruner] + [f"--set={s}" for s in args.set]
     if args.timeout:
         argv += ["--timeout", str(args.timeout)]
-    procs = [subprocess.Popen(argv, env=env) for _ in range(args.workers)]
+    return [subprocess.Popen(argv, env=env) for _ in range(count)]
+
+
+def run_workers(args: argparse.Namespace, study_def: registry.Study, base: Any, parent_id: str) -> int:
+    """K workers: K − 1 spawned processes and this one (which keeps the progress bar), so
+    the import and store start-up of one worker is not paid on top of the others'."""
+    import torch
+
+    procs = spawn_workers(args, parent_id, args.workers - 1)
     try:
+        if args.workers > 1:
+            torch.set_num_threads(threads_per_worker(args.workers))
+        work(args, study_def, base, parent_id, progress=True)
+    finally:  # on Ctrl-C the children get it too; wait so their trials are marked first
         codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.wait()
-        raise
-    return max(codes)
+    return max(codes, default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,12 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parent_id = parent_run(study_def, args.study_name, args.storage)
     status = "FINISHED"
     try:
-        if args.workers > 1:
-            code = spawn_workers(args, parent_id)
-            if code:
-                status = "FAILED"
-        else:
-            work(args, study_def, base, parent_id, progress=True)
+        if run_workers(args, study_def, base, parent_id):
+            status = "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
         print("\ninterrupted: the running trial is marked FAILED; run the same command to resume",

@@ -229,11 +229,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ NaN guard
     def _snapshot(self) -> None:
-        self._good = {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "problem": copy.deepcopy(self.problem.state_dict()),
-            "optimizer": copy.deepcopy(self.opt.state_dict()),
-        }
+        """Keep the current state for the NaN guard; copies into the previous snapshot's
+        tensors in place (a deepcopy every step cost ~10 % of a small model's step)."""
+        state = {"model": self.model.state_dict(), "problem": self.problem.state_dict(),
+                 "optimizer": self.opt.state_dict()}
+        self._good = copy_into(self._good, state)
 
     def _recover(self) -> None:
         """Skip the step, restore the last good state and lower the learning rate."""
@@ -242,7 +242,9 @@ class Trainer:
         if self._good is not None:
             self.model.load_state_dict(self._good["model"])
             self.problem.load_state_dict(self._good["problem"])
-            self.opt.load_state_dict(self._good["optimizer"])
+            # a private copy: load_state_dict may keep the tensors it is given, and the
+            # snapshot's tensors are overwritten in place by the next _snapshot
+            self.opt.load_state_dict(copy.deepcopy(self._good["optimizer"]))
         scale_lr(self.opt, self.cfg.nan_lr_factor)
         if self._good is not None:  # keep the lowered lr if we must restore again
             self._good["optimizer"] = copy.deepcopy(self.opt.state_dict())
@@ -345,3 +347,19 @@ class Trainer:
         self.best, self.wait = state["early_stop"]
         self.losses = list(state["losses"])
 
+
+def copy_into(dst: Any, src: Any) -> Any:
+    """A deep copy of ``src`` (nested dicts/lists of tensors and plain values) that reuses
+    ``dst``'s tensors where shape, dtype and device match."""
+    if isinstance(src, Tensor):
+        if isinstance(dst, Tensor) and dst.shape == src.shape and dst.dtype == src.dtype \
+                and dst.device == src.device and dst is not src:
+            return dst.copy_(src)
+        return src.detach().clone()
+    if isinstance(src, dict):
+        old = dst if isinstance(dst, dict) else {}
+        return {k: copy_into(old.get(k), v) for k, v in src.items()}
+    if isinstance(src, (list, tuple)):
+        old = dst if isinstance(dst, (list, tuple)) and len(dst) == len(src) else [None] * len(src)
+        return type(src)(copy_into(d, v) for d, v in zip(old, src))
+    return copy.deepcopy(src)
