@@ -81,6 +81,36 @@ def test_nan_loss_lowers_lr_and_restores_state():
     assert torch.isfinite(_flat(model)).all()
 
 
+def test_nan_twice_restores_each_time():
+    """The snapshot is copied in place every step: it must never alias the live state."""
+    cfg = tiny_config(adam_steps=40, lr=1e-2)
+    problem, model = build(cfg)
+
+    class PoisonTwice(Callback):
+        def on_step(self, step, metrics):
+            if step in (10, 25):
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.fill_(float("nan"))
+
+    result = Trainer(model, problem, cfg.train, [PoisonTwice()]).fit()
+    assert result.nan_events == 2
+    assert torch.isfinite(_flat(model)).all() and math.isfinite(result.loss)
+
+
+def test_copy_into_reuses_buffers_without_aliasing():
+    from cpikan.train.trainer import copy_into
+
+    src = {"a": torch.ones(3), "b": [torch.zeros(2), 4], "c": {"d": torch.arange(2.0)}}
+    first = copy_into(None, src)
+    buf = first["a"]
+    src["a"].add_(1)
+    assert torch.equal(first["a"], torch.ones(3))  # a copy, not a view of src
+    second = copy_into(first, src)
+    assert second["a"] is buf and torch.equal(buf, torch.full((3,), 2.0))
+    assert second["b"][1] == 4 and torch.equal(second["c"]["d"], src["c"]["d"])
+
+
 RESUME_SCRIPT = """
 import json, sys, torch
 from cpikan.experiment import PINNConfig, build
