@@ -54,7 +54,10 @@ def test_run_records_params_metrics_tags_artifacts(mlruns):
     assert len(tags["config_hash"]) == 64 and tags["cpikan.entry_point"] == "studies.pde:run"
     assert {"git.commit", "git.branch", "git.dirty", "command", "host", "cpu", "version.torch",
             "version.mlflow", "version.optuna", "torch.threads", "seed"} <= set(tags)
-    assert len(c.get_metric_history(rid, "loss")) == 15
+    loss_steps = [m.step for m in c.get_metric_history(rid, "loss")]
+    assert len(loss_steps) == 15
+    # a constant (the fixed PDE weight) is logged where its series starts and ends only
+    assert sorted(m.step for m in c.get_metric_history(rid, "weight_pde")) == [min(loss_steps), max(loss_steps)]
     assert "rel_l2" in json.loads(tags["cpikan.result_metrics"])
     assert "seconds" in json.loads(tags["cpikan.measurement_metrics"])
     names = {a.path for a in c.list_artifacts(rid)} | {a.path for a in c.list_artifacts(rid, "model")}
