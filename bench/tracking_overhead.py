@@ -2,7 +2,7 @@
 
 Three ways, same training (diffusion, [2, 8, 8, 1] Scaled-cPIKAN, 8 metrics a step):
   off    — no tracking;
-  ours   — tracking.Tracker: buffered, log_batch ≤ 1000 metrics a call on a writer thread;
+  ours   — tracking.Tracker: buffered, log_batch ≤ 1000 metrics a call from a writer process;
   naive  — mlflow.log_metric once per metric per step.
 "off" and "ours" alternate over --repeats rounds (median taken) so machine noise hits both.
 The store is a fresh SQLite file in a temporary folder. Exits 1 if our per-step logging
