@@ -112,7 +112,10 @@ def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
 
 
 def _two_workers(tmp_path, monkeypatch, storage_args, storage=None):
-    out = _study(tmp_path, "helmholtz1d", "--trials", "8", "--workers", "2", *storage_args, *TINY)
+    # trials of a few seconds: the parent works from the start, and with instant trials it
+    # could finish all 8 before the spawned worker has imported torch
+    longer = [*TINY, "--set", "train.adam_steps=600"]
+    out = _study(tmp_path, "helmholtz1d", "--trials", "8", "--workers", "2", *storage_args, *longer)
     assert out.returncode == 0, out.stderr
     trials = _trials(tmp_path, "helmholtz1d", storage)
     assert sorted(t.number for t in trials) == list(range(8))
