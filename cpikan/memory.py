@@ -7,6 +7,7 @@ one interpreter, or one stretch of work, on its own.
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 
@@ -27,3 +28,27 @@ def reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed blocks up to 32 MiB instead of returning them to the kernel.
+
+    A training step allocates and frees the same few-MiB tensors (the derivative jets) every
+    step. By default glibc hands such blocks back to the kernel (munmap, heap trimming) and
+    takes them again on the next step, so every step pays page faults on fresh memory: a
+    helmholtz2d step at 2900 points spent ~40 % of its time there (67 → 37 ms on 2 threads).
+    Raising the mmap and trim thresholds keeps that memory in the process (RSS stays at its
+    peak). Returns False where it does not apply (not glibc).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # 32 MiB is glibc's ceiling for the mmap threshold; the trim threshold only has to exceed it
+    ok = mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1
+    return ok and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1

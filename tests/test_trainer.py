@@ -235,3 +235,34 @@ def test_inverse_problem_parameters_train():
     result, _, problem = run_pinn(cfg)
     assert result.metrics["D"] != pytest.approx(0.05)
     assert {"D_rel_err", "kappa_rel_err"} <= set(result.metrics)
+
+
+_KEEP_FREED = """
+import sys, torch
+from cpikan.memory import keep_freed_memory
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+keep = sys.argv[1] == "1"
+if keep:
+    assert keep_freed_memory()
+torch.ones(1000, dtype=torch.float64).sum()  # first op: lazy loading off the measurement
+before = rss_mb()
+x = torch.ones(3_000_000, dtype=torch.float64)  # 24 MB, touched
+del x
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+def test_keep_freed_memory_keeps_step_sized_blocks():
+    """Without the tuning glibc unmaps a freed 24 MB tensor (page faults again next step)."""
+    def kept(flag: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _KEEP_FREED, flag], check=True,
+                             capture_output=True, text=True)
+        return float(out.stdout)
+    assert kept("0") < 5
+    assert kept("1") > 20

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from cpikan import sampling
 from cpikan.losses import make_balancer
+from cpikan.memory import keep_freed_memory
 from cpikan.pde.base import Collocation, Problem
 from cpikan.train.callbacks import Callback
 from cpikan.train.config import TrainConfig
@@ -57,6 +58,8 @@ class Trainer:
     ) -> None:
         self.cfg = config
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # a step re-allocates the same jets: no page faults each time
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp: 'fp16' needs a CUDA device; on CPU use 'bf16' or 'none'")
         self.model = model.to(self.device)
