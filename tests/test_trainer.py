@@ -266,3 +266,17 @@ def test_keep_freed_memory_keeps_step_sized_blocks():
         return float(out.stdout)
     assert kept("0") < 5
     assert kept("1") > 20
+
+
+def test_lbfgs_lands_on_scheduled_steps_and_resamples():
+    """L-BFGS chunks stop exactly at evaluation and resampling steps, and resampling in the
+    L-BFGS phase replaces the interior points (with a fresh optimiser)."""
+    hist = History()
+    cfg = tiny_config(adam_steps=3, lbfgs_steps=40, lbfgs_chunk=7, eval_every=10, resample_every=15)
+    problem, model = build(cfg)
+    trainer = Trainer(model, problem, cfg.train, [hist])
+    before = trainer.batch.interior.clone()
+    trainer.fit()
+    assert [s for s, _ in hist.evals] == [10, 20, 30, 40, 43]  # the last: fit's final evaluation
+    assert not torch.equal(before, trainer.batch.interior)
+    assert trainer.batch.interior.shape == before.shape

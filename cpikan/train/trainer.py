@@ -213,12 +213,15 @@ class Trainer:
             return True
         return False
 
-    def _adapt_points(self) -> None:
-        """Resample the interior, or add residual-adaptive points (RAR-D), on schedule."""
+    def _adapt_points(self) -> bool:
+        """Resample the interior, or add residual-adaptive points (RAR-D), on schedule.
+        Returns whether the points changed."""
         cfg, s = self.cfg, self.step
+        changed = False
         if cfg.resample_every and s and s % cfg.resample_every == 0:
             new = self.problem.sample_interior(self.problem.n_interior, self.gen)
             self.batch.interior = new.to(self.device, self.dtype)
+            changed = True
         if cfg.rar_every and s and s % cfg.rar_every == 0:
             cands = self.problem.sample_interior(cfg.rar_candidates, self.gen)
             cands = cands.to(self.device, self.dtype)
@@ -229,6 +232,8 @@ class Trainer:
 
             new = sampling.rar_d(cands, residual, cfg.rar_points, self.gen, cfg.rar_k, cfg.rar_c)
             self.batch.interior = torch.cat([self.batch.interior, new])
+            changed = True
+        return changed
 
     # ------------------------------------------------------------------ NaN guard
     def _snapshot(self) -> None:
@@ -275,9 +280,24 @@ class Trainer:
         self._last_terms = {k: float(v.detach()) for k, v in terms.items()}
         return loss
 
+    def _lbfgs_chunk(self, end: int) -> int:
+        """Iterations of the next L-BFGS call: at most ``lbfgs_chunk``, and stopping exactly
+        at the next scheduled event (resampling, RAR, evaluation, checkpoint, ``until``)."""
+        cfg = self.cfg
+        stop = min(end, self.step + cfg.lbfgs_chunk)
+        if self.until is not None:
+            stop = min(stop, self.until)
+        for every in (cfg.resample_every, cfg.rar_every, cfg.eval_every, cfg.checkpoint_every):
+            if every:
+                stop = min(stop, (self.step // every + 1) * every)
+        return max(stop - self.step, 1)
+
     def _run_lbfgs(self) -> None:
         end = self.lbfgs_end
         while self.step < end and not self._early_stop() and not self._paused():
+            if self._adapt_points():  # a new objective: old curvature pairs would mislead
+                self.opt = self._make_lbfgs(self.opt.param_groups[0]["lr"])
+            self.opt.param_groups[0]["max_iter"] = self._lbfgs_chunk(end)
             state = self.opt.state[self.params[0]]
             before = state.get("n_iter", 0)
             loss = float(self.opt.step(self._closure).detach())
