@@ -88,6 +88,27 @@ def cos(jet: Tensor) -> Tensor:
     return elementwise(jet, c, -s, -c)
 
 
+def mul(a: Tensor, b: Tensor) -> Tensor:
+    """Product of two jets (product rule; b may have width 1 and broadcast)."""
+    d = jet_dims(a)
+    if d == 0:
+        return a * b
+    a0, a1, a2 = a[:1], a[1 : 1 + d], a[1 + d :]
+    b0, b1, b2 = b[:1], b[1 : 1 + d], b[1 + d :]
+    return torch.cat([a0 * b0, a1 * b0 + a0 * b1, a2 * b0 + 2.0 * a1 * b1 + a0 * b2], dim=0)
+
+
+def bubble(jet: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Jet (width 1) of Π_j (1 − z_j²) over ``dims``: zero exactly on those faces of [-1, 1]^d."""
+    out = None
+    for j in dims:
+        z = jet[..., j : j + 1]
+        g = elementwise(z, 1.0 - z[0].square(), -2.0 * z[0], torch.full_like(z[0], -2.0))
+        out = g if out is None else mul(out, g)
+    assert out is not None
+    return out
+
+
 def linear(jet: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x Wᵀ + b on every slice; the bias only touches the value slice."""
     out = jet @ weight.T

@@ -18,6 +18,7 @@ from cpikan.pde import Problem, make_problem
 from cpikan.train import Callback, TrainConfig, Trainer, TrainResult, seed_everything
 
 MODEL_KINDS = ("cpikan", "mlp")
+ZERO_FACE_PROBLEMS = ("helmholtz2d", "poisson3d")
 
 
 @dataclass
@@ -31,6 +32,8 @@ class ModelConfig:
     dtype: str = "float32"
     fourier_features: int = 0
     fourier_sigma: float = 1.0
+    #: impose the problem's u = 0 faces exactly (u = Π(1 − x̂_j²)·N) instead of by a loss term
+    hard_bc: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
@@ -61,10 +64,18 @@ def build_model(cfg: ModelConfig, problem: Problem, seed: int) -> ScaledModel:
     widths = [problem.dim, *cfg.hidden, 1]
     common = dict(init=cfg.init, dtype=cfg.dtype, fourier_features=cfg.fourier_features,
                   fourier_sigma=cfg.fourier_sigma, seed=seed)
+    model: ScaledModel
     if cfg.kind == "mlp":
-        return MLP(widths, problem.lo, problem.hi, **common)
-    return ScaledCPIKAN(widths, cfg.degree, problem.lo, problem.hi, squash=cfg.squash,
-                        layernorm=cfg.layernorm, **common)
+        model = MLP(widths, problem.lo, problem.hi, **common)
+    else:
+        model = ScaledCPIKAN(widths, cfg.degree, problem.lo, problem.hi, squash=cfg.squash,
+                             layernorm=cfg.layernorm, **common)
+    if cfg.hard_bc:
+        if not problem.zero_faces:
+            raise ValueError(f"model.hard_bc: {problem.name!r} has no u = 0 faces to impose; "
+                             f"allowed for: {', '.join(ZERO_FACE_PROBLEMS)}")
+        model.zero_faces = problem.zero_faces
+    return model
 
 
 def build(cfg: PINNConfig) -> tuple[Problem, ScaledModel]:

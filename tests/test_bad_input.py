@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cpikan.experiment import ModelConfig
+from cpikan.experiment import ModelConfig, build_model
 from cpikan.losses import make_balancer
 from cpikan.nn import MLP, ScaledCPIKAN
 from cpikan.pde import make_problem
@@ -29,6 +29,8 @@ from cpikan.train import TrainConfig
         (lambda: make_problem("burgers"), r"problem: unknown 'burgers'; allowed: helmholtz1d"),
         (lambda: make_problem("diffusion", sampler="sobol"), r"sampler: .*lhs, uniform"),
         (lambda: ModelConfig(kind="transformer"), r"model.kind: .*cpikan, mlp"),
+        (lambda: build_model(ModelConfig(hard_bc=True), make_problem("diffusion"), 0),
+         r"model.hard_bc: 'diffusion' has no u = 0 faces.*allowed for: helmholtz2d, poisson3d"),
     ],
 )
 def test_bad_configuration(make, match):

@@ -17,6 +17,11 @@ def _rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
+def _hard_bc(model, faces):
+    model.zero_faces = faces
+    return model
+
+
 MODELS = {
     "cpikan_1d": lambda: ScaledCPIKAN([1, 6, 1], 8, [-1], [1], dtype="float64", seed=1),
     "cpikan_2d_tanh": lambda: ScaledCPIKAN([2, 8, 8, 1], 5, [-6, 0], [6, 1], dtype="float64", seed=1),
@@ -26,6 +31,8 @@ MODELS = {
                                              dtype="float64", seed=3),
     "cpikan_fourier": lambda: ScaledCPIKAN([2, 8, 1], 3, [-1, -1], [1, 1], fourier_features=4,
                                            dtype="float64", seed=4),
+    "cpikan_hard_bc": lambda: _hard_bc(ScaledCPIKAN([3, 6, 1], 4, [0, -1, 2], [1, 1, 5],
+                                                    dtype="float64", seed=7), (0, 2)),
     "mlp": lambda: MLP([2, 19, 19, 1], [-6, 0], [6, 1], dtype="float64", seed=5),
     "mlp_fourier_2out": lambda: MLP([3, 16, 2], [0] * 3, [2] * 3, fourier_features=3,
                                     dtype="float64", seed=6),
@@ -77,3 +84,12 @@ def test_works_without_grad_and_in_float32():
     ref = diff.derivatives_autograd(model, x)
     assert d.u.dtype == torch.float32
     assert _rel(d.d2u, ref.d2u.detach()) < 1e-4
+
+
+def test_hard_bc_is_zero_on_its_faces_only():
+    model = _hard_bc(ScaledCPIKAN([2, 6, 1], 4, [-1, 0], [1, 3], dtype="float64", seed=8), (1,))
+    y_faces = torch.tensor([[0.3, 0.0], [-0.7, 3.0]], dtype=torch.float64)
+    x_faces = torch.tensor([[-1.0, 1.5], [1.0, 1.5]], dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(model(y_faces), torch.zeros(2, 1, dtype=torch.float64))
+        assert model(x_faces).abs().min() > 0  # x is not constrained

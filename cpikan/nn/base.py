@@ -60,6 +60,8 @@ class ScaledModel(nn.Module):
         self.register_buffer("lo", torch.tensor(lo, dtype=dtype))
         self.register_buffer("hi", torch.tensor(hi, dtype=dtype))
         self.checkpointing = False
+        #: coordinates whose two faces carry u = 0, imposed exactly by u = Π(1 − x̂_j²)·N(x̂)
+        self.zero_faces: tuple[int, ...] = ()
 
     @property
     def in_features(self) -> int:
@@ -95,11 +97,14 @@ class ScaledModel(nn.Module):
         return x.to(self.lo.dtype)
 
     def _run(self, jet: Tensor) -> Tensor:
+        inputs = jet
         for layer in self.layers:
             if self.checkpointing and torch.is_grad_enabled():
                 jet = checkpoint(layer.forward_jet, jet, use_reentrant=False)
             else:
                 jet = layer.forward_jet(jet)
+        if self.zero_faces:
+            jet = diff.mul(jet, diff.bubble(inputs, self.zero_faces))
         return jet
 
     def forward(self, x: Tensor) -> Tensor:

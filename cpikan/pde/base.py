@@ -63,6 +63,8 @@ class Problem(nn.Module):
     time_dependent: bool = False
     #: the residual is divided by this so the PDE term is O(1) (the equation's own scale)
     residual_scale: float = 1.0
+    #: coordinates whose both faces carry u = 0 (a model may impose them exactly: hard_bc)
+    zero_faces: tuple[int, ...] = ()
 
     def __init__(
         self,

@@ -53,6 +53,7 @@ class Helmholtz2D(Problem):
 
     name = "helmholtz2d"
     coords = ("x", "y")
+    zero_faces = (0, 1)
 
     def __init__(self, a1: float = 1.0, a2: float = 4.0, lam: float = 1.0, **kw: object) -> None:
         kw.setdefault("eval_resolution", 201)

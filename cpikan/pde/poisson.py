@@ -16,6 +16,7 @@ class Poisson3D(Problem):
 
     name = "poisson3d"
     coords = ("x", "y", "z")
+    zero_faces = (0, 1, 2)
     residual_scale = 3 * math.pi**2
 
     def __init__(self, **kw: object) -> None:
