@@ -15,8 +15,8 @@ PRESETS: dict[str, PINNConfig] = {
     ),
     "helmholtz2d": PINNConfig(
         "helmholtz2d", {"n_interior": 2500, "n_boundary": 400},
-        ModelConfig(hidden=(16, 16), degree=10, dtype=F64),
-        TrainConfig(adam_steps=1000, lr=1e-2, scheduler="exponential", lbfgs_steps=9000,
+        ModelConfig(hidden=(16, 16), degree=10, dtype=F64, hard_bc=True),
+        TrainConfig(adam_steps=1000, lr=1e-2, scheduler="exponential", lbfgs_steps=5000,
                     loss_weights={"pde": 1.0, "bc": 10.0}),
     ),
     # the published setup: [2, 8, 8, 1], degree 5, 2000/400/2×200 points, weights 0.01/1/1
