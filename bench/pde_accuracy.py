@@ -7,7 +7,8 @@ reaction_diffusion_inverse. Prints the settings, the relative L2 error on the pr
 fixed evaluation grid and the wall seconds (for ``diffusion`` also the MLP baseline
 [2, 19, 19, 1] trained under the same budget; for the inverse problem the errors of D and
 κ). ``--budget published`` trains with the published code's own budget instead of the
-preset's (Adam, lr 1e-3, 10 000 full-batch epochs, no L-BFGS). The last line holds the figures as key=value pairs; exits 1 when a target is missed.
+preset's (Adam, lr 1e-3, 10 000 full-batch epochs, no L-BFGS). The last line holds the
+figures as key=value pairs; exits 1 when a target is missed.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ benchmarks. Mixed second derivatives are not carried: no problem here needs them
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,13 +101,11 @@ def mul(a: Tensor, b: Tensor) -> Tensor:
 
 def bubble(jet: Tensor, dims: tuple[int, ...]) -> Tensor:
     """Jet (width 1) of Π_j (1 − z_j²) over ``dims``: zero exactly on those faces of [-1, 1]^d."""
-    out = None
+    factors = []
     for j in dims:
         z = jet[..., j : j + 1]
-        g = elementwise(z, 1.0 - z[0].square(), -2.0 * z[0], torch.full_like(z[0], -2.0))
-        out = g if out is None else mul(out, g)
-    assert out is not None
-    return out
+        factors.append(elementwise(z, 1.0 - z[0].square(), -2.0 * z[0], torch.full_like(z[0], -2.0)))
+    return functools.reduce(mul, factors)
 
 
 def linear(jet: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -14,11 +14,10 @@ from typing import Any
 import torch
 
 from cpikan.nn import MLP, ScaledCPIKAN, ScaledModel
-from cpikan.pde import Problem, make_problem
+from cpikan.pde import PROBLEMS, Problem, make_problem
 from cpikan.train import Callback, TrainConfig, Trainer, TrainResult, seed_everything
 
 MODEL_KINDS = ("cpikan", "mlp")
-ZERO_FACE_PROBLEMS = ("helmholtz2d", "poisson3d")
 
 
 @dataclass
@@ -72,8 +71,9 @@ def build_model(cfg: ModelConfig, problem: Problem, seed: int) -> ScaledModel:
                              layernorm=cfg.layernorm, **common)
     if cfg.hard_bc:
         if not problem.zero_faces:
+            allowed = ", ".join(n for n, cls in PROBLEMS.items() if cls.zero_faces)
             raise ValueError(f"model.hard_bc: {problem.name!r} has no u = 0 faces to impose; "
-                             f"allowed for: {', '.join(ZERO_FACE_PROBLEMS)}")
+                             f"allowed for: {allowed}")
         model.zero_faces = problem.zero_faces
     return model
 

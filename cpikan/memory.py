@@ -8,6 +8,7 @@ one interpreter, or one stretch of work, on its own.
 from __future__ import annotations
 
 import ctypes
+import functools
 from pathlib import Path
 
 
@@ -33,6 +34,7 @@ def reset_peak_rss() -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 
+@functools.cache  # process-wide setting: once is enough
 def keep_freed_memory() -> bool:
     """Let glibc reuse freed blocks up to 32 MiB instead of returning them to the kernel.
 
