@@ -31,7 +31,7 @@ TARGETS = {"helmholtz1d": (1e-4, 180), "helmholtz2d": (1e-3, 900), "diffusion": 
            "poisson3d": (1e-3, 600), "reaction_diffusion": (1e-3, None),
            "reaction_diffusion_inverse": (None, None)}
 # the published Scaled-cPIKAN code's training: plain Adam, full batch, no L-BFGS
-PUBLISHED_BUDGET = {"adam_steps": 10000, "lr": 1e-3, "scheduler": "none", "lbfgs_steps": 0}
+PUBLISHED_BUDGET = {"adam_steps": 10000, "lr": 1e-3, "scheduler": "none", "lbfgs_steps": 0, "lm_steps": 0}
 
 
 class Progress(Callback):
@@ -49,7 +49,7 @@ class Progress(Callback):
 
 
 def train(cfg: PINNConfig, label: str) -> tuple[dict[str, float], float, int]:
-    total = cfg.train.adam_steps + cfg.train.lbfgs_steps
+    total = cfg.train.adam_steps + cfg.train.lbfgs_steps + cfg.train.lm_steps
     t0 = time.perf_counter()
     result, model, _ = run_pinn(cfg, [Progress(total, label)])
     return result.metrics, time.perf_counter() - t0, n_parameters(model)

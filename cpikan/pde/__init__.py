@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpikan.pde.base import Collocation, Problem
+from cpikan.pde.base import Collocation, Problem, Term
 from cpikan.pde.diffusion import Diffusion, ReactionDiffusion, ReactionDiffusionInverse
 from cpikan.pde.helmholtz import Helmholtz1D, Helmholtz2D
 from cpikan.pde.poisson import Poisson3D
@@ -21,4 +21,4 @@ def make_problem(name: str, **kwargs: object) -> Problem:
     return PROBLEMS[name](**kwargs)
 
 
-__all__ = ["PROBLEMS", "Collocation", "Problem", "make_problem"]
+__all__ = ["PROBLEMS", "Collocation", "Problem", "Term", "make_problem"]

@@ -22,6 +22,31 @@ DerivFn = Callable[[nn.Module, Tensor], Derivatives]
 
 
 @dataclass
+class Term:
+    """One loss term as pointwise residuals: ``fn(model, *inputs)`` gives one residual per
+    row of ``inputs``, and row n depends on row n alone.
+
+    The loss is their mean square. Pointwise is what lets the Levenberg–Marquardt phase take
+    the Jacobian one point at a time (``cpikan.train.lm``).
+    """
+
+    fn: Callable[..., Tensor]
+    inputs: tuple[Tensor, ...]
+
+    def residuals(self, model: nn.Module) -> Tensor:
+        return self.fn(model, *self.inputs)
+
+    def __len__(self) -> int:
+        return len(self.inputs[0])
+
+
+def misfit(model: nn.Module, points: Tensor, values: Tensor) -> Tensor:
+    """u(points) − values: the residual of a Dirichlet, initial or data condition."""
+    pred = model(points)[:, 0]
+    return pred - values.to(pred.dtype)
+
+
+@dataclass
 class Collocation:
     """Training points: interior, and (points, target values) for each condition."""
 
@@ -134,17 +159,24 @@ class Problem(nn.Module):
         return {}
 
     # -- losses and evaluation -----------------------------------------------------
+    def terms(self, batch: Collocation, deriv_fn: DerivFn | None = None) -> dict[str, Term]:
+        """The PDE residual (divided by ``residual_scale``) and each condition's misfit."""
+        x = sampling.check_finite("interior", batch.interior)
+
+        def pde(model: nn.Module, x: Tensor) -> Tensor:
+            d = model.derivatives(x) if deriv_fn is None else deriv_fn(model, x)
+            return self.residual(d, x.to(d.u.dtype)) / self.residual_scale
+
+        terms = {"pde": Term(pde, (x,))}
+        for name, (pts, vals) in batch.conditions.items():
+            terms[name] = Term(misfit, (pts, vals))
+        return terms
+
     def loss_terms(
         self, model: nn.Module, batch: Collocation, deriv_fn: DerivFn | None = None
     ) -> dict[str, Tensor]:
         """Mean squared PDE residual and condition misfits, one entry per term."""
-        x = sampling.check_finite("interior", batch.interior)
-        d = model.derivatives(x) if deriv_fn is None else deriv_fn(model, x)
-        terms = {"pde": (self.residual(d, x.to(d.u.dtype)) / self.residual_scale).square().mean()}
-        for name, (pts, vals) in batch.conditions.items():
-            pred = model(pts)[:, 0]
-            terms[name] = (pred - vals.to(pred.dtype)).square().mean()
-        return terms
+        return {k: t.residuals(model).square().mean() for k, t in self.terms(batch, deriv_fn).items()}
 
     def eval_grid(self) -> Tensor:
         axes = [torch.linspace(a, b, self.eval_resolution, dtype=torch.float64)

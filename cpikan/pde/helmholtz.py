@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cpikan.diff import Derivatives
-from cpikan.pde.base import Problem
+from cpikan.pde.base import Collocation, DerivFn, Problem, Term
 
 
 class Helmholtz1D(Problem):
@@ -36,12 +36,15 @@ class Helmholtz1D(Problem):
     def residual(self, d: Derivatives, x: Tensor) -> Tensor:
         return d.dxx(0) + self.k**2 * d.u[:, 0]
 
-    def loss_terms(self, model, batch, deriv_fn=None):  # type: ignore[no-untyped-def]
-        terms = super().loss_terms(model, batch, deriv_fn)
+    def terms(self, batch: Collocation, deriv_fn: DerivFn | None = None) -> dict[str, Term]:
+        terms = super().terms(batch, deriv_fn)
         ends = torch.tensor([[-1.0], [1.0]], dtype=batch.interior.dtype, device=batch.interior.device)
-        d = model.derivatives(ends) if deriv_fn is None else deriv_fn(model, ends)
-        target = self.k * torch.cos(self.k * ends[:, 0]).to(d.u.dtype)
-        terms["bc_flux"] = ((d.dx(0) - target) / self.k).square().mean()
+
+        def flux(model: nn.Module, ends: Tensor, target: Tensor) -> Tensor:
+            d = model.derivatives(ends) if deriv_fn is None else deriv_fn(model, ends)
+            return (d.dx(0) - target.to(d.u.dtype)) / self.k
+
+        terms["bc_flux"] = Term(flux, (ends, self.k * torch.cos(self.k * ends[:, 0])))
         return terms
 
     def sample_boundary(self, n: int, gen: torch.Generator) -> Tensor:

@@ -18,10 +18,13 @@ def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @dataclass
 class TrainConfig:
-    """Adam (optionally scheduled) then L-BFGS, with the robustness options of the trainer.
+    """Adam (optionally scheduled), then L-BFGS, then Levenberg–Marquardt, each phase
+    skipped when its step count is 0, with the robustness options of the trainer.
 
     Step counts are optimiser steps; one L-BFGS step is one L-BFGS iteration (its line
-    search may evaluate the loss several times).
+    search may evaluate the loss several times); one LM step is one Jacobian and the
+    damped solves it takes to lower the loss. L-BFGS and LM run full batch in full
+    precision with the loss weights frozen at their last values.
     """
 
     adam_steps: int = 1000
@@ -38,6 +41,9 @@ class TrainConfig:
     lbfgs_lr: float = 1.0
     lbfgs_history: int = 50
     lbfgs_chunk: int = 20
+    #: Levenberg–Marquardt iterations after L-BFGS (small models: J is N × P, see cpikan.train.lm)
+    lm_steps: int = 0
+    lm_damping: float = 1e-3
     clip_grad_norm: float | None = None
     early_stop_patience: int = 0
     early_stop_min_delta: float = 0.0
@@ -64,7 +70,7 @@ class TrainConfig:
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("amp", self.amp, AMP_MODES)
         _choice("balancing", self.balancing, BALANCERS)
-        for name in ("adam_steps", "lbfgs_steps", "early_stop_patience", "resample_every",
+        for name in ("adam_steps", "lbfgs_steps", "lm_steps", "early_stop_patience", "resample_every",
                      "rar_every", "eval_every", "checkpoint_every"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name}: must be ≥ 0, got {getattr(self, name)}")
@@ -74,6 +80,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
         if not self.lr > 0 or not self.lbfgs_lr > 0:
             raise ValueError(f"lr: must be > 0, got lr={self.lr}, lbfgs_lr={self.lbfgs_lr}")
+        if not self.lm_damping > 0:
+            raise ValueError(f"lm_damping: must be > 0, got {self.lm_damping}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm: must be > 0 or None, got {self.clip_grad_norm}")
         if not 0 < self.lr_final_factor <= 1:

@@ -41,8 +41,12 @@ def step_scheduler(sched: object, loss: float) -> None:
 
 
 def scale_lr(opt: Optimizer, factor: float) -> None:
-    """Lower every group's learning rate (NaN guard); schedulers keep scaling from there."""
+    """Lower every group's learning rate (NaN guard); schedulers keep scaling from there.
+    Levenberg–Marquardt has no learning rate: its damping rises by 1/factor instead."""
     for group in opt.param_groups:
+        if "damping" in group:
+            group["damping"] = group["damping"] / factor
+            continue
         group["lr"] = group["lr"] * factor
         if "initial_lr" in group:
             group["initial_lr"] = group["initial_lr"] * factor

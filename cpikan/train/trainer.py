@@ -1,4 +1,5 @@
-"""The PINN trainer: Adam then L-BFGS, with the robustness a long study needs.
+"""The PINN trainer: Adam, then L-BFGS, then Levenberg–Marquardt, with the robustness a
+long study needs.
 
 One ``Trainer`` trains one model on one problem. It is deterministic on CPU for a given
 seed (a private generator draws every collocation point), can checkpoint and resume
@@ -26,6 +27,7 @@ from cpikan.memory import keep_freed_memory
 from cpikan.pde.base import Collocation, Problem
 from cpikan.train.callbacks import Callback
 from cpikan.train.config import TrainConfig
+from cpikan.train.lm import MAX_PARAMETERS, LevenbergMarquardt, ResidualJacobian
 from cpikan.train.schedulers import make_scheduler, scale_lr, step_scheduler
 
 
@@ -86,6 +88,9 @@ class Trainer:
         self._good: dict[str, Any] | None = None
         self.until: int | None = None
         self.lbfgs_end = config.adam_steps + config.lbfgs_steps
+        self.lm_end = self.lbfgs_end + config.lm_steps
+        if config.lm_steps:
+            self._check_lm()
 
     # ------------------------------------------------------------------ public API
     def fit(
@@ -105,6 +110,10 @@ class Trainer:
                 self._begin_lbfgs()
         if self.phase == "lbfgs" and not self._paused():
             self._run_lbfgs()
+            if self.cfg.lm_steps and not self._paused():
+                self._begin_lm()
+        if self.phase == "lm" and not self._paused():
+            self._run_lm()
         if not self._paused():
             self.phase = "done"
         metrics = self.evaluate()
@@ -179,8 +188,9 @@ class Trainer:
         return self._metrics(total, sums, gnorm)
 
     def _metrics(self, total: float, terms: dict[str, float], gnorm: float) -> dict[str, float]:
-        m = {"loss": total, "lr": self.opt.param_groups[0]["lr"], "grad_norm": gnorm,
-             "nan_events": float(self.nan_events)}
+        group = self.opt.param_groups[0]
+        rate = {"damping": group["damping"]} if "damping" in group else {"lr": group["lr"]}
+        m = {"loss": total, **rate, "grad_norm": gnorm, "nan_events": float(self.nan_events)}
         for k, v in terms.items():
             m[f"loss_{k}"] = v
             m[f"weight_{k}"] = self.balancer.weight(k)
@@ -316,6 +326,52 @@ class Trainer:
             if done == 0:  # converged: L-BFGS will not move any more
                 break
 
+    # ------------------------------------------------------------------ Levenberg–Marquardt phase
+    def _check_lm(self) -> None:
+        if not hasattr(self.problem, "terms"):
+            raise ValueError(f"lm_steps: Levenberg–Marquardt needs pointwise residual terms (the PDE "
+                             f"problems); {type(self.problem).__name__} has none: use lm_steps=0")
+        n = sum(p.numel() for p in self.params)
+        if n > MAX_PARAMETERS:
+            raise ValueError(f"lm_steps: Levenberg–Marquardt builds a dense {n} × {n} system; allowed "
+                             f"up to {MAX_PARAMETERS} parameters: use L-BFGS (lm_steps=0)")
+
+    def _begin_lm(self) -> None:
+        self.phase = "lm"
+        self.lm_end = self.step + self.cfg.lm_steps  # earlier phases may have stopped early
+        self.opt = LevenbergMarquardt(self.params, self.cfg.lm_damping)
+        self.best, self.wait = math.inf, 0
+        self._snapshot()
+
+    def _run_lm(self) -> None:
+        jacobian = ResidualJacobian(self.model, self.problem, self.params)
+        while self.step < self.lm_end and not self._early_stop() and not self._paused():
+            self._adapt_points()
+            if not self._lm_step(jacobian):  # no damping lowers the loss: a (local) minimum
+                break
+
+    def _lm_step(self, jacobian: ResidualJacobian) -> bool:
+        """One LM iteration on the current points; returns whether the parameters moved."""
+        terms = self.problem.terms(self.batch)
+        weights = {k: self.balancer.weight(k) for k in terms}
+        parts: dict[str, float] = {}
+
+        def loss_now() -> float:
+            parts.update(jacobian.term_losses(terms))
+            return sum(weights[k] * v for k, v in parts.items())
+
+        out = self.opt.step(lambda: jacobian(terms, weights), loss_now)
+        self.step += 1
+        if self.cfg.nan_guard and not (
+            math.isfinite(out.loss) and all(torch.isfinite(p).all() for p in self.params)
+        ):
+            self._recover()
+            return True
+        if not out.moved:
+            loss_now()  # the terms at the kept point (the last trial was rejected)
+        self._after_step(self._metrics(out.loss, parts, out.grad_norm))
+        return out.moved
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -323,6 +379,7 @@ class Trainer:
             "step": self.step,
             "phase": self.phase,
             "lbfgs_end": self.lbfgs_end,
+            "lm_end": self.lm_end,
             "model": self.model.state_dict(),
             "problem": self.problem.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -356,8 +413,11 @@ class Trainer:
         self.problem.load_state_dict(state["problem"])
         self.phase, self.step = state["phase"], state["step"]
         self.lbfgs_end = state["lbfgs_end"]
+        self.lm_end = state.get("lm_end", self.lbfgs_end)  # checkpoints from before the LM phase
         if self.phase == "lbfgs":
             self.opt = self._make_lbfgs(self.cfg.lbfgs_lr)
+        elif self.phase == "lm":
+            self.opt = LevenbergMarquardt(self.params, self.cfg.lm_damping)
         self.opt.load_state_dict(state["optimizer"])
         if self.sched is not None and state["scheduler"] is not None:
             self.sched.load_state_dict(state["scheduler"])

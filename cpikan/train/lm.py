@@ -1,0 +1,147 @@
+"""Levenberg–Marquardt for small PINNs: the loss is a sum of squares, so use its Jacobian.
+
+Adam and L-BFGS see only the gradient of the loss Σ_k w_k·mean(r_k²). Levenberg–Marquardt
+sees the residuals themselves: with r the stacked vector of √(w_k/N_k)·r_k (so ‖r‖² is that
+same loss) and J = ∂r/∂θ, each step solves
+
+    (JᵀJ + μ·diag(JᵀJ)) δ = −Jᵀr,
+
+a Gauss–Newton step that bends toward scaled gradient descent when the quadratic model is
+poor (μ grows on rejected steps and shrinks on good ones, Nielsen's rule). Every residual
+is pointwise (:class:`cpikan.pde.Term`), so J is a batch of per-point gradients: one
+``torch.func.vmap(grad)`` pass, about the cost of a few training steps for a network of a
+few hundred parameters. The P×P solve is cheap at that size; the cost grows as N·P², so
+the phase is meant for models up to a few thousand parameters (``MAX_PARAMETERS``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from cpikan.pde.base import Term
+
+#: J and JᵀJ are dense: beyond this many parameters use L-BFGS
+MAX_PARAMETERS = 20_000
+
+
+class _Joint(nn.Module):
+    """Model and problem under one roof: one ``functional_call`` swaps both parameter sets
+    (the inverse problem's coefficients live on the problem)."""
+
+    def __init__(self, model: nn.Module, problem: nn.Module) -> None:
+        super().__init__()
+        self.model, self.problem = model, problem
+
+    def forward(self, fn: Callable[..., Tensor], *rows: Tensor) -> Tensor:
+        return fn(self.model, *rows)
+
+
+class ResidualJacobian:
+    """Stacked weighted residuals r and their Jacobian J with respect to the trainable
+    parameters of ``model`` and ``problem``, in the order of ``params``."""
+
+    def __init__(self, model: nn.Module, problem: nn.Module, params: Iterable[Tensor],
+                 chunk_size: int = 4096) -> None:
+        self.joint = _Joint(model, problem)
+        name_of = {id(p): n for n, p in self.joint.named_parameters()}
+        params = list(params)
+        if any(id(p) not in name_of for p in params):
+            raise ValueError("lm: every trained parameter must belong to the model or the problem")
+        self.names = [name_of[id(p)] for p in params]  # J's columns follow ``params``
+        self.chunk_size = chunk_size
+
+    @staticmethod
+    def scales(terms: Mapping[str, Term], weights: Mapping[str, float]) -> dict[str, float]:
+        return {k: math.sqrt(weights[k] / len(t)) for k, t in terms.items()}
+
+    def term_losses(self, terms: Mapping[str, Term]) -> dict[str, float]:
+        """Each term's mean squared residual at the current parameters (no graph)."""
+        with torch.no_grad():
+            return {k: float(t.residuals(self.joint.model).square().mean()) for k, t in terms.items()}
+
+    def __call__(self, terms: Mapping[str, Term], weights: Mapping[str, float]) -> tuple[Tensor, Tensor]:
+        params = {n: p.detach() for n, p in self.joint.named_parameters() if n in self.names}
+        rows, blocks = [], []
+        for k, t in terms.items():
+            def one(p: dict[str, Tensor], *row: Tensor, fn: Callable[..., Tensor] = t.fn) -> Tensor:
+                return functional_call(self.joint, p, (fn, *(r[None] for r in row)))[0]
+
+            in_dims = (None, *(0,) * len(t.inputs))
+            g, r = vmap(grad_and_value(one), in_dims=in_dims, chunk_size=self.chunk_size)(params, *t.inputs)
+            s = self.scales(terms, weights)[k]
+            rows.append(s * r.detach())
+            blocks.append(s * torch.cat([g[n].reshape(len(t), -1) for n in self.names], dim=1))
+        return torch.cat(rows), torch.cat(blocks)
+
+
+class LMStep(NamedTuple):
+    loss: float  # after the step (before it, when no step was taken)
+    grad_norm: float  # ‖∇loss‖ = ‖2Jᵀr‖ before the step
+    moved: bool  # False: no damping made the loss fall (converged, or a non-finite point)
+
+
+class LevenbergMarquardt(torch.optim.Optimizer):
+    """Levenberg–Marquardt with Marquardt's diagonal scaling and Nielsen's damping update.
+
+    ``step(linearize, loss_now)``: ``linearize()`` returns (r, J) at the current parameters,
+    ``loss_now()`` the loss ‖r‖² there; the step tries δ in place and keeps it only if the
+    loss falls, so an accepted step never increases the loss. The damping μ (and Nielsen's
+    ν) live in ``param_groups``: they checkpoint with ``state_dict``.
+    """
+
+    def __init__(self, params: Iterable[Tensor], damping: float = 1e-3, max_tries: int = 30) -> None:
+        if not damping > 0:
+            raise ValueError(f"lm_damping: must be > 0, got {damping}")
+        super().__init__(params, {"damping": float(damping), "nu": 2.0})
+        self.max_tries = max_tries
+
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _set(self, base: list[Tensor], delta: Tensor) -> None:
+        i = 0
+        for p, b in zip(self._params(), base):
+            n = p.numel()
+            torch.add(b, delta[i : i + n].view_as(p), out=p)
+            i += n
+
+    @torch.no_grad()
+    def step(self, linearize: Callable[[], tuple[Tensor, Tensor]],  # type: ignore[override]
+             loss_now: Callable[[], float]) -> LMStep:
+        group = self.param_groups[0]
+        r, J = linearize()
+        loss = float(r.square().sum())
+        g = J.T @ r
+        grad_norm = 2.0 * float(torch.linalg.vector_norm(g))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return LMStep(loss, grad_norm, False)
+        A = J.T @ J
+        diag = A.diagonal().clamp_min(1e-12 * float(A.diagonal().max()) + 1e-300)
+        mu, nu = group["damping"], group["nu"]
+        base = [p.detach().clone() for p in self._params()]
+        for _ in range(self.max_tries):
+            chol, info = torch.linalg.cholesky_ex(A + torch.diag(mu * diag))
+            if int(info) == 0:
+                delta = -torch.cholesky_solve(g[:, None], chol)[:, 0]
+                predicted = float(-(2.0 * g @ delta + delta @ (A @ delta)))
+                self._set(base, delta)
+                new = loss_now()
+                if math.isfinite(new) and new < loss:
+                    rho = (loss - new) / max(predicted, 1e-300)
+                    group["damping"] = mu * max(1.0 / 3.0, 1.0 - (2.0 * min(rho, 1.0) - 1.0) ** 3)
+                    group["nu"] = 2.0
+                    return LMStep(new, grad_norm, True)
+                for p, b in zip(self._params(), base):
+                    p.copy_(b)
+            mu, nu = mu * nu, nu * 2.0
+        group["damping"], group["nu"] = min(mu, 1e30), 2.0
+        return LMStep(loss, grad_norm, False)
+
+
+__all__ = ["MAX_PARAMETERS", "LMStep", "LevenbergMarquardt", "ResidualJacobian"]

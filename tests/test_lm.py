@@ -1,0 +1,125 @@
+"""The Levenberg–Marquardt phase: its Jacobian, its steps, its place in the trainer."""
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from cpikan.experiment import ModelConfig, PINNConfig, build, run_pinn
+from cpikan.train import Callback, History, Trainer
+from cpikan.train.lm import LevenbergMarquardt, ResidualJacobian
+from tests.helpers import tiny_config
+from tests.test_trainer import RESUME_SCRIPT
+
+
+def _autograd_jacobian(problem, model, batch, weights, params):
+    """Row by row with torch.autograd.grad: the plain reference for the per-point path."""
+    rows, grads = [], []
+    for name, term in problem.terms(batch).items():
+        r = math.sqrt(weights[name] / len(term)) * term.residuals(model)
+        for i in range(len(r)):
+            g = torch.autograd.grad(r[i], params, retain_graph=True, allow_unused=True)
+            grads.append(torch.cat([(torch.zeros_like(p) if gi is None else gi).reshape(-1)
+                                    for gi, p in zip(g, params)]))
+        rows.append(r.detach())
+    return torch.cat(rows), torch.stack(grads)
+
+
+@pytest.mark.parametrize("problem_name", ["diffusion", "helmholtz1d", "reaction_diffusion_inverse"])
+def test_jacobian_equals_autograd_of_the_stacked_residuals(problem_name):
+    """Per-point gradients (vmap) == row-by-row autograd; ‖r‖² == the trainer's loss."""
+    cfg = tiny_config(problem_name, adam_steps=0)
+    problem, model = build(cfg)
+    batch = problem.sample(torch.Generator().manual_seed(0)).to(torch.float64)
+    params = [p for p in [*model.parameters(), *problem.parameters()] if p.requires_grad]
+    rj = ResidualJacobian(model, problem, params)
+    terms = problem.terms(batch)
+    weights = {k: w for k, w in zip(terms, (0.5, 2.0, 1.0, 3.0))}
+    r, J = rj(terms, weights)
+    r_ref, J_ref = _autograd_jacobian(problem, model, batch, weights, params)
+    assert J.shape == (sum(len(t) for t in terms.values()), sum(p.numel() for p in params))
+    assert torch.allclose(r, r_ref, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(J, J_ref, rtol=1e-10, atol=1e-12)
+    loss = sum(weights[k] * v for k, v in problem.loss_terms(model, batch).items())
+    assert float(r.square().sum()) == pytest.approx(float(loss.detach()), rel=1e-12)
+    if problem_name == "reaction_diffusion_inverse":
+        assert {"problem.log_D", "problem.log_kappa"} <= set(rj.names)
+        assert J[:, -2:].abs().sum() > 0  # the coefficients move the PDE residual
+
+
+def test_lm_steps_never_raise_the_loss_and_beat_lbfgs():
+    """Each accepted step lowers the loss; on the same budget from the same Adam start LM
+    ends far below L-BFGS (the reason the phase exists)."""
+    base = dict(adam_steps=50, lr=1e-2, loss_weights={"pde": 0.01, "ic": 1.0, "bc": 1.0})
+    hist = History()
+    lm, _, _ = run_pinn(tiny_config(lm_steps=40, **base), [hist])
+    lbfgs, _, _ = run_pinn(tiny_config(lbfgs_steps=40, **base))
+    losses = [m["loss"] for s, m in hist.steps if s > 50]
+    assert len(losses) == 40
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    assert {"damping", "loss_pde", "loss_ic", "loss_bc"} <= set(hist.steps[-1][1])
+    assert "lr" not in hist.steps[-1][1]
+    print(lm.loss, lbfgs.loss)
+    assert lm.loss < 0.1 * lbfgs.loss, (lm.loss, lbfgs.loss)
+
+
+def test_lm_rejects_a_bad_step_and_raises_the_damping():
+    """A step that would raise the loss is undone exactly (parameters bit-identical)."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = LevenbergMarquardt([w], damping=1e-6)
+    before = w.detach().clone()
+    r0 = torch.tensor([1.0], dtype=torch.float64)
+    J = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    out = opt.step(lambda: (r0, J), lambda: math.inf)  # every trial "worse"
+    assert not out.moved and torch.equal(w.detach(), before)
+    assert opt.param_groups[0]["damping"] > 1e3
+
+
+def test_nan_in_lm_phase_is_survived():
+    class Poison(Callback):
+        def on_step(self, step, metrics):
+            if step == 25:
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+
+    cfg = tiny_config(adam_steps=20, lr=1e-2, lm_steps=15, lm_damping=1e-3)
+    problem, model = build(cfg)
+    trainer = Trainer(model, problem, cfg.train, [Poison()])
+    result = trainer.fit()
+    assert result.nan_events == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(result.loss)
+    assert trainer.opt.param_groups[0]["damping"] > 0
+
+
+@pytest.mark.parametrize("split", [15, 28])
+def test_resume_through_the_lm_phase_equals_uninterrupted(tmp_path, split):
+    """Stop in L-BFGS (15) or in LM (28), resume in a new process: identical parameters."""
+    cfg = tiny_config(adam_steps=10, lr=1e-2, lbfgs_steps=10, lbfgs_chunk=5, lm_steps=15,
+                      rar_every=7, rar_points=10, rar_candidates=200)
+    cfg_json = json.dumps(asdict(cfg))
+    problem, model = build(PINNConfig.from_dict(json.loads(cfg_json)))
+    Trainer(model, problem, cfg.train).fit()
+    ckpt = str(tmp_path / "ckpt.pt")
+    for phase in ("first", "second"):
+        subprocess.run([sys.executable, "-c", RESUME_SCRIPT, cfg_json, phase, ckpt, str(split)],
+                       check=True)
+    resumed = torch.load(ckpt + ".second")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, resumed[k]), k
+
+
+def test_lm_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="lm_damping: must be > 0"):
+        tiny_config(lm_steps=5, lm_damping=0.0)
+    with pytest.raises(ValueError, match="lm_steps: must be ≥ 0"):
+        tiny_config(lm_steps=-1)
+    big = PINNConfig("diffusion", {}, ModelConfig(hidden=(64, 64), degree=5, dtype="float64"),
+                     tiny_config(lm_steps=5).train)
+    problem, model = build(big)
+    with pytest.raises(ValueError, match=r"lm_steps: .*dense .* allowed up to 20000 parameters"):
+        Trainer(model, problem, big.train)
