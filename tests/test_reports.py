@@ -142,7 +142,8 @@ def test_study_report_and_unknown_study(mlruns, tmp_path):
     bad = _cli("reports.study", mlruns, "nope")
     assert bad.returncode == 2 and "unknown study 'nope'" in bad.stderr
     sub = subprocess.run([sys.executable, "-m", "studies.run", "helmholtz1d", "--trials", "2", "--set",
-                          "train.adam_steps=5", "--set", "train.lbfgs_steps=0"], capture_output=True, text=True,
+                          "train.adam_steps=5", "--set", "train.lbfgs_steps=0",
+                          "--set", "train.lm_steps=0"], capture_output=True, text=True,
                          env={**{k: v for k, v in os.environ.items() if k != store.ENV_URI},
                               "CPIKAN_MLRUNS": str(mlruns), "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert sub.returncode == 0, sub.stderr

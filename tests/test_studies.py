@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = "postgresql://postgres@127.0.0.1:5432"
-TINY = ["--set", "train.adam_steps=15", "--set", "train.lbfgs_steps=0",
+TINY = ["--set", "train.adam_steps=15", "--set", "train.lbfgs_steps=0", "--set", "train.lm_steps=0",
         "--set", 'problem_kwargs={"n_interior": 60}']
 
 
@@ -48,7 +48,8 @@ def _runs(mlruns, monkeypatch):
 
 
 def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
-    out = _study(tmp_path, "helmholtz1d", "--trials", "3", *TINY)
+    with_lm = [*TINY, "--set", "train.lm_steps=2"]  # replay must reproduce the LM phase too
+    out = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
     assert out.returncode == 0, out.stderr
     trials = _trials(tmp_path, "helmholtz1d")
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
@@ -63,12 +64,12 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
                          env=_env(tmp_path), cwd=ROOT)
     assert rep.returncode == 0, rep.stdout + rep.stderr
     # running the same command again resumes: the study already has its 3 trials
-    again = _study(tmp_path, "helmholtz1d", "--trials", "3", *TINY)
+    again = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
     assert again.returncode == 0 and len(_trials(tmp_path, "helmholtz1d")) == 3
 
 
 def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
-    slow = ["--set", "train.adam_steps=400", "--set", "train.lbfgs_steps=0",
+    slow = ["--set", "train.adam_steps=400", "--set", "train.lbfgs_steps=0", "--set", "train.lm_steps=0",
             "--set", 'problem_kwargs={"n_interior": 100}']
     proc = subprocess.Popen([sys.executable, "-m", "studies.run", "helmholtz1d", "--trials", "3", *slow],
                             env=_env(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
