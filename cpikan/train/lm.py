@@ -67,6 +67,7 @@ class ResidualJacobian:
 
     def __call__(self, terms: Mapping[str, Term], weights: Mapping[str, float]) -> tuple[Tensor, Tensor]:
         params = {n: p.detach() for n, p in self.joint.named_parameters() if n in self.names}
+        scales = self.scales(terms, weights)
         rows, blocks = [], []
         for k, t in terms.items():
             def one(p: dict[str, Tensor], *row: Tensor, fn: Callable[..., Tensor] = t.fn) -> Tensor:
@@ -74,7 +75,7 @@ class ResidualJacobian:
 
             in_dims = (None, *(0,) * len(t.inputs))
             g, r = vmap(grad_and_value(one), in_dims=in_dims, chunk_size=self.chunk_size)(params, *t.inputs)
-            s = self.scales(terms, weights)[k]
+            s = scales[k]
             rows.append(s * r.detach())
             blocks.append(s * torch.cat([g[n].reshape(len(t), -1) for n in self.names], dim=1))
         return torch.cat(rows), torch.cat(blocks)
