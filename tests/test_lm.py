@@ -1,10 +1,6 @@
 """The Levenberg–Marquardt phase: its Jacobian, its steps, its place in the trainer."""
 
-import json
 import math
-import subprocess
-import sys
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -13,7 +9,6 @@ from cpikan.experiment import ModelConfig, PINNConfig, build, run_pinn
 from cpikan.train import Callback, History, Trainer
 from cpikan.train.lm import LevenbergMarquardt, ResidualJacobian
 from tests.helpers import tiny_config
-from tests.test_trainer import RESUME_SCRIPT
 
 
 def _autograd_jacobian(problem, model, batch, weights, params):
@@ -94,23 +89,6 @@ def test_nan_in_lm_phase_is_survived():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert math.isfinite(result.loss)
     assert trainer.opt.param_groups[0]["damping"] > 0
-
-
-@pytest.mark.parametrize("split", [15, 28])
-def test_resume_through_the_lm_phase_equals_uninterrupted(tmp_path, split):
-    """Stop in L-BFGS (15) or in LM (28), resume in a new process: identical parameters."""
-    cfg = tiny_config(adam_steps=10, lr=1e-2, lbfgs_steps=10, lbfgs_chunk=5, lm_steps=15,
-                      rar_every=7, rar_points=10, rar_candidates=200)
-    cfg_json = json.dumps(asdict(cfg))
-    problem, model = build(PINNConfig.from_dict(json.loads(cfg_json)))
-    Trainer(model, problem, cfg.train).fit()
-    ckpt = str(tmp_path / "ckpt.pt")
-    for phase in ("first", "second"):
-        subprocess.run([sys.executable, "-c", RESUME_SCRIPT, cfg_json, phase, ckpt, str(split)],
-                       check=True)
-    resumed = torch.load(ckpt + ".second")
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, resumed[k]), k
 
 
 def test_lm_refuses_what_it_cannot_do():

@@ -128,11 +128,16 @@ torch.save(model.state_dict(), sys.argv[3] + "." + sys.argv[2])
 """
 
 
-@pytest.mark.parametrize("lbfgs_steps, split", [(0, 10), (10, 20)])
-def test_resume_in_new_process_equals_uninterrupted(tmp_path, lbfgs_steps, split):
+@pytest.mark.parametrize("phases, split", [
+    ({"adam_steps": 20}, 10),  # stop in Adam
+    ({"adam_steps": 20, "lbfgs_steps": 10}, 20),  # stop at the start of L-BFGS
+    ({"adam_steps": 10, "lbfgs_steps": 10, "lm_steps": 15}, 15),  # stop in L-BFGS, LM follows
+    ({"adam_steps": 10, "lbfgs_steps": 10, "lm_steps": 15}, 28),  # stop in LM
+])
+def test_resume_in_new_process_equals_uninterrupted(tmp_path, phases, split):
     """2N steps == N steps, checkpoint, N more in a fresh process (bit-identical on CPU)."""
-    cfg = tiny_config(adam_steps=20, lr=1e-2, scheduler="cosine", lbfgs_steps=lbfgs_steps,
-                      lbfgs_chunk=5, rar_every=7, rar_points=10, rar_candidates=200)
+    cfg = tiny_config(lr=1e-2, scheduler="cosine", lbfgs_chunk=5, rar_every=7, rar_points=10,
+                      rar_candidates=200, **phases)
     cfg_json = json.dumps(asdict(cfg))
     problem, model = build(PINNConfig.from_dict(json.loads(cfg_json)))
     Trainer(model, problem, cfg.train).fit()
