@@ -33,12 +33,9 @@ def run_study(mlruns: str, *args: str) -> float:
 
 
 def best_value(mlruns: str, name: str) -> float:
-    import optuna
+    from studies.storage import load_study
 
-    from studies.run import open_storage
-
-    study = optuna.load_study(study_name=name, storage=open_storage(f"journal:{mlruns}/optuna/journal.log"))
-    return study.best_value
+    return load_study(name, f"journal:{mlruns}/optuna/journal.log").best_value
 
 
 def main() -> int:

@@ -6,14 +6,16 @@ recorded anywhere rebuilds the same run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from cpikan.nn import MLP, ScaledCPIKAN, ScaledModel
+from cpikan.config import ConfigError, bounded, canonical_json, choice, validate
+from cpikan.nn import INITS, MLP, ScaledCPIKAN, ScaledModel
+from cpikan.nn.base import DTYPES
+from cpikan.nn.chebykan import SQUASHES
 from cpikan.pde import PROBLEMS, Problem, make_problem
 from cpikan.train import Callback, TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -22,34 +24,38 @@ MODEL_KINDS = ("cpikan", "mlp")
 
 @dataclass
 class ModelConfig:
-    kind: str = "cpikan"
+    kind: str = choice("cpikan", MODEL_KINDS)
     hidden: tuple[int, ...] = (8, 8)
-    degree: int = 5
-    squash: str = "tanh"
+    degree: int = bounded(5, ge=1, le=64)
+    squash: str = choice("tanh", SQUASHES)
     layernorm: bool = False
-    init: str = "xavier"
-    dtype: str = "float32"
-    fourier_features: int = 0
-    fourier_sigma: float = 1.0
+    init: str = choice("xavier", INITS)
+    dtype: str = choice("float32", tuple(DTYPES))
+    fourier_features: int = bounded(0, ge=0)
+    fourier_sigma: float = bounded(1.0, gt=0)
     #: impose the problem's u = 0 faces exactly (u = Π(1 − x̂_j²)·N) instead of by a loss term
     hard_bc: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model.kind: unknown {self.kind!r}; allowed: {', '.join(MODEL_KINDS)}")
+        validate(self)
         self.hidden = tuple(int(h) for h in self.hidden)
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError("hidden", f"one or more layer widths ≥ 1, got {self.hidden}")
 
 
 @dataclass
 class PINNConfig:
-    problem: str = "helmholtz1d"
+    problem: str = choice("helmholtz1d", tuple(PROBLEMS))
     problem_kwargs: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    threads: int = 0  # 0: leave torch's default
+    threads: int = bounded(0, ge=0)  # 0: leave torch's default
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PINNConfig:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studies import registry
 from tracking import store
 from tracking.store import TrackingError
 
@@ -147,7 +148,7 @@ def study_figures(since: dt.datetime) -> list[tuple[str, Any]]:
     """optuna.visualization plots for each study of the default journal with trials in the period."""
     import optuna
 
-    from studies.run import default_storage, open_storage  # reports sits above studies
+    from studies.storage import default_storage, open_storage  # reports sits above studies
 
     path = Path(default_storage()[len("journal:"):])
     if not path.exists() or path.stat().st_size == 0:
@@ -164,8 +165,6 @@ def study_figures(since: dt.datetime) -> list[tuple[str, Any]]:
         multi = len(study.directions) > 1
         names = None
         try:
-            from studies import registry
-
             names = [m for m, _ in registry.get(summary.study_name).objectives]
         except Exception:  # noqa: BLE001 — a study not in our registry still gets plots
             pass
@@ -189,10 +188,10 @@ def convergence_figures(client: Any) -> list[tuple[str, Any]]:
     import plotly.graph_objects as go
 
     out = []
+    pde_studies = {f"studies/{p}" for p in registry.names_in("studies.pde")}
     for exp in client.search_experiments():
         name = exp.name
-        if not (name.startswith("pde/") or name in {f"studies/{p}" for p in
-                ("helmholtz1d", "helmholtz2d", "diffusion", "poisson3d", "reaction_diffusion_inverse")}):
+        if not (name.startswith("pde/") or name in pde_studies):
             continue
         runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=1,
                                   order_by=["attributes.start_time DESC"])

@@ -20,14 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import optuna
 
-    from studies.run import BadInput, default_storage, open_storage
+    from studies.storage import StorageError, default_storage, open_storage
 
     try:
         storage = open_storage(args.storage or default_storage())
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         if args.name not in names:
-            raise BadInput(f"unknown study {args.name!r}; in this storage: {', '.join(names) or '(none)'}")
-    except BadInput as exc:
+            raise StorageError(f"unknown study {args.name!r}; in this storage: {', '.join(names) or '(none)'}")
+    except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     study = optuna.load_study(study_name=args.name, storage=storage)

@@ -18,7 +18,7 @@ import torch
 from cpikan.experiment import PINNConfig, n_parameters, run_pinn
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
-from studies.registry import Study, register
+from studies.registry import Study, names_in, register
 
 ENTRY_POINT = "studies.pde:run"
 
@@ -59,7 +59,7 @@ def _identity(trial: Any, base: PINNConfig) -> PINNConfig:
     return base
 
 
-for _name in ("helmholtz1d", "helmholtz2d", "diffusion", "poisson3d", "reaction_diffusion_inverse"):
+for _name in names_in(__name__):
     register(Study(
         name=_name, config_cls=PINNConfig, default=lambda n=_name: copy.deepcopy(PRESETS[n]),
         space=_identity, objectives=[("rel_l2", "minimize")], entry_point=ENTRY_POINT, default_trials=1,

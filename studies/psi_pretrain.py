@@ -11,10 +11,11 @@ from typing import Any
 
 import torch
 
+from cpikan.config import bounded, choice, validate
 from cpikan.psi.data import open_memmap_dataset
 from cpikan.psi.model import PSINet
 from cpikan.psi.synth import WaferSpec, write_dataset
-from cpikan.psi.train import PSITask, PSITrainSpec
+from cpikan.psi.train import LOSSES, PSITask, PSITrainSpec
 from cpikan.train import TrainConfig, Trainer
 from studies.registry import Study, register
 from tracking import hashing
@@ -25,25 +26,22 @@ EXPERIMENT = "studies/psi_pretrain"
 
 @dataclass
 class PSIPretrainConfig:
-    steps: int = 300
-    lr: float = 1e-3
-    width: int = 8
-    depth: int = 3
-    patch: int = 64
-    batch_size: int = 8
-    loss: str = "supervised"
+    steps: int = bounded(300, ge=1)
+    lr: float = bounded(1e-3, gt=0)
+    width: int = bounded(8, ge=1)
+    depth: int = bounded(3, ge=1, le=8)
+    patch: int = bounded(64, ge=1)
+    batch_size: int = bounded(8, ge=1)
+    loss: str = choice("supervised", LOSSES)
     noise_levels: tuple[float, ...] = (0.0, 0.01, 0.05)
-    train_size: int = 1024
-    val_size: int = 256
-    data_seed: int = 11
-    seed: int = 0
+    train_size: int = bounded(1024, ge=1)
+    val_size: int = bounded(256, ge=1)
+    data_seed: int = bounded(11, ge=0)
+    seed: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
-        PSITrainSpec(loss=self.loss)  # validates the loss name
+        validate(self)
         self.noise_levels = tuple(float(v) for v in self.noise_levels)
-        for name in ("steps", "width", "patch", "batch_size", "train_size", "val_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PSIPretrainConfig:

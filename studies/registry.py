@@ -3,7 +3,9 @@ and ``run(config, ctx)`` — the entry point replay re-executes by name."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import importlib
 import json
 import types
@@ -12,29 +14,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# name → module that registers it (imported lazily: `--list` and `--help` stay fast)
-MODULES = {
-    "tiling_overlap_sweep": "studies.tiling_sweep",
-    "psi_pretrain": "studies.psi_pretrain",
-    "scheduler_search": "studies.searches",
-    "init_search": "studies.searches",
-    "helmholtz1d": "studies.pde",
-    "helmholtz2d": "studies.pde",
-    "diffusion": "studies.pde",
-    "poisson3d": "studies.pde",
-    "reaction_diffusion_inverse": "studies.pde",
+from cpikan.config import rebuild
+
+
+@dataclass(frozen=True)
+class Entry:
+    module: str  # registers the study when imported (lazily: `--list` and `--help` stay fast)
+    description: str
+
+
+#: every study by name: the one list the CLI, `--list`, the reports and the tests read
+CATALOG: dict[str, Entry] = {
+    "tiling_overlap_sweep": Entry("studies.tiling_sweep", "tile size × overlap × blend mode on a synthetic PSI image (Pareto: error, seams, time, memory)"),
+    "psi_pretrain": Entry("studies.psi_pretrain", "train the PSI U-Net (refines the classical estimate); logged as an MLflow model"),
+    "scheduler_search": Entry("studies.searches", "LR scheduler × learning rate on helmholtz1d, median pruning"),
+    "init_search": Entry("studies.searches", "initialisation × Chebyshev degree on helmholtz1d and diffusion"),
+    "helmholtz1d": Entry("studies.pde", "PDE benchmark: 1-D Helmholtz, k = 4π"),
+    "helmholtz2d": Entry("studies.pde", "PDE benchmark: 2-D Helmholtz, a1 = 1, a2 = 4"),
+    "diffusion": Entry("studies.pde", "PDE benchmark: the published Scaled-cPIKAN diffusion setup"),
+    "poisson3d": Entry("studies.pde", "PDE benchmark: 3-D Poisson on the unit cube"),
+    "reaction_diffusion_inverse": Entry("studies.pde", "PDE benchmark: recover D and κ from 200 noisy samples"),
 }
-DESCRIPTIONS = {
-    "tiling_overlap_sweep": "tile size × overlap × blend mode on a synthetic PSI image (Pareto: error, seams, time, memory)",
-    "psi_pretrain": "train the PSI U-Net (refines the classical estimate); logged as an MLflow model",
-    "scheduler_search": "LR scheduler × learning rate on helmholtz1d, median pruning",
-    "init_search": "initialisation × Chebyshev degree on helmholtz1d and diffusion",
-    "helmholtz1d": "PDE benchmark: 1-D Helmholtz, k = 4π",
-    "helmholtz2d": "PDE benchmark: 2-D Helmholtz, a1 = 1, a2 = 4",
-    "diffusion": "PDE benchmark: the published Scaled-cPIKAN diffusion setup",
-    "poisson3d": "PDE benchmark: 3-D Poisson on the unit cube",
-    "reaction_diffusion_inverse": "PDE benchmark: recover D and κ from 200 noisy samples",
-}
+
+
+def names_in(module: str) -> list[str]:
+    """The studies a module registers (so it need not list them again)."""
+    return [n for n, e in CATALOG.items() if e.module == module]
 
 
 @dataclass
@@ -62,9 +67,9 @@ def register(study: Study) -> Study:
 
 
 def get(name: str) -> Study:
-    if name not in MODULES:
+    if name not in CATALOG:
         raise KeyError(name)
-    importlib.import_module(MODULES[name])
+    importlib.import_module(CATALOG[name].module)
     return _STUDIES[name]
 
 
@@ -107,30 +112,22 @@ def _parse(text: str, typ: Any, key: str) -> Any:
 
 
 def apply_overrides(config: Any, pairs: list[str]) -> Any:
-    """``key=value`` pairs onto a copy of ``config``; errors name the key and what is allowed."""
+    """``key=value`` pairs onto a copy of ``config``, then every level validated again;
+    errors (``ConfigError``) name the dotted key and what is allowed."""
     keys = settable_keys(config)
-    config = dataclasses.replace(config)
+    config = copy.deepcopy(config)
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"--set: expected key=value, got {pair!r}")
         key, text = pair.split("=", 1)
         if key not in keys:
-            raise ValueError(f"--set: unknown key {key!r}; allowed: {', '.join(sorted(keys))}")
+            hint = difflib.get_close_matches(key, list(keys), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"--set: unknown key {key!r}{extra}; allowed: {', '.join(sorted(keys))}")
         value = _parse(text, keys[key], key)
-        parts = key.split(".")
+        *parents, leaf = key.split(".")
         obj = config
-        for p in parts[:-1]:
-            child = dataclasses.replace(getattr(obj, p))
-            setattr(obj, p, child)
-            obj = child
-        setattr(obj, parts[-1], value)
-    # re-run validation (__post_init__) of every level
-    return _revalidate(config)
-
-
-def _revalidate(config: Any) -> Any:
-    kwargs = {}
-    for f in dataclasses.fields(config):
-        v = getattr(config, f.name)
-        kwargs[f.name] = _revalidate(v) if dataclasses.is_dataclass(v) else v
-    return type(config)(**kwargs)
+        for p in parents:
+            obj = getattr(obj, p)
+        object.__setattr__(obj, leaf, value)
+    return rebuild(config)

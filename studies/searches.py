@@ -7,6 +7,7 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cpikan.config import bounded, choice, validate
 from cpikan.experiment import ModelConfig, PINNConfig, run_pinn
 from cpikan.nn import INITS
 from cpikan.train import TrainConfig
@@ -35,17 +36,15 @@ register(Study("scheduler_search", PINNConfig, scheduler_base, scheduler_space,
 
 @dataclass
 class InitSearchConfig:
-    init: str = "xavier"
-    degree: int = 5
+    init: str = choice("xavier", INITS)
+    degree: int = bounded(5, ge=1, le=64)
     hidden: tuple[int, ...] = (8, 8)
-    adam_steps: int = 800
-    lr: float = 1e-2
-    seed: int = 0
+    adam_steps: int = bounded(800, ge=1)
+    lr: float = bounded(1e-2, gt=0)
+    seed: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
-        ModelConfig(init=self.init, degree=self.degree)  # validates names
-        if self.degree < 1:
-            raise ValueError(f"degree: must be ≥ 1, got {self.degree}")
+        validate(self)
         self.hidden = tuple(int(h) for h in self.hidden)
 
     @classmethod

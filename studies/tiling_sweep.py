@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from cpikan.config import ConfigError, bounded, choice, validate
 from cpikan.memory import peak_rss_mb, reset_peak_rss
 from cpikan.psi.synth import WaferSpec
-from cpikan.tiling import plan_tiles, predict_full, predict_tiled
+from cpikan.tiling import MODES, plan_tiles, predict_full, predict_tiled
 from studies import psi_pretrain
 from studies.registry import Study, register
 
@@ -29,30 +30,29 @@ SEAM_BAND = 8  # pixels on each side of a tile border
 @dataclass
 class TilingSweepConfig:
     image_size: str = "2048x2048"
-    tile_size: int = 512
-    overlap: int = 128
-    mode: str = "crop"
-    batch_size: int = 2
-    noise: float = 0.01
-    image_seed: int = 5
+    tile_size: int = bounded(512, ge=16)
+    overlap: int = bounded(128, ge=0)
+    mode: str = choice("crop", MODES)
+    batch_size: int = bounded(2, ge=1)
+    noise: float = bounded(0.01, ge=0)
+    image_seed: int = bounded(5, ge=0)
     model_run_id: str = "best"  # resolved to a psi_pretrain run ID before each trial
-    pretrain_steps: int = 150  # for the short pretrain when no psi_pretrain run exists
-    seed: int = 0
+    pretrain_steps: int = bounded(150, ge=1)  # for the short pretrain when no psi_pretrain run exists
+    seed: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
+        validate(self)
         self.shape()
-        if self.mode not in ("crop", "hann", "gaussian", "constant"):
-            raise ValueError(f"mode: unknown {self.mode!r}; allowed: crop, hann, gaussian, constant")
         if self.tile_size <= self.overlap:
-            raise ValueError(f"tile_size: must be > overlap, got {self.tile_size} and {self.overlap}")
+            raise ConfigError("tile_size", f"must be > overlap, got {self.tile_size} and {self.overlap}")
 
     def shape(self) -> tuple[int, int]:
         try:
             h, w = (int(v) for v in self.image_size.lower().split("x"))
         except ValueError:
-            raise ValueError(f"image_size: expected HxW like 2048x2048, got {self.image_size!r}") from None
+            raise ConfigError("image_size", f"expected HxW like 2048x2048, got {self.image_size!r}") from None
         if h < 64 or w < 64:
-            raise ValueError(f"image_size: at least 64x64, got {self.image_size}")
+            raise ConfigError("image_size", f"at least 64x64, got {self.image_size}")
         return h, w
 
     @classmethod
@@ -149,7 +149,7 @@ def space(trial: Any, base: TilingSweepConfig) -> TilingSweepConfig:
     base = replace(base, model_run_id=resolve_model(base))
     return replace(base, tile_size=trial.suggest_categorical("tile_size", [256, 384, 512]),
                    overlap=trial.suggest_categorical("overlap", [128, 192]),
-                   mode=trial.suggest_categorical("mode", ["crop", "hann", "gaussian", "constant"]))
+                   mode=trial.suggest_categorical("mode", list(MODES)))
 
 
 register(Study("tiling_overlap_sweep", TilingSweepConfig, TilingSweepConfig, space,

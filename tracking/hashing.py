@@ -1,34 +1,17 @@
-"""Content hashes: canonical config JSON and streamed, cached file digests."""
+"""Content hashes: config hashes (of the canonical JSON, cpikan.config) and streamed,
+cached file digests."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from cpikan.config import canonical_json, to_jsonable
+
 CHUNK = 1 << 20  # 1 MiB: bounded memory for multi-GB images
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, tuples, paths → plain JSON types (tuples become lists)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no insignificant white space: equal configs give equal bytes."""
-    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def config_hash(obj: Any) -> str:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from cpikan.config import choice, validate
 from cpikan.psi.classical import reconstruct
 from cpikan.psi.data import PatchBatch, PatchDataset, collate
 from cpikan.psi.loss import physics_loss
@@ -28,7 +29,7 @@ LOSSES = ("supervised", "physics", "both")
 
 @dataclass
 class PSITrainSpec:
-    loss: str = "supervised"
+    loss: str = choice("supervised", LOSSES)
     patch: int = 64
     batch_size: int = 8
     noise_levels: tuple[float, ...] = (0.0, 0.01, 0.05)
@@ -39,8 +40,7 @@ class PSITrainSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss: unknown {self.loss!r}; allowed: {', '.join(LOSSES)}")
+        validate(self)
 
 
 class PSITask(nn.Module):

@@ -1,0 +1,159 @@
+"""Where studies live: Optuna storages by URL, the per-study ask lock, and trials whose
+worker died.
+
+- ``journal:PATH`` (the default, ``mlruns/optuna/journal.log``): a journal file, safe for
+  several processes on one machine.
+- ``postgresql://…``: several machines on one study. Heartbeats are switched on, so
+  Optuna's own :func:`optuna.storages.fail_stale_trials` fails trials whose worker stopped
+  beating, wherever it ran.
+
+Only Optuna's public API is used (``study.tell(number, state=FAIL, skip_if_finished=True)``),
+so a change of Optuna's internals cannot corrupt a study. See docs/architecture.md
+("A study, end to end").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tracking.store import mlruns_dir
+
+
+class StorageError(ValueError):
+    """The storage URL is wrong or unreachable: a user mistake, printed on one line."""
+
+
+def default_storage() -> str:
+    return f"journal:{mlruns_dir() / 'optuna' / 'journal.log'}"
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage for ``url``; :class:`StorageError` names what is wrong."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith(("postgresql", "mysql", "sqlite")):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words only
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                                                  engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:  # noqa: BLE001 — any connection failure means the same here
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise StorageError(f"--storage {url}: unreachable ({type(exc).__name__}: {first})") from None
+    raise StorageError(f"--storage: unsupported URL {url!r}; use journal:PATH or postgresql://…")
+
+
+def load_study(name: str, url: str | None = None) -> Any:
+    """An existing study by name (reports, benches and tests read studies this way)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=open_storage(url or default_storage()))
+
+
+@contextlib.contextmanager
+def ask_lock(study_name: str) -> Iterator[None]:
+    """Held while a worker counts the trials and asks for a new one, so K workers never
+    overshoot the trial count (local workers; machines sharing PostgreSQL may overshoot
+    by one trial each)."""
+    safe = "".join(c if c.isalnum() else "_" for c in study_name)
+    path = mlruns_dir() / "optuna" / f".{safe}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- stale trials
+WORKER_PID, WORKER_HOST, WORKER_STARTED = "worker.pid", "worker.host", "worker.started"
+
+
+def claim(trial: Any) -> None:
+    """Record on the trial which process runs it, so a later start can tell it died."""
+    import time
+
+    trial.set_user_attr(WORKER_PID, os.getpid())
+    trial.set_user_attr(WORKER_HOST, socket.gethostname())
+    trial.set_user_attr(WORKER_STARTED, time.time())
+
+
+def _alive(pid: int, started: float) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # guard against pid reuse: the process must be older than the trial
+        return os.stat(f"/proc/{pid}").st_ctime <= started + 1
+    except OSError:
+        return True
+
+
+@contextlib.contextmanager
+def heartbeat(storage: Any, study: Any, trial: Any) -> Iterator[None]:
+    """While the trial runs, beat its heartbeat (storages that keep them: PostgreSQL), so
+    Optuna can fail it from any machine once this worker stops beating."""
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
+    if not interval:
+        yield
+        return
+    import threading
+
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), trial.number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            storage.record_heartbeat(trial_id)
+
+    storage.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale_trials(study: Any, storage: Any) -> list[Any]:
+    """Mark FAILED the RUNNING trials whose worker is gone; returns them (as they were).
+
+    On this host a dead worker is found by its pid; with a heartbeat storage (PostgreSQL)
+    Optuna's ``fail_stale_trials`` also fails trials of workers on other machines.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    stale = []
+    for t in running.values():
+        attrs = t.user_attrs
+        if attrs.get(WORKER_HOST) != socket.gethostname() or WORKER_PID not in attrs:
+            continue
+        if not _alive(int(attrs[WORKER_PID]), float(attrs.get(WORKER_STARTED, 0))):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            stale.append(t)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        stale += [t for n, t in running.items() if n in failed and t not in stale]
+    return stale
