@@ -93,7 +93,13 @@ def build(cfg: PINNConfig) -> tuple[Problem, ScaledModel]:
 def run_pinn(
     cfg: PINNConfig, callbacks: Sequence[Callback] = (), **trainer_kw: Any
 ) -> tuple[TrainResult, ScaledModel, Problem]:
-    """Build, train and evaluate; the result's metrics hold the relative L2 error."""
+    """Build, train and evaluate; the result's metrics hold the relative L2 error.
+
+    Args:
+        cfg: the whole experiment (problem, model, trainer); seeds everything from ``cfg.train.seed``.
+        callbacks: trainer hooks (e.g. ``tracker.metrics_callback()``).
+        trainer_kw: passed to :class:`~cpikan.train.Trainer` (``device``, ``checkpoint_path``).
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     problem, model = build(cfg)

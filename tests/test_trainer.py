@@ -99,7 +99,7 @@ def test_nan_twice_restores_each_time():
 
 
 def test_copy_into_reuses_buffers_without_aliasing():
-    from cpikan.train.trainer import copy_into
+    from cpikan.train.checkpoint import copy_into
 
     src = {"a": torch.ones(3), "b": [torch.zeros(2), 4], "c": {"d": torch.arange(2.0)}}
     first = copy_into(None, src)

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 from cpikan import sampling
 from cpikan.losses import make_balancer
 from cpikan.memory import keep_freed_memory
-from cpikan.pde.base import Collocation, Problem
+from cpikan.pde.base import Problem
 from cpikan.train.callbacks import Callback
+from cpikan.train.checkpoint import Checkpointing, copy_into
 from cpikan.train.config import TrainConfig
 from cpikan.train.lm import MAX_PARAMETERS, LevenbergMarquardt, ResidualJacobian
 from cpikan.train.schedulers import make_scheduler, scale_lr, step_scheduler
@@ -47,7 +48,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Trainer:
+#: the phases in order, each with the TrainConfig field holding its step count; one loop
+#: in :meth:`Trainer.fit` runs them, calling ``_<phase>_step`` until the phase ends
+PHASES = (("adam", "adam_steps"), ("lbfgs", "lbfgs_steps"), ("lm", "lm_steps"), ("done", ""))
+
+
+class Trainer(Checkpointing):
+    """Trains one model on one problem through the phases of :data:`PHASES`.
+
+    Args:
+        model: the network (a :class:`~cpikan.nn.ScaledModel` for PDEs, any module for data tasks).
+        problem: supplies collocation points, loss terms and the evaluation (cpikan.pde).
+        config: every optimisation knob; its canonical JSON is checked on resume.
+        callbacks: receive per-step metrics, evaluations and checkpoints (tracking hooks in here).
+        device: where to train; ``amp="fp16"`` needs CUDA.
+        checkpoint_path: where ``checkpoint_every`` writes (atomically).
+    """
+
     def __init__(
         self,
         model: nn.Module,
@@ -87,8 +104,10 @@ class Trainer:
         self.losses: list[float] = []
         self._good: dict[str, Any] | None = None
         self.until: int | None = None
-        self.lbfgs_end = config.adam_steps + config.lbfgs_steps
-        self.lm_end = self.lbfgs_end + config.lm_steps
+        #: the step at which each phase ends (set when it begins; Adam's is fixed)
+        self.end = {"adam": config.adam_steps, "lbfgs": config.adam_steps + config.lbfgs_steps,
+                    "lm": config.adam_steps + config.lbfgs_steps + config.lm_steps}
+        self._jacobian: ResidualJacobian | None = None
         if config.lm_steps:
             self._check_lm()
 
@@ -96,7 +115,12 @@ class Trainer:
     def fit(
         self, resume: str | os.PathLike[str] | None = None, until: int | None = None
     ) -> TrainResult:
-        """Train to the end (or only up to step ``until``, e.g. to checkpoint and resume later)."""
+        """Train to the end.
+
+        Args:
+            resume: a checkpoint to continue from (bit-for-bit the same as not stopping).
+            until: stop at this step (to checkpoint and resume later).
+        """
         if resume is not None:
             self.load_checkpoint(resume)
         self.until = until
@@ -104,18 +128,13 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         self._snapshot()
-        if self.phase == "adam":
-            self._run_adam()
+        while self.phase != "done" and not self._paused():
+            step_once = getattr(self, f"_{self.phase}_step")
+            while self.step < self.end[self.phase] and not self._early_stop() and not self._paused():
+                if not step_once():  # converged: this optimiser will not move any more
+                    break
             if not self._paused():
-                self._begin_lbfgs()
-        if self.phase == "lbfgs" and not self._paused():
-            self._run_lbfgs()
-            if self.cfg.lm_steps and not self._paused():
-                self._begin_lm()
-        if self.phase == "lm" and not self._paused():
-            self._run_lm()
-        if not self._paused():
-            self.phase = "done"
+                self._next_phase()
         metrics = self.evaluate()
         last = self.losses[-1] if self.losses else math.nan
         result = TrainResult(self.step, last, metrics, self.nan_events, self.stopped_early,
@@ -139,19 +158,44 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _run_adam(self) -> None:
-        cfg = self.cfg
-        streaming = getattr(self.problem, "streaming", False)  # a data task: a new batch a step
-        while self.step < cfg.adam_steps and not self._early_stop() and not self._paused():
-            if streaming and self.step:
-                self.batch = self.problem.next_batch().to(self.dtype, self.device)
-            self._adapt_points()
-            metrics = self._adam_step()
-            self.step += 1
-            if metrics is not None:
-                self._after_step(metrics)
+    def _next_phase(self) -> None:
+        """Begin the next phase that has steps (each ends ``steps`` after it begins: an
+        earlier phase may have stopped early), or finish."""
+        order = [name for name, _ in PHASES]
+        for name, steps_field in PHASES[order.index(self.phase) + 1:]:
+            steps = getattr(self.cfg, steps_field) if steps_field else 0
+            if name == "done" or steps:
+                self.phase = name
+                if name != "done":
+                    self.end[name] = self.step + steps
+                    self.opt = self._make_optimizer(name)
+                    self.best, self.wait = math.inf, 0
+                    self._snapshot()
+                return
 
-    def _adam_step(self) -> dict[str, float] | None:
+    def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
+        if phase == "lbfgs":
+            return self._make_lbfgs(self.cfg.lbfgs_lr)
+        if phase == "lm":
+            return LevenbergMarquardt(self.params, self.cfg.lm_damping)
+        return torch.optim.Adam(self.params, lr=self.cfg.lr)
+
+    def _finite(self, loss: float) -> bool:
+        return math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in self.params)
+
+    # ------------------------------------------------------------------ Adam phase
+    def _adam_step(self) -> bool:
+        """One Adam step (on a new batch for a streaming data task); always goes on."""
+        if getattr(self.problem, "streaming", False) and self.step:
+            self.batch = self.problem.next_batch().to(self.dtype, self.device)
+        self._adapt_points()
+        metrics = self._adam_update()
+        self.step += 1
+        if metrics is not None:
+            self._after_step(metrics)
+        return True
+
+    def _adam_update(self) -> dict[str, float] | None:
         cfg = self.cfg
         self.opt.zero_grad(set_to_none=True)
         micro = self.batch.split(cfg.accumulation_steps) if cfg.accumulation_steps > 1 else [self.batch]
@@ -181,7 +225,7 @@ class Trainer:
             return None
         self.scaler.step(self.opt)
         self.scaler.update()
-        if cfg.nan_guard and not all(torch.isfinite(p).all() for p in self.params):
+        if cfg.nan_guard and not self._finite(total):
             self._recover()
             return None
         step_scheduler(self.sched, total)
@@ -274,13 +318,6 @@ class Trainer:
             line_search_fn="strong_wolfe", tolerance_grad=1e-12, tolerance_change=1e-15,
         )
 
-    def _begin_lbfgs(self) -> None:
-        self.phase = "lbfgs"
-        self.lbfgs_end = self.step + self.cfg.lbfgs_steps  # Adam may have stopped early
-        self.opt = self._make_lbfgs(self.cfg.lbfgs_lr)
-        self.best, self.wait = math.inf, 0
-        self._snapshot()
-
     def _closure(self) -> Tensor:
         """Full batch, full precision (no autocast): L-BFGS's line search needs exact values."""
         self.opt.zero_grad(set_to_none=True)
@@ -302,29 +339,24 @@ class Trainer:
                 stop = min(stop, (self.step // every + 1) * every)
         return max(stop - self.step, 1)
 
-    def _run_lbfgs(self) -> None:
-        end = self.lbfgs_end
-        while self.step < end and not self._early_stop() and not self._paused():
-            if self._adapt_points():  # a new objective: old curvature pairs would mislead
-                self.opt = self._make_lbfgs(self.opt.param_groups[0]["lr"])
-            self.opt.param_groups[0]["max_iter"] = self._lbfgs_chunk(end)
-            state = self.opt.state[self.params[0]]
-            before = state.get("n_iter", 0)
-            loss = float(self.opt.step(self._closure).detach())
-            done = self.opt.state[self.params[0]].get("n_iter", 0) - before
-            if self.cfg.nan_guard and (
-                not math.isfinite(loss) or not all(torch.isfinite(p).all() for p in self.params)
-            ):
-                self._recover()
-                self.opt = self._make_lbfgs(self.opt.param_groups[0]["lr"])
-                self.step += 1
-                continue
-            self.step = min(end, self.step + max(done, 1))
-            gnorm = float(torch.nn.utils.get_total_norm(
-                [p.grad for p in self.params if p.grad is not None]))
-            self._after_step(self._metrics(loss, self._last_terms, gnorm))
-            if done == 0:  # converged: L-BFGS will not move any more
-                break
+    def _lbfgs_step(self) -> bool:
+        """One L-BFGS call of up to ``lbfgs_chunk`` iterations; False once it stops moving."""
+        end = self.end["lbfgs"]
+        if self._adapt_points():  # a new objective: old curvature pairs would mislead
+            self.opt = self._make_lbfgs(self.opt.param_groups[0]["lr"])
+        self.opt.param_groups[0]["max_iter"] = self._lbfgs_chunk(end)
+        before = self.opt.state[self.params[0]].get("n_iter", 0)
+        loss = float(self.opt.step(self._closure).detach())
+        done = self.opt.state[self.params[0]].get("n_iter", 0) - before
+        if self.cfg.nan_guard and not self._finite(loss):
+            self._recover()
+            self.opt = self._make_lbfgs(self.opt.param_groups[0]["lr"])
+            self.step += 1
+            return True
+        self.step = min(end, self.step + max(done, 1))
+        gnorm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+        self._after_step(self._metrics(loss, self._last_terms, gnorm))
+        return done > 0
 
     # ------------------------------------------------------------------ Levenberg–Marquardt phase
     def _check_lm(self) -> None:
@@ -336,22 +368,13 @@ class Trainer:
             raise ValueError(f"lm_steps: Levenberg–Marquardt builds a dense {n} × {n} system; allowed "
                              f"up to {MAX_PARAMETERS} parameters: use L-BFGS (lm_steps=0)")
 
-    def _begin_lm(self) -> None:
-        self.phase = "lm"
-        self.lm_end = self.step + self.cfg.lm_steps  # earlier phases may have stopped early
-        self.opt = LevenbergMarquardt(self.params, self.cfg.lm_damping)
-        self.best, self.wait = math.inf, 0
-        self._snapshot()
-
-    def _run_lm(self) -> None:
-        jacobian = ResidualJacobian(self.model, self.problem, self.params)
-        while self.step < self.lm_end and not self._early_stop() and not self._paused():
-            self._adapt_points()
-            if not self._lm_step(jacobian):  # no damping lowers the loss: a (local) minimum
-                break
-
-    def _lm_step(self, jacobian: ResidualJacobian) -> bool:
-        """One LM iteration on the current points; returns whether the parameters moved."""
+    def _lm_step(self) -> bool:
+        """One LM iteration on the current points; returns whether the parameters moved
+        (False: no damping lowers the loss, a (local) minimum)."""
+        self._adapt_points()
+        if self._jacobian is None:
+            self._jacobian = ResidualJacobian(self.model, self.problem, self.params)
+        jacobian = self._jacobian
         terms = self.problem.terms(self.batch)
         weights = {k: self.balancer.weight(k) for k in terms}
         parts: dict[str, float] = {}
@@ -362,87 +385,10 @@ class Trainer:
 
         out = self.opt.step(lambda: jacobian(terms, weights), loss_now)
         self.step += 1
-        if self.cfg.nan_guard and not (
-            math.isfinite(out.loss) and all(torch.isfinite(p).all() for p in self.params)
-        ):
+        if self.cfg.nan_guard and not self._finite(out.loss):
             self._recover()
             return True
         if not out.moved:
             loss_now()  # the terms at the kept point (the last trial was rejected)
         self._after_step(self._metrics(out.loss, parts, out.grad_norm))
         return out.moved
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.cfg.to_json(),
-            "step": self.step,
-            "phase": self.phase,
-            "lbfgs_end": self.lbfgs_end,
-            "lm_end": self.lm_end,
-            "model": self.model.state_dict(),
-            "problem": self.problem.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict() if self.sched is not None else None,
-            "scaler": self.scaler.state_dict(),
-            "balancer": self.balancer.state_dict(),
-            "generator": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "batch": self.batch.state(),
-            "nan_events": self.nan_events,
-            "early_stop": (self.best, self.wait),
-            "losses": list(self.losses),
-        }
-
-    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically (temp file + rename): a crash never leaves half a checkpoint."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        for cb in self.callbacks:
-            cb.on_checkpoint(self.step, str(path))
-        return path
-
-    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state["config"] != self.cfg.to_json():
-            raise ValueError(f"resume: checkpoint {path} was written with a different TrainConfig")
-        self.model.load_state_dict(state["model"])
-        self.problem.load_state_dict(state["problem"])
-        self.phase, self.step = state["phase"], state["step"]
-        self.lbfgs_end = state["lbfgs_end"]
-        self.lm_end = state.get("lm_end", self.lbfgs_end)  # checkpoints from before the LM phase
-        if self.phase == "lbfgs":
-            self.opt = self._make_lbfgs(self.cfg.lbfgs_lr)
-        elif self.phase == "lm":
-            self.opt = LevenbergMarquardt(self.params, self.cfg.lm_damping)
-        self.opt.load_state_dict(state["optimizer"])
-        if self.sched is not None and state["scheduler"] is not None:
-            self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.balancer.load_state_dict(state["balancer"])
-        self.gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.batch = Collocation.from_state(state["batch"])
-        self.nan_events = state["nan_events"]
-        self.best, self.wait = state["early_stop"]
-        self.losses = list(state["losses"])
-
-
-def copy_into(dst: Any, src: Any) -> Any:
-    """A deep copy of ``src`` (nested dicts/lists of tensors and plain values) that reuses
-    ``dst``'s tensors where shape, dtype and device match."""
-    if isinstance(src, Tensor):
-        if isinstance(dst, Tensor) and dst.shape == src.shape and dst.dtype == src.dtype \
-                and dst.device == src.device and dst is not src:
-            return dst.copy_(src)
-        return src.detach().clone()
-    if isinstance(src, dict):
-        old = dst if isinstance(dst, dict) else {}
-        return {k: copy_into(old.get(k), v) for k, v in src.items()}
-    if isinstance(src, (list, tuple)):
-        old = dst if isinstance(dst, (list, tuple)) and len(dst) == len(src) else [None] * len(src)
-        return type(src)(copy_into(d, v) for d, v in zip(old, src))
-    return copy.deepcopy(src)
