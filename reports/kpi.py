@@ -80,27 +80,38 @@ def runs_of(client: Any, kpi: KPI) -> list[Any]:
                               order_by=["attributes.start_time ASC"])
 
 
+def running(kpi: KPI, runs: list[Any]) -> list[tuple[Any, Value]]:
+    """The KPI's value after each run that has its metric, in one pass (runs in time order):
+    the trend chart's points, and the last one is the KPI's value."""
+    out: list[tuple[Any, Value]] = []
+    best: tuple[float, Any] | None = None
+    ok = seen = 0
+    for r in runs:
+        if kpi.metric not in r.data.metrics:
+            continue
+        m = r.data.metrics[kpi.metric]
+        if kpi.aggregation == "success_rate":
+            seen, ok = seen + 1, ok + (m <= (kpi.threshold or 0))
+            best = (ok / seen, r)
+        elif kpi.aggregation == "last":
+            best = (m, r)
+        else:
+            if kpi.aggregation == "min_param":
+                if kpi.param not in r.data.params:
+                    continue
+                m = float(r.data.params[kpi.param])
+            better = best is None or (m > best[0] if kpi.aggregation == "max" else m < best[0])
+            if better:
+                best = (m, r)
+        if best is not None:
+            out.append((r, Value(best[0], best[1].info.run_id, best[1].info.experiment_id)))
+    return out
+
+
 def aggregate(kpi: KPI, runs: list[Any], until_ms: float | None = None) -> Value:
-    runs = [r for r in runs if until_ms is None or r.info.start_time <= until_ms]
-    with_metric = [r for r in runs if kpi.metric in r.data.metrics]
-    if not with_metric:
-        return Value(None, None, None)
-    if kpi.aggregation == "success_rate":
-        ok = sum(r.data.metrics[kpi.metric] <= (kpi.threshold or 0) for r in with_metric)
-        last = with_metric[-1]
-        return Value(ok / len(with_metric), last.info.run_id, last.info.experiment_id)
-    if kpi.aggregation == "min_param":
-        cands = [(float(r.data.params[kpi.param]), r) for r in with_metric if kpi.param in r.data.params]
-        if not cands:
-            return Value(None, None, None)
-        v, r = min(cands, key=lambda c: c[0])
-        return Value(v, r.info.run_id, r.info.experiment_id)
-    if kpi.aggregation == "last":
-        r = with_metric[-1]
-    else:
-        pick = min if kpi.aggregation == "min" else max
-        r = pick(with_metric, key=lambda r: r.data.metrics[kpi.metric])
-    return Value(r.data.metrics[kpi.metric], r.info.run_id, r.info.experiment_id)
+    """The KPI's value from the runs started up to ``until_ms`` (all when None)."""
+    points = running(kpi, [r for r in runs if until_ms is None or r.info.start_time <= until_ms])
+    return points[-1][1] if points else Value(None, None, None)
 
 
 def status(kpi: KPI, v: float | None) -> str:
@@ -127,20 +138,31 @@ def fmt(v: float | None) -> str:
 
 # --------------------------------------------------------------------------- figures
 def trend_figure(kpi: KPI, runs: list[Any]) -> Any:
+    """The KPI over time with its target; the y-axis spans the data (the target line is
+    drawn only when it lies within a decade of the data, else named in the title)."""
+    import math
+
     import plotly.graph_objects as go
 
-    xs, ys = [], []
-    for r in runs:
-        if kpi.metric not in r.data.metrics:
-            continue
-        v = aggregate(kpi, runs, r.info.start_time).value
-        xs.append(dt.datetime.fromtimestamp(r.info.start_time / 1000))
-        ys.append(v)
+    points = running(kpi, runs)
+    xs = [dt.datetime.fromtimestamp(r.info.start_time / 1000) for r, _ in points]
+    ys = [v.value for _, v in points]
     fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers", name=kpi.name))
-    fig.add_hline(y=kpi.target, line_dash="dash", annotation_text="target")
-    fig.update_layout(title=kpi.name, height=300, template="plotly_white", margin=dict(t=40, b=30))
-    if kpi.aggregation not in ("success_rate", "min_param") and all(y and y > 0 for y in ys) and ys:
-        fig.update_yaxes(type="log")
+    log = kpi.aggregation not in ("success_rate", "min_param") and bool(ys) and all(y > 0 for y in ys)
+    lo, hi = (min(ys), max(ys)) if ys else (kpi.target, kpi.target)
+    near = lo / 10 <= kpi.target <= hi * 10 if log else True
+    title = f"{kpi.name}: {status(kpi, ys[-1] if ys else None)} (target {kpi.target:g} {kpi.unit})".rstrip()
+    if near:
+        fig.add_hline(y=kpi.target, line_dash="dash", annotation_text="target")
+        lo, hi = min(lo, kpi.target), max(hi, kpi.target)
+    if log:
+        pad = 0.1 * max(math.log10(hi / lo), 0.5)
+        fig.update_yaxes(type="log", range=[math.log10(lo) - pad, math.log10(hi) + pad])
+    else:
+        pad = 0.1 * (hi - lo) or 0.1 * abs(hi) or 1.0
+        fig.update_yaxes(range=[lo - pad, hi + pad])
+    fig.update_layout(title=title, height=300, template="plotly_white", margin=dict(t=40, b=30),
+                      xaxis_title="run start", yaxis_title=kpi.unit or kpi.metric)
     return fig
 
 
