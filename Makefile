@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP_FLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv demo test lint ui report bench clean
+.PHONY: venv demo test lint ui dashboard report bench clean
 
 venv: .venv/.installed
 
@@ -30,6 +30,9 @@ report: venv
 
 ui: venv
 	$(PY) -m tracking.ui
+
+dashboard: venv
+	$(PY) -m studies.dashboard
 
 lint: venv
 	$(PY) -m ruff check .

@@ -25,7 +25,7 @@ from cpikan.experiment import ModelConfig, PINNConfig, build  # noqa: E402
 from cpikan.losses import Balancer  # noqa: E402
 
 SETUPS = {
-    # the published Scaled-cPIKAN diffusion setup (DOMAIN.md §2)
+    # the published Scaled-cPIKAN diffusion setup (docs/domain.md §2)
     "diffusion": PINNConfig(
         "diffusion", {"n_interior": 2000, "n_boundary": 400, "n_initial": 400, "sampler": "uniform"},
         ModelConfig(hidden=(8, 8), degree=5),

@@ -1,4 +1,4 @@
-"""Accuracy of Scaled-cPIKAN on a PDE benchmark (DOMAIN.md §2), against its target.
+"""Accuracy of Scaled-cPIKAN on a PDE benchmark (docs/domain.md §2), against its target.
 
     .venv/bin/python bench/pde_accuracy.py PROBLEM [--threads 2] [--seed 0[,1,...]] [--budget preset]
 

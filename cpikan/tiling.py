@@ -6,7 +6,7 @@ contribution straight into ``out`` (which may itself be a memmap), so peak memor
 on the tile size and batch size, never on the image.
 
 ``mode="crop"`` equals full-image inference up to float rounding for a CNN in eval mode
-(DOMAIN.md §4): every tile carries a halo ≥ the receptive-field radius and only its core is
+(docs/domain.md §4): every tile carries a halo ≥ the receptive-field radius and only its core is
 written; tile origins sit on multiples of the network's downsampling factor; tiles are
 clipped at the image border (no extra padding), and an image whose size is not a multiple
 of the factor is zero-padded once at the bottom/right — exactly as :func:`predict_full` does

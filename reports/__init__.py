@@ -1,1 +1,1 @@
-"""reports layer (see ARCHITECTURE.md)."""
+"""reports layer (see docs/architecture.md)."""

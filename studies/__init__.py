@@ -1,1 +1,1 @@
-"""Studies on Optuna: `python -m studies.run NAME` (see ARCHITECTURE.md)."""
+"""Studies on Optuna: `python -m studies.run NAME` (see docs/architecture.md)."""

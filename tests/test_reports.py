@@ -16,13 +16,6 @@ from tracking.tracker import Tracker
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def mlruns(tmp_path, monkeypatch):
-    monkeypatch.setenv(store.ENV_ROOT, str(tmp_path / "mlruns"))
-    monkeypatch.delenv(store.ENV_URI, raising=False)
-    return tmp_path / "mlruns"
-
-
 def _kpi(mlruns, out, *args):
     env = {k: v for k, v in os.environ.items() if k != store.ENV_URI}
     env.update(CPIKAN_MLRUNS=str(mlruns), PYTHONPATH=str(ROOT))

@@ -18,13 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-token-value-42"
 
 
-@pytest.fixture
-def mlruns(tmp_path, monkeypatch):
-    monkeypatch.setenv(store.ENV_ROOT, str(tmp_path / "mlruns"))
-    monkeypatch.delenv(store.ENV_URI, raising=False)
-    return tmp_path / "mlruns"
-
-
 def _all_runs(client):
     exps = client.search_experiments()
     return client.search_runs([e.experiment_id for e in exps]) if exps else []

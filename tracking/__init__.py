@@ -1,1 +1,1 @@
-"""tracking layer (see ARCHITECTURE.md)."""
+"""tracking layer (see docs/architecture.md)."""

@@ -63,13 +63,26 @@ def versions() -> dict[str, str]:
     return out
 
 
+URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+(@)", re.I)
+
+
 def redact(text: str, env: dict[str, str] | None = None) -> str:
-    """Replace the value of every secret-looking environment variable wherever it appears."""
+    """Replace the value of every secret-looking environment variable wherever it appears,
+    and the password of every ``scheme://user:password@host`` URL."""
     env = os.environ if env is None else env
     for name, value in env.items():
         if SECRET_NAME.search(name) and len(value) >= 4:
             text = text.replace(value, REDACTED)
-    return text
+    return URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
+
+
+def source_name() -> str:
+    """What ran: ``python -m module`` as the module, a script as its path."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name.removesuffix(".__main__")
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 
 
 def command_line() -> str:
@@ -91,6 +104,9 @@ def collect(seed: int | None = None) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "torch.threads": str(torch.get_num_threads()),
     }
+    # MLflow's own names, so the UI's Source and commit fields are filled
+    tags.update({"mlflow.source.type": "LOCAL", "mlflow.source.name": source_name(),
+                 "mlflow.source.git.commit": git["commit"], "mlflow.source.git.branch": git["branch"]})
     if seed is not None:
         tags["seed"] = str(seed)
     tags.update({f"version.{k}": v for k, v in versions().items()})

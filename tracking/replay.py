@@ -201,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"replay run {new_id}: {'reproduced' if ok else 'DID NOT reproduce'} run {args.run_id}")
+    if not ok:
+        from tracking.diff import diff_runs, print_differences
+
+        print("\nwhat differs (python -m tracking.diff):")
+        print_differences(diff_runs(args.run_id, new_id), ("original", "replay"))
     return 0 if ok else 1
 
 

@@ -73,12 +73,20 @@ def check_reachable(c, uri: str) -> None:  # type: ignore[no-untyped-def]
             raise TrackingError(f"tracking server {uri} is unreachable ({type(exc).__name__})") from None
 
 
+#: MLflow's UI opens an experiment in its model-training view (not the GenAI one) by this tag
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(c, name: str) -> str:  # type: ignore[no-untyped-def]
+    """The experiment's ID; created with :data:`EXPERIMENT_TAGS` (added to an older one)."""
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        for k, v in EXPERIMENT_TAGS.items():
+            if exp.tags.get(k) != v:
+                c.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=artifact_location(name))
+        return c.create_experiment(name, artifact_location=artifact_location(name), tags=EXPERIMENT_TAGS)
     except Exception:  # created concurrently by another worker
         exp = c.get_experiment_by_name(name)
         if exp is None:

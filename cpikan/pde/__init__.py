@@ -1,4 +1,4 @@
-"""PDE benchmarks by name (DOMAIN.md §2)."""
+"""PDE benchmarks by name (docs/domain.md §2)."""
 
 from __future__ import annotations
 

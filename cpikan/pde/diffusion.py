@@ -1,4 +1,4 @@
-"""Diffusion and reaction–diffusion in (x, t), forward and inverse (DOMAIN.md §2)."""
+"""Diffusion and reaction–diffusion in (x, t), forward and inverse (docs/domain.md §2)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class ReactionDiffusion(Problem):
     """u_t = D·u_xx − κu on [-L, L] × [0, 1], u(±L, t) = 0.
 
     The initial condition is a sum of sine modes Σ a_m sin(mπx), so the exact solution is
-    Σ a_m exp(−(D(mπ)² + κ)t) sin(mπx). One mode (the DOMAIN.md definition) by default.
+    Σ a_m exp(−(D(mπ)² + κ)t) sin(mπx). One mode (the docs/domain.md definition) by default.
     """
 
     name = "reaction_diffusion"

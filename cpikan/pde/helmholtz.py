@@ -1,4 +1,4 @@
-"""Helmholtz problems (DOMAIN.md §2)."""
+"""Helmholtz problems (docs/domain.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""3-D Poisson on the unit cube (DOMAIN.md §2)."""
+"""3-D Poisson on the unit cube (docs/domain.md §2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Classical PSI reconstruction: four-bucket phase, modulation mask, multi-wavelength
-height by joint search over fringe orders (excess fractions; DOMAIN.md §3).
+height by joint search over fringe orders (excess fractions; docs/domain.md §3).
 
 Per pixel, the candidate heights are the fringe orders of the first laser inside the
 range; each is scored by Σ_l wrap(φ_l − 4πh/λ_l)² (maximum likelihood under Gaussian phase

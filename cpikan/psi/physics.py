@@ -1,4 +1,4 @@
-"""PSI forward model (DOMAIN.md §3): 4 lasers × 4 phase-shifted buckets, laser-major.
+"""PSI forward model (docs/domain.md §3): 4 lasers × 4 phase-shifted buckets, laser-major.
 
     I[l, k] = A + B·cos(4π·h/λ_l + δ_k),   channel = l·4 + k
 

@@ -1,0 +1,1 @@
+"""The lab's one console entry point, ``cpikan-lab`` (lab/cli.py)."""
