@@ -74,16 +74,13 @@ def meshes_for_run(client: Any, run: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = json.loads(Path(client.download_artifacts(rid, "config.json", tmp)).read_text())
         if entry == "studies.pde:run":
-            import torch
+            from cpikan.experiment import build
+            from tracking import models
 
-            from cpikan.experiment import PINNConfig, build
-
-            config = PINNConfig.from_dict(cfg)
-            problem, model = build(config)
-            state = torch.load(client.download_artifacts(rid, "model/state_dict.pt", tmp), weights_only=False)
-            model.load_state_dict(state["model"])
-            problem.load_state_dict(state["problem"])
-            return {"solution.vtu": pinn_mesh(model.eval(), problem)}
+            model, tensors, config = models.load_model(rid)
+            problem = build(config)[0]
+            problem.load_state_dict(models.part(tensors, "problem"))
+            return {"solution.vtu": pinn_mesh(model, problem)}
         if entry == "studies.psi_pretrain:run":
             from cpikan.psi.classical import phase_and_modulation
             from cpikan.psi.data import open_memmap_dataset

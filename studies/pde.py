@@ -8,17 +8,17 @@ training are reported to the study (intermediate values, pruning).
 from __future__ import annotations
 
 import copy
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cpikan.experiment import PINNConfig, n_parameters, run_pinn
+from cpikan.experiment import PINNConfig, build, n_parameters, run_pinn
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
 from studies.registry import Study, names_in, register
+from tracking.models import log_model
 
 ENTRY_POINT = "studies.pde:run"
 
@@ -48,11 +48,13 @@ def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
                    nan_events=float(result.nan_events), params=float(n_parameters(model)))
     ctx.log_results(results, {"seconds": seconds, "steps_per_second": result.steps / max(seconds, 1e-9)},
                     step=result.steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "state_dict.pt"
-        torch.save({"model": model.state_dict(), "problem": problem.state_dict()}, path)
-        ctx.log_artifact(path, "model")
+    log_model(ctx, {"model": model, "problem": problem}, "studies.pde:build_model", config)
     return results
+
+
+def build_model(config: PINNConfig) -> torch.nn.Module:
+    """The untrained network of ``config`` (the builder recorded with its weights)."""
+    return build(config)[1]
 
 
 def _identity(trial: Any, base: PINNConfig) -> PINNConfig:

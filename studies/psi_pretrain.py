@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,7 +16,8 @@ from cpikan.psi.synth import WaferSpec, write_dataset
 from cpikan.psi.train import LOSSES, PSITask, PSITrainSpec
 from cpikan.train import TrainConfig, Trainer
 from studies.registry import Study, register
-from tracking import hashing
+from tracking import hashing, models
+from tracking.models import log_model
 from tracking.store import mlruns_dir
 
 EXPERIMENT = "studies/psi_pretrain"
@@ -80,35 +79,13 @@ def run(config: PSIPretrainConfig, ctx: Any) -> dict[str, float]:
     results = {"rmse_nm": result.metrics["rmse_nm"], "classical_rmse_nm": result.metrics["classical_rmse_nm"],
                "final_loss": result.loss}
     ctx.log_results(results, {"seconds": seconds})
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(model.state_dict(), Path(tmp) / "state_dict.pt")
-        (Path(tmp) / "model_config.json").write_text(json.dumps(asdict(config)))
-        ctx.log_artifact(Path(tmp) / "state_dict.pt", "psinet")
-        ctx.log_artifact(Path(tmp) / "model_config.json", "psinet")
-    log_mlflow_model(ctx.run_id, model)
+    log_model(ctx, {"model": model}, "studies.psi_pretrain:build_model", config)
     return results
 
 
-def log_mlflow_model(run_id: str, model: torch.nn.Module) -> None:
-    """The trained network as an MLflow PyTorch model (browsable and loadable from the UI)."""
-    import mlflow
-
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(model.eval(), name="model", serialization_format="pickle",
-                                 pip_requirements=["torch==2.13.0"])
-
-
 def load_model(run_id: str) -> PSINet:
-    """Rebuild a pretrained PSINet from a psi_pretrain run's artifacts."""
-    from tracking import store
-
-    c = store.client()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(c.download_artifacts(run_id, "psinet", tmp))
-        cfg = PSIPretrainConfig.from_dict(json.loads((path / "model_config.json").read_text()))
-        model = build_model(cfg)
-        model.load_state_dict(torch.load(path / "state_dict.pt", weights_only=True))
-    return model.eval()
+    """The pretrained PSINet of a psi_pretrain run (safetensors weights; never a pickle)."""
+    return models.load_model(run_id)[0]
 
 
 def _space(trial: Any, base: PSIPretrainConfig) -> PSIPretrainConfig:

@@ -28,7 +28,7 @@ from cpikan.train import TrainConfig
         (lambda: make_balancer("magic"), r"balancing: .*fixed, gradnorm, lra"),
         (lambda: make_problem("burgers"), r"problem: unknown 'burgers'; allowed: helmholtz1d"),
         (lambda: make_problem("diffusion", sampler="sobol"), r"sampler: .*lhs, uniform"),
-        (lambda: ModelConfig(kind="transformer"), r"model.kind: .*cpikan, mlp"),
+        (lambda: ModelConfig(kind="transformer"), r"kind: .*cpikan, mlp"),
         (lambda: build_model(ModelConfig(hard_bc=True), make_problem("diffusion"), 0),
          r"model.hard_bc: 'diffusion' has no u = 0 faces.*allowed for: helmholtz2d, poisson3d"),
     ],

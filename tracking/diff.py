@@ -35,15 +35,6 @@ PROVENANCE_TAGS = ("git.commit", "git.dirty", "host", "cpu", "gpu", "torch.threa
 DIFF_ARTIFACT = "provenance/uncommitted.diff"
 
 
-def _get_run(client: Any, run_id: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        raise TrackingError(f"run ID {run_id!r}: no such run in {store.tracking_uri()}") from None
-
-
 def _dirty_diff(client: Any, run: Any) -> str:
     """sha256 (12 digits) and line count of the recorded uncommitted diff, '' when clean."""
     if run.data.tags.get("git.dirty") != "true":
@@ -91,7 +82,7 @@ def differences(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> d
 def diff_runs(run_a: str, run_b: str, measurements: bool = False) -> dict[str, dict[str, list[Any]]]:
     """The differences between two runs of the project store (see :func:`differences`)."""
     client = store.client(must_exist=True)
-    a, b = _get_run(client, run_a), _get_run(client, run_b)
+    a, b = store.get_run(client, run_a), store.get_run(client, run_b)
     return differences(describe(client, a, measurements), describe(client, b, measurements))
 
 

@@ -46,15 +46,6 @@ def _import(ref: str, what: str) -> Any:
     return obj
 
 
-def load_source_run(client: Any, run_id: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        raise TrackingError(f"run ID {run_id!r}: no such run in {store.tracking_uri()}") from None
-
-
 def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, float]]]:
     """The config object and the entry point, rebuilt from the run (no writes)."""
     from mlflow.exceptions import MlflowException
@@ -161,7 +152,7 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     import torch
 
     client = store.client(must_exist=True)
-    run = load_source_run(client, run_id)
+    run = store.get_run(client, run_id)
     config, fn = load_config(client, run)
     for w in check_datasets(run, force) + code_warnings(run, client):
         print(f"warning: {w}", file=sys.stderr)

@@ -92,3 +92,13 @@ def get_or_create_experiment(c, name: str) -> str:  # type: ignore[no-untyped-de
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def get_run(c, run_id: str):  # type: ignore[no-untyped-def]
+    """A run by ID; :class:`TrackingError` naming the store when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"run ID {run_id!r}: no such run in {tracking_uri()}") from None
