@@ -6,15 +6,17 @@ PIP_FLAGS := -q --disable-pip-version-check -c constraints.txt
 
 venv: .venv/.installed
 
+# pip's own output goes to .venv/install.log (shown only when the install fails)
 .venv/.installed: pyproject.toml constraints.txt
-	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[dev]'
-	touch $@
+	@echo "setting up .venv (first run: a few minutes) ..."
+	@test -x $(PY) || python3 -m venv .venv
+	@($(PY) -m pip install $(PIP_FLAGS) --upgrade pip && $(PY) -m pip install $(PIP_FLAGS) -e '.[dev]') \
+		> .venv/install.log 2>&1 || (tail -30 .venv/install.log; echo "pip install failed: .venv/install.log"; exit 1)
+	@touch $@
 
 demo: venv
-	$(PY) -m studies.run tiling_overlap_sweep
-	$(PY) -m reports.kpi --out reports/out/kpi.html
+	@$(PY) -m studies.run tiling_overlap_sweep
+	@$(PY) -m reports.kpi --out reports/out/kpi.html
 	@echo
 	@echo "Done. The study is in mlruns/optuna/journal.log, its runs in mlruns/mlflow.db."
 	@echo "  Browse the runs:      make ui   (then open http://127.0.0.1:5000, experiment studies/tiling_overlap_sweep)"

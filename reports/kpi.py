@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from studies import registry
-from tracking import store
+from tracking import logs, store
 from tracking.store import TrackingError
 
 KPI_FILE = Path(__file__).with_name("kpis.toml")
@@ -170,6 +170,7 @@ def study_figures(since: dt.datetime) -> list[tuple[str, Any]]:
     """optuna.visualization plots for each study of the default journal with trials in the period."""
     import optuna
 
+    from studies.plots import study_plots
     from studies.storage import default_storage, open_storage  # reports sits above studies
 
     path = Path(default_storage()[len("journal:"):])
@@ -183,26 +184,13 @@ def study_figures(since: dt.datetime) -> list[tuple[str, Any]]:
         complete = [t for t in study.trials if t.state.name == "COMPLETE"]
         if not trials or not complete:
             continue
-        vis = optuna.visualization
-        multi = len(study.directions) > 1
         names = None
-        try:
+        if summary.study_name in registry.CATALOG:
             names = [m for m, _ in registry.get(summary.study_name).objectives]
-        except Exception:  # noqa: BLE001 — a study not in our registry still gets plots
-            pass
         try:
-            fig = vis.plot_pareto_front(study, target_names=names[:3] if names else None,
-                                        targets=(lambda t: t.values[:3]) if len(study.directions) > 3 else None) \
-                if multi else vis.plot_optimization_history(study)
-            out.append((f"{summary.study_name}: {'Pareto front' if multi else 'optimisation history'}", fig))
-        except Exception as exc:  # noqa: BLE001
-            print(f"warning: {summary.study_name}: no history/Pareto plot ({exc})", file=sys.stderr)
-        if len(complete) >= 3:
-            try:
-                fig = vis.plot_param_importances(study, target=(lambda t: t.values[0]) if multi else None)
-                out.append((f"{summary.study_name}: parameter importances", fig))
-            except Exception as exc:  # noqa: BLE001
-                print(f"warning: {summary.study_name}: no importance plot ({exc})", file=sys.stderr)
+            out += [(f"{summary.study_name}: {title}", fig) for title, fig in study_plots(study, names)]
+        except Exception as exc:  # noqa: BLE001 — a plot that cannot be drawn must not stop the report
+            print(f"warning: {summary.study_name}: no study plots ({type(exc).__name__}: {exc})", file=sys.stderr)
     return out
 
 
@@ -289,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--since", default="7d")
     ap.add_argument("--out", default="reports/out/kpi.html")
     ap.add_argument("--kpis", default=str(KPI_FILE))
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the libraries' logs and notes")
     args = ap.parse_args(argv)
+    logs.configure(args.verbose)
     try:
         since = parse_since(args.since)
         if not Path(args.kpis).exists():

@@ -28,6 +28,7 @@ from typing import Any
 
 from studies import registry, samplers, storage
 from studies.worker import WorkerSpec, open_study, work
+from tracking import logs
 
 EXIT_BAD_INPUT = 2
 
@@ -55,28 +56,58 @@ def parent_run(study_def: registry.Study, study_name: str, storage: str) -> str:
     return run.run_id
 
 
+def describe_study(study: Any, study_def: registry.Study, spec: WorkerSpec, best: list[Any],
+                   experiment_id: str) -> str:
+    """The parent run's description (Markdown, MLflow's ``mlflow.note.content``)."""
+    objectives = ", ".join(f"{m} ({d})" for m, d in study_def.objectives)
+    lines = [f"**Study** `{spec.study_name}`: {registry.CATALOG[study_def.name].description}.",
+             f"**Objectives**: {objectives}. **Sampler**: {spec.sampler} (seed {spec.seed}); "
+             f"**trials**: {len(study.trials)}.", ""]
+    for t in best[:5]:
+        values = ", ".join(f"{m} = {v:.4g}" for (m, _), v in zip(study_def.objectives, t.values))
+        rid = t.user_attrs.get("mlflow_run_id")
+        link = f"[trial {t.number}](#/experiments/{experiment_id}/runs/{rid})" if rid else f"trial {t.number}"
+        lines.append(f"- best: {link}: {values}; params {t.params}")
+    lines.append("\nPlots: artifacts `study/`. All trials: `make dashboard`.")
+    return "\n".join(lines)
+
+
 def summarize(study_def: registry.Study, spec: WorkerSpec, status: str) -> None:
-    """Trial counts and the best trials onto the parent run, and a short summary printed."""
+    """Trial counts, best trials, a description and the study plots onto the parent run,
+    and a short summary printed."""
+    from studies.plots import study_plots
     from tracking.tracker import Tracker
 
     study = storage.load_study(spec.study_name, spec.storage)
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
+    names = [m for m, _ in study_def.objectives]
+    best = study.best_trials if len(names) > 1 else ([study.best_trial] if states.get("COMPLETE") else [])
     with Tracker(spec.experiment, run_id=spec.parent_run_id) as run:
         run.log_metrics({f"trials_{k.lower()}": v for k, v in states.items()})
-        best = study.best_trials if len(study_def.objectives) > 1 else ([study.best_trial] if states.get("COMPLETE") else [])
         run.set_tags({"optuna.best_trials": json.dumps([t.number for t in best]),
-                      "optuna.best_runs": json.dumps([t.user_attrs.get("mlflow_run_id") for t in best])})
-        if len(study_def.objectives) == 1 and best:
-            run.log_metrics({f"best_{study_def.objectives[0][0]}": best[0].value})
+                      "optuna.best_runs": json.dumps([t.user_attrs.get("mlflow_run_id") for t in best]),
+                      "mlflow.note.content": describe_study(study, study_def, spec, best,
+                                                            run.client.get_run(run.run_id).info.experiment_id)})
+        if len(names) == 1 and best:
+            run.log_metrics({f"best_{names[0]}": best[0].value})
+        for title, fig in study_plots(study, names):
+            run.log_figure(fig, f"study/{title.split(' (')[0].replace(' ', '_')}.html")
     if status != "FINISHED":
         from tracking import store
 
         store.client().set_terminated(spec.parent_run_id, status)
     print(f"study {spec.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items())))
+    label = "best trial" if len(names) == 1 else f"Pareto front ({len(best)} trials)"
+    if best:
+        print(f"  {label}:")
     for t in best[:5]:
-        print(f"  best trial {t.number}: values={t.values} run={t.user_attrs.get('mlflow_run_id')} params={t.params}")
+        values = " ".join(f"{n}={v:.3g}" for n, v in zip(names, t.values))
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        print(f"    #{t.number} {values}  {params}  run {t.user_attrs.get('mlflow_run_id', '?')}")
+    if len(best) > 5:
+        print(f"    … {len(best) - 5} more (make dashboard)")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -96,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: TPE (NSGA-II for several objectives); random: per-trial seeds, reproducible")
     ap.add_argument("--pruner", choices=samplers.PRUNERS, default="default",
                     help="none: switch the study's pruner off (benchmarks)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the libraries' logs and notes")
     return ap
 
 
@@ -174,6 +206,7 @@ def record_sampling(spec: WorkerSpec, study_def: registry.Study) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure(args.verbose)
     if args.list:
         width = max(map(len, registry.CATALOG))
         for name, entry in registry.CATALOG.items():

@@ -188,6 +188,9 @@ def work(spec: WorkerSpec, study_def: registry.Study, base: Any) -> None:
 
 def main() -> int:
     """A spawned worker: the spec on stdin, input already checked by the parent."""
+    from tracking import logs
+
+    logs.from_environment()
     spec = WorkerSpec.from_json(sys.stdin.read())
     if spec.threads:
         import torch

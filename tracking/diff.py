@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tracking import store, tracker
+from tracking import logs, store, tracker
 from tracking.store import TrackingError
 
 PROVENANCE_TAGS = ("git.commit", "git.dirty", "host", "cpu", "gpu", "torch.threads", "seed",
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the differences as JSON (for scripts)")
     ap.add_argument("--measurements", action="store_true", help="also compare seconds, throughput, memory")
     args = ap.parse_args(argv)
+    logs.configure()
     try:
         diffs = diff_runs(args.run_a, args.run_b, args.measurements)
     except TrackingError as exc:

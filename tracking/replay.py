@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tracking import hashing, provenance, store, tracker
+from tracking import hashing, logs, provenance, store, tracker
 from tracking.store import TrackingError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_id")
     ap.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for result metrics (default 0: exact)")
     ap.add_argument("--force", action="store_true", help="replay even if a dataset changed")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the libraries' logs and notes")
     args = ap.parse_args(argv)
+    logs.configure(args.verbose)
     if not args.rtol >= 0:
         print("error: --rtol must be ≥ 0", file=sys.stderr)
         return 2
