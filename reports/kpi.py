@@ -242,7 +242,7 @@ def render(rows: list[dict[str, Any]], figs: list[tuple[str, Any]], now: dt.date
     esc = html.escape
     table = []
     for r in rows:
-        link = (f'<a href="{UI}/#/experiments/{r["experiment_id"]}/runs/{r["run_id"]}">{r["run_id"][:8]}</a>'
+        link = (f'<a href="{UI}/#/experiments/{r["experiment_id"]}/runs/{r["run_id"]}?workflowType=machine_learning">{r["run_id"][:8]}</a>'
                 if r["run_id"] else "—")
         cls = {"met": "ok", "not met": "bad", "no data": "none"}[r["status"]]
         table.append(f"<tr><td>{esc(r['name'])}</td><td>{'≤' if r['direction'] == 'lower' else '≥'} "

@@ -66,7 +66,7 @@ def describe_study(study: Any, study_def: registry.Study, spec: WorkerSpec, best
     for t in best[:5]:
         values = ", ".join(f"{m} = {v:.4g}" for (m, _), v in zip(study_def.objectives, t.values))
         rid = t.user_attrs.get("mlflow_run_id")
-        link = f"[trial {t.number}](#/experiments/{experiment_id}/runs/{rid})" if rid else f"trial {t.number}"
+        link = f"[trial {t.number}](#/experiments/{experiment_id}/runs/{rid}?workflowType=machine_learning)" if rid else f"trial {t.number}"
         lines.append(f"- best: {link}: {values}; params {t.params}")
     lines.append("\nPlots: artifacts `study/`. All trials: `make dashboard`.")
     return "\n".join(lines)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSW|PASSWD|PWD|KEY|CREDENTIAL|AUTH|COOKIE|SESSION)", re.I)
+#: names that match the pattern but hold no secret (the shell's working directories)
+NOT_SECRET = frozenset({"PWD", "OLDPWD"})
 REDACTED = "[REDACTED]"
 
 
@@ -71,7 +73,7 @@ def redact(text: str, env: dict[str, str] | None = None) -> str:
     and the password of every ``scheme://user:password@host`` URL."""
     env = os.environ if env is None else env
     for name, value in env.items():
-        if SECRET_NAME.search(name) and len(value) >= 4:
+        if SECRET_NAME.search(name) and name not in NOT_SECRET and len(value) >= 4:
             text = text.replace(value, REDACTED)
     return URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
 

@@ -25,6 +25,21 @@ def command(port: int, host: str = "127.0.0.1") -> list[str]:
     return cmd
 
 
+#: MLflow 3.x keeps the UI's view (GenAI or model training) per browser, defaulting to GenAI;
+#: this query parameter opens a page in the model-training view
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_links(base: str) -> list[tuple[str, str]]:
+    """(experiment name, URL opening it in the training view) for every experiment with runs."""
+    c = store.client()
+    out = []
+    for exp in c.search_experiments(order_by=["name ASC"]):
+        if c.search_runs([exp.experiment_id], max_results=1):
+            out.append((exp.name, f"{base}/#/experiments/{exp.experiment_id}?{TRAINING_VIEW}"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tracking.ui", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,8 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(store.ENV_URI, "").startswith("http"):
         print(f"The team server already serves the UI: {os.environ[store.ENV_URI]}")
         return 0
-    print(f"MLflow UI on http://{args.host}:{args.port}  (store: {store.tracking_uri()}; Ctrl-C stops it)",
-          flush=True)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {base}  (store: {store.tracking_uri()}; Ctrl-C stops it)")
+    links = experiment_links(base)
+    if links:
+        width = max(len(n) for n, _ in links)
+        print("experiments, each opening in the model-training view:")
+        for name, url in links:
+            print(f"  {name:<{width}}  {url}")
+    sys.stdout.flush()
     try:
         return subprocess.call(command(args.port, args.host))
     except KeyboardInterrupt:

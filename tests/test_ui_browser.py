@@ -1,0 +1,148 @@
+"""The MLflow UI and optuna-dashboard as a user meets them, in a real browser (Playwright
+driving Debian's Chromium), against a store filled by a small run of the demo's study.
+
+Skips, with the reason, where Chromium or Playwright is missing (.ci/run installs both).
+Screenshots go to build/test-artifacts/ui/ (CPIKAN_TEST_ARTIFACTS to move them).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = Path(os.environ.get("CPIKAN_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts")) / "ui"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update"]
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
+    pytest.mark.skipif(pytest.importorskip("playwright", reason="Playwright is not installed (pip install playwright)")
+                       is None, reason="Playwright is not installed"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(cmd: list[str], url: str, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd} exited with {proc.returncode}") from None
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"{url} did not answer within 120 s")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store filled the way the demo fills it: the tiling overlap sweep (small)."""
+    root = tmp_path_factory.mktemp("ui") / "mlruns"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(CPIKAN_MLRUNS=str(root), PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "studies.run", "tiling_overlap_sweep", "--trials", "3",
+                          "--set", "image_size=640x640", "--set", "pretrain_steps=5"],
+                         env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+def _page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return page, errors
+
+
+def test_mlflow_ui_shows_the_study_as_training_runs(store, browser):
+    root, env = store
+    port = _free_port()
+    ui = subprocess.run([sys.executable, "-c", "from tracking import ui; print(ui.experiment_links('BASE'))"],
+                        env=env, cwd=ROOT, capture_output=True, text=True)
+    link = dict(eval(ui.stdout))["studies/tiling_overlap_sweep"].replace("BASE", f"http://127.0.0.1:{port}")
+    proc = _serve([sys.executable, "-m", "tracking.ui", "--port", str(port)], f"http://127.0.0.1:{port}/health", env)
+    try:
+        page, errors = _page(browser)
+        # the experiment, by the link `make ui` prints: the training view, runs first
+        page.goto(link)
+        page.get_by_text("tiling_overlap_sweep", exact=True).first.wait_for(timeout=60000)
+        body = page.inner_text("body")
+        assert "Detect Issues" not in body and "Token Usage" not in body, body[:1500]  # not the GenAI view
+        assert 0 <= body.find("Runs") < body.find("Traces"), body[:1500]  # runs first
+        # trials nested under the study's parent run: expand it
+        parent = page.locator("[role=row]").filter(has_text="tiling_overlap_sweep").first
+        parent.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+        page.get_by_text("trial 0", exact=True).wait_for(timeout=30000)
+        page.screenshot(path=str(SHOTS / "mlflow_runs.png"))
+        parent_href = parent.locator("a[href*='/runs/']").first.get_attribute("href")
+        # a trial's page: the git commit in Source
+        page.get_by_text("trial 0", exact=True).click()
+        page.get_by_text("About this run").wait_for(timeout=30000)
+        commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+        about = page.inner_text("body")
+        assert "studies.run" in about and commit in about, about[:2000]
+        page.screenshot(path=str(SHOTS / "mlflow_trial.png"))
+        # the parent run (by the link its description and the report use): description, plots
+        page.goto(f"{link.split('#')[0]}{parent_href}?workflowType=machine_learning")
+        page.get_by_text("About this run").wait_for(timeout=30000)
+        assert "Detect Issues" not in page.inner_text("body")
+        body = page.inner_text("body")
+        assert "Objectives" in body and "rel_l2 (minimize)" in body, body[:2000]
+        page.screenshot(path=str(SHOTS / "mlflow_parent.png"))
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.get_by_text("study", exact=True).first.click()
+        page.get_by_text("objectives.html").first.click()
+        page.frame_locator("iframe").first.locator(".plotly").first.wait_for(timeout=60000)
+        page.screenshot(path=str(SHOTS / "mlflow_study_plot.png"))
+        assert not errors, errors
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_optuna_dashboard_shows_the_study(store, browser):
+    root, env = store
+    port = _free_port()
+    proc = _serve([sys.executable, "-m", "studies.dashboard", "--port", str(port)],
+                  f"http://127.0.0.1:{port}/api/studies", env)
+    try:
+        page, errors = _page(browser)
+        page.goto(f"http://127.0.0.1:{port}/dashboard/")
+        page.get_by_text("tiling_overlap_sweep").first.click()
+        page.wait_for_load_state("networkidle")
+        page.get_by_text("Pareto Front", exact=False).first.wait_for(timeout=30000)
+        page.screenshot(path=str(SHOTS / "optuna_dashboard.png"))
+        body = page.inner_text("body")
+        assert "tiling_overlap_sweep" in body
+        assert not errors, errors
+    finally:
+        proc.terminate()
+        proc.wait()
