@@ -124,10 +124,6 @@ def _two_workers(tmp_path, monkeypatch, storage_args, storage=None):
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(8))
 
 
-def test_two_workers_on_the_journal_file(tmp_path, monkeypatch):
-    _two_workers(tmp_path, monkeypatch, [])
-
-
 @pytest.mark.postgres
 def test_two_workers_on_postgresql(tmp_path, monkeypatch):
     psycopg = pytest.importorskip("psycopg")
@@ -174,20 +170,25 @@ def test_list_names_every_study(tmp_path):
         assert name in out.stdout
 
 
-def _random_study_configs(mlruns):
+def _random_study_configs(mlruns, monkeypatch):
+    """Two workers on the journal file: every trial once, both workers busy, runs nested."""
     fast = ["--set", "train.adam_steps=400", "--set", 'problem_kwargs={"n_interior": 60}']
     out = _study(mlruns, "scheduler_search", "--trials", "6", "--workers", "2", "--sampler", "random",
-                 "--seed", "7", *fast)
+                 "--seed", "7", "--pruner", "none", *fast)
     assert out.returncode == 0, out.stderr
     trials = _trials(mlruns, "scheduler_search")
+    assert sorted(t.number for t in trials) == list(range(6)) and all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["worker.index"] for t in trials}) == 2  # both workers proposed
+    _, runs = _runs(mlruns, monkeypatch)
+    nested = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(6))
     return [tuple(sorted(t.params.items())) for t in trials]
 
 
-def test_parallel_random_study_is_reproducible_from_its_seed(tmp_path):
+def test_parallel_random_study_is_reproducible_from_its_seed(tmp_path, monkeypatch):
     """Per-trial seeds: the same configs whatever the split between workers; none twice."""
-    first = _random_study_configs(tmp_path / "a")
-    second = _random_study_configs(tmp_path / "b")
+    first = _random_study_configs(tmp_path / "a", monkeypatch)
+    second = _random_study_configs(tmp_path / "b", monkeypatch)
     assert len(set(first)) == len(first) == 6
     assert set(first) == set(second)
 
