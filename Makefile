@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP_FLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: venv demo test lint ui dashboard report bench clean
+.PHONY: venv demo test lint ui dashboard report weekly bench clean
 
 venv: .venv/.installed
 
@@ -26,6 +26,9 @@ demo: venv
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+weekly: venv
+	@$(PY) -m reports.weekly
 
 report: venv
 	$(PY) -m reports.kpi --out reports/out/kpi.html

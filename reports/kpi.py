@@ -43,6 +43,8 @@ class KPI:
     filter: str = ""
     threshold: float | None = None
     param: str | None = None
+    #: what produces the KPI's runs (shown on a KPI without data)
+    command: str = "make weekly"
 
 
 @dataclass
@@ -150,17 +152,26 @@ def trend_figure(kpi: KPI, runs: list[Any]) -> Any:
     fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines+markers", name=kpi.name))
     log = kpi.aggregation not in ("success_rate", "min_param") and bool(ys) and all(y > 0 for y in ys)
     lo, hi = (min(ys), max(ys)) if ys else (kpi.target, kpi.target)
-    near = lo / 10 <= kpi.target <= hi * 10 if log else True
+
+    def span(a: float, b: float) -> float:  # in decades on a log axis
+        return math.log10(b / a) if log else b - a
+
+    def pad(width: float) -> float:
+        return 0.05 * max(width, 0.5) if log else (0.05 * width or 0.05 * abs(hi) or 1.0)
+
+    with_target = span(min(lo, kpi.target), max(hi, kpi.target))
+    # the axis follows the data: the target line is drawn only where showing it keeps the
+    # axis within ten times the data's range (else the title names it)
+    near = with_target + 2 * pad(with_target) <= (span(lo, hi) + 1 if log else 10 * span(lo, hi))
     title = f"{kpi.name}: {status(kpi, ys[-1] if ys else None)} (target {kpi.target:g} {kpi.unit})".rstrip()
     if near:
         fig.add_hline(y=kpi.target, line_dash="dash", annotation_text="target")
         lo, hi = min(lo, kpi.target), max(hi, kpi.target)
+    p = pad(span(lo, hi))
     if log:
-        pad = 0.1 * max(math.log10(hi / lo), 0.5)
-        fig.update_yaxes(type="log", range=[math.log10(lo) - pad, math.log10(hi) + pad])
+        fig.update_yaxes(type="log", range=[math.log10(lo) - p, math.log10(hi) + p])
     else:
-        pad = 0.1 * (hi - lo) or 0.1 * abs(hi) or 1.0
-        fig.update_yaxes(range=[lo - pad, hi + pad])
+        fig.update_yaxes(range=[lo - p, hi + p])
     fig.update_layout(title=title, height=300, template="plotly_white", margin=dict(t=40, b=30),
                       xaxis_title="run start", yaxis_title=kpi.unit or kpi.metric)
     return fig
@@ -230,7 +241,8 @@ def build(since: dt.timedelta, kpi_file: Path = KPI_FILE) -> tuple[str, list[dic
         rows.append({"name": kpi.name, "target": kpi.target, "unit": kpi.unit, "direction": kpi.direction,
                      "value": cur.value, "run_id": cur.run_id, "experiment_id": cur.experiment_id,
                      "week_earlier": prev.value, "trend": trend(kpi, cur.value, prev.value),
-                     "status": status(kpi, cur.value), "metric": kpi.metric, "aggregation": kpi.aggregation})
+                     "status": status(kpi, cur.value), "metric": kpi.metric, "aggregation": kpi.aggregation,
+                     "command": kpi.command})
         if cur.value is not None:
             figs.append((f"Trend: {kpi.name}", trend_figure(kpi, runs)))
     figs += study_figures(now - since)
@@ -245,8 +257,9 @@ def render(rows: list[dict[str, Any]], figs: list[tuple[str, Any]], now: dt.date
         link = (f'<a href="{UI}/#/experiments/{r["experiment_id"]}/runs/{r["run_id"]}?workflowType=machine_learning">{r["run_id"][:8]}</a>'
                 if r["run_id"] else "—")
         cls = {"met": "ok", "not met": "bad", "no data": "none"}[r["status"]]
+        current = fmt(r["value"]) if r["value"] is not None else f"no data: run <code>{esc(r['command'])}</code>"
         table.append(f"<tr><td>{esc(r['name'])}</td><td>{'≤' if r['direction'] == 'lower' else '≥'} "
-                     f"{fmt(r['target'])} {esc(r['unit'])}</td><td>{fmt(r['value'])}</td>"
+                     f"{fmt(r['target'])} {esc(r['unit'])}</td><td>{current}</td>"
                      f"<td>{fmt(r['week_earlier'])}</td><td>{esc(r['trend'])}</td>"
                      f'<td class="{cls}">{r["status"]}</td><td>{link}</td></tr>')
     parts = []

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: TPE (NSGA-II for several objectives); random: per-trial seeds, reproducible")
     ap.add_argument("--pruner", choices=samplers.PRUNERS, default="default",
                     help="none: switch the study's pruner off (benchmarks)")
+    ap.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                    help="a tag on every run of this invocation (e.g. cpikan.kpi=…)")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the libraries' logs and notes")
     return ap
 
@@ -146,6 +148,9 @@ def prepare(args: argparse.Namespace) -> tuple[registry.Study, Any]:
         base = registry.apply_overrides(study_def.default(), args.set)
     except (ValueError, TypeError) as exc:
         raise BadInput(str(exc).splitlines()[0]) from None
+    for tag in args.tag:
+        if "=" not in tag or not tag.split("=", 1)[0]:
+            raise BadInput(f"--tag: expected KEY=VALUE, got {tag!r}")
     if args.trials is None:
         args.trials = study_def.default_trials
     if args.trials < 1:
@@ -220,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parent_id = parent_run(study_def, args.study_name, args.storage)
     spec = WorkerSpec(study=args.name, study_name=args.study_name, storage=args.storage, trials=args.trials,
                       seed=args.seed, sampler=args.sampler, pruner=args.pruner, overrides=tuple(args.set),
+                      tags=tuple(args.tag),
                       parent_run_id=parent_id, timeout=args.timeout,
                       threads=threads_per_worker(args.workers) if args.workers > 1 else 0)
     record_sampling(spec, study_def)

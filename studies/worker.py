@@ -36,6 +36,7 @@ class WorkerSpec:
     overrides: tuple[str, ...]
     parent_run_id: str
     timeout: float | None = None
+    tags: tuple[str, ...] = ()  # KEY=VALUE, set on every trial's run
     index: int = 0  # worker number: 0 is the process the user started
     threads: int = 0  # torch threads; 0 leaves torch's default
 
@@ -45,7 +46,7 @@ class WorkerSpec:
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
         d = json.loads(text)
-        d["overrides"] = tuple(d["overrides"])
+        d["overrides"], d["tags"] = tuple(d["overrides"]), tuple(d.get("tags", ()))
         return cls(**d)
 
     @property
@@ -115,7 +116,8 @@ def run_trial(spec: WorkerSpec, study_def: registry.Study, trial: Any, base: Any
     trial.set_user_attr("worker.index", spec.index)
     trial.set_user_attr("sampler", json.dumps(recorded, sort_keys=True))
     config = study_def.space(trial, base)
-    tags = {"optuna.study": trial.study.study_name, "optuna.trial_number": str(trial.number)}
+    tags = {"optuna.study": trial.study.study_name, "optuna.trial_number": str(trial.number),
+            **dict(t.split("=", 1) for t in spec.tags)}
     with Tracker(spec.experiment, config=config, entry_point=study_def.entry_point, seed=seed_of(config),
                  parent_run_id=spec.parent_run_id, run_name=f"trial {trial.number}", tags=tags,
                  benign=(optuna.TrialPruned,)) as ctx:

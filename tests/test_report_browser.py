@@ -89,3 +89,54 @@ def test_the_check_itself_catches_errors_and_requests(tmp_path):
                    '<script>console.error("boom")</script></body></html>')
     _, console, requests = render(bad)
     assert any("boom" in c for c in console) and requests
+
+
+AXES_CHECK = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => {
+  const ys = gd.data.flatMap(t => (t.y || []).filter(v => typeof v === 'number' && isFinite(v)));
+  const ax = gd._fullLayout.yaxis;
+  return {title: (gd._fullLayout.title || {}).text || '', type: ax.type, range: ax.range, ys: ys};
+})"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_every_kpi_has_a_value_or_a_command_and_axes_fit_the_data(tmp_path, monkeypatch):
+    import math
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    from tracking.tracker import Tracker
+
+    monkeypatch.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # values far from their targets: a target line must not stretch the axis to it
+    for i, rel in enumerate((3e-2, 2e-2, 9e-3)):
+        with Tracker("studies/tiling_overlap_sweep") as run:
+            run.log_results({"rel_l2": rel, "image_mpix": 4.2 + i, "seam_rel": rel / 3})
+    out = tmp_path / "kpi.html"
+    res = subprocess.run([sys.executable, "-m", "reports.kpi", "--out", str(out)], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(out.as_uri())
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0")
+        rows = page.eval_on_selector_all("table tr", "rs => rs.slice(1).map(r => r.cells[2].innerText)")
+        axes = page.evaluate(AXES_CHECK)
+        browser.close()
+    assert len(rows) == 9 and errors == [], (rows, errors)
+    for cell in rows:
+        assert re.fullmatch(r"[-+0-9.e]+", cell) or re.search(r"no data: run \S", cell), cell
+    checked = 0
+    for ax in axes:
+        ys = ax["ys"]
+        if len(ys) < 2 or min(ys) == max(ys) or ax["type"] not in ("linear", "log"):
+            continue
+        lo, hi = ax["range"]
+        if ax["type"] == "log":
+            assert hi - lo <= math.log10(max(ys) / min(ys)) + 1, ax  # within a decade of the data
+        else:
+            assert hi - lo <= 10 * (max(ys) - min(ys)), ax
+        checked += 1
+    assert checked >= 2

@@ -144,3 +144,14 @@ def test_study_report_and_unknown_study(mlruns, tmp_path):
     res = _cli("reports.study", mlruns, "helmholtz1d", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert out.read_text().count("<tr>") == 3  # header + 2 trials
+
+
+def test_the_weekly_job_fills_every_kpi():
+    from reports import weekly
+    from reports.kpi import load_kpis
+
+    fed = [name for job in weekly.JOBS for name in weekly.fed_kpis(job)]
+    assert sorted(fed) == sorted(k.name for k in load_kpis())  # each KPI by exactly one job
+    out = subprocess.run([sys.executable, "-m", "reports.weekly", "--dry-run"], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.count("--study-name weekly-") == len(weekly.JOBS)

@@ -1,0 +1,86 @@
+"""The weekly job: every KPI's benchmark as MLflow runs, then the KPI report.
+
+    python -m reports.weekly [--dry-run]      (also: make weekly)
+
+Each job is a study run under a study name of its own (``weekly-<UTC timestamp>-<job>``),
+so every weekly run adds new runs (a new point on every KPI trend) instead of resuming the
+last one; each run is tagged with the KPIs it feeds (``cpikan.kpi``: the KPIs of
+reports/kpis.toml read from its experiment). The jobs, with what
+they measured on the lab's 2-core CPU machine: the demo's tiling sweep (2048², ~3 min);
+one crop-mode trial on a 9344 × 7000 wafer read from disk (~5 min); Helmholtz 1D with
+three seeds (~5 min); 3-D Poisson (~3 min). About 20 minutes in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from reports.kpi import load_kpis
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    study: str
+    feeds: tuple[str, ...]  # the KPIs (names in reports/kpis.toml, by their start) it fills
+    args: tuple[str, ...] = ()
+
+
+JOBS = (
+    Job("tiling", "tiling_overlap_sweep", ("Seam error", "Tiled vs full")),
+    Job("tiling-9344x7000", "tiling_overlap_sweep", ("Largest image", "9344 × 7000"),
+        ("--trials", "1", "--sampler", "random", "--set", "image_size=9344x7000")),
+    Job("helmholtz1d", "helmholtz1d", ("Helmholtz 1D", "Training success rate", "Collocation points"),
+        ("--trials", "3")),  # three seeds: the success rate
+    Job("poisson3d", "poisson3d", ("3D Poisson",), ("--trials", "1")),
+)
+
+
+def fed_kpis(job: Job) -> list[str]:
+    """The KPI names a job fills; a prefix that names no KPI is an error in this file."""
+    names = [k.name for k in load_kpis()]
+    out = []
+    for prefix in job.feeds:
+        hits = [n for n in names if n.startswith(prefix)]
+        if not hits:
+            raise ValueError(f"weekly job {job.name}: no KPI in reports/kpis.toml starts with {prefix!r}")
+        out += hits
+    return out
+
+
+def commands(stamp: str) -> list[tuple[Job, list[str]]]:
+    out = []
+    for job in JOBS:
+        cmd = [sys.executable, "-m", "studies.run", job.study, "--study-name", f"weekly-{stamp}-{job.name}",
+               "--tag", f"cpikan.kpi={'; '.join(fed_kpis(job))}", *job.args]
+        out.append((job, cmd))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reports.weekly", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ap.add_argument("--report", default="reports/out/kpi.html")
+    args = ap.parse_args(argv)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    for job, cmd in commands(stamp):
+        print(f"== {job.name}: feeds {'; '.join(fed_kpis(job))}", flush=True)
+        if args.dry_run:
+            print("   " + " ".join(cmd[1:]))
+            continue
+        code = subprocess.call(cmd)
+        if code:
+            print(f"error: weekly job {job.name} failed (exit {code})", file=sys.stderr)
+            return code
+    if args.dry_run:
+        return 0
+    return subprocess.call([sys.executable, "-m", "reports.kpi", "--out", args.report])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
