@@ -275,7 +275,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.ok{{background:#d
 <h1>cPIKAN Lab — weekly KPI report</h1>
 <p>Generated {now:%Y-%m-%d %H:%M} from {esc(store.tracking_uri())}; period: the last {since.days or since.seconds // 3600}
 {'days' if since.days else 'hours'}. Values are the KPI's aggregation over all finished runs so far; "week earlier" over
-runs started before the period.</p>
+runs started before the period. <code>make weekly</code> fills every KPI (its jobs: <code>python -m reports.weekly --dry-run</code>);
+<code>make demo</code> fills the seam and tiled-vs-full KPIs.</p>
 <table><tr><th>KPI</th><th>target</th><th>current</th><th>week earlier</th><th>trend</th><th>status</th><th>run</th></tr>
 {''.join(table)}</table>
 <script type="application/json" id="kpi-data">{data}</script>

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cpikan.nn.unet import PlainCNN, UNet
-from cpikan.tiling import measure_geometry, plan_tiles, predict_full, predict_tiled
+from cpikan.tiling import model_geometry, plan_tiles, predict_full, predict_tiled
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +45,18 @@ def test_sizes_off_the_downsampling_grid(unet):
 def test_second_architecture_with_another_receptive_field(image):
     torch.manual_seed(1)
     cnn = PlainCNN(dilations=(1, 3, 9, 2)).eval()
-    assert measure_geometry(cnn, 16) == (15, 1)
+    assert model_geometry(cnn, 16) == (15, 1)
     ref = predict_full(cnn, image[:, :600, :700])
     for ts, ov in ((128, 32), (200, 64)):
         assert _rel(predict_tiled(cnn, image[:, :600, :700], tile_size=ts, overlap=ov), ref) <= 1e-5
 
 
 def test_declared_radius_bounds_the_measured_one(unet):
-    radius, factor = measure_geometry(unet, 16)
-    assert factor == unet.downsampling_factor == 8
-    assert radius <= unet.receptive_field_radius
+    from cpikan.tiling import probe
+
+    geo = probe(unet, 16)
+    assert geo.equivariant and geo.factor == unet.downsampling_factor == 8 and geo.out_channels == 1
+    assert 0 < geo.radius <= unet.receptive_field_radius
 
 
 def test_memmap_in_and_out_any_dtype(unet, tmp_path):

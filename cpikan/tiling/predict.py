@@ -27,54 +27,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cpikan.tiling.geometry import Geometry, resolve
+
 MODES = ("crop", "hann", "gaussian", "constant")
 
 
 # --------------------------------------------------------------------------- model geometry
-def model_geometry(model: nn.Module, channels: int | None = None) -> tuple[int, int]:
-    """(receptive-field radius, downsampling factor): declared by the model, else measured."""
-    radius = getattr(model, "receptive_field_radius", None)
-    factor = getattr(model, "downsampling_factor", None)
-    if radius is None or factor is None:
-        if channels is None:
-            raise ValueError("model declares no receptive_field_radius/downsampling_factor; pass channels to measure")
-        m_radius, m_factor = measure_geometry(model, channels)
-        radius = m_radius if radius is None else radius
-        factor = m_factor if factor is None else factor
-    return int(radius), int(factor)
-
-
-def measure_geometry(model: nn.Module, channels: int, size: int = 256, probes: int = 3) -> tuple[int, int]:
-    """Receptive-field radius from the input gradient of one central output pixel (summed
-    over a few random inputs, so dead ReLUs do not hide pixels); the factor by probing."""
-    factor = _probe_factor(model, channels, size)
-    was_training = model.training
-    model.eval()
-    reach = torch.zeros(size, size)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(probes):
-        x = torch.randn(1, channels, size, size, generator=gen).to(_dtype(model)).requires_grad_(True)
-        model(x)[0, :, size // 2, size // 2].sum().backward()
-        reach += x.grad[0].abs().sum(0).float()
-    model.train(was_training)
-    nz = (reach > 0).nonzero()
-    radius = int((nz - size // 2).abs().max()) if len(nz) else 0
-    return radius, factor
-
-
-def _probe_factor(model: nn.Module, channels: int, size: int) -> int:
-    """Largest power of two f such that every size not divisible by f is rejected or
-    changes shape; i.e. the network's total stride."""
-    factor = 1
-    for f in (2, 4, 8, 16, 32, 64):
-        try:
-            with torch.no_grad():
-                out = model(torch.zeros(1, channels, size + f // 2, size + f // 2, dtype=_dtype(model)))
-            if out.shape[-1] != size + f // 2:
-                factor = f
-        except (RuntimeError, ValueError):
-            factor = f
-    return factor
+def model_geometry(model: nn.Module, channels: int) -> tuple[int, int]:
+    """(receptive-field radius, downsampling factor), measured (cpikan.tiling.geometry)."""
+    geo = resolve(model, channels)
+    return geo.radius, geo.factor
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
@@ -264,19 +226,34 @@ def predict_tiled(
     normalize: Any = None,
     check_finite: bool = True,
     progress: bool = False,
+    strict: bool = True,
 ) -> np.ndarray:
     """Run ``model`` over ``image`` (C, H, W) tile by tile; returns ``out`` (K, H, W) float32.
 
-    ``normalize``: optional callable applied to each float32 tile before the model (e.g.
-    the dataset's fixed intensity scaling — never per-tile statistics).
+    Args:
+        model: any (N, C, H, W) → (N, K, H, W) network; its geometry is measured
+            (:mod:`cpikan.tiling.geometry`), declarations are checked against it.
+        image: (C, H, W) array-like, a numpy memmap included (read a batch of tiles at a time).
+        tile_size, overlap: in pixels; crop mode needs overlap/2 ≥ the receptive-field radius.
+        mode: ``crop`` (exact for a shift-equivariant model) or a blending window.
+        out: where to write (e.g. a memmap); (K, H, W) float32.
+        normalize: applied to each float32 tile before the model (e.g. the dataset's fixed
+            intensity scaling — never per-tile statistics).
+        strict: crop mode refuses a model that is not shift-equivariant (no crop-and-stitch
+            can equal its full-image output); ``False`` runs anyway and warns with the
+            mismatch the probe measured.
     """
     c, h, w = _check_image(image)
     expected = getattr(model, "in_channels", None)
     if expected is not None and c != expected:
         raise ValueError(f"channels: model expects {expected} input channels, image has {c}")
-    radius, factor = model_geometry(model, c)
-    plan = plan_tiles(h, w, tile_size=tile_size, overlap=overlap, mode=mode, radius=radius, factor=factor)
-    k = out_channels or getattr(model, "out_channels", 1)
+    geo = resolve(model, c)
+    radius = geo.radius
+    if mode == "crop" and not geo.equivariant:
+        _refuse_or_warn(model, geo, strict)
+        radius = min(radius, overlap // 2)  # inexact anyway (warned): the halo cannot make it exact
+    plan = plan_tiles(h, w, tile_size=tile_size, overlap=overlap, mode=mode, radius=radius, factor=geo.factor)
+    k = out_channels or geo.out_channels
     if out is None:
         out = np.zeros((k, h, w), np.float32)
     elif tuple(out.shape) != (k, h, w):
@@ -326,6 +303,18 @@ def predict_tiled(
         bar.close()
         model.train(was_training)
     return out
+
+
+def _refuse_or_warn(model: nn.Module, geo: Geometry, strict: bool) -> None:
+    message = (f"crop mode: {type(model).__name__} is not shift-equivariant (measured mismatch "
+               f"{geo.equivariance_error:.1e} of its output range for every shift up to 64 pixels; suspected: "
+               f"{geo.cause}), so tiles cannot equal full-image inference")
+    if strict:
+        raise ValueError(message + ": use a blending mode (mode='hann') or strict=False to run anyway")
+    import warnings
+
+    warnings.warn(message + "; running anyway (strict=False): expect seams of about that size",
+                  RuntimeWarning, stacklevel=3)
 
 
 def predict_full(model: nn.Module, image: Any, device: str | torch.device = "cpu",

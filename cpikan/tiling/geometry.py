@@ -1,0 +1,160 @@
+"""A model's tiling geometry, measured rather than guessed (docs/domain.md §4).
+
+- **Downsampling factor**: the smallest shift s ∈ {1, 2, 4, …, 64} such that shifting the
+  input by s pixels shifts the output by s pixels (away from the borders). A network with
+  total stride 8 is equivariant to shifts by 8 but not by 1, 2 or 4, whatever it does to
+  accept odd sizes (``F.interpolate(size=…)``, ``F.pad`` on its skips).
+- **Shift-equivariance**: when no such shift exists, no crop-and-stitch can equal
+  full-image inference (per-image normalisation, ``align_corners=True`` resampling,
+  position-dependent layers); :func:`probe` says so with the suspected cause.
+- **Receptive-field radius**: the reach of the input gradient of an f × f block of output
+  pixels (every stride phase at once), over a few random inputs so dead ReLUs hide nothing.
+- **Output channels**: from the probe's output.
+
+A model may declare ``downsampling_factor`` and ``receptive_field_radius``; a declaration
+the measurement contradicts (a factor that is not a multiple of the measured one, a radius
+below the measured one) is an error, never silently used.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SHIFTS = (1, 2, 4, 8, 16, 32, 64)
+#: max |difference| / max |output| still counted as equal: the probe runs a float64 copy of
+#: the model, so rounding is ~1e-15 and even a faint stride effect (an untrained U-Net's
+#: deepest level contributes ~1e-6) stands out
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-6}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    factor: int
+    radius: int
+    out_channels: int
+    equivariant: bool
+    cause: str = ""  # why the model is not shift-equivariant ('' when it is)
+    equivariance_error: float = 0.0  # the probe's best relative mismatch over the shifts
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None else torch.float32
+
+
+def suspected_cause(model: nn.Module) -> str:
+    """The layers that usually break shift-equivariance, by name, for the error message."""
+    found = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.InstanceNorm1d | nn.InstanceNorm2d | nn.InstanceNorm3d | nn.GroupNorm | nn.LayerNorm):
+            found.append(f"per-image normalisation ({name}: {type(m).__name__})")
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
+            found.append(f"per-batch normalisation ({name}: BatchNorm without running statistics)")
+        elif isinstance(m, nn.Upsample) and m.align_corners:
+            found.append(f"align_corners=True resampling ({name})")
+    if found:
+        return "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+    return ("a layer that depends on absolute position or on the image size (align_corners=True "
+            "interpolation, coordinate channels, global pooling or statistics)")
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if out.dim() != 4 or out.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f"model: maps (N, C, {x.shape[-2]}, {x.shape[-1]}) to {tuple(out.shape)}; tiled "
+                         "inference needs an output of the input's height and width (N, K, H, W)")
+    return out
+
+
+def _shift_error(model: nn.Module, big: torch.Tensor, size: int, shift: int, base: torch.Tensor) -> float:
+    """Relative mismatch between the output of a crop shifted by ``shift`` and the shifted
+    output, on the central half (away from both crops' borders)."""
+    moved = _forward(model, big[:, :, shift : shift + size, shift : shift + size])
+    m = size // 4
+    a = base[:, :, m + shift : size - m, m + shift : size - m]
+    b = moved[:, :, m : size - m - shift, m : size - m - shift]
+    scale = float(base.abs().max()) or 1.0
+    return float((a - b).abs().max()) / scale
+
+
+def _radius(model: nn.Module, channels: int, size: int, factor: int, probes: int = 2) -> int:
+    dtype = _dtype(model)
+    reach = torch.zeros(size, size)
+    gen = torch.Generator().manual_seed(1)
+    c = size // 2 - (size // 2) % factor
+    for _ in range(probes):
+        x = torch.randn(1, channels, size, size, generator=gen).to(dtype).requires_grad_(True)
+        _forward(model, x)[0, :, c : c + factor, c : c + factor].sum().backward()
+        reach += x.grad[0].abs().sum(0).float()
+    nz = (reach > 0).nonzero()
+    if not len(nz):
+        return 0
+    lo, hi = nz.min(0).values, nz.max(0).values
+    return int(max(c - lo.min(), hi.max() - (c + factor - 1)))
+
+
+_cache: weakref.WeakKeyDictionary[nn.Module, dict[int, Geometry]] = weakref.WeakKeyDictionary()
+
+
+def probe(model: nn.Module, channels: int) -> Geometry:
+    """Measure the model's geometry in eval mode (cached per model and channel count)."""
+    known = _cache.setdefault(model, {})
+    if channels in known:
+        return known[channels]
+    try:
+        model = copy.deepcopy(model).double()  # rounding far below any model effect
+    except (RuntimeError, TypeError):  # a model that cannot be copied or cast: probe as it is
+        pass
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    dtype = _dtype(model)
+    tolerance = TOLERANCE.get(dtype, 1e-3)
+    best, factor, size = float("inf"), 0, 256
+    try:
+        with torch.no_grad():
+            for size in (256, 512):  # a larger probe when the radius outgrows the central half
+                big = torch.randn(1, channels, size + SHIFTS[-1], size + SHIFTS[-1], generator=gen).to(dtype)
+                base = _forward(model, big[:, :, :size, :size])
+                for s in SHIFTS:
+                    err = _shift_error(model, big, size, s, base)
+                    best = min(best, err)
+                    if err <= tolerance:
+                        factor = s
+                        break
+                if factor:
+                    break
+        out_channels = int(base.shape[1])
+        radius = _radius(model, channels, size, factor or 1)
+    finally:
+        model.train(was_training)
+    if factor:
+        geo = Geometry(factor, radius, out_channels, True, "", best)
+    else:
+        geo = Geometry(1, radius, out_channels, False, suspected_cause(model), best)
+    known[channels] = geo
+    return geo
+
+
+def resolve(model: nn.Module, channels: int) -> Geometry:
+    """The measured geometry, with the model's own declarations where they are consistent
+    with it (a declared factor may be a multiple of the measured one, a declared radius may
+    be larger); a contradiction raises ValueError naming both values."""
+    geo = probe(model, channels)
+    factor = getattr(model, "downsampling_factor", None)
+    radius = getattr(model, "receptive_field_radius", None)
+    name = type(model).__name__
+    if geo.equivariant and factor is not None and int(factor) % geo.factor:
+        raise ValueError(f"model: {name} declares downsampling_factor={factor}, but it is shift-equivariant "
+                         f"only at multiples of {geo.factor} (measured): fix or remove the declaration")
+    if radius is not None and int(radius) < geo.radius:
+        raise ValueError(f"model: {name} declares receptive_field_radius={radius}, but its output depends on "
+                         f"pixels {geo.radius} away (measured): fix or remove the declaration")
+    return Geometry(int(factor) if geo.equivariant and factor is not None else geo.factor,
+                    int(radius) if radius is not None else geo.radius,
+                    geo.out_channels, geo.equivariant, geo.cause, geo.equivariance_error)

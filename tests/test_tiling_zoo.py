@@ -1,0 +1,137 @@
+"""Tiled inference with models written the way public code writes them (none declares its
+geometry): shift-equivariant ones tile exactly; the others are refused, naming the cause."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cpikan.tiling import predict_full, predict_tiled, probe
+
+C = 3  # input channels of the zoo
+
+
+def block(cin, cout, norm=None, k=3, dilation=1):
+    layers = [nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation)]
+    if norm == "bn":
+        layers.append(nn.BatchNorm2d(cout))
+    elif norm == "in":
+        layers.append(nn.InstanceNorm2d(cout, affine=True))
+    elif norm == "gn":
+        layers.append(nn.GroupNorm(2, cout))
+    return nn.Sequential(*layers, nn.ReLU())
+
+
+class UNet(nn.Module):
+    """depth levels of max-pooling; skips aligned by ``align`` (interpolate | pad)."""
+
+    def __init__(self, depth=3, width=4, out=1, up="interp", align="interpolate", norm=None):
+        super().__init__()
+        self.depth, self.up_kind, self.align = depth, up, align
+        self.down = nn.ModuleList([block(C if i == 0 else width, width, norm) for i in range(depth + 1)])
+        self.ups = nn.ModuleList()
+        for _ in range(depth):
+            if up == "transpose":
+                self.ups.append(nn.ConvTranspose2d(width, width, 2, stride=2))
+            elif up == "bilinear_corners":
+                self.ups.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True))
+            else:
+                self.ups.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.dec = nn.ModuleList([block(2 * width, width, norm) for _ in range(depth)])
+        self.head = nn.Conv2d(width, out, 1)
+
+    def forward(self, x):
+        skips = []
+        for i, d in enumerate(self.down):
+            x = d(x)
+            if i < self.depth:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        for up, dec, skip in zip(self.ups, self.dec, reversed(skips)):
+            x = up(x)
+            if self.align == "interpolate":
+                x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            else:
+                dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+                x = F.pad(x, (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2))
+            x = dec(torch.cat([x, skip], 1))
+        return self.head(x)
+
+
+class DilatedCNN(nn.Module):
+    """Odd kernels and dilations, no downsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(block(C, 6, k=5), block(6, 6, k=3, dilation=3), block(6, 6, k=7, dilation=2),
+                                 nn.Conv2d(6, 1, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _build(factory, seed=0):
+    torch.manual_seed(seed)
+    model = factory()
+    for m in model.modules():  # BatchNorm with non-trivial running statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+EQUIVARIANT = {
+    "interpolate-aligned skips, nearest upsampling": (lambda: UNet(3), 8, 1),
+    "pad-aligned skips, ConvTranspose, depth 4": (lambda: UNet(4, up="transpose", align="pad"), 16, 1),
+    "odd kernels and dilations": (DilatedCNN, 1, 1),
+    "nearest upsampling with BatchNorm, 2 outputs": (lambda: UNet(2, out=2, norm="bn"), 4, 2),
+}
+NOT_EQUIVARIANT = {
+    "InstanceNorm": (lambda: UNet(2, norm="in"), "per-image normalisation"),
+    "GroupNorm": (lambda: UNet(2, norm="gn"), "per-image normalisation"),
+    "align_corners=True bilinear with BatchNorm": (lambda: UNet(2, up="bilinear_corners", norm="bn"),
+                                                   "align_corners=True resampling"),
+}
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(0).normal(size=(C, 333, 290)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(EQUIVARIANT))
+def test_equivariant_models_tile_exactly(name, image):
+    factory, factor, channels = EQUIVARIANT[name]
+    model = _build(factory)
+    geo = probe(model, C)
+    assert geo.equivariant and geo.factor == factor and geo.out_channels == channels, geo
+    full = predict_full(model, image)
+    overlap = 2 * (geo.radius + 1)
+    tiled = predict_tiled(model, image, tile_size=overlap + 64, overlap=overlap, batch_size=2)
+    assert tiled.shape == full.shape == (channels, 333, 290)
+    assert float(np.abs(tiled - full).max() / np.abs(full).max()) <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(NOT_EQUIVARIANT))
+def test_other_models_are_refused_with_the_cause(name, image):
+    factory, cause = NOT_EQUIVARIANT[name]
+    model = _build(factory)
+    geo = probe(model, C)
+    assert not geo.equivariant and cause in geo.cause and geo.equivariance_error > 1e-6, geo
+    with pytest.raises(ValueError, match=f"not shift-equivariant .*{cause}.*mode='hann'"):
+        predict_tiled(model, image, tile_size=192, overlap=128)
+    predict_tiled(model, image, tile_size=192, overlap=128, mode="hann")  # blending stays available
+    with pytest.warns(RuntimeWarning, match="running anyway"):
+        predict_tiled(model, image, tile_size=192, overlap=128, strict=False)
+
+
+def test_a_declaration_the_probe_contradicts_is_an_error(image):
+    model = _build(lambda: UNet(3))
+    model.downsampling_factor = 4  # the network's stride is 8
+    with pytest.raises(ValueError, match="declares downsampling_factor=4.*multiples of 8"):
+        predict_tiled(model, image)
+    model = _build(lambda: UNet(3))
+    model.receptive_field_radius = 3
+    with pytest.raises(ValueError, match="declares receptive_field_radius=3"):
+        predict_tiled(model, image)
