@@ -135,3 +135,24 @@ def test_a_declaration_the_probe_contradicts_is_an_error(image):
     model.receptive_field_radius = 3
     with pytest.raises(ValueError, match="declares receptive_field_radius=3"):
         predict_tiled(model, image)
+
+
+def test_check_tiling_reports_what_tiling_needs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cpikan.tiling import check_tiling
+
+    good = check_tiling(_build(lambda: UNet(3)), C, max_memory="30MB")
+    assert good.geometry.factor == 8 and good.min_overlap >= 2 * good.geometry.radius
+    assert good.tile_size % 8 == 0 and good.memory_bytes <= 30 * 2**20 and good.crop_vs_full <= 1e-5
+    bad = check_tiling(_build(lambda: UNet(2, norm="in")), C, tile_size=128)
+    assert not bad.geometry.equivariant and bad.crop_vs_full > 1e-4  # measured, not assumed
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "cpikan.tiling", "check", "tests.test_tiling_zoo:DilatedCNN",
+                          "--channels", "3", "--max-memory", "20MB"], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0 and "shift-equivariant      yes" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-m", "cpikan.tiling", "check", "tests.test_tiling_zoo:Nope",
+                          "--channels", "3"], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 2 and out.stderr.startswith("error: factory") and len(out.stderr.splitlines()) == 1
