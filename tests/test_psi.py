@@ -113,3 +113,19 @@ def test_cpikan_patch_refinement_lowers_the_physics_loss_and_the_error():
     assert info["loss_final"] < info["loss_start"]
     rmse = lambda e: float(np.sqrt(np.mean((e - h) ** 2)))  # noqa: E731
     assert rmse(refined) < rmse(start)
+
+
+def test_heights_outside_the_search_range_are_flagged_not_silently_wrong():
+    """A tilted wafer from −4 to 25.7 µm searched in 0–35 µm: the pixels below 0 have no
+    consistent height in the range and are flagged; every unflagged pixel is right."""
+    yy, xx = np.mgrid[0:96, 0:128]
+    h = (-4.0 + 29.7 * (0.6 * xx / 127 + 0.4 * yy / 95)).astype(np.float64)
+    buckets = physics.quantize(physics.add_noise(physics.render(h), 0.01), 16)
+    est, mask = classical.reconstruct(buckets)
+    below = h < -0.3  # just below 0 the refined estimate is still right, and kept
+    assert below.sum() > 100 and not mask[below].any()  # every pixel well out of range flagged
+    assert mask[h > 0.05].mean() > 0.99  # and almost nothing else
+    err = np.abs(est - h)[mask]
+    assert err.max() < 0.05, err.max()  # no micrometre errors among the pixels it keeps
+    est, mask = classical.reconstruct(buckets, h_min=-5.0, h_max=30.0)  # the right range: all valid
+    assert mask.mean() > 0.99 and float(np.sqrt(np.mean((est - h)[mask] ** 2))) < 0.05

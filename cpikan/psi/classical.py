@@ -4,7 +4,10 @@ height by joint search over fringe orders (excess fractions; docs/domain.md §3)
 Per pixel, the candidate heights are the fringe orders of the first laser inside the
 range; each is scored by Σ_l wrap(φ_l − 4πh/λ_l)² (maximum likelihood under Gaussian phase
 noise), the best is kept, and h is refined by the weighted mean of every laser's
-unwrapped estimate. Vectorised over pixels and chunked over rows, so a 9344 × 7000 image
+unwrapped estimate. A pixel whose height lies outside the range has no good candidate
+inside it: its best score stays high (the nearest alias of the default wavelengths costs
+≈ 0.5 rad², 1 % intensity noise ≈ 0.001 rad²), so pixels scoring above ``max_residual``
+are flagged invalid in the mask instead of silently answering a wrong fringe order. Vectorised over pixels and chunked over rows, so a 9344 × 7000 image
 runs in bounded memory.
 """
 
@@ -32,9 +35,15 @@ def phase_and_modulation(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> t
     return np.arctan2(s, c), 0.5 * np.sqrt(s * s + c * c)
 
 
+MAX_RESIDUAL = 0.1  # rad², Σ over lasers: between noise (~1e-3) and the nearest alias (~0.5)
+
+
 def height_from_phase(
-    phi: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0, h_max: float = 35.0
+    phi: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0, h_max: float = 35.0,
+    residual: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Height (µm) from wrapped phases (L, …); ``residual`` (same shape as the height)
+    receives each pixel's best joint-search score (rad²)."""
     lam = np.asarray(cfg.wavelengths, dtype=np.float64)[:, None]
     flat = phi.reshape(len(lam), -1)
     half0 = lam[0, 0] / 2
@@ -54,6 +63,8 @@ def height_from_phase(
     h_l = (flat + TWO_PI * n) * lam / (4 * math.pi)
     w = 1.0 / lam**2
     h = (w * h_l).sum(axis=0) / w.sum()
+    if residual is not None:
+        residual[...] = best_cost.reshape(phi.shape[1:])
     return h.reshape(phi.shape[1:])
 
 
@@ -64,11 +75,14 @@ def reconstruct(
     h_min: float = 0.0,
     h_max: float = 35.0,
     min_modulation: float = 0.1,
+    max_residual: float = MAX_RESIDUAL,
     rows_per_chunk: int = 256,
     out: np.ndarray | None = None,
     mask_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Height (H, W) float32 and a validity mask (modulation B/A ≥ ``min_modulation``)."""
+    """Height (H, W) float32 and a validity mask: modulation B/A ≥ ``min_modulation`` and a
+    joint-search residual ≤ ``max_residual`` (a pixel above it has no consistent height in
+    [h_min, h_max]: usually it lies outside the range). ``(~mask).sum()`` counts both."""
     if buckets.ndim != 3:
         raise ValueError(f"buckets: expected (C, H, W), got shape {buckets.shape}")
     cfg.check_channels(buckets.shape[0])
@@ -78,6 +92,7 @@ def reconstruct(
     for r0 in range(0, H, rows_per_chunk):
         block = np.asarray(buckets[:, r0 : r0 + rows_per_chunk])
         phi, mod = phase_and_modulation(block, cfg)
-        out[r0 : r0 + block.shape[1]] = height_from_phase(phi, cfg, h_min, h_max)
-        mask_out[r0 : r0 + block.shape[1]] = (mod / cfg.A).min(axis=0) >= min_modulation
+        res = np.empty(phi.shape[1:])
+        out[r0 : r0 + block.shape[1]] = height_from_phase(phi, cfg, h_min, h_max, res)
+        mask_out[r0 : r0 + block.shape[1]] = ((mod / cfg.A).min(axis=0) >= min_modulation) & (res <= max_residual)
     return out, mask_out
