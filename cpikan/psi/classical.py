@@ -38,6 +38,17 @@ def phase_and_modulation(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> t
 MAX_RESIDUAL = 0.1  # rad², Σ over lasers: between noise (~1e-3) and the nearest alias (~0.5)
 
 
+def alias_separation(cfg: PSIConfig = DEFAULT_PSI, alias_cost: float = 0.5, limit: float = 1000.0) -> float:
+    """The smallest height difference (µm) the lasers cannot tell apart to within
+    ``alias_cost`` rad² (≈ 30 µm for the default wavelengths). A search range of ±this
+    around zero is the default: wider ranges admit aliases the residual may not flag."""
+    lam = np.asarray(cfg.wavelengths, dtype=np.float64)
+    h = np.arange(min(lam) / 4, limit, 0.001)
+    cost = (wrap(4 * math.pi * h[:, None] / lam) ** 2).sum(axis=1)
+    hits = np.flatnonzero(cost < alias_cost)
+    return float(h[hits[0]]) if len(hits) else limit
+
+
 def height_from_phase(
     phi: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0, h_max: float = 35.0,
     residual: np.ndarray | None = None,

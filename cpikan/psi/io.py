@@ -1,0 +1,177 @@
+"""Bucket images in, height maps out, in bounded memory.
+
+Inputs: a folder of bucket images (TIFF, PNG, BMP; 8- or 16-bit greyscale; one file per
+channel, laser-major in name order, a ``*.tif``-style pattern selecting them), or a
+(C, H, W) ``.npy`` array (opened as a memmap). A folder is stacked channel by channel into
+a (C, H, W) memmap next to the outputs, so no more than one channel is in memory at once.
+``wavelengths.txt`` beside the buckets (numbers in µm, one per laser) overrides the
+default wavelengths.
+
+Every problem with the input is a :class:`InputError` naming the file and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+SUFFIXES = (".tif", ".tiff", ".png", ".bmp")
+DTYPES = (np.uint8, np.uint16)
+
+
+class InputError(ValueError):
+    """The input files are not what a reconstruction can read."""
+
+
+def bucket_files(folder: Path, channels: int, pattern: str | None = None) -> list[Path]:
+    """The folder's bucket images in channel order; exactly ``channels`` of them."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder of bucket images (or a .npy file)")
+    files = sorted(folder.glob(pattern)) if pattern else sorted(p for p in folder.iterdir()
+                                                                if p.suffix.lower() in SUFFIXES)
+    if len(files) != channels:
+        allowed = pattern or "*" + "|*".join(SUFFIXES)
+        raise InputError(f"{folder}: {len(files)} bucket images match {allowed}, expected {channels} "
+                         "(lasers × buckets, laser-major in name order)")
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One greyscale 8- or 16-bit image (H, W)."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()  # decode now: a truncated file fails here, not later
+                if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA"):
+                    raise InputError(f"{path}: a colour image (mode {im.mode}); bucket images are greyscale")
+                arr = np.asarray(im)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — any reader failure means an unreadable file
+        raise InputError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        raise InputError(f"{path}: a colour image ({arr.shape[-1]} channels); bucket images are greyscale")
+    if arr.ndim != 2:
+        raise InputError(f"{path}: expected a 2-D greyscale image, got shape {arr.shape}")
+    if arr.dtype not in DTYPES:
+        raise InputError(f"{path}: pixel type {arr.dtype}; allowed: 8-bit or 16-bit unsigned integers")
+    return arr
+
+
+def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
+    """The images as one (C, H, W) memmap at ``dest`` (one channel in memory at a time);
+    all must share size and bit depth."""
+    first = read_image(files[0])
+    shape, dtype = first.shape, first.dtype
+    out = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=(len(files), *shape))
+    for i, path in enumerate(files):
+        arr = first if i == 0 else read_image(path)
+        if arr.shape != shape:
+            raise InputError(f"{path}: size {arr.shape[1]} × {arr.shape[0]}, but {files[0].name} is "
+                             f"{shape[1]} × {shape[0]}; all bucket images must have one size")
+        if arr.dtype != dtype:
+            raise InputError(f"{path}: {arr.dtype.itemsize * 8}-bit, but {files[0].name} is "
+                             f"{dtype.itemsize * 8}-bit; all bucket images must have one bit depth")
+        out[i] = arr
+        del arr
+    out.flush()
+    return out
+
+
+def open_npy(path: Path, channels: int) -> np.ndarray:
+    """A (C, H, W) array file as a read-only memmap."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
+    if arr.ndim != 3 or arr.shape[0] != channels:
+        raise InputError(f"{path}: shape {arr.shape}, expected ({channels}, H, W) buckets, laser-major")
+    if arr.dtype not in (*DTYPES, np.float32):
+        raise InputError(f"{path}: dtype {arr.dtype}; allowed: uint8, uint16 or float32 intensities")
+    return arr
+
+
+def read_wavelengths(folder: Path) -> tuple[float, ...] | None:
+    """Wavelengths (µm) from ``wavelengths.txt`` beside the buckets, if there is one."""
+    path = folder / "wavelengths.txt"
+    if not path.exists():
+        return None
+    try:
+        values = tuple(float(v) for v in path.read_text().replace(",", " ").split())
+    except ValueError:
+        raise InputError(f"{path}: expected numbers (µm), one per laser") from None
+    if not values or any(not v > 0 for v in values):
+        raise InputError(f"{path}: wavelengths must be positive numbers (µm), got {values}")
+    return values
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {folder}: cannot create it ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--out {folder}: not writable")
+
+
+def write_tiff(path: Path, data: np.ndarray) -> None:
+    """A float32 TIFF (BigTIFF when large), written under a temporary name, then renamed."""
+    import tifffile
+
+    tmp = path.with_name(path.name + ".part")
+    tifffile.imwrite(tmp, data, bigtiff=data.nbytes > 2**31, photometric="minisblack")
+    os.replace(tmp, path)
+
+
+def write_preview(path: Path, height: np.ndarray, mask: np.ndarray, pitch_um: float, max_px: int = 1024) -> None:
+    """A PNG of the height (µm, with a colour bar), at most ``max_px`` on its long side;
+    invalid pixels grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step = max(1, -(-max(height.shape) // max_px))
+    h = np.asarray(height[::step, ::step], np.float32)
+    m = np.asarray(mask[::step, ::step], bool)
+    shown = np.ma.masked_where(~m, h)
+    fig, ax = plt.subplots(figsize=(8, 8 * h.shape[0] / max(h.shape[1], 1) + 0.5), dpi=100)
+    extent = (0, height.shape[1] * pitch_um / 1000, height.shape[0] * pitch_um / 1000, 0)
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("0.6")
+    im = ax.imshow(shown, cmap=cmap, extent=extent)
+    ax.set_xlabel("x (mm)")
+    ax.set_ylabel("y (mm)")
+    ax.set_title(f"height, {int((~mask).sum()) if mask.size < 2**31 else 'many'} pixels flagged (grey)")
+    fig.colorbar(im, ax=ax, label="height (µm)")
+    tmp = path.with_name(path.name + ".part.png")
+    fig.savefig(tmp, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_vtk(path: Path, height: np.ndarray, mask: np.ndarray, pitch_um: float, max_px: int = 1024) -> None:
+    """The surface as a VTK structured grid (ParaView), pixel pitch in µm, at most
+    ``max_px`` points on its long side."""
+    import meshio
+
+    step = max(1, -(-max(height.shape) // max_px))
+    h = np.asarray(height[::step, ::step], np.float64)
+    m = np.asarray(mask[::step, ::step], np.float64)
+    ny, nx = h.shape
+    yy, xx = np.mgrid[0:ny, 0:nx] * (step * pitch_um)
+    points = np.column_stack([xx.ravel(), yy.ravel(), h.ravel()])
+    idx = np.arange(ny * nx).reshape(ny, nx)
+    quads = np.column_stack([idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, 1:].ravel(), idx[1:, :-1].ravel()])
+    mesh = meshio.Mesh(points, [("quad", quads)], point_data={"height_um": h.ravel(), "valid": m.ravel()})
+    tmp = path.with_name(path.name + ".part.vtu")
+    mesh.write(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,250 @@
+"""Reconstruct wafers' height maps from their bucket images: the lab's daily job.
+
+    python -m studies.reconstruct WAFER... --out DIR [--model classical|best|RUN_ID]
+        [--pattern '*.tif'] [--wavelengths 5.0,5.5,6.05,6.655] [--h-min UM --h-max UM]
+        [--pixel-pitch UM] [--tile N] [--overlap N] [--no-track]
+
+WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit, laser-major in name order,
+``wavelengths.txt`` beside them optional) or a (16, H, W) ``.npy``. ``--model``: the joint
+fringe-order search (``classical``, default), the best ``psi_pretrain`` run (``best``) or
+a run ID (weights as safetensors; nothing is unpickled). Heights are searched in
+[--h-min, --h-max], by default ± the wavelengths' alias separation around zero (≈ ±30 µm);
+pixels whose residual says no height in that range fits are flagged in the mask, counted,
+and warned about: never a silent micrometre error.
+
+Writes DIR/NAME/: height.npy (float32 memmap), height.tif, mask.npy, preview.png (µm colour
+bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), into DIR/NAME.part first and
+renamed when complete. Each wafer is one MLflow run (experiment ``reconstruct``) with the
+input files' sha256, the model's run linked, the tile plan, seconds, Mpix/s and peak RSS.
+
+Exit status: 0 done, 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpikan.psi import io
+from tracking import logs
+
+EXPERIMENT = "reconstruct"
+
+
+@dataclass
+class ReconstructConfig:
+    model: str = "classical"
+    wavelengths: tuple[float, ...] = (5.0, 5.5, 6.05, 6.655)
+    h_min: float | None = None
+    h_max: float | None = None
+    pixel_pitch_um: float = 1.0
+    tile: int = 512
+    overlap: int | None = None
+    pattern: str | None = None
+    inputs: list[str] = field(default_factory=list)
+
+
+def psi_config(cfg: ReconstructConfig) -> Any:
+    from cpikan.psi.physics import PSIConfig
+
+    return PSIConfig(wavelengths=tuple(cfg.wavelengths))
+
+
+def load_model(ref: str) -> tuple[Any, str]:
+    """(model, run ID) for ``best`` or a run ID; refuses what is not a PSI model."""
+    from tracking.store import TrackingError
+
+    try:
+        return _load_model(ref)
+    except TrackingError as exc:
+        raise io.InputError(f"--model {ref}: {exc}") from None
+
+
+def _load_model(ref: str) -> tuple[Any, str]:
+    from tracking import models, store
+    from tracking.links import best_run
+
+    if ref == "best":
+        run = best_run("studies/psi_pretrain", "rmse_nm", "min")
+        if run is None:
+            raise io.InputError("--model best: no psi_pretrain run in the store (python -m studies.run psi_pretrain)")
+        ref = run.info.run_id
+    run = store.get_run(store.client(must_exist=True), ref)
+    if run.data.tags.get("cpikan.entry_point") != "studies.psi_pretrain:run":
+        raise io.InputError(f"--model {ref}: not a PSI model run (entry point "
+                            f"{run.data.tags.get('cpikan.entry_point', 'none')}); use a psi_pretrain run, best or classical")
+    return models.load_model(ref)[0], ref
+
+
+def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any) -> dict[str, float]:
+    """One wafer into ``work`` (a fresh folder); returns its figures."""
+    import numpy as np
+
+    from cpikan.memory import peak_rss_mb
+    from cpikan.psi import classical
+    from cpikan.tiling import predict_tiled
+
+    pcfg = psi_config(cfg)
+    if src.suffix == ".npy":
+        buckets = io.open_npy(src, pcfg.channels)
+    else:
+        buckets = io.stack_buckets(io.bucket_files(src, pcfg.channels, cfg.pattern), work / "buckets.npy")
+    _, h, w = buckets.shape
+    height = np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w))
+    mask = np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w))
+    sep = classical.alias_separation(pcfg)
+    h_min = cfg.h_min if cfg.h_min is not None else -sep
+    h_max = cfg.h_max if cfg.h_max is not None else sep
+    t0 = time.perf_counter()
+    classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask)
+    if model is not None:  # the learned height; the classical pass gave the mask
+        geo_overlap = cfg.overlap
+        if geo_overlap is None:
+            from cpikan.tiling import resolve
+
+            geo = resolve(model, pcfg.channels)
+            geo_overlap = 2 * (-(-geo.radius // geo.factor) * geo.factor)
+        out = height.reshape(1, h, w)
+        try:
+            predict_tiled(model, buckets, tile_size=cfg.tile, overlap=geo_overlap, out=out)
+        except ValueError as exc:
+            raise io.InputError(str(exc).splitlines()[0]) from None
+    seconds = time.perf_counter() - t0
+    height.flush()
+    mask.flush()
+    flagged = int((~mask).sum())
+    io.write_tiff(work / "height.tif", height)
+    io.write_preview(work / "preview.png", height, mask, cfg.pixel_pitch_um)
+    io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um)
+    if (work / "buckets.npy").exists():
+        (work / "buckets.npy").unlink()  # the stacked input: a scratch file
+    return {"mpix": h * w / 1e6, "seconds": seconds, "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
+            "peak_rss_gb": peak_rss_mb() / 1024, "flagged_pixels": float(flagged),
+            "valid_fraction": 1 - flagged / (h * w), "h_min": h_min, "h_max": h_max}
+
+
+def validate(args: argparse.Namespace) -> ReconstructConfig:
+    """Everything checkable before anything is written; InputError otherwise."""
+    cfg = ReconstructConfig(model=args.model, pixel_pitch_um=args.pixel_pitch, tile=args.tile,
+                            overlap=args.overlap, pattern=args.pattern, h_min=args.h_min, h_max=args.h_max,
+                            inputs=[str(Path(p).resolve()) for p in args.inputs])
+    if not args.pixel_pitch > 0:
+        raise io.InputError(f"--pixel-pitch: must be > 0 µm, got {args.pixel_pitch}")
+    if args.tile < 16:
+        raise io.InputError(f"--tile: must be ≥ 16 pixels, got {args.tile}")
+    if args.h_min is not None and args.h_max is not None and not args.h_min < args.h_max:
+        raise io.InputError(f"--h-min/--h-max: need h_min < h_max, got {args.h_min} and {args.h_max}")
+    waves = None
+    if args.wavelengths:
+        try:
+            waves = tuple(float(v) for v in args.wavelengths.split(","))
+        except ValueError:
+            raise io.InputError(f"--wavelengths: expected numbers in µm like 5.0,5.5,6.05,6.655, got {args.wavelengths!r}") from None
+    for p in args.inputs:
+        src = Path(p)
+        if not src.exists():
+            raise io.InputError(f"{src}: no such folder or .npy file")
+        found = io.read_wavelengths(src) if src.is_dir() else None
+        if found and waves and found != waves:
+            raise io.InputError(f"{src / 'wavelengths.txt'}: {found} differs from --wavelengths {waves}")
+        waves = waves or found
+    if waves:
+        cfg.wavelengths = waves
+    channels = psi_config(cfg).channels
+    for p in args.inputs:
+        src = Path(p)
+        if src.suffix == ".npy":
+            io.open_npy(src, channels)
+        else:
+            io.bucket_files(src, channels, args.pattern)
+    io.check_writable(Path(args.out))
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m studies.reconstruct", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("inputs", nargs="+", metavar="WAFER")
+    ap.add_argument("--out", required=True, help="output folder (one subfolder per wafer)")
+    ap.add_argument("--model", default="classical", help="classical (default), best, or a psi_pretrain run ID")
+    ap.add_argument("--pattern", default=None, help="glob selecting the bucket files (default: every image)")
+    ap.add_argument("--wavelengths", default=None, help="µm, laser order (default: wavelengths.txt or 5.0,5.5,6.05,6.655)")
+    ap.add_argument("--h-min", type=float, default=None, help="lowest height searched, µm")
+    ap.add_argument("--h-max", type=float, default=None, help="highest height searched, µm")
+    ap.add_argument("--pixel-pitch", type=float, default=1.0, help="µm per pixel (VTK and preview axes)")
+    ap.add_argument("--tile", type=int, default=512, help="tile size for a model (pixels)")
+    ap.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the smallest exact one)")
+    ap.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logs.configure(args.verbose)
+    from tracking.store import TrackingError
+
+    try:
+        cfg = validate(args)
+        model, model_run = load_model(cfg.model) if cfg.model != "classical" else (None, "")
+    except (io.InputError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    for p in args.inputs:
+        src = Path(p)
+        name = src.stem if src.suffix == ".npy" else src.name
+        work, final = out / f"{name}.part", out / name
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            figures = track(src, work, cfg, model, model_run, args.no_track)
+        except (io.InputError, TrackingError) as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        if final.exists():
+            old = out / f"{name}.old"
+            final.rename(old)
+            work.rename(final)
+            shutil.rmtree(old)
+        else:
+            work.rename(final)
+        flagged = int(figures["flagged_pixels"])
+        print(f"{name}: {figures['mpix']:.1f} Mpix in {figures['seconds']:.1f} s ({figures['mpix_per_s']:.2f} Mpix/s, "
+              f"peak RSS {figures['peak_rss_gb']:.2f} GB) → {final}")
+        if flagged:
+            print(f"  warning: {flagged} pixels ({100 * (1 - figures['valid_fraction']):.2f} %) flagged in mask.npy: "
+                  f"low modulation, or a height outside [{figures['h_min']:g}, {figures['h_max']:g}] µm "
+                  "(widen --h-min/--h-max if the wafer is taller)", file=sys.stderr)
+    return 0
+
+
+def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, model_run: str, off: bool) -> dict[str, float]:
+    """One wafer as one MLflow run (or untracked with ``off``)."""
+    if off:
+        return reconstruct_one(src, work, cfg, model)
+    from tracking.links import auto_link
+    from tracking.tracker import Tracker
+
+    with Tracker(EXPERIMENT, config=cfg, run_name=src.name, tags={"wafer": src.name}) as run:
+        files = [src] if src.suffix == ".npy" else io.bucket_files(src, psi_config(cfg).channels, cfg.pattern)
+        for f in files:
+            run.log_dataset(f, f.name, context="input")
+        if model_run:
+            auto_link(model_run, run.run_id, role="model", metric="rmse_nm")
+        figures = reconstruct_one(src, work, cfg, model)
+        run.log_results({"flagged_pixels": figures["flagged_pixels"], "valid_fraction": figures["valid_fraction"],
+                         "image_mpix": figures["mpix"]},
+                        {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb")})
+        run.log_artifact(work / "preview.png", "outputs")
+        run.set_tags({"outputs": str(work.parent / work.name.removesuffix(".part"))})
+    return figures
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""`python -m studies.reconstruct`: real-format bucket files in, height/mask/preview/VTK
+out, one MLflow run per wafer; bad input is one line, exit 2, nothing written."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cpikan.psi import physics
+
+ROOT = Path(__file__).resolve().parent.parent
+WAVES = (5.0, 5.5, 6.05, 6.655)
+
+
+def tilted_wafer(h=64, w=80):
+    yy, xx = np.mgrid[0:h, 0:w]
+    return (-1.4 + 27.1 * (0.6 * xx / (w - 1) + 0.4 * yy / (h - 1))).astype(np.float64)
+
+
+def write_bmp_buckets(folder: Path, height: np.ndarray, noise=0.005) -> Path:
+    folder.mkdir(parents=True)
+    buckets = physics.quantize(physics.add_noise(physics.render(height), noise), 8)
+    for i, b in enumerate(buckets):
+        Image.fromarray(b).save(folder / f"bucket_{i:02d}.bmp")
+    (folder / "wavelengths.txt").write_text(" ".join(map(str, WAVES)) + "\n")
+    return folder
+
+
+def _run(args, mlruns):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(CPIKAN_MLRUNS=str(mlruns), PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "studies.reconstruct", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+
+
+def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path):
+    import meshio
+
+    truth = tilted_wafer()
+    wafer = write_bmp_buckets(tmp_path / "wafer_07", truth)
+    out = _run([wafer, "--out", tmp_path / "out", "--pixel-pitch", "3.5"], tmp_path / "mlruns")
+    assert out.returncode == 0, out.stderr
+    res = tmp_path / "out" / "wafer_07"
+    assert sorted(p.name for p in res.iterdir()) == ["height.npy", "height.tif", "mask.npy", "preview.png",
+                                                     "surface.vtu"]
+    height, mask = np.load(res / "height.npy"), np.load(res / "mask.npy")
+    assert mask.mean() > 0.99
+    assert float(np.sqrt(np.mean((height - truth)[mask] ** 2))) <= 0.05
+    import tifffile
+
+    assert np.array_equal(tifffile.imread(res / "height.tif"), height)
+    mesh = meshio.read(res / "surface.vtu")
+    assert mesh.points[:, 0].max() == pytest.approx(79 * 3.5)  # the pixel pitch in µm
+    assert np.allclose(mesh.point_data["height_um"], height.ravel(), atol=1e-5)
+    # one run, with the 16 input files' hashes
+    os.environ["CPIKAN_MLRUNS"] = str(tmp_path / "mlruns")
+    try:
+        from tracking import store
+
+        c = store.client()
+        runs = c.search_runs([c.get_experiment_by_name("reconstruct").experiment_id])
+        assert len(runs) == 1 and len(runs[0].inputs.dataset_inputs) == 16
+        assert runs[0].data.metrics["image_mpix"] == pytest.approx(64 * 80 / 1e6)
+    finally:
+        del os.environ["CPIKAN_MLRUNS"]
+
+
+def test_heights_outside_the_range_are_flagged_and_counted(tmp_path):
+    wafer = write_bmp_buckets(tmp_path / "w", tilted_wafer())
+    out = _run([wafer, "--out", tmp_path / "out", "--h-min", "0", "--h-max", "35", "--no-track"], tmp_path / "m")
+    assert out.returncode == 0, out.stderr
+    assert "pixels" in out.stderr and "flagged" in out.stderr and "--h-min" in out.stderr
+
+
+def _bad(tmp_path, case):
+    w = write_bmp_buckets(tmp_path / "w", tilted_wafer(32, 40))
+    files = sorted(w.glob("*.bmp"))
+    args = [w]
+    if case == "missing":
+        files[3].unlink()
+    elif case == "extra":
+        Image.fromarray(np.zeros((32, 40), np.uint8)).save(w / "bucket_99.bmp")
+    elif case == "size":
+        Image.fromarray(np.zeros((32, 41), np.uint8)).save(files[5])
+    elif case == "depth":
+        files[5].unlink()
+        Image.fromarray(np.zeros((32, 40), np.uint16)).save(w / "bucket_05.png")
+    elif case == "truncated":
+        files[2].write_bytes(files[2].read_bytes()[:200])
+    elif case == "colour":
+        Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(files[4])
+    elif case == "npy_shape":
+        np.save(tmp_path / "x.npy", np.zeros((12, 8, 8), np.uint16))
+        args = [tmp_path / "x.npy"]
+    elif case == "npy_dtype":
+        np.save(tmp_path / "x.npy", np.zeros((16, 8, 8), np.int64))
+        args = [tmp_path / "x.npy"]
+    elif case == "model":
+        args = [w, "--model", "0123456789abcdef"]
+    elif case == "out":
+        (tmp_path / "file").write_text("")
+        return args, tmp_path / "file" / "sub"
+    return args, tmp_path / "out"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "15 bucket images"), ("extra", "17 bucket images"), ("size", "all bucket images must have one size"),
+    ("depth", "all bucket images must have one bit depth"), ("truncated", "unreadable or truncated"),
+    ("colour", "colour image"), ("npy_shape", "expected (16, H, W)"), ("npy_dtype", "dtype int64"),
+    ("model", "--model 0123456789abcdef: "), ("out", "cannot create it"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case, message):
+    args, out_dir = _bad(tmp_path, case)
+    res = _run([*args, "--out", out_dir, "--no-track"] if case != "model" else [*args, "--out", out_dir],
+               tmp_path / "mlruns")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
+    assert not out_dir.exists() or not any(out_dir.iterdir())
