@@ -1,6 +1,7 @@
 """``cpikan-lab``: every command of the lab behind one entry point.
 
     cpikan-lab study NAME …       run a named study           (python -m studies.run)
+    cpikan-lab reconstruct WAFER… height maps from buckets    (python -m studies.reconstruct)
     cpikan-lab replay RUN_ID      re-run a past run, compare  (python -m tracking.replay)
     cpikan-lab diff RUN_A RUN_B   what differs between runs   (python -m tracking.diff)
     cpikan-lab report             the weekly KPI report       (python -m reports.kpi)
@@ -20,6 +21,7 @@ import sys
 #: subcommand → module whose ``main(argv) -> int`` runs it
 COMMANDS = {
     "study": "studies.run",
+    "reconstruct": "studies.reconstruct",
     "replay": "tracking.replay",
     "diff": "tracking.diff",
     "report": "reports.kpi",
