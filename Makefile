@@ -25,7 +25,7 @@ demo: venv
 
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 weekly: venv
 	@$(PY) -m reports.weekly

@@ -23,6 +23,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-background-networking", "--disable-component-update"]
 
 pytestmark = [
+    pytest.mark.xdist_group("browser"),  # one Chromium at a time: page loads stay fast
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
     pytest.mark.skipif(pytest.importorskip("playwright", reason="Playwright is not installed (pip install playwright)")
                        is None, reason="Playwright is not installed"),
@@ -92,19 +93,19 @@ def test_mlflow_ui_shows_the_study_as_training_runs(store, browser):
         page, errors = _page(browser)
         # the experiment, by the link `make ui` prints: the training view, runs first
         page.goto(link)
-        page.get_by_text("tiling_overlap_sweep", exact=True).first.wait_for(timeout=60000)
+        page.get_by_text("tiling_overlap_sweep", exact=True).first.wait_for(timeout=90000)
         body = page.inner_text("body")
         assert "Detect Issues" not in body and "Token Usage" not in body, body[:1500]  # not the GenAI view
         assert 0 <= body.find("Runs") < body.find("Traces"), body[:1500]  # runs first
         # trials nested under the study's parent run: expand it
         parent = page.locator("[role=row]").filter(has_text="tiling_overlap_sweep").first
-        parent.locator("button[data-component-id*='runnamecellrenderer']").first.click()
-        page.get_by_text("trial 0", exact=True).wait_for(timeout=30000)
+        parent.locator("button[data-component-id*='runnamecellrenderer']").first.click(timeout=90000)
+        page.get_by_text("trial 0", exact=True).wait_for(timeout=90000)
         page.screenshot(path=str(SHOTS / "mlflow_runs.png"))
         parent_href = parent.locator("a[href*='/runs/']").first.get_attribute("href")
         # a trial's page: the git commit in Source
         page.get_by_text("trial 0", exact=True).click()
-        page.get_by_text("About this run").wait_for(timeout=30000)
+        page.get_by_text("About this run").wait_for(timeout=90000)
         commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
         about = page.inner_text("body")
@@ -112,7 +113,7 @@ def test_mlflow_ui_shows_the_study_as_training_runs(store, browser):
         page.screenshot(path=str(SHOTS / "mlflow_trial.png"))
         # the parent run (by the link its description and the report use): description, plots
         page.goto(f"{link.split('#')[0]}{parent_href}?workflowType=machine_learning")
-        page.get_by_text("About this run").wait_for(timeout=30000)
+        page.get_by_text("About this run").wait_for(timeout=90000)
         assert "Detect Issues" not in page.inner_text("body")
         body = page.inner_text("body")
         assert "Objectives" in body and "rel_l2 (minimize)" in body, body[:2000]
@@ -120,7 +121,7 @@ def test_mlflow_ui_shows_the_study_as_training_runs(store, browser):
         page.get_by_text("Artifacts", exact=True).first.click()
         page.get_by_text("study", exact=True).first.click()
         page.get_by_text("objectives.html").first.click()
-        page.frame_locator("iframe").first.locator(".plotly").first.wait_for(timeout=60000)
+        page.frame_locator("iframe").first.locator(".plotly").first.wait_for(timeout=90000)
         page.screenshot(path=str(SHOTS / "mlflow_study_plot.png"))
         assert not errors, errors
     finally:
@@ -138,7 +139,7 @@ def test_optuna_dashboard_shows_the_study(store, browser):
         page.goto(f"http://127.0.0.1:{port}/dashboard/")
         page.get_by_text("tiling_overlap_sweep").first.click()
         page.wait_for_load_state("networkidle")
-        page.get_by_text("Pareto Front", exact=False).first.wait_for(timeout=30000)
+        page.get_by_text("Pareto Front", exact=False).first.wait_for(timeout=90000)
         page.screenshot(path=str(SHOTS / "optuna_dashboard.png"))
         body = page.inner_text("body")
         assert "tiling_overlap_sweep" in body

@@ -87,10 +87,11 @@ def _radius(model: nn.Module, channels: int, size: int, factor: int, probes: int
     reach = torch.zeros(size, size)
     gen = torch.Generator().manual_seed(1)
     c = size // 2 - (size // 2) % factor
-    for _ in range(probes):
-        x = torch.randn(1, channels, size, size, generator=gen).to(dtype).requires_grad_(True)
-        _forward(model, x)[0, :, c : c + factor, c : c + factor].sum().backward()
-        reach += x.grad[0].abs().sum(0).float()
+    with torch.enable_grad():  # callers may be inside no_grad
+        for _ in range(probes):
+            x = torch.randn(1, channels, size, size, generator=gen).to(dtype).requires_grad_(True)
+            _forward(model, x)[0, :, c : c + factor, c : c + factor].sum().backward()
+            reach += x.grad[0].abs().sum(0).float()
     nz = (reach > 0).nonzero()
     if not len(nz):
         return 0
