@@ -19,9 +19,10 @@ demo: venv
 	@$(PY) -m reports.kpi --out reports/out/kpi.html
 	@echo
 	@echo "Done. The study is in mlruns/optuna/journal.log, its runs in mlruns/mlflow.db."
-	@echo "  Browse the runs:      make ui   (then open http://127.0.0.1:5000, experiment studies/tiling_overlap_sweep)"
-	@echo "  Weekly KPI report:    reports/out/kpi.html (open it in a browser; make report rebuilds it)"
-	@echo "  Replay a trial's run: .venv/bin/python -m tracking.replay RUN_ID"
+	@echo "  Browse the runs:      make ui        (open the experiment link it prints: the training view)"
+	@echo "  Browse the study:     make dashboard (optuna-dashboard on http://127.0.0.1:8080)"
+	@echo "  Weekly KPI report:    reports/out/kpi.html (the demo fills 2 of its 9 KPIs; make weekly fills all, ~25 min)"
+	@echo "  Replay a trial's run: .venv/bin/python -m tracking.replay RUN_ID   (diff two runs: python -m tracking.diff A B)"
 
 test: venv
 	$(PY) -m ruff check .
