@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import mmap
 from pathlib import Path
+from typing import Any
 
 
 def peak_rss_mb() -> float:
@@ -54,3 +56,19 @@ def keep_freed_memory() -> bool:
     # 32 MiB is glibc's ceiling for the mmap threshold; the trim threshold only has to exceed it
     ok = mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1
     return ok and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+
+
+def release_pages(arr: Any) -> None:
+    """Drop a memmap's resident pages (flushing writes first) so RSS stays bounded by the
+    tiles in flight; the kernel re-reads anything needed again. No-op for other arrays."""
+    base = arr
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None:
+        return
+    if getattr(base, "mode", "r") != "r":
+        base.flush()
+    try:
+        base._mmap.madvise(mmap.MADV_DONTNEED)
+    except (AttributeError, OSError, ValueError):
+        pass

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from cpikan.memory import release_pages
 from cpikan.psi.physics import DEFAULT_PSI, PSIConfig, dequantize
 
 TWO_PI = 2 * math.pi
@@ -87,7 +88,7 @@ def reconstruct(
     h_max: float = 35.0,
     min_modulation: float = 0.1,
     max_residual: float = MAX_RESIDUAL,
-    rows_per_chunk: int = 256,
+    rows_per_chunk: int = 128,
     out: np.ndarray | None = None,
     mask_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -106,4 +107,6 @@ def reconstruct(
         res = np.empty(phi.shape[1:])
         out[r0 : r0 + block.shape[1]] = height_from_phase(phi, cfg, h_min, h_max, res)
         mask_out[r0 : r0 + block.shape[1]] = ((mod / cfg.A).min(axis=0) >= min_modulation) & (res <= max_residual)
+        for arr in (buckets, out, mask_out):  # memmaps: keep only the chunk in flight resident
+            release_pages(arr)
     return out, mask_out

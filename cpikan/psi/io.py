@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpikan.memory import release_pages
+
 SUFFIXES = (".tif", ".tiff", ".png", ".bmp")
 DTYPES = (np.uint8, np.uint16)
 
@@ -82,7 +84,7 @@ def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
                              f"{dtype.itemsize * 8}-bit; all bucket images must have one bit depth")
         out[i] = arr
         del arr
-    out.flush()
+        release_pages(out)  # written pages leave RSS: the stack is 2 GB at 9344 × 7000
     return out
 
 
@@ -127,7 +129,11 @@ def write_tiff(path: Path, data: np.ndarray) -> None:
     import tifffile
 
     tmp = path.with_name(path.name + ".part")
-    tifffile.imwrite(tmp, data, bigtiff=data.nbytes > 2**31, photometric="minisblack")
+    rows = max(1, 2**24 // max(data.shape[-1] * 4, 1))  # ~16 MB strips: bounded memory
+    strips = (np.asarray(data[r : r + rows], np.float32) for r in range(0, data.shape[0], rows))
+    tifffile.imwrite(tmp, strips, shape=data.shape, dtype=np.float32, bigtiff=data.nbytes > 2**31,
+                     photometric="minisblack", rowsperstrip=rows)
+    release_pages(data)
     os.replace(tmp, path)
 
 

@@ -17,7 +17,6 @@ hidden, not removed).
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cpikan.memory import release_pages
 from cpikan.tiling.geometry import Geometry, resolve
 
 MODES = ("crop", "hann", "gaussian", "constant")
@@ -166,22 +166,6 @@ def _read(image: Any, t: Tile, height: int, width: int) -> np.ndarray:
         pad = ((0, 0), (0, t.y1 - t.y0 - block.shape[1]), (0, t.x1 - t.x0 - block.shape[2]))
         block = np.pad(block, pad)
     return block
-
-
-def release_pages(arr: Any) -> None:
-    """Drop a memmap's resident pages (flushing writes first) so RSS stays bounded by the
-    tiles in flight; the kernel re-reads anything needed again. No-op for other arrays."""
-    base = arr
-    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
-        base = getattr(base, "base", None)
-    if base is None:
-        return
-    if getattr(base, "mode", "r") != "r":
-        base.flush()
-    try:
-        base._mmap.madvise(mmap.MADV_DONTNEED)
-    except (AttributeError, OSError, ValueError):
-        pass
 
 
 def _check_image(image: Any) -> tuple[int, int, int]:
