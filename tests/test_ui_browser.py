@@ -37,7 +37,9 @@ def _free_port() -> int:
 
 
 def _serve(cmd: list[str], url: str, env: dict[str, str]) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a session of its own: the server's own children (uvicorn workers) are stopped with it
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -47,8 +49,19 @@ def _serve(cmd: list[str], url: str, env: dict[str, str]) -> subprocess.Popen:
             if proc.poll() is not None:
                 raise RuntimeError(f"{cmd} exited with {proc.returncode}") from None
             time.sleep(0.5)
-    proc.terminate()
+    _stop(proc)
     raise RuntimeError(f"{url} did not answer within 120 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +138,7 @@ def test_mlflow_ui_shows_the_study_as_training_runs(store, browser):
         page.screenshot(path=str(SHOTS / "mlflow_study_plot.png"))
         assert not errors, errors
     finally:
-        proc.terminate()
-        proc.wait()
+        _stop(proc)
 
 
 def test_optuna_dashboard_shows_the_study(store, browser):
@@ -145,5 +157,4 @@ def test_optuna_dashboard_shows_the_study(store, browser):
         assert "tiling_overlap_sweep" in body
         assert not errors, errors
     finally:
-        proc.terminate()
-        proc.wait()
+        _stop(proc)
