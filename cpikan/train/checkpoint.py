@@ -71,7 +71,7 @@ class Checkpointing:
         return path
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = torch.load(path, map_location=self.device, weights_only=True)  # tensors and plain values only
         if state["config"] != self.cfg.to_json():
             raise ValueError(f"resume: checkpoint {path} was written with a different TrainConfig")
         self.model.load_state_dict(state["model"])
