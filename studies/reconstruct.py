@@ -2,7 +2,9 @@
 
     python -m studies.reconstruct WAFER... --out DIR [--model classical|best|RUN_ID]
         [--pattern '*.tif'] [--wavelengths 5.0,5.5,6.05,6.655] [--h-min UM --h-max UM]
-        [--pixel-pitch UM] [--tile N] [--overlap N] [--no-track]
+        [--pixel-pitch UM] [--tile N | --max-memory 1GB] [--overlap N] [--no-track]
+    torchrun --standalone --nproc-per-node N -m studies.reconstruct …   (one image's rows and tiles split
+        across N processes, gloo on the CPU, NCCL on GPUs; output identical to one process)
 
 WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit, laser-major in name order,
 ``wavelengths.txt`` beside them optional) or a (16, H, W) ``.npy``. ``--model``: the joint
@@ -43,8 +45,9 @@ class ReconstructConfig:
     h_min: float | None = None
     h_max: float | None = None
     pixel_pitch_um: float = 1.0
-    tile: int = 512
+    tile: int | None = None
     overlap: int | None = None
+    max_memory: str = "1GB"
     pattern: str | None = None
     inputs: list[str] = field(default_factory=list)
 
@@ -82,61 +85,109 @@ def _load_model(ref: str) -> tuple[Any, str]:
 
 
 def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any) -> dict[str, float]:
-    """One wafer into ``work`` (a fresh folder); returns its figures."""
+    """One wafer into ``work`` (a fresh folder); returns its figures. Under torchrun every
+    process computes its share of rows and tiles into the same memmaps; the leader prepares
+    them and writes the outputs."""
     import numpy as np
 
+    from cpikan import distributed
     from cpikan.memory import peak_rss_mb
     from cpikan.psi import classical
     from cpikan.tiling import predict_tiled
 
     pcfg = psi_config(cfg)
-    if src.suffix == ".npy":
-        buckets = io.open_npy(src, pcfg.channels)
-    else:
-        buckets = io.stack_buckets(io.bucket_files(src, pcfg.channels, cfg.pattern), work / "buckets.npy")
+    shard = distributed.current()
+    stacked = src if src.suffix == ".npy" else work / "buckets.npy"
+    failure: io.InputError | None = None
+    if shard.leader:
+        try:
+            if src.suffix == ".npy":
+                io.open_npy(src, pcfg.channels)
+            else:
+                buckets = io.stack_buckets(io.bucket_files(src, pcfg.channels, cfg.pattern), stacked)
+            _, h, w = np.load(stacked, mmap_mode="r").shape
+            np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
+            np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()
+        except io.InputError as exc:
+            failure = exc
+    if not distributed.broadcast_flag(failure is None):
+        raise failure or io.InputError(f"{src}: the leading process could not read it (see its error)")
+    buckets = np.load(stacked, mmap_mode="r")
     _, h, w = buckets.shape
-    height = np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w))
-    mask = np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w))
+    height = np.load(work / "height.npy", mmap_mode="r+")
+    mask = np.load(work / "mask.npy", mmap_mode="r+")
     sep = classical.alias_separation(pcfg)
     h_min = cfg.h_min if cfg.h_min is not None else -sep
     h_max = cfg.h_max if cfg.h_max is not None else sep
     t0 = time.perf_counter()
-    classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask)
+    classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, shard=shard)
+    plan = {"tile": 0.0, "overlap": 0.0, "batch_size": 0.0}
     if model is not None:  # the learned height; the classical pass gave the mask
-        geo_overlap = cfg.overlap
-        if geo_overlap is None:
-            from cpikan.tiling import resolve
-
-            geo = resolve(model, pcfg.channels)
-            geo_overlap = 2 * (-(-geo.radius // geo.factor) * geo.factor)
-        out = height.reshape(1, h, w)
+        plan = tile_plan(model, pcfg.channels, cfg)
         try:
-            predict_tiled(model, buckets, tile_size=cfg.tile, overlap=geo_overlap, out=out)
+            predict_tiled(model, buckets, tile_size=int(plan["tile"]), overlap=int(plan["overlap"]),
+                          batch_size=int(plan["batch_size"]), out=height.reshape(1, h, w), shard=shard,
+                          device=distributed.device())
         except ValueError as exc:
             raise io.InputError(str(exc).splitlines()[0]) from None
-    seconds = time.perf_counter() - t0
     height.flush()
     mask.flush()
+    distributed.barrier()
+    seconds = time.perf_counter() - t0
+    figures = {"mpix": h * w / 1e6, "seconds": seconds, "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
+               "peak_rss_gb": peak_rss_mb() / 1024, "h_min": h_min, "h_max": h_max,
+               "processes": float(shard.world), **plan}
+    if not shard.leader:
+        return figures
     flagged = int((~mask).sum())
     io.write_tiff(work / "height.tif", height)
     io.write_preview(work / "preview.png", height, mask, cfg.pixel_pitch_um)
     io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um)
-    if (work / "buckets.npy").exists():
-        (work / "buckets.npy").unlink()  # the stacked input: a scratch file
-    return {"mpix": h * w / 1e6, "seconds": seconds, "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
-            "peak_rss_gb": peak_rss_mb() / 1024, "flagged_pixels": float(flagged),
-            "valid_fraction": 1 - flagged / (h * w), "h_min": h_min, "h_max": h_max}
+    del buckets
+    if stacked != src:
+        stacked.unlink()  # the stacked input: a scratch file
+    return {**figures, "flagged_pixels": float(flagged), "valid_fraction": 1 - flagged / (h * w)}
+
+
+def tile_plan(model: Any, channels: int, cfg: ReconstructConfig) -> dict[str, float]:
+    """Tile size (the largest within --max-memory unless --tile), the smallest exact
+    overlap (unless --overlap) and a batch size that keeps within the budget."""
+    from cpikan.tiling import resolve
+    from cpikan.tiling.check import parse_bytes
+
+    expected = getattr(model, "in_channels", None)
+    if expected is not None and expected != channels:
+        raise io.InputError(f"--model: the model expects {expected} input channels, the data has {channels} "
+                            f"({len(cfg.wavelengths)} wavelengths × 4 steps)")
+    try:
+        geo = resolve(model, channels)
+    except (RuntimeError, ValueError) as exc:
+        raise io.InputError(f"--model: fails on {channels}-channel input: {str(exc).splitlines()[0]}") from None
+    budget = parse_bytes(cfg.max_memory)
+    overlap = cfg.overlap if cfg.overlap is not None else 2 * (-(-geo.radius // geo.factor) * geo.factor)
+    tile = cfg.tile or max(geo.largest_tile(channels, budget), overlap + 2 * geo.factor)
+    if tile <= overlap:
+        raise io.InputError(f"--tile: {tile} px leaves no core beside the overlap {overlap} px "
+                            f"(the model's exact minimum); use --tile ≥ {overlap + 2 * geo.factor}")
+    batch = max(1, min(4, budget // max(geo.tile_bytes(tile, channels), 1)))
+    return {"tile": float(tile), "overlap": float(overlap), "batch_size": float(batch)}
 
 
 def validate(args: argparse.Namespace) -> ReconstructConfig:
     """Everything checkable before anything is written; InputError otherwise."""
     cfg = ReconstructConfig(model=args.model, pixel_pitch_um=args.pixel_pitch, tile=args.tile,
-                            overlap=args.overlap, pattern=args.pattern, h_min=args.h_min, h_max=args.h_max,
+                            overlap=args.overlap, max_memory=args.max_memory, pattern=args.pattern, h_min=args.h_min, h_max=args.h_max,
                             inputs=[str(Path(p).resolve()) for p in args.inputs])
     if not args.pixel_pitch > 0:
         raise io.InputError(f"--pixel-pitch: must be > 0 µm, got {args.pixel_pitch}")
-    if args.tile < 16:
+    if args.tile is not None and args.tile < 16:
         raise io.InputError(f"--tile: must be ≥ 16 pixels, got {args.tile}")
+    from cpikan.tiling.check import parse_bytes
+
+    try:
+        parse_bytes(args.max_memory)
+    except ValueError:
+        raise io.InputError(f"--max-memory: expected a size like 1GB or 800MB, got {args.max_memory!r}") from None
     if args.h_min is not None and args.h_max is not None and not args.h_min < args.h_max:
         raise io.InputError(f"--h-min/--h-max: need h_min < h_max, got {args.h_min} and {args.h_max}")
     waves = None
@@ -177,36 +228,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--h-min", type=float, default=None, help="lowest height searched, µm")
     ap.add_argument("--h-max", type=float, default=None, help="highest height searched, µm")
     ap.add_argument("--pixel-pitch", type=float, default=1.0, help="µm per pixel (VTK and preview axes)")
-    ap.add_argument("--tile", type=int, default=512, help="tile size for a model (pixels)")
+    ap.add_argument("--tile", type=int, default=None, help="tile size for a model (default: the largest within --max-memory)")
+    ap.add_argument("--max-memory", default="1GB", help="budget for one batch of model tiles (default 1GB)")
     ap.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the smallest exact one)")
     ap.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logs.configure(args.verbose)
+    from cpikan import distributed
+
+    shard = distributed.init_from_env()  # a world of one unless launched by torchrun
+    try:
+        return run_all(args, shard)
+    finally:
+        distributed.finish()
+
+
+def run_all(args: argparse.Namespace, shard: Any) -> int:
+    """Every wafer in turn; under torchrun the leader talks and writes, all processes compute."""
+    from cpikan import distributed
     from tracking.store import TrackingError
+
+    def fail(exc: Exception) -> int:
+        if shard.leader:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     try:
         cfg = validate(args)
         model, model_run = load_model(cfg.model) if cfg.model != "classical" else (None, "")
     except (io.InputError, TrackingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc)
+    if model is not None:
+        model.to(distributed.device())
     out = Path(args.out)
     for p in args.inputs:
         src = Path(p)
         name = src.stem if src.suffix == ".npy" else src.name
         work, final = out / f"{name}.part", out / name
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        if shard.leader:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+        distributed.barrier()
         try:
-            figures = track(src, work, cfg, model, model_run, args.no_track)
+            figures = track(src, work, cfg, model, model_run, args.no_track or not shard.leader)
         except (io.InputError, TrackingError) as exc:
-            shutil.rmtree(work, ignore_errors=True)
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            if shard.leader:
+                shutil.rmtree(work, ignore_errors=True)
+            return fail(exc)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            if shard.leader:
+                shutil.rmtree(work, ignore_errors=True)
             raise
+        if not shard.leader:
+            continue
         if final.exists():
             old = out / f"{name}.old"
             final.rename(old)
@@ -215,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             work.rename(final)
         flagged = int(figures["flagged_pixels"])
+        procs = f", {shard.world} processes" if shard.world > 1 else ""
         print(f"{name}: {figures['mpix']:.1f} Mpix in {figures['seconds']:.1f} s ({figures['mpix_per_s']:.2f} Mpix/s, "
-              f"peak RSS {figures['peak_rss_gb']:.2f} GB) → {final}")
+              f"peak RSS {figures['peak_rss_gb']:.2f} GB{procs}) → {final}")
         if flagged:
             print(f"  warning: {flagged} pixels ({100 * (1 - figures['valid_fraction']):.2f} %) flagged in mask.npy: "
                   f"low modulation, or a height outside [{figures['h_min']:g}, {figures['h_max']:g}] µm "
@@ -240,7 +316,8 @@ def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, model_run: 
         figures = reconstruct_one(src, work, cfg, model)
         run.log_results({"flagged_pixels": figures["flagged_pixels"], "valid_fraction": figures["valid_fraction"],
                          "image_mpix": figures["mpix"]},
-                        {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb")})
+                        {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb", "processes",
+                                                 "tile", "overlap", "batch_size")})
         run.log_artifact(work / "preview.png", "outputs")
         run.set_tags({"outputs": str(work.parent / work.name.removesuffix(".part"))})
     return figures

@@ -19,7 +19,7 @@ import numpy as np
 from cpikan.config import ConfigError, bounded, choice, validate
 from cpikan.memory import peak_rss_mb, reset_peak_rss
 from cpikan.psi.synth import WaferSpec
-from cpikan.tiling import MODES, plan_tiles, predict_full, predict_tiled
+from cpikan.tiling import MODES, plan_tiles, predict_full, predict_tiled, resolve
 from studies import psi_pretrain
 from studies.registry import Study, register
 
@@ -140,7 +140,7 @@ def run(config: TilingSweepConfig, ctx: Any) -> dict[str, float]:
         "image_mpix": h * w / 1e6,
     }
     measurements = {"inference_seconds": seconds, "seconds_per_mpix": seconds / (h * w / 1e6), "peak_memory_mb": peak_mb,
-                    "memory_estimate_mb": plan.memory_estimate(16, 1, config.batch_size) / 2**20}
+                    "memory_estimate_mb": resolve(model, 16).tile_bytes(config.tile_size, 16, config.batch_size) / 2**20}
     ctx.log_results(results, measurements)
     return {**results, **measurements}
 

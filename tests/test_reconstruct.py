@@ -120,3 +120,81 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case, messag
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
     assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+# --------------------------------------------------------------------------- with a model
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory):
+    """A store holding one tiny psi_pretrain run (weights as safetensors) and one other run."""
+    root = tmp_path_factory.mktemp("mlruns")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPIKAN_MLRUNS", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        from studies import psi_pretrain
+        from tracking.tracker import Tracker
+
+        pcfg = psi_pretrain.PSIPretrainConfig(steps=2, train_size=64, val_size=64, patch=32, batch_size=2)
+        with Tracker(psi_pretrain.EXPERIMENT, config=pcfg, entry_point="studies.psi_pretrain:run", seed=0) as run:
+            psi_pretrain.run(pcfg, run)
+        with Tracker("studies/other") as other:
+            other.log_results({"x": 1.0})
+    return root, run.run_id, other.run_id
+
+
+def _model_input(tmp_path, h=96, w=136):
+    path = tmp_path / "wafer.npy"
+    np.save(path, physics.quantize(physics.render(tilted_wafer(h, w)), 16))
+    return path
+
+
+def test_model_reconstruction_equals_full_image_inference(tmp_path, model_store):
+    root, run_id, _ = model_store
+    src = _model_input(tmp_path)
+    out = _run([src, "--out", tmp_path / "out", "--model", run_id, "--tile", "192", "--no-track"], root)
+    assert out.returncode == 0, out.stderr
+    height = np.load(tmp_path / "out" / "wafer" / "height.npy")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPIKAN_MLRUNS", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        from cpikan.tiling import predict_full
+        from tracking import models
+
+        full = predict_full(models.load_model(run_id)[0], np.load(src))[0]
+    assert np.abs(height - full).max() <= 1e-5 * np.abs(full).max()
+
+
+def test_two_processes_under_torchrun_write_the_same_bytes(tmp_path, model_store):
+    root, run_id, _ = model_store
+    src = _model_input(tmp_path, 200, 136)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(CPIKAN_MLRUNS=str(root), PYTHONPATH=str(ROOT))
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+               "-m", "studies.reconstruct", str(src), "--out", str(tmp_path / f"out{n}"), "--model", run_id,
+               "--tile", "160", "--no-track"]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count("→") == 1  # the leader reports, once
+    for name in ("height.npy", "mask.npy", "height.tif"):
+        assert (tmp_path / "out1" / "wafer" / name).read_bytes() == (tmp_path / "out2" / "wafer" / name).read_bytes()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("tile", "--tile: 64 px leaves no core"), ("channels", "the model expects 16 input channels"),
+    ("not_psi", "not a PSI model run"),
+])
+def test_bad_model_input_is_one_line_exit_2(tmp_path, model_store, case, message):
+    root, run_id, other_id = model_store
+    src = _model_input(tmp_path, 32, 40)
+    args = [src, "--out", tmp_path / "out", "--model", run_id, "--no-track"]
+    if case == "tile":
+        args += ["--tile", "64"]
+    elif case == "channels":
+        np.save(src, np.zeros((12, 32, 40), np.uint16))
+        args += ["--wavelengths", "5.0,5.5,6.05"]
+    elif case == "not_psi":
+        args[4] = other_id
+    res = _run(args, root)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

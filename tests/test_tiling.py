@@ -91,7 +91,6 @@ def test_plan_covers_every_pixel_once():
         hits[t.cy0 : min(t.cy1, 1000), t.cx0 : min(t.cx1, 1024)] += 1
         assert t.y0 % 8 == 0 and t.x0 % 8 == 0 and (t.y1 - t.y0) % 8 == 0
     assert (hits == 1).all()
-    assert plan.memory_estimate(16, 1, 4) < 2**30
 
 
 def test_bad_input(unet):

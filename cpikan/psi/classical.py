@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from cpikan.distributed import Shard
 from cpikan.memory import release_pages
 from cpikan.psi.physics import DEFAULT_PSI, PSIConfig, dequantize
 
@@ -91,17 +92,19 @@ def reconstruct(
     rows_per_chunk: int = 128,
     out: np.ndarray | None = None,
     mask_out: np.ndarray | None = None,
+    shard: Shard | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Height (H, W) float32 and a validity mask: modulation B/A ≥ ``min_modulation`` and a
     joint-search residual ≤ ``max_residual`` (a pixel above it has no consistent height in
-    [h_min, h_max]: usually it lies outside the range). ``(~mask).sum()`` counts both."""
+    [h_min, h_max]: usually it lies outside the range). ``(~mask).sum()`` counts both.
+    ``shard``: compute only this process's chunks of rows (``cpikan.distributed``)."""
     if buckets.ndim != 3:
         raise ValueError(f"buckets: expected (C, H, W), got shape {buckets.shape}")
     cfg.check_channels(buckets.shape[0])
     _, H, W = buckets.shape
     out = np.empty((H, W), np.float32) if out is None else out
     mask_out = np.empty((H, W), bool) if mask_out is None else mask_out
-    for r0 in range(0, H, rows_per_chunk):
+    for r0 in (shard or Shard()).take(list(range(0, H, rows_per_chunk))):
         block = np.asarray(buckets[:, r0 : r0 + rows_per_chunk])
         phi, mod = phase_and_modulation(block, cfg)
         res = np.empty(phi.shape[1:])

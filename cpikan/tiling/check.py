@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cpikan.tiling.geometry import Geometry, resolve
-from cpikan.tiling.predict import plan_tiles, predict_full, predict_tiled
+from cpikan.tiling.predict import predict_full, predict_tiled
 
 UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -69,13 +69,7 @@ def check_tiling(model: nn.Module, channels: int, *, max_memory: str | int | Non
     budget = parse_bytes(max_memory) if isinstance(max_memory, str) else (max_memory or 1.5 * 2**30)
     tile = tile_size
     if tile is None:
-        tile = overlap + f
-        for cand in range(overlap + f, 8193, f):
-            est = plan_tiles(cand, cand, tile_size=cand, overlap=overlap, radius=0, factor=f)
-            if est.memory_estimate(channels, geo.out_channels, 1) > budget:
-                break
-            tile = cand
-    plan = plan_tiles(tile, tile, tile_size=tile, overlap=overlap, radius=0, factor=f)
+        tile = max(geo.largest_tile(channels, budget), overlap + f)
     size = min(max(2 * tile, 3 * (overlap + f)), 1024)
     image = np.random.default_rng(0).normal(size=(channels, size, size)).astype(np.float32)
     full = predict_full(model, image)
@@ -87,7 +81,7 @@ def check_tiling(model: nn.Module, channels: int, *, max_memory: str | int | Non
         tiled = predict_tiled(model, image, tile_size=small, overlap=min(overlap or small // 2, small - f),
                               strict=False)
     err = float(np.abs(tiled - full).max() / max(float(np.abs(full).max()), 1e-30))
-    return TilingCheck(geo, overlap, tile, plan.memory_estimate(channels, geo.out_channels, 1), err, size)
+    return TilingCheck(geo, overlap, tile, geo.tile_bytes(tile, channels), err, size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,9 @@
 - **Receptive-field radius**: the reach of the input gradient of an f × f block of output
   pixels (every stride phase at once), over a few random inputs so dead ReLUs hide nothing.
 - **Output channels**: from the probe's output.
+- **Activation elements per pixel**: every module's outputs summed over one forward pass,
+  per input pixel: an upper bound on what inference holds at once (a U-Net keeps its skips),
+  so a tile size can be chosen from a memory budget for *this* model.
 
 A model may declare ``downsampling_factor`` and ``receptive_field_radius``; a declaration
 the measurement contradicts (a factor that is not a multiple of the measured one, a radius
@@ -40,6 +43,23 @@ class Geometry:
     equivariant: bool
     cause: str = ""  # why the model is not shift-equivariant ('' when it is)
     equivariance_error: float = 0.0  # the probe's best relative mismatch over the shifts
+    activations_per_pixel: float = 0.0  # Σ module output elements / input pixels (one forward)
+
+    def tile_bytes(self, tile: int, channels: int, batch_size: int = 1, bytes_per: int = 4) -> int:
+        """Upper bound on the bytes one batch of ``tile`` × ``tile`` tiles holds: the input,
+        every activation, the output and its blending buffers."""
+        per_pixel = channels + self.activations_per_pixel + 3 * self.out_channels
+        return int(batch_size * tile * tile * per_pixel * bytes_per)
+
+    def largest_tile(self, channels: int, budget: int, limit: int = 8192) -> int:
+        """The largest tile (a multiple of the factor) whose batch of one fits ``budget``
+        bytes: the halo costs compute ((tile / core)² extra), so bigger is faster."""
+        tile = self.factor
+        for cand in range(self.factor, limit + 1, self.factor):
+            if self.tile_bytes(cand, channels) > budget:
+                break
+            tile = cand
+        return tile
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
@@ -99,6 +119,28 @@ def _radius(model: nn.Module, channels: int, size: int, factor: int, probes: int
     return int(max(c - lo.min(), hi.max() - (c + factor - 1)))
 
 
+def _activations_per_pixel(model: nn.Module, channels: int, factor: int) -> float:
+    """Σ of every module's output elements for one forward pass, per input pixel."""
+    total = 0
+
+    def count(_m: nn.Module, _inp: object, out: object) -> None:
+        nonlocal total
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel()
+
+    size = max(64, -(-64 // factor) * factor)
+    leaves = [m for m in model.modules() if not list(m.children())]  # containers would count twice
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, size, size, dtype=_dtype(model)))
+    finally:
+        for h in handles:
+            h.remove()
+    return total / (size * size)
+
+
 _cache: weakref.WeakKeyDictionary[nn.Module, dict[int, Geometry]] = weakref.WeakKeyDictionary()
 
 
@@ -132,12 +174,13 @@ def probe(model: nn.Module, channels: int) -> Geometry:
                     break
         out_channels = int(base.shape[1])
         radius = _radius(model, channels, size, factor or 1)
+        activations = _activations_per_pixel(model, channels, max(factor, 1))
     finally:
         model.train(was_training)
     if factor:
-        geo = Geometry(factor, radius, out_channels, True, "", best)
+        geo = Geometry(factor, radius, out_channels, True, "", best, activations)
     else:
-        geo = Geometry(1, radius, out_channels, False, suspected_cause(model), best)
+        geo = Geometry(1, radius, out_channels, False, suspected_cause(model), best, activations)
     known[channels] = geo
     return geo
 
@@ -158,4 +201,4 @@ def resolve(model: nn.Module, channels: int) -> Geometry:
                          f"pixels {geo.radius} away (measured): fix or remove the declaration")
     return Geometry(int(factor) if geo.equivariant and factor is not None else geo.factor,
                     int(radius) if radius is not None else geo.radius,
-                    geo.out_channels, geo.equivariant, geo.cause, geo.equivariance_error)
+                    geo.out_channels, geo.equivariant, geo.cause, geo.equivariance_error, geo.activations_per_pixel)

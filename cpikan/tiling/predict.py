@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cpikan.distributed import Shard
 from cpikan.memory import release_pages
 from cpikan.tiling.geometry import Geometry, resolve
 
@@ -68,14 +69,6 @@ class TilePlan:
     overlap: int
     mode: str
     tiles: tuple[Tile, ...]
-
-    def memory_estimate(self, channels: int, out_channels: int, batch_size: int, bytes_per: int = 4,
-                        model_factor: float = 12.0) -> int:
-        """Bytes held at once: a batch of input tiles, the model's activations (≈ model_factor
-        × the input, a U-Net's widest levels), the output tiles and the blending buffers."""
-        t = self.tile_size * self.tile_size
-        per_tile = t * (channels + out_channels * 3) * bytes_per + t * channels * bytes_per * model_factor
-        return int(batch_size * per_tile)
 
 
 def _axis_starts(length: int, core: int, factor: int) -> list[int]:
@@ -211,6 +204,7 @@ def predict_tiled(
     check_finite: bool = True,
     progress: bool = False,
     strict: bool = True,
+    shard: Shard | None = None,
 ) -> np.ndarray:
     """Run ``model`` over ``image`` (C, H, W) tile by tile; returns ``out`` (K, H, W) float32.
 
@@ -226,6 +220,8 @@ def predict_tiled(
         strict: crop mode refuses a model that is not shift-equivariant (no crop-and-stitch
             can equal its full-image output); ``False`` runs anyway and warns with the
             mismatch the probe measured.
+        shard: compute only this process's row bands of tiles (``cpikan.distributed``; crop
+            mode only: the cores are disjoint, so processes writing one memmap never overlap).
     """
     c, h, w = _check_image(image)
     expected = getattr(model, "in_channels", None)
@@ -237,6 +233,13 @@ def predict_tiled(
         _refuse_or_warn(model, geo, strict)
         radius = min(radius, overlap // 2)  # inexact anyway (warned): the halo cannot make it exact
     plan = plan_tiles(h, w, tile_size=tile_size, overlap=overlap, mode=mode, radius=radius, factor=geo.factor)
+    tiles = plan.tiles
+    if shard is not None and shard.world > 1:
+        if mode != "crop":
+            raise ValueError(f"shard: mode {mode!r} adds overlapping windows, which processes cannot share; "
+                             "split only crop mode across processes")
+        mine = set(shard.take(sorted({t.cy0 for t in tiles})))
+        tiles = tuple(t for t in tiles if t.cy0 in mine)
     k = out_channels or geo.out_channels
     if out is None:
         out = np.zeros((k, h, w), np.float32)
@@ -249,11 +252,11 @@ def predict_tiled(
     win_cache: dict[tuple[int, int], np.ndarray] = {}
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(plan.tiles), desc="tiles", unit="tile", disable=not progress, mininterval=2)
+    bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, mininterval=2)
     band = -1
     try:
         with torch.inference_mode():
-            for group in _batches(plan.tiles, batch_size):
+            for group in _batches(tiles, batch_size):
                 if group[0].cy0 != band:  # a new row band of tiles
                     band = group[0].cy0
                     release_pages(image)
