@@ -2,9 +2,10 @@
 
     python -m studies.reconstruct WAFER... --out DIR [--model classical|best|RUN_ID]
         [--pattern '*.tif'] [--wavelengths 5.0,5.5,6.05,6.655] [--h-min UM --h-max UM]
-        [--pixel-pitch UM] [--tile N | --max-memory 1GB] [--overlap N] [--no-track]
+        [--pixel-pitch UM] [--tile N | --max-memory 512MB] [--overlap N] [--no-track]
     torchrun --standalone --nproc-per-node N -m studies.reconstruct …   (one image's rows and tiles split
-        across N processes, gloo on the CPU, NCCL on GPUs; output identical to one process)
+        across N processes, gloo on the CPU, NCCL on GPUs; output identical to one process
+        with the same threads per process: oneDNN rounds differently with another count)
 
 WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit, laser-major in name order,
 ``wavelengths.txt`` beside them optional) or a (16, H, W) ``.npy``. ``--model``: the joint
@@ -47,7 +48,7 @@ class ReconstructConfig:
     pixel_pitch_um: float = 1.0
     tile: int | None = None
     overlap: int | None = None
-    max_memory: str = "1GB"
+    max_memory: str = "512MB"
     pattern: str | None = None
     inputs: list[str] = field(default_factory=list)
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--h-max", type=float, default=None, help="highest height searched, µm")
     ap.add_argument("--pixel-pitch", type=float, default=1.0, help="µm per pixel (VTK and preview axes)")
     ap.add_argument("--tile", type=int, default=None, help="tile size for a model (default: the largest within --max-memory)")
-    ap.add_argument("--max-memory", default="1GB", help="budget for one batch of model tiles (default 1GB)")
+    ap.add_argument("--max-memory", default="512MB", help="budget for one batch of model tiles (default 512MB)")
     ap.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the smallest exact one)")
     ap.add_argument("--no-track", action="store_true", help="do not log MLflow runs")
     ap.add_argument("-v", "--verbose", action="store_true")
