@@ -1,0 +1,182 @@
+"""The physics guard: one definition of the red lines a trained flow model must keep.
+
+Every check is computed for *any* model mapping (N, d) coordinates — (x, y) for a steady
+flow, (x, y, t) for an unsteady one — to (N, 3) = (u, v, p), with derivatives by autograd,
+on an evaluation grid and on the domain boundary, against the flow's exact solution
+(:mod:`cpikan.sensors.flows`). Thresholds live in a versioned file (``guard.toml`` beside
+this module, or one of the caller's): above ``red`` a check fails, above ``yellow`` it warns.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from cpikan.sensors import flows
+from cpikan.sensors.placement import SensorError
+
+CHECKS = ("momentum_residual", "divergence", "dirichlet_error", "neumann_error", "reconstruction_error", "nonfinite")
+DEFAULT_THRESHOLDS = Path(__file__).with_name("guard.toml")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    version: int
+    red: dict[str, float]
+    yellow: dict[str, float] = field(default_factory=dict)
+
+
+def load_thresholds(path: Path = DEFAULT_THRESHOLDS) -> Thresholds:
+    """The thresholds file; an unknown check or a missing red line is an error."""
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SensorError(f"thresholds {path}: unreadable ({exc})") from None
+    checks = doc.get("checks", {})
+    unknown = sorted(set(checks) - set(CHECKS))
+    if unknown:
+        raise SensorError(f"thresholds {path}: unknown check {unknown[0]!r}; allowed: {', '.join(CHECKS)}")
+    missing = [c for c in CHECKS if "red" not in checks.get(c, {})]
+    if missing:
+        raise SensorError(f"thresholds {path}: check {missing[0]!r} has no red line")
+    return Thresholds(int(doc.get("version", 0)), {c: float(checks[c]["red"]) for c in CHECKS},
+                      {c: float(v["yellow"]) for c, v in checks.items() if "yellow" in v})
+
+
+@dataclass(frozen=True)
+class FlowCase:
+    """The flow a model claims to represent, and where it is checked."""
+
+    flow: str  # kovasznay | taylor_green
+    re: float
+    n: int = 32  # evaluation grid n × n (× n_t times for Taylor–Green)
+    t_end: float = 1.0  # Taylor–Green: times in [0, t_end]
+    n_t: int = 3
+
+    @property
+    def unsteady(self) -> bool:
+        return self.flow == "taylor_green"
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        return flows.KOVASZNAY_GRID if self.flow == "kovasznay" else flows.TAYLOR_GREEN_GRID
+
+    def exact(self, pts: Tensor) -> Tensor:
+        if self.flow == "kovasznay":
+            return torch.stack(flows.kovasznay(pts[:, 0], pts[:, 1], self.re), 1)
+        return torch.stack(flows.taylor_green(pts[:, 0], pts[:, 1], pts[:, 2], self.re), 1)
+
+    def interior(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        x0, x1, y0, y1 = self.bounds()
+        g = flows.Grid(self.n, x0, x1, y0, y1).points()
+        pts = torch.as_tensor(g, dtype=dtype)
+        return self._with_times(pts)
+
+    def boundary(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+        """Points on the four sides and their outward normals."""
+        x0, x1, y0, y1 = self.bounds()
+        s = torch.linspace(0, 1, self.n + 1, dtype=dtype)[:-1]
+        sides = [(torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y0)], 1), (0.0, -1.0)),
+                 (torch.stack([torch.full_like(s, x1), y0 + (y1 - y0) * s], 1), (1.0, 0.0)),
+                 (torch.stack([x1 - (x1 - x0) * s, torch.full_like(s, y1)], 1), (0.0, 1.0)),
+                 (torch.stack([torch.full_like(s, x0), y1 - (y1 - y0) * s], 1), (-1.0, 0.0))]
+        pts = torch.cat([p for p, _ in sides])
+        normals = torch.cat([torch.tensor(nrm, dtype=dtype).expand(len(p), 2) for p, nrm in sides])
+        reps = self.n_t if self.unsteady else 1
+        return self._with_times(pts), normals.repeat(reps, 1)
+
+    def _with_times(self, pts: Tensor) -> Tensor:
+        if not self.unsteady:
+            return pts
+        ts = torch.linspace(0, self.t_end, self.n_t, dtype=pts.dtype)
+        return torch.cat([torch.cat([pts, torch.full((len(pts), 1), float(t), dtype=pts.dtype)], 1) for t in ts])
+
+
+def _grad(out: Tensor, pts: Tensor) -> Tensor:
+    return torch.autograd.grad(out.sum(), pts, create_graph=True)[0]
+
+
+def navier_stokes(model: Callable[[Tensor], Tensor], pts: Tensor, re: float | Tensor,
+                  unsteady: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(momentum residual (N, 2), divergence (N,), outputs (N, 3)) by autograd at ``pts``."""
+    pts = pts.detach().requires_grad_(True)
+    out = model(pts)
+    u, v, p = out[:, 0], out[:, 1], out[:, 2]
+    du, dv, dp = _grad(u, pts), _grad(v, pts), _grad(p, pts)
+    u_xx, u_yy = _grad(du[:, 0], pts)[:, 0], _grad(du[:, 1], pts)[:, 1]
+    v_xx, v_yy = _grad(dv[:, 0], pts)[:, 0], _grad(dv[:, 1], pts)[:, 1]
+    nu = 1.0 / re
+    mx = u * du[:, 0] + v * du[:, 1] + dp[:, 0] - nu * (u_xx + u_yy)
+    my = u * dv[:, 0] + v * dv[:, 1] + dp[:, 1] - nu * (v_xx + v_yy)
+    if unsteady:
+        mx, my = mx + du[:, 2], my + dv[:, 2]
+    return torch.stack([mx, my], 1), du[:, 0] + dv[:, 1], out
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    values: dict[str, float]
+    status: dict[str, str]  # green | yellow | red
+    thresholds_version: int
+
+    @property
+    def failed(self) -> list[str]:
+        return [c for c in CHECKS if self.status[c] == "red"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def metrics(self) -> dict[str, float]:
+        """Flat figures for a tracker: guard/<check> values and guard/red_count."""
+        return {**{f"guard/{c}": v for c, v in self.values.items()}, "guard/red_count": float(len(self.failed))}
+
+    def summary(self) -> str:
+        return " ".join(f"{c}={self.values[c]:.2e}({self.status[c]})" for c in CHECKS)
+
+
+def check_flow(model: Callable[[Tensor], Tensor], case: FlowCase, thresholds: Thresholds | None = None,
+               dtype: torch.dtype = torch.float64) -> GuardResult:
+    """Every check for ``model`` on ``case``; nothing is trained or changed."""
+    th = thresholds or load_thresholds()
+    pts = case.interior(dtype)
+    mom, div, out = navier_stokes(model, pts, case.re, case.unsteady)
+    exact = case.exact(pts)
+    bpts, normals = case.boundary(dtype)
+    bpts = bpts.requires_grad_(True)
+    bout = model(bpts)
+    dn = torch.stack([(_grad(bout[:, k], bpts)[:, :2] * normals).sum(1) for k in (0, 1)], 1)
+    bexact_pts = bpts.detach().requires_grad_(True)
+    bexact = case.exact(bexact_pts)
+    dn_exact = torch.stack([(_grad(bexact[:, k], bexact_pts)[:, :2] * normals).sum(1) for k in (0, 1)], 1)
+    parts = [mom, div, out, bout, dn]
+    nonfinite = float(sum(int((~torch.isfinite(t)).sum()) for t in parts))
+
+    def rms(t: Tensor) -> float:
+        return float(t.detach().square().mean().sqrt())
+
+    def amax(t: Tensor) -> float:
+        return float(t.detach().abs().max())
+
+    values = {
+        "momentum_residual": rms(mom),
+        "divergence": rms(div),
+        "dirichlet_error": amax(bout[:, :2] - bexact[:, :2]),
+        "neumann_error": amax(dn - dn_exact),
+        "reconstruction_error": float((out - exact).detach().norm() / exact.norm()),
+        "nonfinite": nonfinite,
+    }
+    status = {}
+    for c, v in values.items():
+        if not math.isfinite(v) or v > th.red[c]:
+            status[c] = "red"
+        elif c in th.yellow and v > th.yellow[c]:
+            status[c] = "yellow"
+        else:
+            status[c] = "green"
+    return GuardResult(values, status, th.version)

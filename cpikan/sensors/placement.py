@@ -1,0 +1,165 @@
+"""K sensors on a POD basis, and the field they imply.
+
+- ``qr``: QR with column pivoting on the basis' transpose (Businger & Golub 1965; as
+  Q-DEIM, Drmač & Gugercin 2016): each pivot is the point that adds the most new
+  information to the ones already picked. With K ≤ r it runs on the first K modes.
+- K > r (more sensors than modes): the first r by QR, then GappyPOD+E (Peherstorfer, Drmač
+  & Gugercin 2020, Algorithm 1): each further point maximises a lower bound on the growth
+  of the smallest singular value of the sampled basis, i.e. the stability of the fit.
+- ``random`` and ``uniform`` (a spread lattice of grid points): the baselines.
+
+:func:`reconstruct` is the linear estimate: least-squares mode coefficients from the
+readings, then mean + modes · coefficients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+
+from cpikan.sensors.pod import Basis
+
+METHODS = ("qr", "random", "uniform")
+
+
+class SensorError(ValueError):
+    """Bad input to sensor placement: the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    indices: tuple[int, ...]  # flattened grid indices, in pick order
+    method: str
+    basis_digest: str  # the basis it was chosen on (replay checks it)
+    points: int  # the grid's point count
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Placement:
+        d = json.loads(text)
+        return cls(tuple(int(i) for i in d["indices"]), d["method"], d["basis_digest"], int(d["points"]))
+
+    def save(self, path: Path) -> None:
+        """Written under a temporary name, then renamed (never half a file)."""
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    def check(self, basis: Basis) -> None:
+        if basis.digest != self.basis_digest:
+            raise SensorError(f"placement: chosen on basis {self.basis_digest[:12]}, not on this one "
+                              f"({basis.digest[:12]}); recompute the basis from the same snapshots or re-place")
+
+
+def _check(basis: Basis, k: int, method: str) -> None:
+    if method not in METHODS:
+        raise SensorError(f"method: unknown {method!r}; allowed: {', '.join(METHODS)}")
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise SensorError(f"k: must be a positive number of sensors, got {k!r}")
+    if k > basis.points:
+        raise SensorError(f"k: {k} sensors but the grid has only {basis.points} points")
+    if not (np.isfinite(basis.modes).all() and np.isfinite(basis.mean).all()):
+        raise SensorError("basis: contains NaN or Inf values (check the snapshots)")
+
+
+def place(basis: Basis, k: int, method: str = "qr", *, seed: int = 0, grid_shape: tuple[int, int] | None = None
+          ) -> Placement:
+    """Choose ``k`` sensor points (flattened indices) on ``basis``."""
+    _check(basis, k, method)
+    n = basis.points
+    if method == "random":
+        idx = np.random.default_rng(seed).choice(n, size=k, replace=False)
+    elif method == "uniform":
+        idx = _lattice(k, grid_shape or _square(n))
+    else:
+        idx = qr_pivots(basis.modes, k)
+    return Placement(tuple(int(i) for i in idx), method, basis.digest, n)
+
+
+def qr_pivots(modes: np.ndarray, k: int) -> np.ndarray:
+    """k points: QR column pivots of modesᵀ (on its first k modes when k < r), then GappyPOD+E."""
+    r = modes.shape[1]
+    use = modes[:, : min(k, r)]
+    _, piv = scipy.linalg.qr(use.T, pivoting=True, mode="r", check_finite=False)
+    picked = list(piv[: min(k, r)])
+    if k > r:
+        picked = _gappy_e(modes, picked, k)
+    return np.asarray(picked[:k])
+
+
+def _gappy_e(modes: np.ndarray, picked: list[int], k: int) -> list[int]:
+    """Add points until k: each maximises the bound on σ_min's growth (Peherstorfer et al. 2020)."""
+    r = modes.shape[1]
+    chosen = np.zeros(modes.shape[0], bool)
+    chosen[picked] = True
+    norms = np.einsum("ij,ij->i", modes, modes, dtype=np.float64)
+    while len(picked) < k:
+        _, s, vt = np.linalg.svd(modes[picked].astype(np.float64), full_matrices=False)
+        if r == 1:
+            score = norms.copy()
+        else:
+            g = s[-2] ** 2 - s[-1] ** 2
+            last = modes @ vt[-1].astype(modes.dtype)  # each point's weight on the weakest direction
+            a = g + norms
+            score = a - np.sqrt(np.maximum(a * a - 4 * g * last.astype(np.float64) ** 2, 0.0))
+        score[chosen] = -np.inf
+        best = int(np.argmax(score))
+        picked.append(best)
+        chosen[best] = True
+    return picked
+
+
+def _square(n: int) -> tuple[int, int]:
+    side = math.isqrt(n)
+    if side * side != n:
+        raise SensorError(f"grid_shape: needed for a uniform placement on {n} points (not a square grid)")
+    return side, side
+
+
+def _lattice(k: int, shape: tuple[int, int]) -> np.ndarray:
+    """k points of the most even a × b lattice with a·b ≥ k, cell-centred on the grid."""
+    ny, nx = shape
+    a = max(1, round(math.sqrt(k * ny / nx)))
+    b = math.ceil(k / a)
+    rows = ((np.arange(a) + 0.5) * ny / a).astype(int)
+    cols = ((np.arange(b) + 0.5) * nx / b).astype(int)
+    idx = (rows[:, None] * nx + cols[None, :]).ravel()
+    return idx[np.linspace(0, len(idx) - 1, k).round().astype(int)] if len(idx) > k else idx
+
+
+def from_coordinates(points: np.ndarray, coords: np.ndarray, tolerance: float) -> tuple[int, ...]:
+    """Grid indices of sensors given by coordinates (nearest grid point within ``tolerance``);
+    a sensor outside the domain is an error, never snapped silently."""
+    coords = np.atleast_2d(np.asarray(coords, np.float64))
+    lo, hi = points.min(0) - tolerance, points.max(0) + tolerance
+    for c in coords:
+        if np.any(c < lo) or np.any(c > hi):
+            raise SensorError(f"sensors: {tuple(c)} lies outside the domain {tuple(lo + tolerance)}–{tuple(hi - tolerance)}")
+    d = ((points[None, :, :] - coords[:, None, :]) ** 2).sum(-1) if len(points) * len(coords) < 5e7 else None
+    if d is None:
+        return tuple(int(np.argmin(((points - c) ** 2).sum(1))) for c in coords)
+    return tuple(int(i) for i in d.argmin(1))
+
+
+def reconstruct(basis: Basis, placement: Placement, readings: np.ndarray) -> np.ndarray:
+    """The field(s) implied by ``readings`` ((K,) or (batch, K)): mean + modes · a, with a the
+    least-squares fit of the first min(K, r) modes at the sensors."""
+    placement.check(basis)
+    idx = np.asarray(placement.indices)
+    y = np.asarray(readings, np.float64)
+    if y.shape[-1] != len(idx):
+        raise SensorError(f"readings: {y.shape[-1]} values for {len(idx)} sensors")
+    r = min(len(idx), basis.rank)
+    theta = basis.modes[idx, :r].astype(np.float64)
+    rhs = (y - basis.mean[idx]).T  # (K, batch)
+    coef, *_ = scipy.linalg.lstsq(theta, rhs.reshape(len(idx), -1), check_finite=False)
+    field = basis.mean.astype(np.float64)[:, None] + basis.modes[:, :r].astype(np.float64) @ coef
+    return field.T.reshape(*y.shape[:-1], basis.points)

@@ -1,0 +1,106 @@
+"""The POD basis of a snapshot family: what a few sensors can hope to pin down.
+
+Snapshots are rows of an (m, n) array (m snapshots of an n-point field). The basis is the
+leading right singular vectors of the centred snapshots. A thin SVD is exact and cheap while
+m·n is small; past that a randomised SVD (Halko, Martinsson & Tropp 2011: a Gaussian range
+finder with power iterations, then an SVD of the small projected matrix) costs two or three
+passes over the data instead of a full factorisation. The basis carries a sha256 digest, so
+a sensor placement records exactly which basis it was chosen on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+#: above this many snapshot entries the randomised SVD is used
+EXACT_LIMIT = 20_000_000
+
+
+@dataclass(frozen=True)
+class Basis:
+    modes: np.ndarray  # (n, r), orthonormal columns
+    mean: np.ndarray  # (n,), the snapshot mean the modes describe deviations from
+    singular_values: np.ndarray  # (r,)
+    energy: float  # fraction of the centred snapshots' variance the r modes hold
+
+    @property
+    def rank(self) -> int:
+        return int(self.modes.shape[1])
+
+    @property
+    def points(self) -> int:
+        return int(self.modes.shape[0])
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the modes and mean as little-endian float32 (stable across runs)."""
+        h = hashlib.sha256()
+        for a in (self.modes, self.mean):
+            h.update(np.ascontiguousarray(a, "<f4").tobytes())
+        return h.hexdigest()
+
+
+def pod_basis(snapshots: np.ndarray, rank: int, *, randomized: bool | None = None, oversample: int = 10,
+              power_iterations: int = 2, seed: int = 0) -> Basis:
+    """The ``rank`` leading POD modes of (m, n) ``snapshots``.
+
+    Args:
+        snapshots: m snapshots of an n-point field, as rows (float32 or float64).
+        rank: modes kept; at most min(m, n).
+        randomized: force or forbid the randomised SVD (default: by size, ``EXACT_LIMIT``).
+        oversample, power_iterations, seed: the randomised SVD's accuracy knobs.
+    """
+    x = np.asarray(snapshots)
+    if x.ndim != 2:
+        raise ValueError(f"snapshots: expected (m snapshots, n points), got shape {x.shape}")
+    m, n = x.shape
+    if not 1 <= rank <= min(m, n):
+        raise ValueError(f"rank: must be between 1 and min(snapshots, points) = {min(m, n)}, got {rank}")
+    if not np.isfinite(x).all():
+        raise ValueError("snapshots: contain NaN or Inf values")
+    dtype = np.float64 if x.dtype == np.float64 else np.float32
+    mean = x.mean(0, dtype=np.float64)
+    xc = x.astype(dtype, copy=True)
+    xc -= mean.astype(dtype)
+    total = float(np.einsum("ij,ij->", xc, xc, dtype=np.float64))
+    if randomized is None:
+        randomized = m * n > EXACT_LIMIT and rank + oversample < m
+    if randomized:
+        s, vt = _randomized(xc, rank, oversample, power_iterations, seed)
+    else:
+        _, s, vt = scipy.linalg.svd(xc, full_matrices=False, check_finite=False, lapack_driver="gesdd")
+        s, vt = s[:rank], vt[:rank]
+    energy = min(1.0, float(np.sum(np.square(s, dtype=np.float64)) / total)) if total > 0 else 1.0
+    return Basis(np.ascontiguousarray(vt.T), mean.astype(dtype), s.astype(np.float64), energy)
+
+
+def _randomized(xc: np.ndarray, rank: int, oversample: int, power_iterations: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top singular values and right singular vectors of xc (m, n), m ≪ n: the range of
+    xcᵀ (n-dimensional) is found from xcᵀ G, G Gaussian (m, rank + oversample)."""
+    m = xc.shape[0]
+    k = min(rank + oversample, m)
+    g = np.random.default_rng(seed).standard_normal((m, k)).astype(xc.dtype)
+    q, _ = scipy.linalg.qr(xc.T @ g, mode="economic", check_finite=False)  # (n, k)
+    for _ in range(power_iterations):  # (xcᵀxc)^q sharpens a slowly decaying spectrum
+        z, _ = scipy.linalg.qr(xc @ q, mode="economic", check_finite=False)  # (m, k)
+        q, _ = scipy.linalg.qr(xc.T @ z, mode="economic", check_finite=False)
+    b = xc @ q  # (m, k): xc restricted to the found range
+    _, s, wt = scipy.linalg.svd(b, full_matrices=False, check_finite=False)
+    return s[:rank], (q @ wt[:rank].T).T
+
+
+def stack_snapshots(fields: list[np.ndarray]) -> np.ndarray:
+    """Snapshots of one grid as (m, n) rows; snapshots whose shapes disagree are an error."""
+    if not fields:
+        raise ValueError("snapshots: none given")
+    shape = np.shape(fields[0])
+    for i, f in enumerate(fields):
+        if np.shape(f) != shape:
+            raise ValueError(f"snapshots: snapshot {i} has shape {np.shape(f)}, snapshot 0 has {shape}; "
+                             "all must be on one grid")
+    return np.stack([np.ravel(f) for f in fields])

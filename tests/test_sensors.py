@@ -1,0 +1,132 @@
+"""Sensor placement (QR pivoting, GappyPOD+E past the rank), the linear estimate, bad input,
+and the physics guard failing planted violations by name."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cpikan.sensors import SensorError, flows, place, pod_basis, reconstruct
+from cpikan.sensors.guard import CHECKS, FlowCase, check_flow, load_thresholds
+from cpikan.sensors.placement import Placement, from_coordinates
+from cpikan.sensors.pod import stack_snapshots
+
+
+@pytest.fixture(scope="module")
+def family():
+    x, grid, _ = flows.snapshots("kovasznay", 48, 30, dtype=np.float64)
+    test = np.stack([flows.kovasznay(*grid.mesh(), re)[0].ravel() for re in (27.3, 51.7, 77.1)])
+    return pod_basis(x, 6), test, grid
+
+
+def _err(basis, p, test, noise=0.0, seed=0):
+    y = test[:, list(p.indices)]
+    y = y + noise * np.random.default_rng(seed).standard_normal(y.shape) * np.abs(test).max()
+    rec = reconstruct(basis, p, y)
+    return np.linalg.norm(rec - test) / np.linalg.norm(test)
+
+
+def test_qr_beats_random_and_uniform_and_the_randomized_basis_agrees(family):
+    basis, test, _ = family
+    qr = _err(basis, place(basis, 6), test, noise=0.01)
+    rand = np.median([_err(basis, place(basis, 6, "random", seed=s), test, noise=0.01) for s in range(7)])
+    uni = _err(basis, place(basis, 6, "uniform"), test, noise=0.01)
+    assert qr < 0.5 * rand and qr < uni
+    x, _, _ = flows.snapshots("kovasznay", 48, 30, dtype=np.float64)
+    fast = pod_basis(x, 6, randomized=True)
+    assert np.allclose(np.abs(fast.modes.T @ basis.modes), np.eye(6), atol=1e-6)  # same modes up to sign
+
+
+def test_more_sensors_than_modes_keeps_adding_stable_points(family):
+    basis, test, _ = family
+    p = place(basis, 12)
+    assert len(set(p.indices)) == 12 and p.indices[:6] == place(basis, 6).indices
+    theta = basis.modes[list(p.indices)]
+    assert np.linalg.svd(theta, compute_uv=False)[-1] >= np.linalg.svd(basis.modes[list(p.indices[:6])],
+                                                                        compute_uv=False)[-1]
+    assert _err(basis, p, test, noise=0.01) <= _err(basis, place(basis, 6), test, noise=0.01)
+
+
+def test_placement_round_trips_and_refuses_another_basis(family, tmp_path):
+    basis, _, _ = family
+    p = place(basis, 8)
+    p.save(tmp_path / "p.json")
+    q = Placement.from_json((tmp_path / "p.json").read_text())
+    assert q == p
+    other = pod_basis(flows.snapshots("kovasznay", 48, 31, dtype=np.float64)[0], 6)
+    with pytest.raises(SensorError, match="placement: chosen on basis"):
+        reconstruct(other, q, np.zeros(8))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("k_grid", "k: 3000 sensors but the grid has only 2304 points"), ("nan", "basis: contains NaN"),
+    ("shapes", "snapshot 1 has shape (4, 5), snapshot 0 has (4, 4)"), ("outside", "lies outside the domain"),
+    ("method", "method: unknown 'best'"),
+])
+def test_bad_input_names_the_field(family, case, message):
+    basis, _, grid = family
+    with pytest.raises((SensorError, ValueError)) as info:
+        if case == "k_grid":
+            place(basis, 3000)
+        elif case == "nan":
+            modes = basis.modes.copy()
+            modes[3, 1] = np.nan
+            place(type(basis)(modes, basis.mean, basis.singular_values, basis.energy), 4)
+        elif case == "shapes":
+            stack_snapshots([np.zeros((4, 4)), np.zeros((4, 5))])
+        elif case == "outside":
+            from_coordinates(grid.points(), [[0.2, 0.3], [1.7, 0.0]], tolerance=0.05)
+        else:
+            place(basis, 4, "best")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_thresholds_file_with_an_unknown_check_is_refused(tmp_path):
+    text = (load_thresholds.__globals__["DEFAULT_THRESHOLDS"]).read_text() + "\n[checks.vorticity]\nred = 1\n"
+    (tmp_path / "t.toml").write_text(text)
+    with pytest.raises(SensorError, match="unknown check 'vorticity'"):
+        load_thresholds(tmp_path / "t.toml")
+
+
+# --------------------------------------------------------------------------- the guard
+CASE = FlowCase("kovasznay", re=40.0, n=24)
+
+
+def exact_model(pts):
+    return torch.stack(flows.kovasznay(pts[:, 0], pts[:, 1], CASE.re), 1)
+
+
+def _planted(check):
+    """The exact flow, broken in the one way ``check`` exists to catch."""
+    def model(pts):
+        u, v, p = exact_model(pts).unbind(1)
+        x, y = pts[:, 0], pts[:, 1]
+        if check == "momentum_residual":
+            p = p + 0.01 * x  # a pressure gradient nothing balances
+        elif check == "divergence":
+            bump = torch.sin(math.pi * (x + 0.5) / 1.5) ** 2 * torch.sin(math.pi * (y + 0.5) / 2) ** 2
+            u = u + 1e-4 * bump * x  # zero on the boundary, ∇·u ≈ 1e-4 inside
+        elif check == "dirichlet_error":
+            u = u + 5e-4
+        elif check == "neumann_error":
+            u = u + 1e-3 * torch.sin(math.pi * (x + 0.5) / 1.5)  # zero on x-sides, slope there
+        elif check == "reconstruction_error":
+            p = 1.5 * p + 0.3
+        elif check == "nonfinite":
+            u = u + torch.sqrt(x - x.detach().min())  # infinite derivative at the corner
+        return torch.stack([u, v, p], 1)
+    return model
+
+
+def test_the_exact_flows_pass_every_check():
+    assert check_flow(exact_model, CASE).ok
+    tg = FlowCase("taylor_green", re=100.0, n=16)
+    res = check_flow(lambda q: torch.stack(flows.taylor_green(q[:, 0], q[:, 1], q[:, 2], 100.0), 1), tg)
+    assert res.ok, res.summary()
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_the_guard_fails_each_planted_violation_by_name(check):
+    res = check_flow(_planted(check), CASE)
+    assert check in res.failed, res.summary()
