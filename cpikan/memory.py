@@ -58,6 +58,25 @@ def keep_freed_memory() -> bool:
     return ok and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
+@functools.cache
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Make glibc give every freed block over ``threshold`` bytes back to the kernel at once.
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to
+    32 MiB), so later arrays of a few MiB land on the heap and stay resident after they are
+    freed: a reconstruction's stages (model probe, classical chunks, tiles) then *add up*
+    in RSS instead of taking turns. A fixed threshold turns that off; for out-of-core work,
+    where peak RSS is the budget, that is the right trade (the opposite of
+    :func:`keep_freed_memory`, meant for training loops). False where it does not apply.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, threshold) == 1 and mallopt(_M_TRIM_THRESHOLD, threshold) == 1
+
+
 def release_pages(arr: Any) -> None:
     """Drop a memmap's resident pages (flushing writes first) so RSS stays bounded by the
     tiles in flight; the kernel re-reads anything needed again. No-op for other arrays."""

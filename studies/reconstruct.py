@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logs.configure(args.verbose)
     from cpikan import distributed
+    from cpikan.memory import return_freed_memory
+
+    return_freed_memory()  # stages take turns in RSS instead of adding up (peak RSS is the budget)
 
     shard = distributed.init_from_env()  # a world of one unless launched by torchrun
     try:
