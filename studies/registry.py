@@ -34,6 +34,8 @@ CATALOG: dict[str, Entry] = {
     "diffusion": Entry("studies.pde", "PDE benchmark: the published Scaled-cPIKAN diffusion setup"),
     "poisson3d": Entry("studies.pde", "PDE benchmark: 3-D Poisson on the unit cube"),
     "reaction_diffusion_inverse": Entry("studies.pde", "PDE benchmark: recover D and κ from 200 noisy samples"),
+    "sensor_placement": Entry("studies.sensors", "K sensors by QR pivoting vs random vs uniform (vs SSPOR): linear POD estimate's error vs K and noise"),
+    "flow_inverse": Entry("studies.sensors", "Kovasznay flow and its Re from K sensors + Navier–Stokes (Scaled-cPIKAN, LM), physics guard per run"),
 }
 
 
