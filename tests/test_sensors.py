@@ -131,3 +131,37 @@ def test_the_exact_flows_pass_every_check():
 def test_the_guard_fails_each_planted_violation_by_name(check):
     res = check_flow(_planted(check), CASE)
     assert check in res.failed, res.summary()
+
+
+# --------------------------------------------------------------------------- the studies
+def _runs(experiment):
+    from tracking import store
+
+    c = store.client()
+    return c.search_runs([c.get_experiment_by_name(experiment).experiment_id], "attributes.status = 'FINISHED'")
+
+
+def test_sensor_placement_study_logs_error_guard_and_a_replayable_placement(mlruns):
+    from studies.run import main
+
+    assert main(["sensor_placement", "--trials", "3", "--set", "grid=32"]) == 0
+    runs = [r for r in _runs("studies/sensor_placement") if "rel_l2" in r.data.metrics]
+    assert len(runs) == 3
+    for r in runs:
+        assert {"rel_l2", "guard/reconstruction_error", "guard/red_count"} <= set(r.data.metrics)
+        assert len(r.data.tags["basis_digest"]) == 64
+        from tracking import store
+
+        path = store.client().download_artifacts(r.info.run_id, "sensors/placement.json")
+        assert Placement.from_json(open(path).read()).basis_digest == r.data.tags["basis_digest"]
+
+
+def test_flow_inverse_study_runs_carry_every_guard_figure(mlruns):
+    from studies.run import main
+
+    assert main(["flow_inverse", "--trials", "1", "--set", "adam_steps=20", "--set", "lm_steps=2",
+                 "--set", "n_interior=6", "--set", "width=4", "--set", "grid=16"]) == 0
+    (run,) = [r for r in _runs("studies/flow_inverse") if "rel_l2" in r.data.metrics]
+    assert {f"guard/{c}" for c in CHECKS} <= set(run.data.metrics)
+    assert {"re", "re_error", "rel_l2_linear"} <= set(run.data.metrics)
+    assert all(f"{c}=" in run.data.tags["guard.status"] for c in CHECKS)

@@ -174,13 +174,13 @@ def solve(cfg: FlowInverseConfig, progress: Any = None) -> tuple[nn.Module, Inve
         for step in range(cfg.lm_steps):
             res = lm.step(lambda: jac(terms, weights), lambda: float(loss()))
             if progress is not None:
-                progress("lm", step, res.loss, float(torch.exp(problem.log_re)))
+                progress("lm", step, res.loss, float(problem.log_re.detach().exp()))
             if not res.moved:
                 break
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         final = float(loss())
-    re = float(torch.exp(problem.log_re))
+    re = float(problem.log_re.detach().exp())
     case = FlowCase("kovasznay", re=cfg.re, n=48)
     guard = check_flow(model, case)
     grid = case.interior()
