@@ -159,7 +159,7 @@ def test_sensor_placement_study_logs_error_guard_and_a_replayable_placement(mlru
 def test_flow_inverse_study_runs_carry_every_guard_figure(mlruns):
     from studies.run import main
 
-    assert main(["flow_inverse", "--trials", "1", "--set", "adam_steps=20", "--set", "lm_steps=2",
+    assert main(["flow_inverse", "--trials", "1", "--set", "lm_steps=2",
                  "--set", "n_interior=6", "--set", "width=4", "--set", "grid=16"]) == 0
     (run,) = [r for r in _runs("studies/flow_inverse") if "rel_l2" in r.data.metrics]
     assert {f"guard/{c}" for c in CHECKS} <= set(run.data.metrics)
