@@ -89,7 +89,7 @@ def reconstruct(
     h_max: float = 35.0,
     min_modulation: float = 0.1,
     max_residual: float = MAX_RESIDUAL,
-    rows_per_chunk: int = 128,
+    rows_per_chunk: int | None = None,
     out: np.ndarray | None = None,
     mask_out: np.ndarray | None = None,
     shard: Shard | None = None,
@@ -104,6 +104,8 @@ def reconstruct(
     _, H, W = buckets.shape
     out = np.empty((H, W), np.float32) if out is None else out
     mask_out = np.empty((H, W), bool) if mask_out is None else mask_out
+    if rows_per_chunk is None:  # ~1 Mpixel per chunk: the float64 work arrays stay ~150 MB at any width
+        rows_per_chunk = max(1, (1 << 20) // W)
     for r0 in (shard or Shard()).take(list(range(0, H, rows_per_chunk))):
         block = np.asarray(buckets[:, r0 : r0 + rows_per_chunk])
         phi, mod = phase_and_modulation(block, cfg)

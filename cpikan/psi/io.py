@@ -40,13 +40,29 @@ def bucket_files(folder: Path, channels: int, pattern: str | None = None) -> lis
     return files
 
 
+def _tiff_memmap(path: Path) -> np.ndarray | None:
+    """An uncompressed, contiguous TIFF as a read-only memmap (a 16384² 16-bit channel is
+    512 MB: never in memory at once); None when the file must be decoded."""
+    import tifffile
+
+    try:
+        arr = tifffile.memmap(path, mode="r")
+    except Exception:  # noqa: BLE001 — compressed, tiled or odd layouts: decode instead
+        return None
+    if arr.offset + arr.nbytes > path.stat().st_size:  # truncated: reading would fault
+        raise InputError(f"{path}: unreadable or truncated image (file shorter than its pixel data)")
+    return arr
+
+
 def read_image(path: Path) -> np.ndarray:
-    """One greyscale 8- or 16-bit image (H, W)."""
+    """One greyscale 8- or 16-bit image (H, W); uncompressed TIFFs as read-only memmaps."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            arr = tifffile.imread(path)
+            arr = _tiff_memmap(path)
+            if arr is None:
+                arr = tifffile.imread(path)
         else:
             from PIL import Image
 
@@ -74,17 +90,20 @@ def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
     first = read_image(files[0])
     shape, dtype = first.shape, first.dtype
     out = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=(len(files), *shape))
+    rows = max(1, (32 << 20) // max(shape[1] * dtype.itemsize, 1))  # ~32 MB strips
     for i, path in enumerate(files):
-        arr = first if i == 0 else read_image(path)
+        arr, first = (first, None) if i == 0 else (read_image(path), None)
         if arr.shape != shape:
             raise InputError(f"{path}: size {arr.shape[1]} × {arr.shape[0]}, but {files[0].name} is "
                              f"{shape[1]} × {shape[0]}; all bucket images must have one size")
         if arr.dtype != dtype:
             raise InputError(f"{path}: {arr.dtype.itemsize * 8}-bit, but {files[0].name} is "
                              f"{dtype.itemsize * 8}-bit; all bucket images must have one bit depth")
-        out[i] = arr
+        for r0 in range(0, shape[0], rows):  # written and read pages leave RSS strip by strip
+            out[i, r0 : r0 + rows] = arr[r0 : r0 + rows]
+            release_pages(out)
+            release_pages(arr)
         del arr
-        release_pages(out)  # written pages leave RSS: the stack is 2 GB at 9344 × 7000
     return out
 
 
