@@ -13,6 +13,7 @@ Every problem with the input is a :class:`InputError` naming the file and what i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -149,8 +150,14 @@ def write_tiff(path: Path, data: np.ndarray) -> None:
 
     tmp = path.with_name(path.name + ".part")
     rows = max(1, 2**24 // max(data.shape[-1] * 4, 1))  # ~16 MB strips: bounded memory
-    strips = (np.asarray(data[r : r + rows], np.float32) for r in range(0, data.shape[0], rows))
-    tifffile.imwrite(tmp, strips, shape=data.shape, dtype=np.float32, bigtiff=data.nbytes > 2**31,
+
+    def strips() -> Iterator[np.ndarray]:
+        for r in range(0, data.shape[0], rows):
+            strip = np.array(data[r : r + rows], np.float32)
+            release_pages(data)  # a memmap's read pages leave RSS (1 GB of height at 16384²)
+            yield strip
+
+    tifffile.imwrite(tmp, strips(), shape=data.shape, dtype=np.float32, bigtiff=data.nbytes > 2**31,
                      photometric="minisblack", rowsperstrip=rows)
     release_pages(data)
     os.replace(tmp, path)
