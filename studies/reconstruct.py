@@ -105,7 +105,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any) -
             if src.suffix == ".npy":
                 io.open_npy(src, pcfg.channels)
             else:
-                buckets = io.stack_buckets(io.bucket_files(src, pcfg.channels, cfg.pattern), stacked)
+                io.stack_buckets(io.bucket_files(src, pcfg.channels, cfg.pattern), stacked)
             _, h, w = np.load(stacked, mmap_mode="r").shape
             np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
             np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()

@@ -57,16 +57,15 @@ def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path):
     assert mesh.points[:, 0].max() == pytest.approx(79 * 3.5)  # the pixel pitch in µm
     assert np.allclose(mesh.point_data["height_um"], height.ravel(), atol=1e-5)
     # one run, with the 16 input files' hashes
-    os.environ["CPIKAN_MLRUNS"] = str(tmp_path / "mlruns")
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # another test's MLflow may have set MLFLOW_TRACKING_URI
+        mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         from tracking import store
 
         c = store.client()
         runs = c.search_runs([c.get_experiment_by_name("reconstruct").experiment_id])
         assert len(runs) == 1 and len(runs[0].inputs.dataset_inputs) == 16
         assert runs[0].data.metrics["image_mpix"] == pytest.approx(64 * 80 / 1e6)
-    finally:
-        del os.environ["CPIKAN_MLRUNS"]
 
 
 def test_heights_outside_the_range_are_flagged_and_counted(tmp_path):

@@ -143,10 +143,7 @@ def from_coordinates(points: np.ndarray, coords: np.ndarray, tolerance: float) -
     for c in coords:
         if np.any(c < lo) or np.any(c > hi):
             raise SensorError(f"sensors: {tuple(c)} lies outside the domain {tuple(lo + tolerance)}–{tuple(hi - tolerance)}")
-    d = ((points[None, :, :] - coords[:, None, :]) ** 2).sum(-1) if len(points) * len(coords) < 5e7 else None
-    if d is None:
-        return tuple(int(np.argmin(((points - c) ** 2).sum(1))) for c in coords)
-    return tuple(int(i) for i in d.argmin(1))
+    return tuple(int(np.argmin(((points - c) ** 2).sum(1))) for c in coords)  # K ≤ a few dozen
 
 
 def reconstruct(basis: Basis, placement: Placement, readings: np.ndarray) -> np.ndarray:
