@@ -7,7 +7,7 @@ outputs and a divergence term: 6e-4 RMS after 400 LM steps, 60× over seed 003's
 line). It is fitted, in float64, to
 - the K sensors' readings of (u, v, p), with noise (a fraction of each field's range);
 - the steady Navier–Stokes momentum residual u·∇u + ∇p − ∇²u/Re on interior points (third
-  derivatives of ψ by ``torch.func.jacfwd`` over the jet's first), with Re an unknown
+  derivatives of ψ by one ``torch.func.jacfwd`` level over the jet), with Re an unknown
   (trained as log Re);
 - Dirichlet data on the boundary sides that are *kept* (by default the outlet x = x₁ is
   withheld, so the sensors carry what the physics alone cannot);
@@ -109,16 +109,28 @@ class KovasznayInverse(nn.Module):
         return torch.exp(-self.log_re)
 
     def _momentum(self, model: nn.Module, x: Tensor, k: int) -> Tensor:
-        """Component k of u·∇u + ∇p − ν∇²u; derivatives of (u, v, p) by forward mode."""
-        def fields(pt: Tensor) -> Tensor:
-            return model(pt[None])[0]
+        """Component k of u·∇u + ∇p − ν∇²u with (u, v) = (ψ_y, −ψ_x).
 
-        out = model(x)
-        jac = vmap(jacfwd(fields))(x)  # (N, 3, 2)
-        hess = vmap(jacfwd(jacfwd(fields)))(x)  # (N, 3, 2, 2)
-        u, v = out[:, 0], out[:, 1]
-        return (u * jac[:, k, 0] + v * jac[:, k, 1] + jac[:, 2, k]
-                - self.nu() * (hess[:, k, 0, 0] + hess[:, k, 1, 1]))
+        The jet gives ψ, p, their gradients and pure second derivatives in one pass; one
+        forward-mode level over it (``jacfwd``) adds the mixed and third derivatives the
+        momentum needs. The LM Jacobian costs 0.49 s at 740 residuals × 841 parameters, 4.6×
+        less than two ``jacfwd`` levels over (u, v, p) (2.23 s; same values to 1e-12).
+        """
+        net = model.net
+
+        def jet(pt: Tensor) -> Tensor:  # (10,): ψ p | ψ_x p_x ψ_y p_y | ψ_xx p_xx ψ_yy p_yy
+            d = net.derivatives(pt[None])
+            return torch.cat([d.u[0], d.du[0].reshape(-1), d.d2u[0].reshape(-1)])
+
+        j = vmap(jet)(x)  # (N, 10)
+        dj = vmap(jacfwd(jet))(x)  # (N, 10, 2): ∂/∂x, ∂/∂y of every slot
+        psi_x, p_x, psi_y, p_y = j[:, 2], j[:, 3], j[:, 4], j[:, 5]
+        psi_xx, psi_yy, psi_xy = j[:, 6], j[:, 8], dj[:, 4, 0]
+        u, v = psi_y, -psi_x
+        if k == 0:  # u_x = ψ_xy, u_y = ψ_yy, ∇²u = ψ_xxy + ψ_yyy
+            return u * psi_xy + v * psi_yy + p_x - self.nu() * (dj[:, 6, 1] + dj[:, 8, 1])
+        # v_x = −ψ_xx, v_y = −ψ_xy, ∇²v = −(ψ_xxx + ψ_xyy)
+        return -u * psi_xx - v * psi_xy + p_y + self.nu() * (dj[:, 6, 0] + dj[:, 8, 0])
 
     def terms(self) -> dict[str, Term]:
         def field(k: int, source: str) -> Term:
