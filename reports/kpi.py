@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reports.sensors import figures as sensor_figures
 from studies import registry
 from tracking import logs, store
 from tracking.store import TrackingError
@@ -247,6 +248,7 @@ def build(since: dt.timedelta, kpi_file: Path = KPI_FILE) -> tuple[str, list[dic
             figs.append((f"Trend: {kpi.name}", trend_figure(kpi, runs)))
     figs += study_figures(now - since)
     figs += convergence_figures(client)
+    figs += sensor_figures(client)
     return render(rows, figs, now, since), rows
 
 

@@ -37,6 +37,8 @@ JOBS = (
     Job("helmholtz1d", "helmholtz1d", ("Helmholtz 1D", "Training success rate", "Collocation points"),
         ("--trials", "3")),  # three seeds: the success rate
     Job("poisson3d", "poisson3d", ("3D Poisson",), ("--trials", "1")),
+    Job("sensor_placement", "sensor_placement", ("Sparse-sensor",), ("--trials", "12")),
+    Job("flow_inverse", "flow_inverse", ("Flow inverse",), ("--trials", "2")),
 )
 
 

@@ -2,6 +2,7 @@
 and the physics guard failing planted violations by name."""
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -133,6 +134,21 @@ def test_the_guard_fails_each_planted_violation_by_name(check):
     assert check in res.failed, res.summary()
 
 
+def test_boundary_checks_run_on_the_sides_the_model_was_given():
+    def outlet_off(pts):  # exact except near the outlet x = 1, where the boundary data was withheld
+        out = exact_model(pts)
+        x, y = pts[:, 0], pts[:, 1]
+        bump = 0.1 * torch.relu(x - 0.9) * torch.sin(math.pi * (y + 0.5) / 2) ** 2  # 0 on the other sides
+        return out + torch.stack([bump, 0 * bump, 0 * bump], 1)
+
+    kept = FlowCase("kovasznay", re=40.0, n=24, sides="bottom,top,left")
+    assert "dirichlet_error" in check_flow(outlet_off, CASE).failed
+    res = check_flow(outlet_off, kept)
+    assert "dirichlet_error" not in res.failed and "neumann_error" not in res.failed, res.summary()
+    with pytest.raises(SensorError, match="sides: unknown side 'outlet'"):
+        FlowCase("kovasznay", re=40.0, sides="left,outlet")
+
+
 # --------------------------------------------------------------------------- the studies
 def _runs(experiment):
     from tracking import store
@@ -154,6 +170,20 @@ def test_sensor_placement_study_logs_error_guard_and_a_replayable_placement(mlru
 
         path = store.client().download_artifacts(r.info.run_id, "sensors/placement.json")
         assert Placement.from_json(open(path).read()).basis_digest == r.data.tags["basis_digest"]
+    # the weekly report's error-vs-K panel: one point per (method, K), the median of its runs
+    from reports.sensors import error_vs_k, figures
+    from tracking import store
+
+    lines = error_vs_k(store.client(), "studies/sensor_placement", "method")
+    by_key = {}
+    for r in runs:
+        by_key.setdefault((r.data.params["method"], int(r.data.params["k"])), []).append(r.data.metrics["rel_l2"])
+    assert {(m, k) for m, pts in lines.items() for k, _ in pts} == set(by_key)
+    for m, pts in lines.items():
+        assert [k for k, _ in pts] == sorted(k for k, _ in pts)
+        for k, err in pts:
+            assert err == pytest.approx(statistics.median(by_key[(m, k)]))
+    assert [t for t, _ in figures(store.client())][0].startswith("sensor_placement")
 
 
 def test_flow_inverse_study_runs_carry_every_guard_figure(mlruns):

@@ -22,6 +22,7 @@ from cpikan.sensors import flows
 from cpikan.sensors.placement import SensorError
 
 CHECKS = ("momentum_residual", "divergence", "dirichlet_error", "neumann_error", "reconstruction_error", "nonfinite")
+SIDES = ("bottom", "right", "top", "left")
 DEFAULT_THRESHOLDS = Path(__file__).with_name("guard.toml")
 
 
@@ -58,6 +59,15 @@ class FlowCase:
     n: int = 32  # evaluation grid n × n (× n_t times for Taylor–Green)
     t_end: float = 1.0  # Taylor–Green: times in [0, t_end]
     n_t: int = 3
+    # sides whose boundary conditions the model was given; the Dirichlet and Neumann checks
+    # run there only (a withheld side is reconstructed, and reconstruction_error judges it)
+    sides: str = "bottom,right,top,left"
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sides.split(",") if s not in SIDES]
+        if bad or not self.sides:
+            raise SensorError(f"sides: unknown side {bad[0] if bad else ''!r}; allowed: comma-separated "
+                              f"{', '.join(SIDES)}")
 
     @property
     def unsteady(self) -> bool:
@@ -78,13 +88,14 @@ class FlowCase:
         return self._with_times(pts)
 
     def boundary(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
-        """Points on the four sides and their outward normals."""
+        """Points on the checked sides (``sides``) and their outward normals."""
         x0, x1, y0, y1 = self.bounds()
         s = torch.linspace(0, 1, self.n + 1, dtype=dtype)[:-1]
-        sides = [(torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y0)], 1), (0.0, -1.0)),
-                 (torch.stack([torch.full_like(s, x1), y0 + (y1 - y0) * s], 1), (1.0, 0.0)),
-                 (torch.stack([x1 - (x1 - x0) * s, torch.full_like(s, y1)], 1), (0.0, 1.0)),
-                 (torch.stack([torch.full_like(s, x0), y1 - (y1 - y0) * s], 1), (-1.0, 0.0))]
+        every = {"bottom": (torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y0)], 1), (0.0, -1.0)),
+                 "right": (torch.stack([torch.full_like(s, x1), y0 + (y1 - y0) * s], 1), (1.0, 0.0)),
+                 "top": (torch.stack([x1 - (x1 - x0) * s, torch.full_like(s, y1)], 1), (0.0, 1.0)),
+                 "left": (torch.stack([torch.full_like(s, x0), y1 - (y1 - y0) * s], 1), (-1.0, 0.0))}
+        sides = [every[name] for name in self.sides.split(",")]
         pts = torch.cat([p for p, _ in sides])
         normals = torch.cat([torch.tensor(nrm, dtype=dtype).expand(len(p), 2) for p, nrm in sides])
         reps = self.n_t if self.unsteady else 1

@@ -32,11 +32,9 @@ from torch.func import jacfwd, vmap
 from cpikan.config import bounded, choice, validate
 from cpikan.pde.base import Term
 from cpikan.sensors import flows
-from cpikan.sensors.guard import FlowCase, GuardResult, check_flow
+from cpikan.sensors.guard import SIDES, FlowCase, GuardResult, check_flow
 from cpikan.sensors.placement import METHODS, Placement, place, reconstruct
 from cpikan.sensors.pod import pod_basis
-
-SIDES = ("bottom", "right", "top", "left")
 
 
 @dataclass
@@ -63,11 +61,12 @@ class FlowInverseConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        bad = [s for s in self.kept_sides.split(",") if s and s not in SIDES]
+        bad = [s for s in self.kept_sides.split(",") if s not in SIDES]
         if bad:
             from cpikan.config import ConfigError
 
-            raise ConfigError("kept_sides", f"unknown side {bad[0]!r}; allowed: comma-separated {', '.join(SIDES)}")
+            raise ConfigError("kept_sides", f"unknown side {bad[0]!r}; allowed: one or more of "
+                              f"{', '.join(SIDES)}, comma-separated (the physics needs some boundary data)")
 
 
 class DivergenceFree(nn.Module):
@@ -99,8 +98,7 @@ class KovasznayInverse(nn.Module):
                     "right": torch.stack([torch.full_like(s, x1), y0 + (y1 - y0) * s], 1),
                     "top": torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y1)], 1),
                     "left": torch.stack([torch.full_like(s, x0), y0 + (y1 - y0) * s], 1)}
-        kept = [side_pts[k] for k in cfg.kept_sides.split(",") if k]
-        self.boundary = torch.cat(kept) if kept else torch.zeros(0, 2, dtype=torch.float64)
+        self.boundary = torch.cat([side_pts[k] for k in cfg.kept_sides.split(",")])
         u, v, _ = flows.kovasznay(self.boundary[:, 0], self.boundary[:, 1], cfg.re)
         self.boundary_uv = torch.stack([u, v], 1)
         self.sensors, self.readings = sensors, readings
@@ -141,8 +139,7 @@ class KovasznayInverse(nn.Module):
                "mom_y": Term(lambda m, x: self._momentum(m, x, 1), (self.interior,))}
         for k, name in enumerate(("u", "v", "p")):
             out[f"sensor_{name}"] = field(k, "sensor")
-        if len(self.boundary):
-            out["bc_u"], out["bc_v"] = field(0, "bc"), field(1, "bc")
+        out["bc_u"], out["bc_v"] = field(0, "bc"), field(1, "bc")
         return out
 
 
@@ -214,7 +211,7 @@ def solve(cfg: FlowInverseConfig, progress: Any = None) -> tuple[nn.Module, Inve
     with torch.no_grad():
         final = float(loss())
     re = float(problem.log_re.detach().exp())
-    case = FlowCase("kovasznay", re=cfg.re, n=48)
+    case = FlowCase("kovasznay", re=cfg.re, n=48, sides=cfg.kept_sides)
     guard = check_flow(model, case)
     grid = case.interior()
     with torch.no_grad():
