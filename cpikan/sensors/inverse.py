@@ -55,7 +55,7 @@ class FlowInverseConfig:
     n_boundary: int = bounded(32, ge=2)  # points per kept side
     adam_steps: int = bounded(0, ge=0)
     lr: float = bounded(5e-3, gt=0)
-    lm_steps: int = bounded(100, ge=0)
+    lm_steps: int = bounded(300, ge=0)
     physics_weight: float = bounded(1000.0, gt=0)  # on the PDE and boundary terms; sensors weigh 1
     seed: int = bounded(0, ge=0)
 
