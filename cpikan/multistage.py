@@ -30,10 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from cpikan import diff
-from cpikan.config import bounded, canonical_json, validate
-from cpikan.experiment import ModelConfig, PINNConfig, build, build_model
+from cpikan.config import bounded, canonical_json, choice, validate
+from cpikan.experiment import PINNConfig, build, build_model
 from cpikan.pde import Collocation, Problem
 from cpikan.train import Callback, Trainer, TrainResult
+from cpikan.train.lm import SOLVERS as LM_SOLVERS
 
 
 @dataclass
@@ -46,6 +47,7 @@ class MultiStageConfig:
     sigma: float = bounded(0.0, ge=0)  # Fourier σ (cycles per unit of x̂ ∈ [-1, 1]); 0: from the spectrum
     adam_steps: int = bounded(0, ge=0)  # stages ≥ 2
     lm_steps: int = bounded(300, ge=0)  # stages ≥ 2
+    lm_solver: str = choice("svd", LM_SOLVERS)  # stages ≥ 2 (and stage 1's finish: see train_multistage)
     points_factor: float = bounded(1.0, gt=0)  # interior points of stage k: base × factor^(k−1)
     tol: float = bounded(1e-13, ge=0)  # stop when the residual RMS falls below
     min_gain: float = bounded(1.5, ge=1)  # stop when a stage lowers it by less than this factor
@@ -164,7 +166,8 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
     for k in range(1, cfg.stages + 1):
         t0 = time.perf_counter()
         train_cfg = cfg.base.train if k == 1 else replace(
-            cfg.base.train, adam_steps=cfg.adam_steps, lbfgs_steps=0, lm_steps=cfg.lm_steps, seed=cfg.base.train.seed + k - 1)
+            cfg.base.train, adam_steps=cfg.adam_steps, lbfgs_steps=0, lm_steps=cfg.lm_steps, lm_solver=cfg.lm_solver,
+            seed=cfg.base.train.seed + k - 1)
         freq, power = residual_spectrum(pde_residual_on(problem, model, grid), problem.dim, n) if k > 1 else (
             np.zeros(0), np.zeros(0))
         f_dom = dominant_frequency(freq, power) if k > 1 else 0.0

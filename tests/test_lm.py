@@ -101,3 +101,26 @@ def test_lm_refuses_what_it_cannot_do():
     problem, model = build(big)
     with pytest.raises(ValueError, match=r"lm_steps: .*dense .* allowed up to 20000 parameters"):
         Trainer(model, problem, big.train)
+
+
+def test_the_svd_solver_keeps_the_precision_the_normal_equations_lose():
+    """Least squares with cond(J) = 1e12: JᵀJ (cond 1e24) stops the Cholesky path near 1e-10
+    relative residual (measured 1.4e-10); the SVD path reaches rounding (1.3e-16). Both agree
+    on a well-conditioned J."""
+    def fit(cond: float, solver: str) -> float:
+        gen = torch.Generator().manual_seed(0)
+        n, p = 60, 8
+        U, _ = torch.linalg.qr(torch.randn(n, p, generator=gen, dtype=torch.float64))
+        V, _ = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=torch.float64))
+        A = U @ torch.diag(torch.logspace(0, -math.log10(cond), p, dtype=torch.float64)) @ V.T
+        b = A @ torch.randn(p, dtype=torch.float64, generator=gen)
+        w = torch.zeros(p, dtype=torch.float64, requires_grad=True)
+        opt = LevenbergMarquardt([w], damping=1e-3, solver=solver)
+        for _ in range(60):
+            opt.step(lambda: ((A @ w - b).detach(), A), lambda: float((A @ w - b).square().sum()))
+        return float((A @ w.detach() - b).norm() / b.norm())
+
+    assert fit(1e3, "svd") < 1e-14 and fit(1e3, "cholesky") < 1e-14
+    assert fit(1e12, "cholesky") > 1e-12 and fit(1e12, "svd") < 1e-14
+    with pytest.raises(ValueError, match="lm_solver: unknown 'qr'"):
+        LevenbergMarquardt([torch.zeros(1, requires_grad=True)], solver="qr")

@@ -8,10 +8,10 @@ conditioning.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cpikan.diff import Derivatives
-from cpikan.pde.base import Problem
+from cpikan.pde.base import Collocation, DerivFn, Problem, Term
 
 
 class Regression1D(Problem):
@@ -30,3 +30,10 @@ class Regression1D(Problem):
 
     def residual(self, d: Derivatives, x: Tensor) -> Tensor:
         return d.u[:, 0] - self.exact(x)
+
+    def terms(self, batch: Collocation, deriv_fn: DerivFn | None = None) -> dict[str, Term]:
+        """Values only: no derivative enters the residual, so no jet is carried."""
+        def pde(model: nn.Module, x: Tensor) -> Tensor:
+            return model(x)[:, 0] - self.exact(x)
+
+        return {"pde": Term(pde, (batch.interior,))}

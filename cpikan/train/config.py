@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from cpikan.config import ConfigError, bounded, canonical_json, choice, validate
 from cpikan.losses import BALANCERS
+from cpikan.train.lm import SOLVERS as LM_SOLVERS
 
 SCHEDULERS = ("none", "exponential", "cosine", "plateau", "multistep")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -39,6 +40,7 @@ class TrainConfig:
     #: Levenberg–Marquardt iterations after L-BFGS (small models: J is N × P, see cpikan.train.lm)
     lm_steps: int = bounded(0, ge=0)
     lm_damping: float = bounded(1e-3, gt=0)
+    lm_solver: str = choice("cholesky", LM_SOLVERS)  # svd: no JᵀJ (ill-conditioned J, float64 precision)
     clip_grad_norm: float | None = bounded(None, gt=0, optional=True)
     early_stop_patience: int = bounded(0, ge=0)
     early_stop_min_delta: float = bounded(0.0, ge=0)

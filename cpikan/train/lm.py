@@ -28,6 +28,10 @@ from cpikan.pde.base import Term
 
 #: J and JᵀJ are dense: beyond this many parameters use L-BFGS
 MAX_PARAMETERS = 20_000
+#: cholesky: the normal equations (fast; JᵀJ squares J's condition number: at cond(J) = 1e12
+#: they stop at 1e-10 relative residual where the SVD reaches 1e-16, tests/test_lm.py);
+#: svd: one SVD of the scaled J per step, every damping tried from it (multi-stage training)
+SOLVERS = ("cholesky", "svd")
 
 
 class _Joint(nn.Module):
@@ -96,11 +100,15 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     ν) live in ``param_groups``: they checkpoint with ``state_dict``.
     """
 
-    def __init__(self, params: Iterable[Tensor], damping: float = 1e-3, max_tries: int = 30) -> None:
+    def __init__(self, params: Iterable[Tensor], damping: float = 1e-3, max_tries: int = 30,
+                 solver: str = "cholesky") -> None:
         if not damping > 0:
             raise ValueError(f"lm_damping: must be > 0, got {damping}")
+        if solver not in SOLVERS:
+            raise ValueError(f"lm_solver: unknown {solver!r}; allowed: {', '.join(SOLVERS)}")
         super().__init__(params, {"damping": float(damping), "nu": 2.0})
         self.max_tries = max_tries
+        self.solver = solver
 
     def _params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -122,15 +130,16 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         grad_norm = 2.0 * float(torch.linalg.vector_norm(g))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return LMStep(loss, grad_norm, False)
-        A = J.T @ J
-        diag = A.diagonal().clamp_min(1e-12 * float(A.diagonal().max()) + 1e-300)
+        diag = J.square().sum(0)
+        diag = diag.clamp_min(1e-12 * float(diag.max()) + 1e-300)
         mu, nu = group["damping"], group["nu"]
         base = [p.detach().clone() for p in self._params()]
+        solve = self._svd_solver(J, r, diag) if self.solver == "svd" else self._cholesky_solver(J, g, diag)
         for _ in range(self.max_tries):
-            chol, info = torch.linalg.cholesky_ex(A + torch.diag(mu * diag))
-            if int(info) == 0:
-                delta = -torch.cholesky_solve(g[:, None], chol)[:, 0]
-                predicted = float(-(2.0 * g @ delta + delta @ (A @ delta)))
+            delta = solve(mu)
+            if delta is not None:
+                jd = J @ delta
+                predicted = float(-(2.0 * r @ jd + jd @ jd))
                 self._set(base, delta)
                 new = loss_now()
                 if math.isfinite(new) and new < loss:
@@ -144,5 +153,25 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         group["damping"], group["nu"] = min(mu, 1e30), 2.0
         return LMStep(loss, grad_norm, False)
 
+    @staticmethod
+    def _cholesky_solver(J: Tensor, g: Tensor, diag: Tensor) -> Callable[[float], Tensor | None]:
+        A = J.T @ J
 
-__all__ = ["MAX_PARAMETERS", "LMStep", "LevenbergMarquardt", "ResidualJacobian"]
+        def solve(mu: float) -> Tensor | None:
+            chol, info = torch.linalg.cholesky_ex(A + torch.diag(mu * diag))
+            return None if int(info) else -torch.cholesky_solve(g[:, None], chol)[:, 0]
+        return solve
+
+    @staticmethod
+    def _svd_solver(J: Tensor, r: Tensor, diag: Tensor) -> Callable[[float], Tensor | None]:
+        """(JᵀJ + μD)δ = −Jᵀr through J·D^{-1/2} = U S Vᵀ: δ = −D^{-1/2} V (S/(S² + μ)) Uᵀr."""
+        root = diag.sqrt()
+        U, S, Vh = torch.linalg.svd(J / root, full_matrices=False)
+        ur = U.T @ r
+
+        def solve(mu: float) -> Tensor | None:
+            return -(Vh.T @ (S / (S * S + mu) * ur)) / root
+        return solve
+
+
+__all__ = ["MAX_PARAMETERS", "SOLVERS", "LMStep", "LevenbergMarquardt", "ResidualJacobian"]

@@ -177,7 +177,7 @@ class Trainer(Checkpointing):
         if phase == "lbfgs":
             return self._make_lbfgs(self.cfg.lbfgs_lr)
         if phase == "lm":
-            return LevenbergMarquardt(self.params, self.cfg.lm_damping)
+            return LevenbergMarquardt(self.params, self.cfg.lm_damping, solver=self.cfg.lm_solver)
         return torch.optim.Adam(self.params, lr=self.cfg.lr)
 
     def _finite(self, loss: float) -> bool:
