@@ -35,6 +35,7 @@ CATALOG: dict[str, Entry] = {
     "poisson3d": Entry("studies.pde", "PDE benchmark: 3-D Poisson on the unit cube"),
     "reaction_diffusion_inverse": Entry("studies.pde", "PDE benchmark: recover D and κ from 200 noisy samples"),
     "sensor_placement": Entry("studies.sensors", "K sensors by QR pivoting vs random vs uniform (vs SSPOR): linear POD estimate's error vs K and noise"),
+    "multistage_search": Entry("studies.multistage", "multi-stage training: stages × width/degree × Fourier σ rule × point growth on helmholtz1d (Pareto: error, seconds)"),
     "flow_inverse": Entry("studies.sensors", "Kovasznay flow and its Re from K sensors + Navier–Stokes (Scaled-cPIKAN, LM), physics guard per run"),
 }
 

@@ -65,3 +65,24 @@ def test_a_multistage_config_round_trips_and_its_run_replays_exactly():
     model_b, _, b = train_multistage(again)
     assert [s.rel_l2 for s in a] == [s.rel_l2 for s in b] and len(a) == 2
     assert all(torch.equal(x, y) for x, y in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+
+
+def test_multistage_search_logs_every_stage_and_its_figures(mlruns):
+    from studies.multistage import SMOKE
+    from studies.run import main
+    from tracking import store
+
+    sets = [f"base.problem={SMOKE.base.problem}", "base.problem_kwargs={\"n_interior\": 200}",
+            "base.model.hidden=[8]", "base.train.lm_steps=20", "lm_steps=10", "min_gain=1.0"]
+    assert main(["multistage_search", "--trials", "1", "--sampler", "random", "--set", "stages=2",
+                 *sum([["--set", s] for s in sets], [])]) == 0
+    client = store.client()
+    exp = client.get_experiment_by_name("studies/multistage_search")
+    (run,) = [r for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+              if "rel_l2" in r.data.metrics]
+    stages = int(run.data.metrics["stages_used"])
+    history = client.get_metric_history(run.info.run_id, "stage_rel_l2")
+    assert [m.step for m in history] == list(range(1, stages + 1))
+    assert history[-1].value == run.data.metrics["rel_l2"]
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"figures/residual_spectra.html", "figures/residual_tracker.html"} <= files
