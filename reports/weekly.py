@@ -39,6 +39,7 @@ JOBS = (
     Job("poisson3d", "poisson3d", ("3D Poisson",), ("--trials", "1")),
     Job("sensor_placement", "sensor_placement", ("Sparse-sensor",), ("--trials", "12")),
     Job("flow_inverse", "flow_inverse", ("Flow inverse",), ("--trials", "2")),
+    Job("multistage", "multistage_search", ("Multi-stage",), ("--trials", "3")),
 )
 
 
