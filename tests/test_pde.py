@@ -9,7 +9,7 @@ from cpikan import diff, sampling
 from cpikan.pde import PROBLEMS, make_problem
 
 
-@pytest.mark.parametrize("name", sorted(PROBLEMS))
+@pytest.mark.parametrize("name", sorted(set(PROBLEMS) - {"allen_cahn"}))  # numerical reference: below
 def test_exact_solution_has_zero_residual(name):
     problem = make_problem(name)
     gen = torch.Generator().manual_seed(0)
@@ -23,7 +23,7 @@ def test_exact_solution_has_zero_residual(name):
     assert r.abs().max() < 1e-9
 
 
-@pytest.mark.parametrize("name", sorted(PROBLEMS))
+@pytest.mark.parametrize("name", sorted(set(PROBLEMS) - {"allen_cahn"}))  # periodic: pairs of ends
 def test_conditions_lie_on_the_domain_faces(name):
     problem = make_problem(name)
     batch = problem.sample(torch.Generator().manual_seed(1))
@@ -79,3 +79,26 @@ def test_rar_d_prefers_large_residuals():
     w = sampling.rar_d_weights(torch.tensor([1.0, 3.0]), k=1, c=1.0)
     # density ∝ r/mean(r) + c = [0.5 + 1, 1.5 + 1]
     assert torch.allclose(w, torch.tensor([1.5, 2.5], dtype=torch.float64) / 4.0)
+
+
+def test_allen_cahn_reference_converges_and_interpolates():
+    import numpy as np
+
+    from cpikan.pde.allen_cahn import AllenCahn, etdrk4
+
+    u = {n: etdrk4(n, 2e-4, n_times=1001)[2] for n in (256, 512, 1024)}
+
+    def rel(n):
+        return np.linalg.norm(u[n] - u[2 * n][:, ::2]) / np.linalg.norm(u[2 * n])
+
+    assert rel(512) < 1.5e-5 and rel(512) < rel(256) / 3  # measured 3.0e-5 → 8.3e-6 (the C⁰ initial kink)
+    problem = AllenCahn(modes=512, dt=2e-4)
+    x, times = etdrk4(512, 2e-4, n_times=2)[0], np.linspace(0, 1, 1001)
+    nodes = [(i, j) for i in (0, 200, 1000) for j in (0, 77, 400)]  # on the stored 201 times
+    pts = torch.tensor([[x[j], times[i]] for i, j in nodes], dtype=torch.float64)
+    assert (problem.exact(pts) - torch.tensor([u[512][i, j] for i, j in nodes])).abs().max() < 1e-12
+    between = [(i, j) for i in range(3, 1000, 50) for j in range(5, 512, 51)]
+    pts = torch.tensor([[x[j], times[i]] for i, j in between], dtype=torch.float64)
+    assert (problem.exact(pts) - torch.tensor([u[512][i, j] for i, j in between])).abs().max() < 1e-7
+    batch = problem.sample(torch.Generator().manual_seed(0))
+    assert set(problem.terms(batch)) == {"pde", "ic", "periodic", "periodic_dx"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cpikan.pde.allen_cahn import AllenCahn
 from cpikan.pde.base import Collocation, Problem, Term
 from cpikan.pde.diffusion import Diffusion, ReactionDiffusion, ReactionDiffusionInverse
 from cpikan.pde.helmholtz import Helmholtz1D, Helmholtz2D
@@ -11,7 +12,7 @@ from cpikan.pde.regression import Regression1D
 PROBLEMS: dict[str, type[Problem]] = {
     cls.name: cls
     for cls in (Helmholtz1D, Helmholtz2D, Diffusion, Poisson3D, ReactionDiffusion,
-                ReactionDiffusionInverse, Regression1D)
+                ReactionDiffusionInverse, Regression1D, AllenCahn)
 }
 
 
