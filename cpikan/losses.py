@@ -1,4 +1,4 @@
-"""PINN loss assembly and balancing strategies: ``fixed``, ``gradnorm``, ``lra``.
+"""PINN loss assembly and balancing strategies: ``fixed``, ``gradnorm``, ``lra``, ``config``.
 
 Each strategy keeps one weight per loss term (``pde``, ``bc``, ``ic``, ``data``) and
 combines the terms into the scalar the optimiser sees. The adaptive ones look at real
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-BALANCERS = ("fixed", "gradnorm", "lra")
+BALANCERS = ("fixed", "gradnorm", "lra", "config")
 
 
 def _flat_grad(term: Tensor, params: Sequence[Tensor]) -> Tensor:
@@ -118,6 +118,32 @@ class GradNorm(Balancer):
         self.total = state.get("total")  # type: ignore[assignment]
 
 
+class ConFIG(Balancer):
+    """Conflict-free gradient combination (Liu, Chu & Thuerey, ICLR 2025), as per-step weights.
+
+    With unit term gradients ĝ_i, ConFIG's direction is g_u = v/‖v‖ for the v with ĝ_iᵀv = 1
+    for every i (the minimum-norm one, v = (Ĝᵀ)⁺1), scaled by Σ_i g_iᵀg_u: every term
+    decreases at first order, by equal projections. The minimum-norm v lies in the span of
+    the ĝ_i, v = Σ c_i ĝ_i with c = (ĜᵀĜ)⁺1, so the update is Σ_i w_i g_i with
+    w_i = (Σ_j g_jᵀg_u)·c_i / (‖v‖·‖g_i‖): weights on the terms, recomputed every step, and
+    the optimiser (Adam's moments included) sees exactly ConFIG's gradient.
+    """
+
+    def maybe_update(self, step: int, terms: Mapping[str, Tensor], params: Sequence[Tensor]) -> None:
+        self.update(terms, params)  # every step: the weights are the direction
+
+    def update(self, terms: Mapping[str, Tensor], params: Sequence[Tensor]) -> None:
+        names = list(terms)
+        G = torch.stack([_flat_grad(terms[k], params) for k in names], 1).double()  # (P, m)
+        norms = G.norm(dim=0).clamp_min(1e-300)
+        unit = G / norms
+        c = torch.linalg.pinv(unit.T @ unit) @ torch.ones(len(names), dtype=G.dtype)
+        v = unit @ c
+        scale = float((G.T @ (v / v.norm().clamp_min(1e-300))).sum())
+        w = scale * c / (v.norm().clamp_min(1e-300) * norms)
+        self.weights.update({k: float(x) for k, x in zip(names, w)})
+
+
 def make_balancer(name: str, weights: Mapping[str, float] | None = None, every: int = 10) -> Balancer:
     if name == "fixed":
         return Balancer(weights, every)
@@ -125,4 +151,6 @@ def make_balancer(name: str, weights: Mapping[str, float] | None = None, every: 
         return LRA(weights, every)
     if name == "gradnorm":
         return GradNorm(weights, every)
+    if name == "config":
+        return ConFIG(weights, every)
     raise ValueError(f"balancing: unknown {name!r}; allowed: {', '.join(BALANCERS)}")

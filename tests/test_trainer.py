@@ -183,7 +183,7 @@ def test_orthogonal_init_rows_are_orthonormal():
     assert torch.allclose(w @ w.T, torch.eye(w.shape[0], dtype=w.dtype), atol=1e-10)
 
 
-@pytest.mark.parametrize("balancing", ["fixed", "gradnorm", "lra"])
+@pytest.mark.parametrize("balancing", ["fixed", "gradnorm", "lra", "config"])
 def test_balancing_strategies(balancing):
     hist = History()
     run_pinn(tiny_config(adam_steps=25, lr=1e-2, balancing=balancing, balance_every=5,
@@ -285,3 +285,27 @@ def test_lbfgs_lands_on_scheduled_steps_and_resamples():
     assert [s for s, _ in hist.evals] == [10, 20, 30, 40, 43]  # the last: fit's final evaluation
     assert not torch.equal(before, trainer.batch.interior)
     assert trainer.batch.interior.shape == before.shape
+
+
+def test_config_update_decreases_every_term_by_equal_projections():
+    """ConFIG's combined gradient has the same, positive, projection on every term's unit
+    gradient, including when the raw terms conflict (the plain sum would raise one)."""
+    from cpikan.losses import ConFIG, _flat_grad
+
+    cfg = tiny_config(adam_steps=0)
+    problem, model = build(cfg)
+    batch = problem.sample(torch.Generator().manual_seed(0)).to(torch.float64)
+    params = list(model.parameters())
+    terms = problem.loss_terms(model, batch)
+    grads = {k: _flat_grad(v, params) for k, v in terms.items()}
+    # a planted conflict: a term whose gradient opposes the sum of the others (plus a part of
+    # its own, so the gradients stay independent: with P ≫ terms they generically are)
+    others = sum(grads.values())
+    terms["anti"] = -0.5 * sum(terms.values()) + 1e-3 * sum(p.square().sum() for p in params)
+    grads["anti"] = _flat_grad(terms["anti"], params)
+    assert float(grads["anti"] @ others) < 0
+    bal = ConFIG()
+    bal.maybe_update(0, terms, params)
+    g = sum(bal.weight(k) * grads[k] for k in terms)
+    proj = torch.stack([g @ grads[k] / grads[k].norm() for k in terms])
+    assert (proj > 0).all() and torch.allclose(proj, proj.mean().expand_as(proj), rtol=1e-6)
