@@ -1,6 +1,6 @@
 """Accuracy of Scaled-cPIKAN on a PDE benchmark (docs/domain.md §2), against its target.
 
-    .venv/bin/python bench/pde_accuracy.py PROBLEM [--threads 2] [--seed 0[,1,...]] [--budget preset]
+    .venv/bin/python bench/pde_accuracy.py PROBLEM [--threads 2] [--seeds 0-19 | --seed 0,1,2] [--budget preset]
 
 PROBLEM is one of: helmholtz1d, helmholtz2d, diffusion, poisson3d, reaction_diffusion,
 reaction_diffusion_inverse. Prints the settings, the relative L2 error on the problem's
@@ -8,8 +8,11 @@ fixed evaluation grid and the wall seconds (for ``diffusion`` also the MLP basel
 [2, 19, 19, 1] trained under the same budget; for the inverse problem the errors of D and
 κ). ``--budget published`` trains with the published code's own budget instead of the
 preset's (Adam, lr 1e-3, 10 000 full-batch epochs, no L-BFGS). The last line holds the
-figures as key=value pairs (with several seeds, ``--seed 0,1,2``: the median of each figure
-over the seeds, and the worst error); exits 1 when any seed misses a target.
+figures as key=value pairs; with several seeds (``--seeds 0-19``) the median of each
+figure, the worst error and ``success_rate`` (the share of seeds at or under the target).
+Exits 1 when the success rate is under 95 % (issue 16; a single seed must meet it). For
+diffusion the MLP baseline's ratio is reported, not asserted: the old "≥ 10× below the MLP"
+criterion was retired (1.1–69× over five seeds once both get the same optimiser).
 """
 
 from __future__ import annotations
@@ -58,10 +61,16 @@ def train(cfg: PINNConfig, label: str) -> tuple[dict[str, float], float, int]:
 
 
 def seed_list(text: str) -> list[int]:
+    """``0``, ``0,1,2`` or a range ``0-19``."""
     try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-"))
+            if hi < lo:
+                raise ValueError
+            return list(range(lo, hi + 1))
         return [int(s) for s in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a seed or comma-separated seeds (0 or 0,1,2), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"seeds: one (0), a list (0,1,2) or a range (0-19), got {text!r}") from None
 
 
 def run_seed(cfg: PINNConfig, problem: str, seed: int) -> tuple[dict[str, float], bool]:
@@ -80,7 +89,6 @@ def run_seed(cfg: PINNConfig, problem: str, seed: int) -> tuple[dict[str, float]
         print(f"seed {seed}: MLP baseline   params={m_params}  rel_l2={m_metrics['rel_l2']:.3e}  "
               f"seconds={m_seconds:.1f}  (MLP error / cPIKAN error = {ratio:.1f})")
         row.update(mlp_rel_l2=m_metrics["rel_l2"], mlp_seconds=m_seconds, mlp_over_cpikan=ratio)
-        ok &= ratio >= 10
     if problem == "reaction_diffusion_inverse":
         print(f"seed {seed}: D={metrics['D']:.5f} (true 0.1, rel err {metrics['D_rel_err']:.2%})  "
               f"kappa={metrics['kappa']:.5f} (true 0.5, rel err {metrics['kappa_rel_err']:.2%})")
@@ -93,7 +101,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("problem", choices=sorted(PRESETS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=seed_list, default=[0], help="a seed, or seeds as 0,1,2")
+    ap.add_argument("--seed", "--seeds", dest="seed", type=seed_list, default=[0],
+                    help="a seed, seeds as 0,1,2, or a range 0-19")
     ap.add_argument("--budget", choices=("preset", "published"), default="preset")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,17 +111,19 @@ def main() -> int:
         cfg = replace(cfg, train=replace(cfg.train, **PUBLISHED_BUDGET))
     print("settings:", json.dumps(asdict(cfg), sort_keys=True), "seeds:", args.seed)
     rows, oks = zip(*(run_seed(cfg, args.problem, s) for s in args.seed))
-    # several seeds: the median of each figure; ok only when every seed met every target
+    # several seeds: the median of each figure, and the share of seeds that met the target
     figures = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     shown = {k: (f"{v:.0f}" if k in ("seconds", "mlp_seconds", "params") else
                  f"{v:.1f}" if k == "mlp_over_cpikan" else f"{v:.3e}") for k, v in figures.items()}
     if len(rows) > 1:
         shown["seeds"] = len(rows)
         shown["worst_rel_l2"] = f"{max(r['rel_l2'] for r in rows):.3e}"
+    rate = sum(oks) / len(oks)
+    shown["success_rate"] = f"{rate:.2f}"
     shown["budget"] = args.budget
-    shown["ok"] = int(all(oks))
+    shown["ok"] = int(rate >= 0.95)
     print(" ".join(f"{k}={v}" for k, v in shown.items()))
-    return 0 if all(oks) else 1
+    return 0 if rate >= 0.95 else 1
 
 
 if __name__ == "__main__":
