@@ -12,10 +12,13 @@ residual and divergence are within the guard's red lines (seed 003's precision).
     .venv/bin/python bench/flow_inverse.py [--seeds 5] [--set lm_steps=150 ...]
 
 Taylor–Green (unsteady) is not built yet: the inverse solver handles steady flows only.
-Measured (seed 0, QR, defaults, 1 thread): rel_l2 3.1e-3, Re 39.71 (0.7 %), divergence
-7e-16, but the momentum residual 4.6e-3 RMS on the evaluation grid (red line 1e-3); with
-physics_weight=1e4 and n_interior=24 after 400 LM steps: rel_l2 3.3e-3, Re 0.88 %, residual
-4.1e-3. The residual bar is not met yet: the 840-parameter network is still descending.
+Measured (seed 0, QR, 300 LM steps, 1 thread), by interior points per side:
+  n_interior=16: rel_l2 3.1e-3, Re 39.71 (0.7 %), momentum residual 4.6e-3 RMS, 464 s
+  n_interior=32 (default): rel_l2 2.9e-3, Re 39.86 (0.35 %), residual 1.6e-3, 484 s
+divergence 1e-15 throughout. The residual is measured on the 48² evaluation grid, between
+the collocation points: more points bring it down (the 841-parameter network overfits 256),
+but not yet under seed 003's 1e-3; the kept-side Dirichlet error 1.4e-4 (red 1e-4) and the
+boundary normal-gradient error 6e-2 (red 1e-3) fail too.
 """
 
 from __future__ import annotations

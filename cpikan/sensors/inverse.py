@@ -51,7 +51,7 @@ class FlowInverseConfig:
     width: int = bounded(10, ge=1)
     depth: int = bounded(2, ge=1, le=6)
     degree: int = bounded(5, ge=1, le=16)
-    n_interior: int = bounded(16, ge=4)  # interior points per side (a jittered n × n grid)
+    n_interior: int = bounded(32, ge=4)  # interior points per side (a jittered n × n grid)
     n_boundary: int = bounded(32, ge=2)  # points per kept side
     adam_steps: int = bounded(0, ge=0)
     lr: float = bounded(5e-3, gt=0)
