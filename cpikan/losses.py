@@ -44,6 +44,9 @@ class Balancer:
     def update(self, terms: Mapping[str, Tensor], params: Sequence[Tensor]) -> None:
         """Fixed weights do not change."""
 
+    def freeze(self) -> None:
+        """Called when Adam ends: L-BFGS and LM minimise the sum with the weights as they are."""
+
     def state_dict(self) -> dict[str, object]:
         return {"weights": dict(self.weights)}
 
@@ -126,11 +129,21 @@ class ConFIG(Balancer):
     decreases at first order, by equal projections. The minimum-norm v lies in the span of
     the ĝ_i, v = Σ c_i ĝ_i with c = (ĜᵀĜ)⁺1, so the update is Σ_i w_i g_i with
     w_i = (Σ_j g_jᵀg_u)·c_i / (‖v‖·‖g_i‖): weights on the terms, recomputed every step, and
-    the optimiser (Adam's moments included) sees exactly ConFIG's gradient.
+    the optimiser (Adam's moments included) sees exactly ConFIG's gradient. Adam only:
+    L-BFGS and LM after it minimise the sum with the configured weights (:meth:`freeze`).
     """
+
+    def __init__(self, weights: Mapping[str, float] | None = None, every: int = 10) -> None:
+        super().__init__(weights, every)
+        self.configured = dict(self.weights)
 
     def maybe_update(self, step: int, terms: Mapping[str, Tensor], params: Sequence[Tensor]) -> None:
         self.update(terms, params)  # every step: the weights are the direction
+
+    def freeze(self) -> None:
+        """A direction is not an objective (its weights may be negative): L-BFGS and LM get the
+        configured loss weights back."""
+        self.weights = dict(self.configured)
 
     def update(self, terms: Mapping[str, Tensor], params: Sequence[Tensor]) -> None:
         names = list(terms)

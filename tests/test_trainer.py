@@ -309,3 +309,13 @@ def test_config_update_decreases_every_term_by_equal_projections():
     g = sum(bal.weight(k) * grads[k] for k in terms)
     proj = torch.stack([g @ grads[k] / grads[k].norm() for k in terms])
     assert (proj > 0).all() and torch.allclose(proj, proj.mean().expand_as(proj), rtol=1e-6)
+
+
+def test_config_hands_lbfgs_and_lm_the_configured_weights():
+    hist = History()
+    weights = {"pde": 1.0, "bc": 2.0, "ic": 1.0}
+    result, _, _ = run_pinn(tiny_config(adam_steps=10, lr=1e-2, lm_steps=3, balancing="config",
+                                        loss_weights=weights), [hist])
+    adam, lm = hist.steps[5][1], hist.steps[-1][1]
+    assert any(abs(adam[f"weight_{k}"] - w) > 1e-9 for k, w in weights.items())  # a direction while Adam ran
+    assert {k: lm[f"weight_{k}"] for k in weights} == weights and math.isfinite(result.loss)

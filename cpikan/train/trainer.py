@@ -167,6 +167,7 @@ class Trainer(Checkpointing):
             if name == "done" or steps:
                 self.phase = name
                 if name != "done":
+                    self.balancer.freeze()
                     self.end[name] = self.step + steps
                     self.opt = self._make_optimizer(name)
                     self.best, self.wait = math.inf, 0
