@@ -113,15 +113,15 @@ def _two_workers(tmp_path, monkeypatch, storage_args, storage=None):
     # trials of a few seconds: the parent works from the start, and with instant trials it
     # could finish all 8 before the spawned worker has imported torch
     longer = [*TINY, "--set", "train.adam_steps=600"]
-    out = _study(tmp_path, "helmholtz1d", "--trials", "8", "--workers", "2", *storage_args, *longer)
+    out = _study(tmp_path, "helmholtz1d", "--trials", "4", "--workers", "2", *storage_args, *longer)
     assert out.returncode == 0, out.stderr
     trials = _trials(tmp_path, "helmholtz1d", storage)
-    assert sorted(t.number for t in trials) == list(range(8))
+    assert sorted(t.number for t in trials) == list(range(4))
     assert all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["worker.pid"] for t in trials}) == 2  # both workers took trials
     _, runs = _runs(tmp_path, monkeypatch)
     nested = [r for r in runs if "optuna.trial_number" in r.data.tags]
-    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(8))
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(4))
 
 
 @pytest.mark.postgres
