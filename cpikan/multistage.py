@@ -47,7 +47,7 @@ class MultiStageConfig:
     sigma: float = bounded(0.0, ge=0)  # Fourier σ (cycles per unit of x̂ ∈ [-1, 1]); 0: from the spectrum
     adam_steps: int = bounded(0, ge=0)  # stages ≥ 2
     lm_steps: int = bounded(300, ge=0)  # stages ≥ 2
-    lm_solver: str = choice("svd", LM_SOLVERS)  # stages ≥ 2 (and stage 1's finish: see train_multistage)
+    lm_solver: str = choice("svd", LM_SOLVERS)  # stages ≥ 2 (stage 1: base.train.lm_solver)
     points_factor: float = bounded(1.0, gt=0)  # interior points of stage k: base × factor^(k−1)
     tol: float = bounded(1e-13, ge=0)  # stop when the residual RMS falls below
     min_gain: float = bounded(1.5, ge=1)  # stop when a stage lowers it by less than this factor
@@ -168,11 +168,10 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
         train_cfg = cfg.base.train if k == 1 else replace(
             cfg.base.train, adam_steps=cfg.adam_steps, lbfgs_steps=0, lm_steps=cfg.lm_steps, lm_solver=cfg.lm_solver,
             seed=cfg.base.train.seed + k - 1)
-        freq, power = residual_spectrum(pde_residual_on(problem, model, grid), problem.dim, n) if k > 1 else (
-            np.zeros(0), np.zeros(0))
-        f_dom = dominant_frequency(freq, power) if k > 1 else 0.0
-        sigma = 0.0
+        freq, power, f_dom, sigma, scale = np.zeros(0), np.zeros(0), 0.0, 0.0, 1.0
         if k > 1:
+            freq, power = residual_spectrum(pde_residual_on(problem, model, grid), problem.dim, n)
+            f_dom = dominant_frequency(freq, power)
             probe = problem.sample(torch.Generator().manual_seed(10_000 + k)).to(torch.float64)
             scale = residual_rms(problem, model, probe)
             if scale <= cfg.tol:
@@ -183,8 +182,6 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
                            fourier_features=cfg.fourier_features, fourier_sigma=sigma or 1.0)
             problem.n_interior = max(1, round(problem.n_interior * cfg.points_factor))
             model.add(build_model(mcfg, problem, train_cfg.seed), scale)
-        else:
-            scale = 1.0
         trainer = Trainer(model, problem, train_cfg, callbacks)
         res: TrainResult = trainer.fit()
         probe = problem.sample(torch.Generator().manual_seed(20_000 + k)).to(torch.float64)

@@ -13,10 +13,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from cpikan.experiment import ModelConfig, PINNConfig
 from cpikan.multistage import MultiStageConfig, StageResult, train_multistage
 from cpikan.presets import PRESETS
-from cpikan.train import TrainConfig
 from studies.registry import Study, register
 
 
@@ -35,7 +33,7 @@ def run(cfg: MultiStageConfig, ctx: Any) -> dict[str, float]:
                          "stage_frequency": s.frequency, "stage_seconds": s.seconds}, step=s.stage)
 
     t0 = time.perf_counter()
-    _, _, _ = train_multistage(cfg, on_stage=on_stage)
+    train_multistage(cfg, on_stage=on_stage)
     seconds = time.perf_counter() - t0
     last = stages[-1]
     results = {"rel_l2": last.rel_l2, "rel_l2_single_stage": stages[0].rel_l2, "residual": last.residual_rms,
@@ -77,11 +75,6 @@ def space(trial: Any, base: MultiStageConfig) -> MultiStageConfig:
                    degree=trial.suggest_categorical("degree", [8, 12, 16]), fourier_features=ff,
                    points_factor=trial.suggest_categorical("points_factor", [1.0, 2.0]))
 
-
-#: a tiny regression config for tests and smoke runs: ``--set`` can reach every field
-SMOKE = MultiStageConfig(PINNConfig("regression1d", {"n_interior": 200}, ModelConfig(hidden=(8,), degree=8,
-                                    dtype="float64"), TrainConfig(adam_steps=0, lm_steps=20, lm_solver="svd")),
-                         stages=2, hidden=(8,), degree=8, lm_steps=10, min_gain=1.0)
 
 register(Study("multistage_search", MultiStageConfig, default, space,
                [("rel_l2", "minimize"), ("seconds", "minimize")], "studies.multistage:run", default_trials=6))

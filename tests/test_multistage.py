@@ -68,11 +68,10 @@ def test_a_multistage_config_round_trips_and_its_run_replays_exactly():
 
 
 def test_multistage_search_logs_every_stage_and_its_figures(mlruns):
-    from studies.multistage import SMOKE
     from studies.run import main
     from tracking import store
 
-    sets = [f"base.problem={SMOKE.base.problem}", "base.problem_kwargs={\"n_interior\": 100}",
+    sets = ["base.problem=regression1d", "base.problem_kwargs={\"n_interior\": 100}",
             "base.model.hidden=[8]", "base.train.lm_steps=5", "lm_steps=5", "min_gain=1.0"]
     assert main(["multistage_search", "--trials", "1", "--sampler", "random", "--set", "stages=2",
                  *sum([["--set", s] for s in sets], [])]) == 0

@@ -83,6 +83,17 @@ def reference(n: int = 2048, dt: float = 1e-4) -> tuple[np.ndarray, np.ndarray, 
     return etdrk4(n, dt)
 
 
+@functools.lru_cache(maxsize=2)
+def series(n: int = 2048, dt: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(times, Fourier coefficients of u, of u_t) of the reference at its stored times."""
+    _, times, u = reference(n, dt)
+    k = np.pi * np.fft.fftfreq(u.shape[1], d=1.0 / u.shape[1])
+    uh = np.fft.fft(u, axis=1) / u.shape[1]
+    u_xx = np.real(np.fft.ifft(-(k**2) * uh * u.shape[1], axis=1))
+    ut = EPS * u_xx + REACTION * (u - u**3)
+    return times, uh, np.fft.fft(ut, axis=1) / u.shape[1]
+
+
 class AllenCahn(Problem):
     """The 1-D Allen–Cahn benchmark; ``exact`` is the ETDRK4 reference (see the module)."""
 
@@ -95,18 +106,8 @@ class AllenCahn(Problem):
         super().__init__((-1.0, 0.0), (1.0, 1.0), **kw)
         self.modes, self.dt = modes, dt
 
-    def _series(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(times, Fourier coefficients of u, of u_t) at the stored times."""
-        _, times, u = reference(self.modes, self.dt)
-        n = u.shape[1]
-        k = np.pi * np.fft.fftfreq(n, d=1.0 / n)
-        uh = np.fft.fft(u, axis=1) / n
-        u_xx = np.real(np.fft.ifft(-(k**2) * uh * n, axis=1))
-        ut = EPS * u_xx + REACTION * (u - u**3)
-        return times, uh, np.fft.fft(ut, axis=1) / n
-
     def exact(self, x: Tensor) -> Tensor:
-        times, uh, uth = self._series()
+        times, uh, uth = series(self.modes, self.dt)
         m = np.fft.fftfreq(uh.shape[1], d=1.0 / uh.shape[1])
         h = times[1] - times[0]
         pts = x.detach().double().numpy()

@@ -8,10 +8,10 @@ conditioning.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cpikan.diff import Derivatives
-from cpikan.pde.base import Collocation, DerivFn, Problem, Term
+from cpikan.pde.base import Collocation, DerivFn, Problem, Term, misfit
 
 
 class Regression1D(Problem):
@@ -32,8 +32,5 @@ class Regression1D(Problem):
         return d.u[:, 0] - self.exact(x)
 
     def terms(self, batch: Collocation, deriv_fn: DerivFn | None = None) -> dict[str, Term]:
-        """Values only: no derivative enters the residual, so no jet is carried."""
-        def pde(model: nn.Module, x: Tensor) -> Tensor:
-            return model(x)[:, 0] - self.exact(x)
-
-        return {"pde": Term(pde, (batch.interior,))}
+        """Values only (no jet): the misfit to f, evaluated once per batch."""
+        return {"pde": Term(misfit, (batch.interior, self.exact(batch.interior)))}
