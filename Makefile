@@ -21,12 +21,12 @@ demo: venv
 	@echo "Done. The study is in mlruns/optuna/journal.log, its runs in mlruns/mlflow.db."
 	@echo "  Browse the runs:      make ui        (open the experiment link it prints: the training view)"
 	@echo "  Browse the study:     make dashboard (optuna-dashboard on http://127.0.0.1:8080)"
-	@echo "  Weekly KPI report:    reports/out/kpi.html (the demo fills 2 of its 9 KPIs; make weekly fills all, ~25 min)"
+	@echo "  Weekly KPI report:    reports/out/kpi.html (the demo fills 2 of its KPIs; make weekly fills them all)"
 	@echo "  Replay a trial's run: .venv/bin/python -m tracking.replay RUN_ID   (diff two runs: python -m tracking.diff A B)"
 
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 weekly: venv
 	@$(PY) -m reports.weekly

@@ -13,8 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = "postgresql://postgres@127.0.0.1:5432"
-TINY = ["--set", "train.adam_steps=15", "--set", "train.lbfgs_steps=0", "--set", "train.lm_steps=0",
-        "--set", 'problem_kwargs={"n_interior": 60}']
+TINY_TRAIN = ["--set", "train.adam_steps=15", "--set", "train.lbfgs_steps=0", "--set", "train.lm_steps=0",
+              "--set", 'problem_kwargs={"n_interior": 60}']
+# a small model too: the preset's ~2600 parameters make each LM step's Cholesky ~0.3 s
+TINY = [*TINY_TRAIN, "--set", "model.hidden=[8,8]", "--set", "model.degree=5"]
 
 
 def _env(mlruns):
@@ -66,7 +68,7 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
 
 
 def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
-    slow = ["--set", "train.adam_steps=400", "--set", "train.lbfgs_steps=0", "--set", "train.lm_steps=0",
+    slow = ["--set", "train.adam_steps=200", "--set", "train.lbfgs_steps=0", "--set", "train.lm_steps=0",
             "--set", 'problem_kwargs={"n_interior": 100}']
     proc = subprocess.Popen([sys.executable, "-m", "studies.run", "helmholtz1d", "--trials", "3", *slow],
                             env=_env(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -112,7 +114,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
 def _two_workers(tmp_path, monkeypatch, storage_args, storage=None):
     # trials of a few seconds: the parent works from the start, and with instant trials it
     # could finish all 8 before the spawned worker has imported torch
-    longer = [*TINY, "--set", "train.adam_steps=600"]
+    longer = [*TINY_TRAIN, "--set", "train.adam_steps=600"]
     out = _study(tmp_path, "helmholtz1d", "--trials", "4", "--workers", "2", *storage_args, *longer)
     assert out.returncode == 0, out.stderr
     trials = _trials(tmp_path, "helmholtz1d", storage)
@@ -170,15 +172,16 @@ def test_list_names_every_study(tmp_path):
         assert name in out.stdout
 
 
-def _random_study_configs(mlruns, monkeypatch):
-    """Two workers on the journal file: every trial once, both workers busy, runs nested."""
-    fast = ["--set", "train.adam_steps=400", "--set", "train.lm_steps=0", "--set", 'problem_kwargs={"n_interior": 60}']
-    out = _study(mlruns, "scheduler_search", "--trials", "4", "--workers", "2", "--sampler", "random",
+def _random_study_configs(mlruns, monkeypatch, workers, steps):
+    """Every trial once, every worker busy, runs nested."""
+    fast = ["--set", f"train.adam_steps={steps}", "--set", "train.lm_steps=0",
+            "--set", 'problem_kwargs={"n_interior": 60}']
+    out = _study(mlruns, "scheduler_search", "--trials", "4", "--workers", str(workers), "--sampler", "random",
                  "--seed", "7", "--pruner", "none", *fast)
     assert out.returncode == 0, out.stderr
     trials = _trials(mlruns, "scheduler_search")
     assert sorted(t.number for t in trials) == list(range(4)) and all(t.state.name == "COMPLETE" for t in trials)
-    assert len({t.user_attrs["worker.index"] for t in trials}) == 2  # both workers proposed
+    assert len({t.user_attrs["worker.index"] for t in trials}) == workers  # every worker proposed
     _, runs = _runs(mlruns, monkeypatch)
     nested = [r for r in runs if "optuna.trial_number" in r.data.tags]
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(4))
@@ -187,8 +190,9 @@ def _random_study_configs(mlruns, monkeypatch):
 
 def test_parallel_random_study_is_reproducible_from_its_seed(tmp_path, monkeypatch):
     """Per-trial seeds: the same configs whatever the split between workers; none twice."""
-    first = _random_study_configs(tmp_path / "a", monkeypatch)
-    second = _random_study_configs(tmp_path / "b", monkeypatch)
+    # trials of a few seconds on two workers (both get trials); one worker with short trials
+    first = _random_study_configs(tmp_path / "a", monkeypatch, workers=2, steps=400)
+    second = _random_study_configs(tmp_path / "b", monkeypatch, workers=1, steps=15)
     assert len(set(first)) == len(first) == 4
     assert set(first) == set(second)
 

@@ -63,7 +63,7 @@ def server(request, tmp_path, monkeypatch):
             try:
                 if requests.get(url + "/health", timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused or slow to answer while it starts
                 time.sleep(0.5)
         else:
             pytest.fail("mlflow server did not start in 120 s")

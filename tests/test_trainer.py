@@ -116,40 +116,50 @@ import json, sys, torch
 from cpikan.experiment import PINNConfig, build
 from cpikan.train import Trainer
 torch.set_num_threads(1)
-cfg = PINNConfig.from_dict(json.loads(sys.argv[1]))
-problem, model = build(cfg)
-trainer = Trainer(model, problem, cfg.train)
-if sys.argv[2] == "first":
-    trainer.fit(until=int(sys.argv[4]))
-    trainer.save_checkpoint(sys.argv[3])
-else:
-    trainer.fit(resume=sys.argv[3])
-torch.save(model.state_dict(), sys.argv[3] + "." + sys.argv[2])
+phase, root = sys.argv[1], sys.argv[2]
+for i, (cfg_json, split) in enumerate(json.loads(sys.argv[3])):
+    cfg = PINNConfig.from_dict(json.loads(cfg_json))
+    problem, model = build(cfg)
+    trainer = Trainer(model, problem, cfg.train)
+    ckpt = f"{root}/ckpt{i}.pt"
+    if phase == "first":
+        trainer.fit(until=split)
+        trainer.save_checkpoint(ckpt)
+    else:
+        trainer.fit(resume=ckpt)
+    torch.save(model.state_dict(), ckpt + "." + phase)
 """
 
-
-@pytest.mark.parametrize("phases, split", [
+RESUME_CASES = [
     ({"adam_steps": 20}, 10),  # stop in Adam
     ({"adam_steps": 20, "lbfgs_steps": 10}, 20),  # stop at the start of L-BFGS
     ({"adam_steps": 10, "lbfgs_steps": 10, "lm_steps": 15}, 15),  # stop in L-BFGS, LM follows
     ({"adam_steps": 10, "lbfgs_steps": 10, "lm_steps": 15}, 28),  # stop in LM
-])
-def test_resume_in_new_process_equals_uninterrupted(tmp_path, phases, split):
-    """2N steps == N steps, checkpoint, N more in a fresh process (bit-identical on CPU)."""
-    cfg = tiny_config(lr=1e-2, scheduler="cosine", lbfgs_chunk=5, rar_every=7, rar_points=10,
-                      rar_candidates=200, **phases)
-    cfg_json = json.dumps(asdict(cfg))
-    problem, model = build(PINNConfig.from_dict(json.loads(cfg_json)))
-    Trainer(model, problem, cfg.train).fit()
-    ckpt = str(tmp_path / "ckpt.pt")
+]
+
+
+def test_resume_in_new_process_equals_uninterrupted(tmp_path):
+    """2N steps == N steps, checkpoint, N more in a fresh process (bit-identical on CPU).
+
+    All cases share one process per half: a process start costs more than the training.
+    """
+    cases, expected = [], []
+    for phases, split in RESUME_CASES:
+        cfg = tiny_config(lr=1e-2, scheduler="cosine", lbfgs_chunk=5, rar_every=7, rar_points=10,
+                          rar_candidates=200, **phases)
+        cfg_json = json.dumps(asdict(cfg))
+        problem, model = build(PINNConfig.from_dict(json.loads(cfg_json)))
+        Trainer(model, problem, cfg.train).fit()
+        cases.append((cfg_json, split))
+        expected.append(model.state_dict())
     for phase in ("first", "second"):
-        subprocess.run([sys.executable, "-c", RESUME_SCRIPT, cfg_json, phase, ckpt, str(split)],
-                       check=True)
-    half = torch.load(ckpt + ".first")
-    resumed = torch.load(ckpt + ".second")
-    assert not all(torch.equal(half[k], resumed[k]) for k in half)  # the second half trained
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, resumed[k]), k
+        subprocess.run([sys.executable, "-c", RESUME_SCRIPT, phase, str(tmp_path), json.dumps(cases)], check=True)
+    for i, (case, state) in enumerate(zip(RESUME_CASES, expected)):
+        half = torch.load(tmp_path / f"ckpt{i}.pt.first")
+        resumed = torch.load(tmp_path / f"ckpt{i}.pt.second")
+        assert not all(torch.equal(half[k], resumed[k]) for k in half), case  # the second half trained
+        for k, v in state.items():
+            assert torch.equal(v, resumed[k]), (case, k)
 
 
 @pytest.mark.parametrize("name", [s for s in SCHEDULERS if s != "none"])

@@ -70,7 +70,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui") / "mlruns"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(CPIKAN_MLRUNS=str(root), PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "studies.run", "tiling_overlap_sweep", "--trials", "3",
+    out = subprocess.run([sys.executable, "-m", "studies.run", "tiling_overlap_sweep", "--trials", "2",
                           "--set", "image_size=640x640", "--set", "pretrain_steps=5"],
                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -149,8 +149,6 @@ def print_table(rows: list[tuple]) -> None:
 
 def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, str]:
     """Re-run ``run_id``; returns (reproduced, new run ID). Raises TrackingError on bad input."""
-    import torch
-
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
     config, fn = load_config(client, run)
@@ -158,6 +156,8 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
         print(f"warning: {w}", file=sys.stderr)
     tags = run.data.tags
     if tags.get("torch.threads"):
+        import torch  # after the checks: a bad run ID answers without loading torch
+
         torch.set_num_threads(int(tags["torch.threads"]))
     exp = client.get_experiment(run.info.experiment_id).name
     measurements = json.loads(tags.get(tracker.TAG_MEASUREMENTS, "[]"))

@@ -15,11 +15,13 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracking import hashing, provenance, store
-from tracking.callbacks import MetricsCallback
 from tracking.writer import MetricWriter
+
+if TYPE_CHECKING:
+    from tracking.callbacks import MetricsCallback
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a parameter value
 
@@ -228,6 +230,8 @@ class Tracker:
             self.log_artifact(out, None if parent == "." else parent)
 
     def metrics_callback(self, prefix: str = "") -> MetricsCallback:
+        from tracking.callbacks import MetricsCallback  # imports torch: not for commands that only read runs
+
         return MetricsCallback(self, prefix)
 
     def _start_system_metrics(self) -> None:
