@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from cpikan.nn import ScaledCPIKAN
 from cpikan.psi.loss import render_torch
 from cpikan.psi.physics import DEFAULT_PSI, PSIConfig, dequantize
+from cpikan.psi.refine import smoothed
 
 
 @dataclass(frozen=True)
@@ -49,24 +49,23 @@ class Window:
     core: tuple[int, int, int, int]  # (r0, r1, c0, c1), global
 
 
-def _splits(n: int, parts: int, overlap: int, what: str) -> list[tuple[int, int, int]]:
-    """(window start, core start, core end) along one axis; every window has the same size."""
+def _splits(n: int, parts: int, overlap: int, what: str) -> tuple[int, list[tuple[int, int, int]]]:
+    """The window size along one axis (the same for every window) and each window's
+    (window start, core start, core end)."""
     if parts < 1:
         raise ValueError(f"{what}: must be ≥ 1, got {parts}")
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     size = max(b - a for a, b in zip(bounds, bounds[1:])) + (overlap if parts > 1 else 0)
     if size > n:
         raise ValueError(f"{what}: {parts} patches with overlap {overlap} do not fit in {n} px")
-    return [(min(max(a - overlap // 2, 0), n - size), a, b) for a, b in zip(bounds, bounds[1:])]
+    return size, [(min(max(a - overlap // 2, 0), n - size), a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def patch_windows(height: int, width: int, rows: int, cols: int, overlap: int) -> list[Window]:
     """Equal windows on a rows × cols grid; neighbours share at least ``overlap`` pixels."""
     if overlap < 2:
         raise ValueError(f"overlap: must be ≥ 2 px (the interface term needs a gradient), got {overlap}")
-    ys, xs = _splits(height, rows, overlap, "rows"), _splits(width, cols, overlap, "cols")
-    hh = max(b - a for _, a, b in ys) + (overlap if rows > 1 else 0)
-    ww = max(b - a for _, a, b in xs) + (overlap if cols > 1 else 0)
+    (hh, ys), (ww, xs) = _splits(height, rows, overlap, "rows"), _splits(width, cols, overlap, "cols")
     return [Window(r0, c0, hh, ww, (a, b, c, d)) for (r0, a, b) in ys for (c0, c, d) in xs]
 
 
@@ -82,8 +81,6 @@ def overlaps(windows: list[Window], cols: int) -> list[tuple[int, int, tuple[int
             if box[1] - box[0] >= 2 and box[3] - box[2] >= 2:
                 out.append((p, q, box))
     return out
-
-
 
 
 @dataclass(frozen=True)
@@ -132,13 +129,6 @@ class PatchField:
         return out
 
 
-def smoothed(h: np.ndarray, px: int) -> Tensor:
-    t = torch.from_numpy(np.asarray(h, np.float64))[None, None]
-    if px > 1:
-        t = F.avg_pool2d(F.pad(t, [px // 2] * 4, mode="replicate"), px, stride=1)
-    return t[0, 0]
-
-
 def refine_wafer(
     buckets: np.ndarray, h_init: np.ndarray, cfg: PatchRefineConfig = PatchRefineConfig(),
     psi: PSIConfig = DEFAULT_PSI, progress: Any = None,
@@ -153,10 +143,11 @@ def refine_wafer(
     K, h, w = len(wins), wins[0].h, wins[0].w
     t0 = time.perf_counter()
     I = torch.from_numpy(dequantize(np.asarray(buckets)))  # (C, H, W), float32 to keep RAM low
-    h0 = smoothed(h_init, cfg.smooth_px)
+    h0 = smoothed(h_init, cfg.smooth_px)[0, 0]
     field = PatchField(K, h, w, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     origin = torch.tensor([[win.c0, win.r0] for win in wins], dtype=torch.float64)  # (K, 2) as (x, y)
+    probes = _interface_probes(pairs, origin, cfg.interface_samples) if pairs and cfg.interface_weight else None
     opt = torch.optim.Adam(field.params.values(), lr=cfg.lr)
     # the sampled gradients jitter every patch; decaying the step to zero lets them settle
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
@@ -166,8 +157,8 @@ def refine_wafer(
         data = _data_loss(field, I, h0, origin, (h, w), cfg, psi, gen)
         loss = data
         inter = torch.zeros((), dtype=torch.float64)
-        if pairs and cfg.interface_weight:
-            gaps = _interface_gaps(field, pairs, origin, cfg)
+        if probes is not None:
+            gaps = _interface_gaps(field, probes, cfg.scale_um)
             inter = gaps.square().mean()
             loss = loss + cfg.interface_weight * inter
         loss.backward()
@@ -219,20 +210,27 @@ def _interface_points(pairs: list, n: int) -> Tensor:
     return torch.stack([o[:m] for o in out]).double()
 
 
-def _interface_gaps(field: PatchField, pairs: list, origin: Tensor, cfg: PatchRefineConfig) -> Tensor:
-    """(P, 3, n): on each overlap's pixels, the gap in height (µm) and in its x and y pixel
-    gradients (µm/px) between the two patches."""
+def _interface_probes(pairs: list, origin: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Every window's local inputs (K, slots, 3, n, 2) for the overlaps it belongs to, at
+    (x, y), (x+1, y) and (x, y+1) (forward differences give the pixel gradient), and for each
+    pair the (window, slot) of p and of q. Fixed for the whole run: built once."""
     K = origin.shape[0]
     slots, at_p, at_q = _slots(pairs, K)
-    pts = _interface_points(pairs, cfg.interface_samples)  # (P, n, 2) global (x, y)
-    n = pts.shape[1]
-    # (x, y), (x+1, y), (x, y+1): forward differences give the pixel gradient
+    pts = _interface_points(pairs, n)  # (P, n, 2) global (x, y)
     probe = torch.stack([pts, pts + torch.tensor([1.0, 0.0]), pts + torch.tensor([0.0, 1.0])], 1)  # (P, 3, n, 2)
-    inputs = torch.zeros(K, slots, 3, n, 2, dtype=torch.float64)
+    inputs = torch.zeros(K, slots, *probe.shape[1:], dtype=torch.float64)
     inputs[at_p[:, 0], at_p[:, 1]] = probe - origin[at_p[:, 0]][:, None, None]
     inputs[at_q[:, 0], at_q[:, 1]] = probe - origin[at_q[:, 0]][:, None, None]
+    return inputs, at_p, at_q
+
+
+def _interface_gaps(field: PatchField, probes: tuple[Tensor, Tensor, Tensor], scale: float) -> Tensor:
+    """(P, 3, n): on each overlap's pixels, the gap in height (µm) and in its x and y pixel
+    gradients (µm/px) between the two patches."""
+    inputs, at_p, at_q = probes
+    K, slots, _, n, _ = inputs.shape
     vals = field(inputs.reshape(K, -1, 2)).reshape(K, slots, 3, n)
-    d = cfg.scale_um * (vals[at_p[:, 0], at_p[:, 1]] - vals[at_q[:, 0], at_q[:, 1]])  # (P, 3, n)
+    d = scale * (vals[at_p[:, 0], at_p[:, 1]] - vals[at_q[:, 0], at_q[:, 1]])  # (P, 3, n)
     return torch.stack([d[:, 0], d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]], 1)  # value, x and y gradient gaps
 
 

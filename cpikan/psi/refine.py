@@ -20,6 +20,14 @@ from cpikan.psi.loss import physics_loss
 from cpikan.psi.physics import DEFAULT_PSI, PSIConfig, dequantize
 
 
+def smoothed(h: np.ndarray, px: int) -> torch.Tensor:
+    """(1, 1, H, W) float64: h under a px × px box filter (edges replicated)."""
+    t = torch.from_numpy(np.asarray(h, np.float64))[None, None]
+    if px > 1:
+        t = F.avg_pool2d(F.pad(t, [px // 2] * 4, mode="replicate"), px, stride=1)
+    return t
+
+
 def refine_patch(
     buckets: np.ndarray,
     h_init: np.ndarray,
@@ -40,9 +48,7 @@ def refine_patch(
         raise ValueError(f"h_init: shape {h_init.shape} does not match the patch {buckets.shape[1:]}")
     H, W = h_init.shape
     I = torch.from_numpy(dequantize(np.asarray(buckets))).double()[None]
-    h0 = torch.from_numpy(np.asarray(h_init, np.float64))[None, None]
-    if smooth_px > 1:
-        h0 = F.avg_pool2d(F.pad(h0, [smooth_px // 2] * 4, mode="replicate"), smooth_px, stride=1)
+    h0 = smoothed(h_init, smooth_px)
     yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
                             indexing="ij")
     xy = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
