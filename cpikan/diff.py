@@ -108,6 +108,16 @@ def bubble(jet: Tensor, dims: tuple[int, ...]) -> Tensor:
     return functools.reduce(mul, factors)
 
 
+def ramp(jet: Tensor, ends: tuple[tuple[int, int], ...]) -> Tensor:
+    """Jet (width 1) of Π (1 − s·z_j) over ``ends`` = ((j, s), …), s = ±1: zero exactly on the
+    one face z_j = s of [-1, 1]^d (a subdomain with a single outer face in dimension j)."""
+    factors = []
+    for j, s in ends:
+        z = jet[..., j : j + 1]
+        factors.append(elementwise(z, 1.0 - s * z[0], torch.full_like(z[0], -float(s)), torch.zeros_like(z[0])))
+    return functools.reduce(mul, factors)
+
+
 def linear(jet: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x Wᵀ + b on every slice; the bias only touches the value slice."""
     out = jet @ weight.T

@@ -70,6 +70,21 @@ def broadcast_flag(ok: bool) -> bool:
     return bool(t.item())
 
 
+def reduce_sum(tensors: list[torch.Tensor], shard: Shard) -> list[torch.Tensor]:
+    """Element-wise sums over every process of ``shard``'s world, packed into one all-reduce;
+    returned unchanged in a world of one. Every process gets the same bits (gloo and NCCL
+    reduce each element once and broadcast it), so decisions taken on them agree."""
+    if shard.world == 1:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    out, i = [], 0
+    for t in tensors:
+        out.append(flat[i : i + t.numel()].view_as(t))
+        i += t.numel()
+    return out
+
+
 def finish() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -22,6 +22,11 @@ def _hard_bc(model, faces):
     return model
 
 
+def _zero_ends(model, faces, ends):
+    model.zero_faces, model.zero_ends = faces, ends
+    return model
+
+
 MODELS = {
     "cpikan_1d": lambda: ScaledCPIKAN([1, 6, 1], 8, [-1], [1], dtype="float64", seed=1),
     "cpikan_2d_tanh": lambda: ScaledCPIKAN([2, 8, 8, 1], 5, [-6, 0], [6, 1], dtype="float64", seed=1),
@@ -33,6 +38,8 @@ MODELS = {
                                            dtype="float64", seed=4),
     "cpikan_hard_bc": lambda: _hard_bc(ScaledCPIKAN([3, 6, 1], 4, [0, -1, 2], [1, 1, 5],
                                                     dtype="float64", seed=7), (0, 2)),
+    "cpikan_one_face": lambda: _zero_ends(ScaledCPIKAN([2, 6, 1], 4, [0, -1], [1, 1], dtype="float64",
+                                                       seed=8), (1,), ((0, -1),)),
     "mlp": lambda: MLP([2, 19, 19, 1], [-6, 0], [6, 1], dtype="float64", seed=5),
     "mlp_fourier_2out": lambda: MLP([3, 16, 2], [0] * 3, [2] * 3, fourier_features=3,
                                     dtype="float64", seed=6),

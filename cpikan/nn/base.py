@@ -62,6 +62,8 @@ class ScaledModel(nn.Module):
         self.checkpointing = False
         #: coordinates whose two faces carry u = 0, imposed exactly by u = Π(1 − x̂_j²)·N(x̂)
         self.zero_faces: tuple[int, ...] = ()
+        #: single faces ((j, ±1), …) with u = 0, imposed by a factor (1 ∓ x̂_j) (subdomains)
+        self.zero_ends: tuple[tuple[int, int], ...] = ()
 
     @property
     def in_features(self) -> int:
@@ -105,6 +107,8 @@ class ScaledModel(nn.Module):
                 jet = layer.forward_jet(jet)
         if self.zero_faces:
             jet = diff.mul(jet, diff.bubble(inputs, self.zero_faces))
+        if self.zero_ends:
+            jet = diff.mul(jet, diff.ramp(inputs, self.zero_ends))
         return jet
 
     def forward(self, x: Tensor) -> Tensor:

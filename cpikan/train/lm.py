@@ -85,6 +85,13 @@ class ResidualJacobian:
         return torch.cat(rows), torch.cat(blocks)
 
 
+def nielsen(mu: float, loss: float, new: float, predicted: float) -> float:
+    """The damping after an accepted step (Nielsen's rule): the better the quadratic model
+    predicted the fall (ρ = actual / predicted → 1), the less damping next time."""
+    rho = (loss - new) / max(predicted, 1e-300)
+    return mu * max(1.0 / 3.0, 1.0 - (2.0 * min(rho, 1.0) - 1.0) ** 3)
+
+
 class LMStep(NamedTuple):
     loss: float  # after the step (before it, when no step was taken)
     grad_norm: float  # ‖∇loss‖ = ‖2Jᵀr‖ before the step
@@ -143,8 +150,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
                 self._set(base, delta)
                 new = loss_now()
                 if math.isfinite(new) and new < loss:
-                    rho = (loss - new) / max(predicted, 1e-300)
-                    group["damping"] = mu * max(1.0 / 3.0, 1.0 - (2.0 * min(rho, 1.0) - 1.0) ** 3)
+                    group["damping"] = nielsen(mu, loss, new, predicted)
                     group["nu"] = 2.0
                     return LMStep(new, grad_norm, True)
                 for p, b in zip(self._params(), base):
@@ -174,4 +180,4 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         return solve
 
 
-__all__ = ["MAX_PARAMETERS", "SOLVERS", "LMStep", "LevenbergMarquardt", "ResidualJacobian"]
+__all__ = ["MAX_PARAMETERS", "SOLVERS", "LMStep", "LevenbergMarquardt", "ResidualJacobian", "nielsen"]
