@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
-from cpikan.config import bounded, choice, validate
+from cpikan.config import ConfigError, bounded, choice, validate
+from cpikan.psi.curriculum import CurriculumConfig, level_patch, train_levels
 from cpikan.psi.data import open_memmap_dataset
 from cpikan.psi.model import PSINet
 from cpikan.psi.synth import WaferSpec, write_dataset
 from cpikan.psi.train import LOSSES, PSITask, PSITrainSpec
-from cpikan.train import TrainConfig, Trainer
+from cpikan.train import TrainConfig
 from studies.registry import Study, register
 from tracking import hashing, models
 from tracking.models import log_model
@@ -37,10 +38,26 @@ class PSIPretrainConfig:
     val_size: int = bounded(256, ge=1)
     data_seed: int = bounded(11, ge=0)
     seed: int = bounded(0, ge=0)
+    #: coarse levels before the full-resolution ``steps`` (cpikan.psi.curriculum): downsampling
+    #: factors, coarse to fine, and Adam steps at each; () trains at full resolution only
+    curriculum_factors: tuple[int, ...] = (4, 2)
+    curriculum_steps: tuple[int, ...] = (400, 200)
 
     def __post_init__(self) -> None:
         validate(self)
         self.noise_levels = tuple(float(v) for v in self.noise_levels)
+        try:
+            self.schedule()
+        except ConfigError as e:
+            raise ConfigError(f"curriculum_{e.field}", e.message) from None
+        self.curriculum_factors = tuple(int(f) for f in self.curriculum_factors)
+        self.curriculum_steps = tuple(int(n) for n in self.curriculum_steps)
+
+    def schedule(self) -> CurriculumConfig:
+        """The levels that train (a coarse level with 0 steps is left out)."""
+        full = CurriculumConfig((*self.curriculum_factors, 1), (*self.curriculum_steps, self.steps))
+        keep = [i for i, n in enumerate(full.steps) if n]
+        return CurriculumConfig(tuple(full.factors[i] for i in keep), tuple(full.steps[i] for i in keep))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PSIPretrainConfig:
@@ -61,20 +78,24 @@ def build_model(cfg: PSIPretrainConfig) -> PSINet:
 
 
 def run(config: PSIPretrainConfig, ctx: Any) -> dict[str, float]:
-    train_dir = synthetic_dataset(WaferSpec(config.train_size, config.train_size, seed=config.data_seed))
+    schedule = config.schedule()
     val_dir = synthetic_dataset(WaferSpec(config.val_size, config.val_size, seed=config.data_seed + 1))
-    ctx.log_dataset(train_dir / "buckets.npy", "train_buckets")
     ctx.log_dataset(val_dir / "buckets.npy", "val_buckets", context="validation")
-    b, h = open_memmap_dataset(train_dir)
     vb, vh = open_memmap_dataset(val_dir)
-    spec = PSITrainSpec(loss=config.loss, patch=config.patch, batch_size=config.batch_size,
-                        noise_levels=config.noise_levels, seed=config.seed)
-    task = PSITask(b, h, spec, (vb, vh))
     model = build_model(config)
-    train_cfg = TrainConfig(adam_steps=config.steps, lr=config.lr, clip_grad_norm=1.0, seed=config.seed,
+    tasks = []
+    for f in schedule.factors:  # the same wafer, f× coarser pixels (f = 1: the training wafer)
+        patch = level_patch(config.patch, f, model.downsampling_factor) if f > 1 else config.patch
+        size = max(config.train_size // f, patch)
+        train_dir = synthetic_dataset(WaferSpec(size, size, seed=config.data_seed))
+        ctx.log_dataset(train_dir / "buckets.npy", "train_buckets" if f == 1 else f"train_buckets_{f}x")
+        spec = PSITrainSpec(loss=config.loss, patch=patch, batch_size=config.batch_size,
+                            noise_levels=config.noise_levels, seed=config.seed)
+        tasks.append(PSITask(*open_memmap_dataset(train_dir), spec, (vb, vh)))
+    train_cfg = TrainConfig(adam_steps=1, lr=config.lr, clip_grad_norm=1.0, seed=config.seed,
                             nan_snapshot_every=50, eval_every=max(config.steps // 3, 1))
     t0 = time.perf_counter()
-    result = Trainer(model, task, train_cfg, [ctx.metrics_callback()]).fit()
+    result = train_levels(model, tasks, schedule, train_cfg, [ctx.metrics_callback()])
     seconds = time.perf_counter() - t0
     results = {"rmse_nm": result.metrics["rmse_nm"], "classical_rmse_nm": result.metrics["classical_rmse_nm"],
                "final_loss": result.loss}

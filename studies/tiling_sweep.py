@@ -74,7 +74,10 @@ def resolve_model(cfg: TilingSweepConfig) -> str:
 
     best = best_run(psi_pretrain.EXPERIMENT, "rmse_nm", "min")
     if best is None:
-        pre = psi_pretrain.PSIPretrainConfig(steps=cfg.pretrain_steps)
+        full = psi_pretrain.PSIPretrainConfig()
+        # the default curriculum, shortened in proportion: coarse steps per full-resolution step
+        coarse = tuple(n * cfg.pretrain_steps // full.steps for n in full.curriculum_steps)
+        pre = psi_pretrain.PSIPretrainConfig(steps=cfg.pretrain_steps, curriculum_steps=coarse)
         with Tracker(psi_pretrain.EXPERIMENT, config=pre, entry_point="studies.psi_pretrain:run",
                      seed=pre.seed, run_name="short pretrain (for tiling_overlap_sweep)") as run:
             psi_pretrain.run(pre, run)

@@ -132,7 +132,8 @@ def model_store(tmp_path_factory):
         from studies import psi_pretrain
         from tracking.tracker import Tracker
 
-        pcfg = psi_pretrain.PSIPretrainConfig(steps=2, train_size=64, val_size=64, patch=32, batch_size=2)
+        pcfg = psi_pretrain.PSIPretrainConfig(steps=2, train_size=64, val_size=64, patch=32, batch_size=2,
+                                              curriculum_factors=(), curriculum_steps=())
         with Tracker(psi_pretrain.EXPERIMENT, config=pcfg, entry_point="studies.psi_pretrain:run", seed=0) as run:
             psi_pretrain.run(pcfg, run)
         with Tracker("studies/other") as other:

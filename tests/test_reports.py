@@ -94,7 +94,8 @@ def test_vtk_round_trip_for_pinn_and_psi_runs(mlruns, tmp_path):
     with Tracker("studies/diffusion", config=cfg, entry_point=pde.ENTRY_POINT, seed=0) as run:
         pde.run(cfg, run)
     pinn_id = run.run_id
-    pcfg = psi_pretrain.PSIPretrainConfig(steps=3, train_size=128, val_size=64, patch=32, batch_size=2)
+    pcfg = psi_pretrain.PSIPretrainConfig(steps=3, train_size=128, val_size=64, patch=32, batch_size=2,
+                                          curriculum_steps=(2, 2))  # coarse levels: 32² and 64² wafers
     with Tracker("studies/psi_pretrain", config=pcfg, entry_point="studies.psi_pretrain:run", seed=0) as run:
         psi_pretrain.run(pcfg, run)
     psi_id = run.run_id
