@@ -15,7 +15,7 @@ import torch
 from cpikan.config import ConfigError, bounded, canonical_json, choice, validate
 from cpikan.nn import INITS, MLP, ScaledCPIKAN, ScaledModel
 from cpikan.nn.base import DTYPES
-from cpikan.nn.chebykan import SQUASHES
+from cpikan.nn.chebykan import BASES, SQUASHES
 from cpikan.pde import PROBLEMS, Problem, make_problem
 from cpikan.train import Callback, TrainConfig, Trainer, TrainResult, seed_everything
 
@@ -33,6 +33,7 @@ class ModelConfig:
     dtype: str = choice("float32", tuple(DTYPES))
     fourier_features: int = bounded(0, ge=0)
     fourier_sigma: float = bounded(1.0, gt=0)
+    basis: str = choice("chebyshev", BASES)  # cpikan only: Chebyshev or wavelet KAN layers
     #: impose the problem's u = 0 faces exactly (u = Π(1 − x̂_j²)·N) instead of by a loss term
     hard_bc: bool = False
 
@@ -50,6 +51,10 @@ class PINNConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threads: int = bounded(0, ge=0)  # 0: leave torch's default
+    #: transfer learning: the run whose trained network starts this one (same architecture,
+    #: e.g. another wavenumber). A run ID means nothing here: the study layer turns it into
+    #: weights and passes them to ``run_pinn(init_state=…)``.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         validate(self)
@@ -74,7 +79,7 @@ def build_model(cfg: ModelConfig, problem: Problem, seed: int) -> ScaledModel:
         model = MLP(widths, problem.lo, problem.hi, **common)
     else:
         model = ScaledCPIKAN(widths, cfg.degree, problem.lo, problem.hi, squash=cfg.squash,
-                             layernorm=cfg.layernorm, **common)
+                             layernorm=cfg.layernorm, basis=cfg.basis, **common)
     if cfg.hard_bc:
         if not problem.zero_faces:
             allowed = ", ".join(n for n, cls in PROBLEMS.items() if cls.zero_faces)
@@ -90,19 +95,44 @@ def build(cfg: PINNConfig) -> tuple[Problem, ScaledModel]:
     return problem, build_model(cfg.model, problem, cfg.train.seed)
 
 
+def start_from(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a trained network's weights into ``model`` (transfer learning); the domain map
+    (``lo``/``hi``) stays the new problem's. Refuses another architecture, naming the tensor."""
+    own = model.state_dict()
+    weights = {k: v for k, v in state.items() if k not in ("lo", "hi")}
+    for k, v in weights.items():
+        if k not in own or own[k].shape != v.shape:
+            shape = tuple(own[k].shape) if k in own else "absent"
+            raise ValueError(f"init_from: {source}'s network does not fit this model ({k}: "
+                             f"{tuple(v.shape)} there, {shape} here); use the same model settings")
+    missing = sorted(set(own) - set(weights) - {"lo", "hi"})
+    if missing:
+        raise ValueError(f"init_from: {source}'s network lacks {missing[0]}; use the same model settings")
+    with torch.no_grad():
+        for k, v in weights.items():
+            own[k].copy_(v)
+
+
 def run_pinn(
-    cfg: PINNConfig, callbacks: Sequence[Callback] = (), **trainer_kw: Any
+    cfg: PINNConfig, callbacks: Sequence[Callback] = (), init_state: dict[str, torch.Tensor] | None = None,
+    **trainer_kw: Any
 ) -> tuple[TrainResult, ScaledModel, Problem]:
     """Build, train and evaluate; the result's metrics hold the relative L2 error.
 
     Args:
         cfg: the whole experiment (problem, model, trainer); seeds everything from ``cfg.train.seed``.
         callbacks: trainer hooks (e.g. ``tracker.metrics_callback()``).
+        init_state: trained weights to start from (``cfg.init_from``'s network).
         trainer_kw: passed to :class:`~cpikan.train.Trainer` (``device``, ``checkpoint_path``).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     problem, model = build(cfg)
+    if init_state is not None:
+        start_from(model, init_state, cfg.init_from or "init_state")
+    elif cfg.init_from:
+        raise ValueError(f"init_from: run {cfg.init_from}'s weights were not given; run the config through "
+                         "the study layer (python -m studies.run, tracking.replay), which loads them")
     trainer = Trainer(model, problem, cfg.train, callbacks, **trainer_kw)
     return trainer.fit(), model, problem
 

@@ -40,6 +40,7 @@ JOBS = (
     Job("sensor_placement", "sensor_placement", ("Sparse-sensor",), ("--trials", "12")),
     Job("flow_inverse", "flow_inverse", ("Flow inverse",), ("--trials", "2")),
     Job("multistage", "multistage_search", ("Multi-stage",), ("--trials", "3")),
+    Job("methods", "method_search", ("Method options",)),  # one trial per option
 )
 
 

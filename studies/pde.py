@@ -19,7 +19,7 @@ from cpikan.experiment import PINNConfig, build, n_parameters, run_pinn
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
 from studies.registry import Study, names_in, register
-from tracking.models import log_model
+from tracking.models import log_model, part, read_run
 
 ENTRY_POINT = "studies.pde:run"
 
@@ -41,8 +41,12 @@ def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
     data_file = config.problem_kwargs.get("data_file")
     if data_file:
         ctx.log_dataset(data_file, name=Path(data_file).name)
+    init_state = None
+    if config.init_from:  # transfer learning: the source run's trained network (safetensors)
+        init_state = part(read_run(config.init_from)[1], "model")
+        ctx.set_tags({"cpikan.init_from": config.init_from})
     t0 = time.perf_counter()
-    result, model, problem = run_pinn(config, [ctx.metrics_callback(), Report(ctx)])
+    result, model, problem = run_pinn(config, [ctx.metrics_callback(), Report(ctx)], init_state=init_state)
     seconds = time.perf_counter() - t0
     results = dict(result.metrics)
     results.update(final_loss=result.loss, steps=float(result.steps),

@@ -72,9 +72,9 @@ def describe_study(study: Any, study_def: registry.Study, spec: WorkerSpec, best
     return "\n".join(lines)
 
 
-def summarize(study_def: registry.Study, spec: WorkerSpec, status: str) -> None:
+def summarize(study_def: registry.Study, spec: WorkerSpec, status: str) -> str:
     """Trial counts, best trials, a description and the study plots onto the parent run,
-    and a short summary printed."""
+    and a short summary printed. Returns the first trial error when no trial completed."""
     from studies.plots import study_plots
     from tracking.tracker import Tracker
 
@@ -108,6 +108,10 @@ def summarize(study_def: registry.Study, spec: WorkerSpec, status: str) -> None:
         print(f"    #{t.number} {values}  {params}  run {t.user_attrs.get('mlflow_run_id', '?')}")
     if len(best) > 5:
         print(f"    … {len(best) - 5} more (make dashboard)")
+    if states.get("COMPLETE") or states.get("PRUNED"):
+        return ""
+    errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
+    return errors[0] if errors else ""
 
 
 # --------------------------------------------------------------------------- CLI
@@ -237,8 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         status = "KILLED"
         print("\ninterrupted: the running trial is marked FAILED; run the same command to resume",
               file=sys.stderr)
-    summarize(study_def, spec, status)
-    return 130 if status == "KILLED" else 0
+    error = summarize(study_def, spec, status)
+    if status == "KILLED":
+        return 130
+    if error:  # a study whose every trial failed is a failed command, not a quiet success
+        print(f"error: no trial completed; the first failure: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ MODELS = {
                                                     dtype="float64", seed=7), (0, 2)),
     "cpikan_one_face": lambda: _zero_ends(ScaledCPIKAN([2, 6, 1], 4, [0, -1], [1, 1], dtype="float64",
                                                        seed=8), (1,), ((0, -1),)),
+    "wavelet_kan": lambda: ScaledCPIKAN([2, 5, 4, 1], 4, [-2, 0], [2, 1], basis="wavelet",
+                                        dtype="float64", seed=9),
     "mlp": lambda: MLP([2, 19, 19, 1], [-6, 0], [6, 1], dtype="float64", seed=5),
     "mlp_fourier_2out": lambda: MLP([3, 16, 2], [0] * 3, [2] * 3, fourier_features=3,
                                     dtype="float64", seed=6),

@@ -108,10 +108,15 @@ def download(run_id: str, artifact_path: str = "model", dst: str | None = None) 
         raise TrackingError(f"run {run_id} has no {artifact_path}/ model artifact") from None
 
 
+def read_run(run_id: str, artifact_path: str = "model") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metadata, tensors by key) of a run's model artifact, without building the module."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return read(download(run_id, artifact_path, tmp), run_id)
+
+
 def load_model(run_id: str, artifact_path: str = "model") -> tuple[Any, dict[str, Any], Any]:
     """(module in eval mode, all tensors, config) of a run's model artifact."""
-    with tempfile.TemporaryDirectory() as tmp:
-        meta, tensors = read(download(run_id, artifact_path, tmp), run_id)
+    meta, tensors = read_run(run_id, artifact_path)
     config_cls = _import(meta["config_class"])
     config = config_cls.from_dict(meta["config"]) if hasattr(config_cls, "from_dict") else config_cls(**meta["config"])
     model = _import(meta["builder"])(config)

@@ -12,6 +12,8 @@ from cpikan.nn.base import ScaledModel, resolve_dtype, seeded
 from cpikan.nn.init import check_init, init_weight
 
 SQUASHES = ("tanh", "none")
+#: the per-input basis of the KAN layers: Chebyshev polynomials, or learned Mexican-hat wavelets
+BASES = ("chebyshev", "wavelet")
 
 
 class ChebyKANLayer(nn.Module):
@@ -64,6 +66,8 @@ class ScaledCPIKAN(ScaledModel):
 
     ``layers`` lists widths including input and output, e.g. ``[2, 8, 8, 1]``.
     ``fourier_features > 0`` puts a Fourier-feature layer in front (width 2·m).
+    ``basis="wavelet"`` swaps the Chebyshev layers for wavelet KAN layers (same coefficient
+    count, plus a learned centre and width per basis function and input).
     """
 
     def __init__(
@@ -80,13 +84,19 @@ class ScaledCPIKAN(ScaledModel):
         fourier_features: int = 0,
         fourier_sigma: float = 1.0,
         seed: int | None = None,
+        basis: str = "chebyshev",
     ) -> None:
+        from cpikan.nn.wavelet import WaveletKANLayer
+
+        if basis not in BASES:
+            raise ValueError(f"basis: unknown {basis!r}; allowed: {', '.join(BASES)}")
         dtype = resolve_dtype(dtype)
         super().__init__(lo, hi, dtype)
         mods, widths = self._input_stage(layers, fourier_features, fourier_sigma, dtype, seed)
+        layer = ChebyKANLayer if basis == "chebyshev" else WaveletKANLayer
         with seeded(seed):
             for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-                mods.append(ChebyKANLayer(a, b, degree, squash=squash, init=init, dtype=dtype))
+                mods.append(layer(a, b, degree, squash=squash, init=init, dtype=dtype))
                 if layernorm and i < len(widths) - 2:
                     mods.append(JetLayerNorm(b, dtype=dtype))
         self.layers = nn.ModuleList(mods)

@@ -1,0 +1,73 @@
+"""Method options as named changes to a PINN experiment, so that studies (``method_search``)
+and ``bench/methods.py`` compare them against the preset on the same problems and seeds.
+
+Each option is a plain config change (nothing here trains); ``transfer`` needs the weights of
+a trained source network as well, which the caller supplies (``run_pinn(init_state=…)``):
+:func:`transfer_source` says which source problem to train or pick for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cpikan.experiment import PINNConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    #: the phase whose behaviour it changes: an option acting on Adam does nothing to an LM-only preset
+    acts_on: str
+    change: Callable[[PINNConfig], PINNConfig]
+
+
+def _train(**kw: object) -> Callable[[PINNConfig], PINNConfig]:
+    return lambda cfg: replace(cfg, train=replace(cfg.train, **kw))
+
+
+def _model(**kw: object) -> Callable[[PINNConfig], PINNConfig]:
+    return lambda cfg: replace(cfg, model=replace(cfg.model, **kw))
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("preset", "the problem's tuned preset, unchanged", "all", lambda cfg: cfg),
+    Method("config", "ConFIG: conflict-free combination of the loss terms' gradients", "adam",
+           _train(balancing="config")),
+    Method("lra", "learning-rate annealing of the loss weights (gradient-magnitude balance)", "adam",
+           _train(balancing="lra")),
+    Method("rar_d", "RAR-D: 100 points drawn by residual every 250 Adam steps", "adam",
+           _train(rar_every=250, rar_points=100)),
+    Method("fourier", "a Fourier-feature input layer (16 features, σ = 1) before the Chebyshev layers", "all",
+           _model(fourier_features=16, fourier_sigma=1.0)),
+    Method("wavelet_kan", "wavelet KAN layers (learned Mexican hats) instead of Chebyshev ones", "all",
+           _model(basis="wavelet")),
+    Method("transfer", "start from a network trained on a nearby problem (init_from)", "all", lambda cfg: cfg),
+)}
+
+
+def apply(cfg: PINNConfig, method: str) -> PINNConfig:
+    """``cfg`` with ``method``'s change; an unknown name is a one-line error listing the allowed."""
+    if method not in METHODS:
+        raise ValueError(f"method: unknown {method!r}; allowed: {', '.join(METHODS)}")
+    return METHODS[method].change(cfg)
+
+
+#: transfer learning's source per problem: the same problem at a nearby parameter
+_SOURCES = {"helmholtz1d": {"k": 3.5 * math.pi}, "helmholtz2d": {"a2": 3.0},
+            "diffusion": {"D": 0.05}, "reaction_diffusion": {"D": 0.05}}
+
+
+def transfer_source(cfg: PINNConfig) -> PINNConfig:
+    """The config whose trained network ``transfer`` starts ``cfg`` from: the same model on a
+    nearby problem (Helmholtz: another wavenumber), another seed."""
+    if cfg.problem not in _SOURCES:
+        raise ValueError(f"method: 'transfer' has no source problem for {cfg.problem!r}; "
+                         f"allowed: {', '.join(_SOURCES)}")
+    return replace(cfg, problem_kwargs={**cfg.problem_kwargs, **_SOURCES[cfg.problem]},
+                   train=replace(cfg.train, seed=cfg.train.seed + 1000), init_from="")
+
+
+__all__ = ["METHODS", "Method", "apply", "transfer_source"]

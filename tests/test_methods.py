@@ -1,0 +1,84 @@
+"""Method options: each changes what it should, transfer learning starts from the source's
+weights (and refuses another architecture), and method_search runs every option as a run."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cpikan.experiment import ModelConfig, PINNConfig, build, run_pinn
+from cpikan.methods import METHODS, apply, transfer_source
+from cpikan.nn.fourier import FourierFeatures
+from cpikan.nn.wavelet import WaveletKANLayer
+from cpikan.train import TrainConfig, Trainer
+
+
+def _tiny(**train):
+    return PINNConfig("diffusion", {"n_interior": 200, "n_boundary": 40, "n_initial": 40},
+                      ModelConfig(hidden=(6,), degree=4, dtype="float64"),
+                      TrainConfig(**{"adam_steps": 0, "lm_steps": 0, **train}))
+
+
+def test_each_option_changes_its_setting_and_nothing_else():
+    base = _tiny()
+    assert apply(base, "preset") == base
+    assert apply(base, "config").train.balancing == "config"
+    assert apply(base, "lra").train.balancing == "lra"
+    rar = apply(base, "rar_d").train
+    assert (rar.rar_every, rar.rar_points) == (250, 100)
+    assert replace(rar, rar_every=0, rar_points=base.train.rar_points) == base.train
+    assert isinstance(build(apply(base, "fourier"))[1].layers[0], FourierFeatures)
+    wav = build(apply(base, "wavelet_kan"))[1]
+    assert all(isinstance(layer, WaveletKANLayer) for layer in wav.layers)
+    assert sum(p.numel() for p in wav.parameters()) > sum(p.numel() for p in build(base)[1].parameters())
+    with pytest.raises(ValueError, match="method: unknown 'adamw'; allowed: preset"):
+        apply(base, "adamw")
+
+
+def test_rar_d_option_grows_the_collocation_set():
+    cfg = apply(_tiny(adam_steps=251, rar_candidates=500), "rar_d")  # points are drawn at step 250
+    problem, model = build(cfg)
+    trainer = Trainer(model, problem, cfg.train)
+    before = len(trainer.batch.interior)
+    trainer.fit()
+    assert len(trainer.batch.interior) == before + 100
+
+
+def test_transfer_starts_from_the_source_network_and_refuses_another_architecture():
+    cfg = _tiny()
+    source = transfer_source(cfg)
+    assert source.problem_kwargs["D"] == 0.05 and source.train.seed != cfg.train.seed
+    _, trained, _ = run_pinn(replace(source, train=replace(source.train, adam_steps=30, lr=1e-2)))
+    _, started, _ = run_pinn(replace(cfg, init_from="source-run"), init_state=trained.state_dict())
+    for (k, a), b in zip(trained.state_dict().items(), started.state_dict().values()):
+        assert torch.equal(a, b), k  # zero steps: the weights are the source's
+    wider = replace(cfg, model=replace(cfg.model, hidden=(7,)), init_from="source-run")
+    with pytest.raises(ValueError, match=r"init_from: source-run's network does not fit .*layers\.0"):
+        run_pinn(wider, init_state=trained.state_dict())
+    with pytest.raises(ValueError, match="init_from: run abc's weights were not given"):
+        run_pinn(replace(cfg, init_from="abc"))
+
+
+def test_method_search_runs_each_option_as_a_run(mlruns):
+    from studies.run import main
+    from tracking import store
+
+    sets = ['base.problem_kwargs={"n_interior": 200, "n_boundary": 40, "n_initial": 40}',
+            "base.model.hidden=[6]", "base.model.degree=4", "base.train.adam_steps=20", "base.train.lm_steps=3"]
+    n = len(METHODS)
+    assert main(["method_search", "--trials", str(n), *sum([["--set", s] for s in sets], [])]) == 0
+    client = store.client()
+    exp = client.get_experiment_by_name("studies/method_search")
+    runs = [r for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+            if "rel_l2" in r.data.metrics]
+    assert sorted(r.data.tags["cpikan.method"] for r in runs) == sorted(METHODS)
+    transfer = next(r for r in runs if r.data.tags["cpikan.method"] == "transfer")
+    assert transfer.data.metrics["source_seconds"] > 0
+    assert all(r.data.metrics["seconds"] > 0 for r in runs)
+
+
+def test_a_study_whose_every_trial_fails_is_a_failed_command(mlruns, capsys):
+    from studies.run import main
+
+    assert main(["method_search", "--trials", "1", "--set", 'base.problem_kwargs={"n_interior": 0}']) == 1
+    assert "no trial completed; the first failure: ValueError: n_interior" in capsys.readouterr().err
