@@ -70,6 +70,25 @@ def rar_d(
     return candidates[idx]
 
 
+def volume_weights(points: Tensor, k: int | None = None, clip: float = 4.0, chunk: int = 4096) -> Tensor:
+    """Each point's share of the domain's volume (VW-PINNs), mean 1: r_k^d normalised, r_k
+    the distance to its k-th nearest neighbour (k = d + 1 by default), clipped to
+    [1/clip, clip] (points on the boundary see half a neighbourhood).
+
+    With uniform points every weight is ≈ 1; where adaptive sampling (RAR-D) crowds points,
+    each counts for less, so the mean weighted residual stays an estimate of the integral.
+    """
+    n, d = points.shape
+    k = min(k or d + 1, n - 1)
+    if k < 1:
+        return torch.ones(n, dtype=points.dtype, device=points.device)
+    radius = torch.cat([torch.cdist(c, points).kthvalue(k + 1, dim=1).values for c in points.split(chunk)])
+    vol = radius.pow(d)
+    w = vol / vol.mean().clamp_min(torch.finfo(vol.dtype).tiny)
+    w = w.clamp(1.0 / clip, clip)
+    return w / w.mean()
+
+
 def check_finite(name: str, points: Tensor) -> Tensor:
     if not torch.isfinite(points).all():
         raise ValueError(f"{name}: collocation points must be finite (found NaN or Inf)")

@@ -82,3 +82,34 @@ def test_a_study_whose_every_trial_fails_is_a_failed_command(mlruns, capsys):
 
     assert main(["method_search", "--trials", "1", "--set", 'base.problem_kwargs={"n_interior": 0}']) == 1
     assert "no trial completed; the first failure: ValueError: n_interior" in capsys.readouterr().err
+
+
+def test_volume_weights_are_uniform_for_a_grid_and_smaller_where_points_crowd():
+    from cpikan.sampling import volume_weights
+
+    g = torch.linspace(0, 1, 21, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    w = volume_weights(grid)
+    inner = (grid > 0.05).all(1) & (grid < 0.95).all(1)
+    assert float(w.mean()) == pytest.approx(1.0) and float(w[inner].std()) < 1e-9
+    crowd = torch.cat([grid, 0.5 + 0.01 * torch.rand(50, 2, dtype=torch.float64)])
+    wc = volume_weights(crowd)
+    assert float(wc[-50:].max()) < 0.5 * float(wc[: len(grid)][inner].median())
+
+
+def test_vw_option_weighs_the_pde_term_and_survives_a_checkpoint(tmp_path):
+    cfg = apply(_tiny(adam_steps=251, rar_candidates=500), "vw_rar_d")
+    problem, model = build(cfg)
+    trainer = Trainer(model, problem, cfg.train, checkpoint_path=tmp_path / "ck.pt")
+    assert trainer.batch.weight is not None and len(trainer.batch.weight) == 200
+    trainer.fit()
+    assert len(trainer.batch.weight) == 300  # recomputed for the RAR-D points
+    term = problem.terms(trainer.batch)["pde"]
+    plain = problem.terms(replace(trainer.batch, weight=None))["pde"]
+    with torch.no_grad():
+        r, r0 = term.residuals(model), plain.residuals(model)
+    assert torch.allclose(r, r0 * trainer.batch.weight.sqrt())
+    trainer.save_checkpoint(tmp_path / "ck.pt")
+    again = Trainer(model, problem, cfg.train)
+    again.load_checkpoint(tmp_path / "ck.pt")
+    assert torch.equal(again.batch.weight, trainer.batch.weight)

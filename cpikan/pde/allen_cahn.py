@@ -140,7 +140,7 @@ class AllenCahn(Problem):
         return Collocation(interior, cond)
 
     def terms(self, batch: Collocation, deriv_fn: DerivFn | None = None) -> dict[str, Term]:
-        out = {k: v for k, v in super().terms(Collocation(batch.interior, {}), deriv_fn).items()}
+        out = {k: v for k, v in super().terms(Collocation(batch.interior, {}, batch.weight), deriv_fn).items()}
         if "ic" in batch.conditions:
             out["ic"] = Term(misfit, batch.conditions["ic"])
         if "periodic" in batch.conditions:

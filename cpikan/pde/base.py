@@ -52,27 +52,34 @@ class Collocation:
 
     interior: Tensor
     conditions: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    #: each interior point's volume share (mean 1; VW-PINNs), or None: all equal
+    weight: Tensor | None = None
 
     def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Collocation:
         return Collocation(
             self.interior.to(device, dtype),
             {k: (p.to(device, dtype), v.to(device, dtype)) for k, (p, v) in self.conditions.items()},
+            None if self.weight is None else self.weight.to(device, dtype),
         )
 
     def state(self) -> dict[str, Tensor]:
         out = {"interior": self.interior}
+        if self.weight is not None:
+            out["weight"] = self.weight
         for k, (p, v) in self.conditions.items():
             out[f"{k}.points"], out[f"{k}.values"] = p, v
         return out
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor]) -> Collocation:
-        names = sorted({k.split(".")[0] for k in state if k != "interior"})
-        return cls(state["interior"], {n: (state[f"{n}.points"], state[f"{n}.values"]) for n in names})
+        names = sorted({k.split(".")[0] for k in state if k not in ("interior", "weight")})
+        return cls(state["interior"], {n: (state[f"{n}.points"], state[f"{n}.values"]) for n in names},
+                   state.get("weight"))
 
     def split(self, parts: int) -> list[Collocation]:
         """``parts`` micro-batches (gradient accumulation); every term is split alike."""
-        out = [Collocation(chunk, {}) for chunk in self.interior.chunk(parts)]
+        weights = [None] * parts if self.weight is None else list(self.weight.chunk(parts))
+        out = [Collocation(chunk, {}, w) for chunk, w in zip(self.interior.chunk(parts), weights)]
         for k, (p, v) in self.conditions.items():
             for mb, pp, vv in zip(out, p.chunk(parts), v.chunk(parts)):
                 mb.conditions[k] = (pp, vv)
@@ -168,6 +175,11 @@ class Problem(nn.Module):
             return self.residual(d, x.to(d.u.dtype)) / self.residual_scale
 
         terms = {"pde": Term(pde, (x,))}
+        if batch.weight is not None:  # VW-PINNs: r_i·√w_i, so the mean square weighs volumes
+            def weighted(model: nn.Module, x: Tensor, root: Tensor) -> Tensor:
+                return pde(model, x) * root.to(x.dtype)
+
+            terms["pde"] = Term(weighted, (x, batch.weight.sqrt()))
         for name, (pts, vals) in batch.conditions.items():
             terms[name] = Term(misfit, (pts, vals))
         return terms

@@ -59,6 +59,9 @@ class TrainConfig:
     rar_candidates: int = bounded(10000, ge=1)
     rar_k: float = bounded(1.0, ge=0)
     rar_c: float = bounded(1.0, ge=0)
+    #: VW-PINNs: weigh each interior residual by its point's volume share (kNN radius^d),
+    #: recomputed whenever the points change (RAR-D crowds them where the residual is large)
+    volume_weights: bool = False
     eval_every: int = bounded(0, ge=0)
     checkpoint_every: int = bounded(0, ge=0)
     seed: int = bounded(0, ge=0)

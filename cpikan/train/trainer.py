@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from cpikan import sampling
 from cpikan.losses import make_balancer
 from cpikan.memory import keep_freed_memory
-from cpikan.pde.base import Problem
+from cpikan.pde.base import Collocation, Problem
 from cpikan.train.callbacks import Callback
 from cpikan.train.checkpoint import Checkpointing, copy_into
 from cpikan.train.config import TrainConfig
@@ -91,6 +91,7 @@ class Trainer(Checkpointing):
         self.params = [p for p in [*model.parameters(), *problem.parameters()] if p.requires_grad]
         self.gen = torch.Generator().manual_seed(config.seed)
         self.batch = problem.sample(self.gen).to(self.dtype, self.device)
+        self._weigh_volumes()
         self.balancer = make_balancer(config.balancing, config.loss_weights, config.balance_every)
         self.opt: torch.optim.Optimizer = torch.optim.Adam(self.params, lr=config.lr)
         self.sched = make_scheduler(self.opt, config)
@@ -288,7 +289,13 @@ class Trainer(Checkpointing):
             new = sampling.rar_d(cands, residual, cfg.rar_points, self.gen, cfg.rar_k, cfg.rar_c)
             self.batch.interior = torch.cat([self.batch.interior, new])
             changed = True
+        if changed:
+            self._weigh_volumes()
         return changed
+
+    def _weigh_volumes(self) -> None:
+        if self.cfg.volume_weights and isinstance(self.batch, Collocation):
+            self.batch.weight = sampling.volume_weights(self.batch.interior)
 
     # ------------------------------------------------------------------ NaN guard
     def _snapshot(self) -> None:
