@@ -1,7 +1,7 @@
 """Method options against the preset, same problem, same seeds (issue 18).
 
     .venv/bin/python bench/methods.py [--problem diffusion] [--seeds 0,1,2] [--methods preset,config,…]
-                                      [--set train.lm_steps=300 …]
+                                      [--set train.lm_steps=300 …] [--jobs 2]
 
 Each option of ``cpikan.methods`` (ConFIG, LRA, RAR-D, Fourier features, transfer learning)
 is the preset with one change; ``transfer`` starts from the same model trained on a nearby
@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 
 import torch
@@ -46,7 +48,8 @@ def with_settings(cfg: PINNConfig, settings: list[str]) -> PINNConfig:
 
 
 def one(cfg: PINNConfig, method: str) -> tuple[float, float, float]:
-    """(rel_l2, seconds, source seconds) of one option on one seed."""
+    """(rel_l2, seconds, source seconds) of one option on one seed, on one thread."""
+    torch.set_num_threads(1)
     pinn = apply(cfg, method)
     init_state, source_seconds = None, 0.0
     if method == "transfer":
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each (seconds compare "
+                                                             "fairly only while every core runs one)")
     args = ap.parse_args(argv)
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
@@ -75,18 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         methods.insert(0, "preset")
     seeds = [int(s) for s in args.seeds.split(",")]
     base = with_settings(PRESETS[args.problem], args.set)
-    torch.set_num_threads(1)
     t0 = time.perf_counter()
+    tasks = [(replace(base, train=replace(base.train, seed=seed)), m) for seed in seeds for m in methods]
     rows: dict[str, list[tuple[float, float, float]]] = {m: [] for m in methods}
-    with tqdm(total=len(methods) * len(seeds), desc="methods", unit="run", file=sys.stderr) as bar:
-        for seed in seeds:
-            cfg = replace(base, train=replace(base.train, seed=seed))
-            for m in methods:
-                rows[m].append(one(cfg, m))
-                bar.update(1)
+    with tqdm(total=len(tasks), desc="methods", unit="run", file=sys.stderr) as bar, \
+            ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(one, cfg, m): m for cfg, m in tasks}
+        for f in as_completed(futures):
+            rows[futures[f]].append(f.result())
+            bar.update(1)
     med = {m: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for m, rs in rows.items()}
     p_err, p_sec = med["preset"]
-    print(f"{args.problem}, seeds {seeds}, 1 thread per run", file=sys.stderr)
+    print(f"{args.problem}, seeds {seeds}, 1 thread per run, {args.jobs} at once", file=sys.stderr)
     print(f"{'method':<10} {'rel_l2 (median)':>15} {'worst':>9} {'seconds':>8} {'error ratio':>11} "
           f"{'time ratio':>10}  what", file=sys.stderr)
     for m, rs in rows.items():

@@ -5,10 +5,11 @@
 Each job is a study run under a study name of its own (``weekly-<UTC timestamp>-<job>``),
 so every weekly run adds new runs (a new point on every KPI trend) instead of resuming the
 last one; each run is tagged with the KPIs it feeds (``cpikan.kpi``: the KPIs of
-reports/kpis.toml read from its experiment). The jobs, with what
-they measured on the lab's 2-core CPU machine: the demo's tiling sweep (2048², ~3 min);
-one crop-mode trial on a 9344 × 7000 wafer read from disk (~5 min); Helmholtz 1D with
-three seeds (~5 min); 3-D Poisson (~3 min). About 20 minutes in all.
+reports/kpis.toml read from its experiment). The jobs are ``JOBS`` below: the demo's tiling
+sweep (2048², ~3 min on the lab's 2-core CPU machine), one crop-mode trial on a 9344 × 7000
+wafer read from disk (~5 min), Helmholtz 1D on three seeds (~5 min), 3-D Poisson (~3 min),
+sensor placement, the flow inverse problem, three multi-stage trials, and one method_search
+trial per method option (~2–3 min each on diffusion).
 """
 
 from __future__ import annotations

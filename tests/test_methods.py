@@ -113,3 +113,23 @@ def test_vw_option_weighs_the_pde_term_and_survives_a_checkpoint(tmp_path):
     again = Trainer(model, problem, cfg.train)
     again.load_checkpoint(tmp_path / "ck.pt")
     assert torch.equal(again.batch.weight, trainer.batch.weight)
+
+
+def test_a_pde_run_starts_from_another_run_by_its_id(mlruns):
+    from studies.run import main
+    from tracking import store
+
+    points = '"n_interior": 200, "n_boundary": 40, "n_initial": 40'
+    tiny = ["model.hidden=[6]", "model.degree=4", "train.adam_steps=5", "train.lm_steps=0"]
+    sets = sum([["--set", s] for s in tiny], ["--set", f"problem_kwargs={{{points}}}"])
+    # the source: another diffusion coefficient (set last: it replaces the points setting's dict)
+    assert main(["diffusion", "--study-name", "source", *sets,
+                 "--set", f'problem_kwargs={{{points}, "D": 0.05}}']) == 0
+    client = store.client()
+    exp = client.get_experiment_by_name("studies/diffusion")
+    (source,) = [r for r in client.search_runs([exp.experiment_id]) if "rel_l2" in r.data.metrics]
+    assert main(["diffusion", "--study-name", "target", *sets, "--set", f"init_from={source.info.run_id}"]) == 0
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("cpikan.init_from")]
+    assert [r.data.tags["cpikan.init_from"] for r in runs] == [source.info.run_id]
+    assert main(["diffusion", "--study-name", "wrong", *sets, "--set", "model.hidden=[7]",
+                 "--set", f"init_from={source.info.run_id}"]) == 1  # another architecture: the trial fails
