@@ -42,6 +42,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _train(rar_every=250, rar_points=100)),
     Method("vw_rar_d", "RAR-D with volume-weighted residuals (VW-PINNs): crowded points count for less", "all",
            _train(rar_every=250, rar_points=100, volume_weights=True)),
+    Method("augmented_lagrangian", "augmented-Lagrangian condition terms: targets move against the "
+           "violation every 50 steps", "all", _train(al_every=50)),
     Method("fourier", "a Fourier-feature input layer (16 features, σ = 1) before the Chebyshev layers", "all",
            _model(fourier_features=16, fourier_sigma=1.0)),
     Method("wavelet_kan", "wavelet KAN layers (learned Mexican hats) instead of Chebyshev ones", "all",

@@ -133,3 +133,28 @@ def test_a_pde_run_starts_from_another_run_by_its_id(mlruns):
     assert [r.data.tags["cpikan.init_from"] for r in runs] == [source.info.run_id]
     assert main(["diffusion", "--study-name", "wrong", *sets, "--set", "model.hidden=[7]",
                  "--set", f"init_from={source.info.run_id}"]) == 1  # another architecture: the trial fails
+
+
+def _bc_violation(cfg):
+    problem, model = build(cfg)
+    trainer = Trainer(model, problem, cfg.train)
+    trainer.fit()
+    pts, _ = trainer.batch.conditions["bc"]
+    with torch.no_grad():
+        return trainer, float((model(pts)[:, 0] - problem.exact(pts)).square().mean().sqrt())
+
+
+def test_augmented_lagrangian_moves_the_targets_against_the_violation_and_meets_the_conditions():
+    cfg = apply(_tiny(adam_steps=5, lr=1e-2), "augmented_lagrangian")
+    trainer, _ = _bc_violation(replace(cfg, train=replace(cfg.train, al_every=5)))
+    pts, target = trainer.batch.conditions["bc"]
+    v = trainer.problem.exact(pts)
+    with torch.no_grad():
+        assert torch.allclose(target, v - (trainer.model(pts)[:, 0] - v))  # t ← t − (u − v), once
+    # with LM finishing each inner problem, the multipliers meet the boundary condition better
+    # than the penalty alone at the same budget (measured: 1.8e-6 vs 1.5e-5 RMS)
+    helm = PINNConfig("helmholtz1d", {"n_interior": 100}, ModelConfig(hidden=(8,), degree=8, dtype="float64"),
+                      TrainConfig(adam_steps=0, lm_steps=60, loss_weights={"pde": 1.0, "bc": 1.0, "bc_flux": 1.0}))
+    _, penalty = _bc_violation(helm)
+    _, lagrangian = _bc_violation(replace(helm, train=replace(helm.train, al_every=5)))
+    assert lagrangian < 0.3 * penalty, (lagrangian, penalty)

@@ -62,6 +62,11 @@ class TrainConfig:
     #: VW-PINNs: weigh each interior residual by its point's volume share (kNN radius^d),
     #: recomputed whenever the points change (RAR-D crowds them where the residual is large)
     volume_weights: bool = False
+    #: augmented Lagrangian for the condition terms (bc, ic, data): every ``al_every`` steps
+    #: (any phase) each target moves against its current violation, t ← t − (u − v). That is
+    #: the method of multipliers in least-squares form: mean((u − t)²) = mean(r²) + mean(λr)
+    #: + const with λ = 2(v − t), so LM keeps working on it. 0: the plain penalty.
+    al_every: int = bounded(0, ge=0)
     eval_every: int = bounded(0, ge=0)
     checkpoint_every: int = bounded(0, ge=0)
     seed: int = bounded(0, ge=0)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from cpikan import sampling
 from cpikan.losses import make_balancer
 from cpikan.memory import keep_freed_memory
-from cpikan.pde.base import Collocation, Problem
+from cpikan.pde.base import Collocation, Problem, misfit
 from cpikan.train.callbacks import Callback
 from cpikan.train.checkpoint import Checkpointing, copy_into
 from cpikan.train.config import TrainConfig
@@ -92,6 +92,12 @@ class Trainer(Checkpointing):
         self.gen = torch.Generator().manual_seed(config.seed)
         self.batch = problem.sample(self.gen).to(self.dtype, self.device)
         self._weigh_volumes()
+        # the augmented Lagrangian moves the targets of the misfit terms (u(x) − v) away from v
+        self._al_values: dict[str, Tensor] = {}
+        if config.al_every and isinstance(self.batch, Collocation):
+            misfits = [k for k, t in problem.terms(self.batch).items() if t.fn is misfit]
+            self._al_values = {k: self.batch.conditions[k][1].clone() for k in misfits
+                               if k in self.batch.conditions}
         self.balancer = make_balancer(config.balancing, config.loss_weights, config.balance_every)
         self.opt: torch.optim.Optimizer = torch.optim.Adam(self.params, lr=config.lr)
         self.sched = make_scheduler(self.opt, config)
@@ -254,6 +260,8 @@ class Trainer(Checkpointing):
             self._snapshot()
         for cb in self.callbacks:
             cb.on_step(self.step, metrics)
+        if cfg.al_every and self.step % cfg.al_every == 0:
+            self._shift_targets()
         if cfg.eval_every and self.step % cfg.eval_every == 0:
             self.evaluate()
         if cfg.checkpoint_every and self.checkpoint_path and self.step % cfg.checkpoint_every == 0:
@@ -292,6 +300,14 @@ class Trainer(Checkpointing):
         if changed:
             self._weigh_volumes()
         return changed
+
+    @torch.no_grad()
+    def _shift_targets(self) -> None:
+        """Augmented Lagrangian update: each condition's target t ← t − (u(x) − v)."""
+        for k, value in self._al_values.items():
+            pts, target = self.batch.conditions[k]
+            violation = self.model(pts)[:, 0].to(target.dtype) - value
+            self.batch.conditions[k] = (pts, target - violation)
 
     def _weigh_volumes(self) -> None:
         if self.cfg.volume_weights and isinstance(self.batch, Collocation):
