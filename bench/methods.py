@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         methods.insert(0, "preset")
     seeds = [int(s) for s in args.seeds.split(",")]
     base = with_settings(PRESETS[args.problem], args.set)
+    for m in list(methods):  # options that do not apply to this problem are named and left out
+        try:
+            transfer_source(apply(base, m)) if m == "transfer" else apply(base, m)
+        except ValueError as exc:
+            print(f"skipped {m}: {exc}", file=sys.stderr)
+            methods.remove(m)
     t0 = time.perf_counter()
     tasks = [(replace(base, train=replace(base.train, seed=seed)), m) for seed in seeds for m in methods]
     rows: dict[str, list[tuple[float, float, float]]] = {m: [] for m in methods}

@@ -32,6 +32,14 @@ def _model(**kw: object) -> Callable[[PINNConfig], PINNConfig]:
     return lambda cfg: replace(cfg, model=replace(cfg.model, **kw))
 
 
+def _deep_ritz(cfg: PINNConfig) -> PINNConfig:
+    if cfg.problem != "poisson3d":
+        raise ValueError(f"method: 'deep_ritz' needs an energy; allowed for: poisson3d (got {cfg.problem!r})")
+    # the energy is not a sum of squares: the LM budget goes to L-BFGS instead
+    train = replace(cfg.train, lbfgs_steps=cfg.train.lbfgs_steps + cfg.train.lm_steps, lm_steps=0)
+    return replace(cfg, problem_kwargs={**cfg.problem_kwargs, "loss": "ritz"}, train=train)
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("preset", "the problem's tuned preset, unchanged", "all", lambda cfg: cfg),
     Method("config", "ConFIG: conflict-free combination of the loss terms' gradients", "adam",
@@ -44,6 +52,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _train(rar_every=250, rar_points=100, volume_weights=True)),
     Method("augmented_lagrangian", "augmented-Lagrangian condition terms: targets move against the "
            "violation every 50 steps", "all", _train(al_every=50)),
+    Method("deep_ritz", "Deep Ritz energy instead of the squared residual (Poisson only; Adam + L-BFGS, no LM)",
+           "all", _deep_ritz),
     Method("fourier", "a Fourier-feature input layer (16 features, σ = 1) before the Chebyshev layers", "all",
            _model(fourier_features=16, fourier_sigma=1.0)),
     Method("wavelet_kan", "wavelet KAN layers (learned Mexican hats) instead of Chebyshev ones", "all",

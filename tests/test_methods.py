@@ -158,3 +158,31 @@ def test_augmented_lagrangian_moves_the_targets_against_the_violation_and_meets_
     _, penalty = _bc_violation(helm)
     _, lagrangian = _bc_violation(replace(helm, train=replace(helm.train, al_every=5)))
     assert lagrangian < 0.3 * penalty, (lagrangian, penalty)
+
+
+def test_deep_ritz_energy_is_least_at_the_solution_and_refuses_lm():
+    from cpikan import diff
+    from cpikan.pde import make_problem
+
+    problem = make_problem("poisson3d", loss="ritz", n_interior=4000)
+    batch = problem.sample(torch.Generator().manual_seed(0))
+    batch.conditions.clear()  # the energy alone
+
+    def energy(u):
+        return float(problem.loss_terms(u, batch, deriv_fn=diff.derivatives_autograd)["pde"])
+
+    exact = problem.exact
+    bump = lambda x: (x * (1 - x)).prod(1) * torch.cos(3 * x[:, 0])  # noqa: E731 — zero on the faces
+    best = energy(lambda x: exact(x)[:, None])
+    for other in (lambda x: 1.1 * exact(x)[:, None], lambda x: (exact(x) + 8.0 * bump(x))[:, None],
+                  lambda x: 0.9 * exact(x)[:, None]):
+        assert energy(other) > best
+    cfg = apply(PINNConfig("poisson3d", {"n_interior": 100, "n_boundary": 60},
+                           ModelConfig(hidden=(4,), degree=3, dtype="float64"),
+                           TrainConfig(adam_steps=2, lm_steps=5)), "deep_ritz")
+    assert (cfg.train.lm_steps, cfg.train.lbfgs_steps) == (0, 5) and cfg.problem_kwargs["loss"] == "ritz"
+    run_pinn(cfg)  # Adam and L-BFGS on the energy run
+    with pytest.raises(ValueError, match="lm_steps: the Deep Ritz energy"):
+        run_pinn(replace(cfg, train=replace(cfg.train, lm_steps=1)))
+    with pytest.raises(ValueError, match="deep_ritz.*allowed for: poisson3d"):
+        apply(_tiny(), "deep_ritz")

@@ -5,27 +5,58 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cpikan.diff import Derivatives
-from cpikan.pde.base import Problem
+from cpikan.pde.base import Collocation, DerivFn, Problem, Term, misfit
+
+LOSSES = ("residual", "ritz")
 
 
 class Poisson3D(Problem):
-    """Δu = −3π²·sin(πx)sin(πy)sin(πz) on [0, 1]³, u = 0 on the boundary."""
+    """Δu = −3π²·sin(πx)sin(πy)sin(πz) on [0, 1]³, u = 0 on the boundary.
+
+    ``loss="ritz"`` trains on the Deep Ritz energy E(u) = ∫ ½|∇u|² − f·u (f = −Δu*, its
+    minimiser over u = 0 on the boundary is the solution) instead of the squared residual:
+    first derivatives only, but an energy is not a sum of squares, so Adam/L-BFGS only.
+    """
 
     name = "poisson3d"
     coords = ("x", "y", "z")
     zero_faces = (0, 1, 2)
     residual_scale = 3 * math.pi**2
 
-    def __init__(self, **kw: object) -> None:
+    def __init__(self, loss: str = "residual", **kw: object) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss: unknown {loss!r}; allowed: {', '.join(LOSSES)}")
         kw.setdefault("eval_resolution", 41)
         kw.setdefault("n_boundary", 1200)
         super().__init__((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), **kw)
+        self.loss = loss
 
     def exact(self, x: Tensor) -> Tensor:
         return torch.sin(math.pi * x).prod(dim=1)
 
     def residual(self, d: Derivatives, x: Tensor) -> Tensor:
         return d.laplacian() + 3 * math.pi**2 * self.exact(x)
+
+    def terms(self, batch: Collocation, deriv_fn: DerivFn | None = None) -> dict[str, Term]:
+        if self.loss == "ritz":
+            raise ValueError("lm_steps: the Deep Ritz energy (loss='ritz') is not a sum of squares; "
+                             "train it with Adam or L-BFGS (lm_steps=0)")
+        return super().terms(batch, deriv_fn)
+
+    def loss_terms(self, model: nn.Module, batch: Collocation, deriv_fn: DerivFn | None = None) -> dict[str, Tensor]:
+        if self.loss != "ritz":
+            return super().loss_terms(model, batch, deriv_fn)
+        d = model.derivatives(batch.interior) if deriv_fn is None else deriv_fn(model, batch.interior)
+        x = batch.interior.to(d.u.dtype)
+        grad2 = sum(d.dx(j).square() for j in range(self.dim))
+        energy = 0.5 * grad2 - 3 * math.pi**2 * self.exact(x) * d.u[:, 0]
+        out = {"pde": energy.mean() / self.residual_scale}  # the unit cube: mean = integral
+        for name, (pts, vals) in batch.conditions.items():
+            out[name] = misfit(model, pts, vals).square().mean()
+        return out
+
+    def settings(self) -> dict[str, object]:
+        return {**super().settings(), "loss": self.loss}

@@ -387,6 +387,7 @@ class Trainer(Checkpointing):
         if not hasattr(self.problem, "terms"):
             raise ValueError(f"lm_steps: Levenberg–Marquardt needs pointwise residual terms (the PDE "
                              f"problems); {type(self.problem).__name__} has none: use lm_steps=0")
+        self.problem.terms(self.batch)  # a problem whose loss is not a sum of squares says so now
         n = sum(p.numel() for p in self.params)
         if n > MAX_PARAMETERS:
             raise ValueError(f"lm_steps: Levenberg–Marquardt builds a dense {n} × {n} system; allowed "
