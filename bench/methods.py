@@ -98,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     med = {m: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for m, rs in rows.items()}
     p_err, p_sec = med["preset"]
     print(f"{args.problem}, seeds {seeds}, 1 thread per run, {args.jobs} at once", file=sys.stderr)
-    print(f"{'method':<10} {'rel_l2 (median)':>15} {'worst':>9} {'seconds':>8} {'error ratio':>11} "
+    print(f"{'method':<21} {'rel_l2 (median)':>15} {'worst':>9} {'seconds':>8} {'error ratio':>11} "
           f"{'time ratio':>10}  what", file=sys.stderr)
     for m, rs in rows.items():
         err, sec = med[m]
-        print(f"{m:<10} {err:15.3e} {max(r[0] for r in rs):9.2e} {sec:8.1f} {err / p_err:11.2f} "
+        print(f"{m:<21} {err:15.3e} {max(r[0] for r in rs):9.2e} {sec:8.1f} {err / p_err:11.2f} "
               f"{sec / p_sec:10.2f}  {METHODS[m].summary}", file=sys.stderr)
     bad = [m for m, rs in rows.items() if not all(math.isfinite(r[0]) for r in rs)]
     ratios = " ".join(f"{m}_ratio={med[m][0] / p_err:.2f}" for m in methods if m != "preset")
