@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from cpikan.experiment import PINNConfig, run_pinn
-from cpikan.methods import METHODS, apply, transfer_source
+from cpikan.methods import METHODS, applicable, apply, transfer_source
 from cpikan.presets import PRESETS
 
 
@@ -80,12 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         methods.insert(0, "preset")
     seeds = [int(s) for s in args.seeds.split(",")]
     base = with_settings(PRESETS[args.problem], args.set)
-    for m in list(methods):  # options that do not apply to this problem are named and left out
-        try:
-            transfer_source(apply(base, m)) if m == "transfer" else apply(base, m)
-        except ValueError as exc:
-            print(f"skipped {m}: {exc}", file=sys.stderr)
-            methods.remove(m)
+    why_not = applicable(base)
+    for m in [m for m in methods if why_not[m]]:  # options that do not apply: named, left out
+        print(f"skipped {m}: {why_not[m]}", file=sys.stderr)
+        methods.remove(m)
     t0 = time.perf_counter()
     tasks = [(replace(base, train=replace(base.train, seed=seed)), m) for seed in seeds for m in methods]
     rows: dict[str, list[tuple[float, float, float]]] = {m: [] for m in methods}

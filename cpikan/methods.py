@@ -84,4 +84,18 @@ def transfer_source(cfg: PINNConfig) -> PINNConfig:
                    train=replace(cfg.train, seed=cfg.train.seed + 1000), init_from="")
 
 
-__all__ = ["METHODS", "Method", "apply", "transfer_source"]
+def applicable(cfg: PINNConfig) -> dict[str, str]:
+    """Every option by name → "" when it applies to ``cfg``'s problem, else why not."""
+    out = {}
+    for name in METHODS:
+        try:
+            changed = apply(cfg, name)
+            if name == "transfer":
+                transfer_source(changed)
+            out[name] = ""
+        except ValueError as exc:
+            out[name] = str(exc)
+    return out
+
+
+__all__ = ["METHODS", "Method", "applicable", "apply", "transfer_source"]
