@@ -181,8 +181,9 @@ def test_deep_ritz_energy_is_least_at_the_solution_and_refuses_lm():
     cfg = apply(PINNConfig("poisson3d", {"n_interior": 100, "n_boundary": 60},
                            ModelConfig(hidden=(4,), degree=3, dtype="float64"),
                            TrainConfig(adam_steps=2, lm_steps=5)), "deep_ritz")
-    assert (cfg.train.lm_steps, cfg.train.lbfgs_steps) == (0, 5) and cfg.problem_kwargs["loss"] == "ritz"
-    run_pinn(cfg)  # Adam and L-BFGS on the energy run
+    assert (cfg.train.adam_steps, cfg.train.resample_every, cfg.train.lm_steps) == (4, 1, 0)
+    assert cfg.problem_kwargs["loss"] == "ritz"
+    run_pinn(replace(cfg, train=replace(cfg.train, lbfgs_steps=2)))  # Adam and L-BFGS on the energy run
     with pytest.raises(ValueError, match="lm_steps: the Deep Ritz energy"):
         run_pinn(replace(cfg, train=replace(cfg.train, lm_steps=1)))
     with pytest.raises(ValueError, match="deep_ritz.*allowed for: poisson3d"):
