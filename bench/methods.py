@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from cpikan.experiment import PINNConfig, run_pinn
-from cpikan.methods import METHODS, applicable, apply, transfer_source
+from cpikan.methods import METHODS, applicable, apply, source_weights
 from cpikan.presets import PRESETS
 
 
@@ -51,12 +51,7 @@ def one(cfg: PINNConfig, method: str) -> tuple[float, float, float]:
     """(rel_l2, seconds, source seconds) of one option on one seed, on one thread."""
     torch.set_num_threads(1)
     pinn = apply(cfg, method)
-    init_state, source_seconds = None, 0.0
-    if method == "transfer":
-        t0 = time.perf_counter()
-        _, source, _ = run_pinn(transfer_source(pinn))
-        source_seconds = time.perf_counter() - t0
-        init_state = source.state_dict()
+    init_state, source_seconds = source_weights(pinn) if method == "transfer" else (None, 0.0)
     t0 = time.perf_counter()
     result, _, _ = run_pinn(pinn, init_state=init_state)
     return result.metrics["rel_l2"], time.perf_counter() - t0, source_seconds

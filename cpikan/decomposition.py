@@ -32,7 +32,7 @@ from cpikan.config import bounded, canonical_json, validate
 from cpikan.distributed import Shard, reduce_sum
 from cpikan.nn.chebykan import ScaledCPIKAN
 from cpikan.pde.base import Collocation, Problem, Term
-from cpikan.train.lm import ResidualJacobian, nielsen
+from cpikan.train.lm import ResidualJacobian, add_flat, nielsen
 
 LEFT, RIGHT = 0, 1
 
@@ -119,6 +119,9 @@ class XPINN:
         self.k = 2 * n * k
         self.gap_scale = {"interface": math.sqrt(config.loss_weights["interface"] / (n * k)),
                           "flux": math.sqrt(config.loss_weights["flux"] / (n * k))}
+        #: (2, 1): multiplies a (2, n) stack of value and derivative gaps
+        self._gap_scales = torch.tensor([[self.gap_scale["interface"]], [self.gap_scale["flux"]]],
+                                        dtype=torch.float64)
 
     # -- set-up ------------------------------------------------------------------------
     def _interface_points(self, gen: torch.Generator) -> list[Tensor]:
@@ -182,8 +185,7 @@ class XPINN:
     def _gaps(self, table: Tensor) -> Tensor:
         """The k scaled interface residuals: per interface, n value gaps then n flux gaps."""
         gap = table[:-1, RIGHT] - table[1:, LEFT]  # (parts − 1, 2, n)
-        scale = torch.tensor([self.gap_scale["interface"], self.gap_scale["flux"]], dtype=gap.dtype)
-        return (gap * scale[None, :, None]).reshape(-1)
+        return (gap * self._gap_scales).reshape(-1)
 
     def _own_loss(self, s: Strip) -> Tensor:
         return sum(self._scale(k) ** 2 * t.residuals(s.model).square().sum() for k, t in s.terms.items())
@@ -218,13 +220,12 @@ class XPINN:
         opt.zero_grad(set_to_none=True)
         table, mine = self._all_faces(grad=True)
         (table,) = reduce_sum([table], self.shard)
-        scale = torch.tensor([self.gap_scale["interface"], self.gap_scale["flux"]], dtype=table.dtype)
         loss = torch.zeros((), dtype=torch.float64)
         for s in self.strips:
             loss = loss + self._own_loss(s)
             for side, v in mine[s.index].items():
                 other = table[s.index + 1, LEFT] if side == RIGHT else table[s.index - 1, RIGHT]
-                loss = loss + ((v - other) * scale[:, None]).square().sum()
+                loss = loss + ((v - other) * self._gap_scales).square().sum()
         loss.backward()
         opt.step()
 
@@ -273,7 +274,7 @@ class XPINN:
             delta, predicted = self._solve(lin, pre, mu)
             if delta is not None:
                 for s in self.strips:
-                    _add(s.params, base[s.index], delta[s.index])
+                    add_flat(s.params, base[s.index], delta[s.index])
                 new = self.loss()
                 if math.isfinite(new) and new < loss:
                     return nielsen(mu, loss, new, predicted), True
@@ -344,14 +345,6 @@ class XPINN:
         gap = (table[:-1, RIGHT, 0] - table[1:, LEFT, 0]).abs()
         return {"rel_l2": float(torch.linalg.vector_norm(pred - ref) / torch.linalg.vector_norm(ref)),
                 "interface_max_gap": float(gap.max())}
-
-
-def _add(params: list[Tensor], base: list[Tensor], delta: Tensor) -> None:
-    i = 0
-    for p, b in zip(params, base):
-        n = p.numel()
-        torch.add(b, delta[i : i + n].view_as(p), out=p)
-        i += n
 
 
 __all__ = ["XPINN", "XPINNConfig"]

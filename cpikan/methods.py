@@ -9,10 +9,13 @@ a trained source network as well, which the caller supplies (``run_pinn(init_sta
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from cpikan.experiment import PINNConfig
+from torch import Tensor
+
+from cpikan.experiment import PINNConfig, run_pinn
 
 
 @dataclass(frozen=True)
@@ -99,4 +102,11 @@ def applicable(cfg: PINNConfig) -> dict[str, str]:
     return out
 
 
-__all__ = ["METHODS", "Method", "applicable", "apply", "transfer_source"]
+def source_weights(cfg: PINNConfig) -> tuple[dict[str, Tensor], float]:
+    """Train ``transfer``'s source network for ``cfg``: its weights and the seconds it took."""
+    t0 = time.perf_counter()
+    _, source, _ = run_pinn(transfer_source(cfg))
+    return source.state_dict(), time.perf_counter() - t0
+
+
+__all__ = ["METHODS", "Method", "applicable", "apply", "source_weights", "transfer_source"]

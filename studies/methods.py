@@ -19,7 +19,7 @@ from typing import Any
 
 from cpikan.config import canonical_json, choice, validate
 from cpikan.experiment import PINNConfig, n_parameters, run_pinn
-from cpikan.methods import METHODS, applicable, apply, transfer_source
+from cpikan.methods import METHODS, applicable, apply, source_weights
 from cpikan.presets import PRESETS
 from studies.registry import Study, register
 from tracking.models import log_model
@@ -47,12 +47,7 @@ class MethodSearchConfig:
 
 def run(config: MethodSearchConfig, ctx: Any) -> dict[str, float]:
     pinn = apply(config.base, config.method)
-    init_state, source_seconds = None, 0.0
-    if config.method == "transfer":
-        t0 = time.perf_counter()
-        _, source, _ = run_pinn(transfer_source(pinn))
-        source_seconds = time.perf_counter() - t0
-        init_state = source.state_dict()
+    init_state, source_seconds = source_weights(pinn) if config.method == "transfer" else (None, 0.0)
     t0 = time.perf_counter()
     result, model, problem = run_pinn(pinn, [ctx.metrics_callback()], init_state=init_state)
     seconds = time.perf_counter() - t0

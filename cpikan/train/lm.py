@@ -85,6 +85,15 @@ class ResidualJacobian:
         return torch.cat(rows), torch.cat(blocks)
 
 
+def add_flat(params: list[Tensor], base: list[Tensor], delta: Tensor) -> None:
+    """params ← base + delta, with delta one flat vector in the order of ``params``."""
+    i = 0
+    for p, b in zip(params, base):
+        n = p.numel()
+        torch.add(b, delta[i : i + n].view_as(p), out=p)
+        i += n
+
+
 def nielsen(mu: float, loss: float, new: float, predicted: float) -> float:
     """The damping after an accepted step (Nielsen's rule): the better the quadratic model
     predicted the fall (ρ = actual / predicted → 1), the less damping next time."""
@@ -121,11 +130,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     def _set(self, base: list[Tensor], delta: Tensor) -> None:
-        i = 0
-        for p, b in zip(self._params(), base):
-            n = p.numel()
-            torch.add(b, delta[i : i + n].view_as(p), out=p)
-            i += n
+        add_flat(self._params(), base, delta)
 
     @torch.no_grad()
     def step(self, linearize: Callable[[], tuple[Tensor, Tensor]],  # type: ignore[override]
@@ -180,4 +185,4 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         return solve
 
 
-__all__ = ["MAX_PARAMETERS", "SOLVERS", "LMStep", "LevenbergMarquardt", "ResidualJacobian", "nielsen"]
+__all__ = ["MAX_PARAMETERS", "SOLVERS", "LMStep", "LevenbergMarquardt", "ResidualJacobian", "add_flat", "nielsen"]
