@@ -124,3 +124,29 @@ def test_the_svd_solver_keeps_the_precision_the_normal_equations_lose():
     assert fit(1e12, "cholesky") > 1e-12 and fit(1e12, "svd") < 1e-14
     with pytest.raises(ValueError, match="lm_solver: unknown 'qr'"):
         LevenbergMarquardt([torch.zeros(1, requires_grad=True)], solver="qr")
+
+
+def test_the_normal_equations_step_matches_the_jacobian_step():
+    """step_normal (JᵀJ assembled by the caller, coupled patches) takes the step step does."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    y = torch.sin(X.sum(1))
+    ws = [torch.nn.Parameter(torch.full((3,), 0.3, dtype=torch.float64)) for _ in range(2)]
+
+    def r_of(w: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(X @ w) - y
+
+    def linearize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return r_of(w.detach()), torch.func.jacrev(r_of)(w.detach())
+
+    def normal(w: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        r, J = linearize(w)
+        return float(r.square().sum()), J.T @ r, J.T @ J
+
+    a, b = LevenbergMarquardt([ws[0]]), LevenbergMarquardt([ws[1]])
+    for _ in range(5):
+        sa = a.step(lambda: linearize(ws[0]), lambda: float(r_of(ws[0].detach()).square().sum()))
+        sb = b.step_normal(lambda: normal(ws[1]), lambda: float(r_of(ws[1].detach()).square().sum()))
+        assert sa.moved and sb.moved
+        torch.testing.assert_close(ws[0].detach(), ws[1].detach(), rtol=1e-10, atol=1e-12)
+        assert a.param_groups[0]["damping"] == pytest.approx(b.param_groups[0]["damping"], rel=1e-8)

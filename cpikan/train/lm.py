@@ -135,23 +135,46 @@ class LevenbergMarquardt(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, linearize: Callable[[], tuple[Tensor, Tensor]],  # type: ignore[override]
              loss_now: Callable[[], float]) -> LMStep:
-        group = self.param_groups[0]
         r, J = linearize()
-        loss = float(r.square().sum())
-        g = J.T @ r
+        loss, g = float(r.square().sum()), J.T @ r
+
+        def solver() -> Callable[[float], Tensor | None]:
+            diag = self._floor(J.square().sum(0))
+            return self._svd_solver(J, r, diag) if self.solver == "svd" else self._cholesky_solver(J.T @ J, g, diag)
+
+        def predict(d: Tensor) -> float:
+            jd = J @ d
+            return float(-(2.0 * r @ jd + jd @ jd))
+        return self._damped(loss, g, solver, predict, loss_now)
+
+    @torch.no_grad()
+    def step_normal(self, normal: Callable[[], tuple[float, Tensor, Tensor]], loss_now: Callable[[], float]) -> LMStep:
+        """The same step from the normal equations: ``normal()`` returns (‖r‖², Jᵀr, JᵀJ).
+        For systems whose JᵀJ is assembled block by block (coupled patches) and J itself
+        would not fit in memory; Cholesky only."""
+        loss, g, A = normal()
+        return self._damped(loss, g, lambda: self._cholesky_solver(A, g, self._floor(A.diagonal().clone())),
+                            lambda d: float(-(2.0 * g @ d + d @ (A @ d))), loss_now)
+
+    @staticmethod
+    def _floor(diag: Tensor) -> Tensor:
+        return diag.clamp_min(1e-12 * float(diag.max()) + 1e-300)
+
+    def _damped(self, loss: float, g: Tensor, solver: Callable[[], Callable[[float], Tensor | None]],
+                predict: Callable[[Tensor], float], loss_now: Callable[[], float]) -> LMStep:
+        """Try δ(μ) = solver()(μ) with growing μ until the loss falls; ``predict(δ)`` is the
+        quadratic model's fall, for Nielsen's damping update."""
+        group = self.param_groups[0]
         grad_norm = 2.0 * float(torch.linalg.vector_norm(g))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return LMStep(loss, grad_norm, False)
-        diag = J.square().sum(0)
-        diag = diag.clamp_min(1e-12 * float(diag.max()) + 1e-300)
         mu, nu = group["damping"], group["nu"]
         base = [p.detach().clone() for p in self._params()]
-        solve = self._svd_solver(J, r, diag) if self.solver == "svd" else self._cholesky_solver(J, g, diag)
+        solve = solver()
         for _ in range(self.max_tries):
             delta = solve(mu)
             if delta is not None:
-                jd = J @ delta
-                predicted = float(-(2.0 * r @ jd + jd @ jd))
+                predicted = predict(delta)
                 self._set(base, delta)
                 new = loss_now()
                 if math.isfinite(new) and new < loss:
@@ -165,9 +188,7 @@ class LevenbergMarquardt(torch.optim.Optimizer):
         return LMStep(loss, grad_norm, False)
 
     @staticmethod
-    def _cholesky_solver(J: Tensor, g: Tensor, diag: Tensor) -> Callable[[float], Tensor | None]:
-        A = J.T @ J
-
+    def _cholesky_solver(A: Tensor, g: Tensor, diag: Tensor) -> Callable[[float], Tensor | None]:
         def solve(mu: float) -> Tensor | None:
             chol, info = torch.linalg.cholesky_ex(A + torch.diag(mu * diag))
             return None if int(info) else -torch.cholesky_solve(g[:, None], chol)[:, 0]
