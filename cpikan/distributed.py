@@ -86,7 +86,10 @@ def reduce_sum(tensors: list[torch.Tensor], shard: Shard) -> list[torch.Tensor]:
 
 
 def finish() -> None:
+    """Leave the group together: without the barrier a rank that tears down first can abort
+    its peer mid-teardown (gloo: "terminate called without an active exception", SIGABRT)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
