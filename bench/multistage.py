@@ -41,7 +41,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     base = REGRESSION if args.problem == "regression1d" else PRESETS[args.problem]
     base = replace(base, train=replace(base.train, lm_solver="svd"))
-    kw: dict = {"stages": args.stages, "hidden": (8,), "degree": 16, "lm_steps": 400}
+    kw: dict = {"stages": args.stages, "hidden": (8,), "degree": 24, "lm_steps": 400, "points_factor": 2.0}
     types = {f.name: f.type for f in fields(MultiStageConfig)}
     for item in args.set:
         key, _, value = item.partition("=")
