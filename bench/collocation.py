@@ -1,0 +1,113 @@
+"""Fewer collocation points: uniform vs RAR-D, the smallest count that reaches the same error (issue 16).
+
+One 2-D problem (default ``diffusion``, in (x, t)), its preset with the LM phase cut to
+``--lm-steps`` so the ladder fits in a session. For each interior point count N of the
+ladder and each seed:
+- uniform: N stratified points, fixed for the whole run;
+- RAR-D: N/2 stratified points, then four rounds (every 300 steps) that each add N/8 points
+  drawn where the residual is large (Wu et al. 2023), so the run ends with N points.
+Boundary and initial points stay at the preset's counts: N counts the interior only.
+The target error is the uniform run's median at the ladder's largest N (the preset's
+count). For each method the smallest N whose median error over the seeds is within
+``--tolerance`` of the target is printed, then ``point_ratio`` = RAR-D's ÷ uniform's.
+Exits 1 when the ratio is above 0.3 (RAR-D needs at most 30 % of the uniform points).
+
+    .venv/bin/python bench/collocation.py [--problem diffusion] [--counts 250,500,1000,2000]
+                                         [--seeds 5] [--lm-steps 500] [--jobs 2]
+
+RAR-D's counts are those at the full step budget: an LM phase that stops early skips the
+last rounds, so a RAR-D run may end with fewer points than its row says (never more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+
+import torch
+from tqdm import tqdm
+
+from cpikan.experiment import PINNConfig, run_pinn
+from cpikan.presets import PRESETS
+
+RAR_EVERY, RAR_ROUNDS = 300, 4
+
+
+def configure(base: PINNConfig, method: str, n: int, seed: int) -> PINNConfig:
+    """The preset at N interior points, uniform or RAR-D (N/2 start + 4 rounds of N/8)."""
+    train = replace(base.train, seed=seed)
+    if method == "rar_d":
+        start = n // 2
+        train = replace(train, rar_every=RAR_EVERY, rar_points=(n - start) // RAR_ROUNDS)
+        n = start
+    return replace(base, problem_kwargs={**base.problem_kwargs, "n_interior": n}, train=train)
+
+
+def one(cfg: PINNConfig) -> tuple[float, float]:
+    """(rel_l2, seconds) of one run on one thread."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    result, _, _ = run_pinn(cfg)
+    return result.metrics["rel_l2"], time.perf_counter() - t0
+
+
+def smallest(medians: dict[int, float], target: float) -> int | None:
+    """The smallest count whose median error reaches the target, if any does."""
+    return next((n for n in sorted(medians) if medians[n] <= target), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problem", default="diffusion", choices=["diffusion", "helmholtz2d", "reaction_diffusion"])
+    ap.add_argument("--counts", default="250,500,1000,2000", help="interior point counts, comma-separated")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--lm-steps", type=int, default=500)
+    ap.add_argument("--tolerance", type=float, default=0.1, help="relative slack on the target error")
+    ap.add_argument("--jobs", type=int, default=1)
+    args = ap.parse_args(argv)
+    try:
+        counts = sorted({int(c) for c in args.counts.split(",")})
+    except ValueError:
+        ap.error(f"--counts: comma-separated integers, got {args.counts!r}")
+    if counts[0] < 2 * RAR_ROUNDS:
+        ap.error(f"--counts: each count must be ≥ {2 * RAR_ROUNDS}, got {counts[0]}")
+    base = PRESETS[args.problem]
+    if base.train.adam_steps + args.lm_steps <= RAR_EVERY * RAR_ROUNDS:
+        ap.error(f"--lm-steps: too few for {RAR_ROUNDS} RAR-D rounds every {RAR_EVERY} steps")
+    base = replace(base, train=replace(base.train, lm_steps=args.lm_steps))
+    jobs = [(m, n, s) for m in ("uniform", "rar_d") for n in counts for s in range(args.seeds)]
+    errors: dict[tuple[str, int], list[float]] = {}
+    seconds: dict[tuple[str, int], list[float]] = {}
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(one, configure(base, *job)): job for job in jobs}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="runs", file=sys.stderr):
+            m, n, _ = futures[fut]
+            rel, sec = fut.result()
+            errors.setdefault((m, n), []).append(rel)
+            seconds.setdefault((m, n), []).append(sec)
+    med = {k: statistics.median(v) for k, v in errors.items()}
+    print(f"{args.problem}: preset, LM {args.lm_steps} steps, {args.seeds} seeds; RAR-D: N/2 start + "
+          f"{RAR_ROUNDS} rounds of N/8 every {RAR_EVERY} steps")
+    print(f"{'method':<8}{'N':>6}{'median rel_l2':>15}{'worst':>11}{'seconds':>9}")
+    for (m, n), v in sorted(med.items()):
+        print(f"{m:<8}{n:>6}{v:>15.3e}{max(errors[(m, n)]):>11.3e}{statistics.median(seconds[(m, n)]):>9.0f}")
+    target = med[("uniform", counts[-1])] * (1 + args.tolerance)
+    n_uniform = smallest({n: med[("uniform", n)] for n in counts}, target)
+    n_rar = smallest({n: med[("rar_d", n)] for n in counts}, target)
+    ratio = n_rar / n_uniform if n_rar and n_uniform else math.inf
+    ok = ratio <= 0.3
+    print(f"target={target:.3e} n_uniform={n_uniform} n_rar_d={n_rar or 'none'} point_ratio={ratio:.2f} "
+          f"seeds={args.seeds} seconds={time.perf_counter() - t0:.0f} ok={int(ok)}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
