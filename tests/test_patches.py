@@ -102,3 +102,10 @@ def test_the_lm_finish_closes_the_seams_far_below_independent_patches():
         assert 0 < len(lm) <= 10 and all(b <= a for a, b in zip(lm, lm[1:]))
         seams[w] = rep["seam_l2"]
     assert seams[cfg.interface_weight] < seams[0.0] / 10, seams
+
+
+def test_a_joint_finish_too_large_for_a_dense_solve_is_refused_before_training():
+    buckets = physics.quantize(physics.render(np.zeros((200, 200))), 16)
+    cfg = PatchRefineConfig(rows=8, cols=8, overlap=8, steps=1, lm_steps=1)  # 64 × 530 > 20 000
+    with pytest.raises(ValueError, match="lm_steps: the joint finish solves a dense system of 64 patches"):
+        refine_wafer(buckets, np.zeros((200, 200)), cfg)

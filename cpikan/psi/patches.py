@@ -42,7 +42,7 @@ from cpikan.nn import ScaledCPIKAN
 from cpikan.psi.loss import render_torch
 from cpikan.psi.physics import DEFAULT_PSI, PSIConfig, dequantize
 from cpikan.psi.refine import smoothed
-from cpikan.train.lm import LevenbergMarquardt
+from cpikan.train.lm import MAX_PARAMETERS, LevenbergMarquardt
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,10 @@ def refine_wafer(
     I = torch.from_numpy(dequantize(np.asarray(buckets)))  # (C, H, W), float32 to keep RAM low
     h0 = smoothed(h_init, cfg.smooth_px)[0, 0]
     field = PatchField(K, h, w, cfg)
+    P = sum(v[0].numel() for v in field.params.values())
+    if cfg.lm_steps and K * P > MAX_PARAMETERS:  # JᵀJ is dense: (K·P)² float64
+        raise ValueError(f"lm_steps: the joint finish solves a dense system of {K} patches × {P} parameters "
+                         f"= {K * P} unknowns (at most {MAX_PARAMETERS}); use fewer or smaller patches, or lm_steps=0")
     gen = torch.Generator().manual_seed(cfg.seed)
     origin = torch.tensor([[win.c0, win.r0] for win in wins], dtype=torch.float64)  # (K, 2) as (x, y)
     # with a second-order finish the patches first train alone: Adam meets a stiff coupling
