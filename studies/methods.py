@@ -73,4 +73,5 @@ def space(trial: Any, base: MethodSearchConfig) -> MethodSearchConfig:
 
 
 register(Study("method_search", MethodSearchConfig, MethodSearchConfig, space,
-               [("rel_l2", "minimize"), ("seconds", "minimize")], ENTRY_POINT, default_trials=len(METHODS) - 1))  # deep_ritz: poisson3d only
+               [("rel_l2", "minimize"), ("seconds", "minimize")], ENTRY_POINT,
+               default_trials=sum(not why_not for why_not in applicable(MethodSearchConfig().base).values())))

@@ -195,17 +195,25 @@ def refine_wafer(
     return out, report
 
 
+def _sample_pixels(origin: Tensor, size: tuple[int, int], n: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """n random pixels per window: local (x, y) inputs (K, n, 2) and global rows, cols (K, n)."""
+    K, (h, w) = origin.shape[0], size
+    ys = torch.randint(0, h, (K, n), generator=gen)
+    xs = torch.randint(0, w, (K, n), generator=gen)
+    return torch.stack([xs, ys], -1).double(), ys + origin[:, 1:].long(), xs + origin[:, :1].long()
+
+
+def _misfit(height: Tensor, measured: Tensor, psi: PSIConfig) -> Tensor:
+    """(C, K, n) bucket misfits in units of B of heights (K, n) against ``measured`` (C, K, n)."""
+    K = height.shape[0]
+    return (render_torch(height.reshape(1, 1, K, -1), psi)[0] - measured) / psi.B
+
+
 def _data_loss(field: PatchField, I: Tensor, h0: Tensor, origin: Tensor, size: tuple[int, int],
                cfg: PatchRefineConfig, psi: PSIConfig, gen: torch.Generator) -> Tensor:
-    K, (h, w) = origin.shape[0], size
-    ys = torch.randint(0, h, (K, cfg.samples), generator=gen)
-    xs = torch.randint(0, w, (K, cfg.samples), generator=gen)
-    gy, gx = ys + origin[:, 1:].long(), xs + origin[:, :1].long()
-    delta = field(torch.stack([xs, ys], -1).double())
-    height = h0[gy, gx] + cfg.scale_um * delta  # (K, n)
-    measured = I[:, gy, gx].double()  # (C, K, n)
-    rendered = render_torch(height.reshape(1, 1, K, -1), psi)[0]  # (C, K, n)
-    return ((rendered - measured) / psi.B).square().mean()
+    xy, gy, gx = _sample_pixels(origin, size, cfg.samples, gen)
+    height = h0[gy, gx] + cfg.scale_um * field(xy)  # (K, n)
+    return _misfit(height, I[:, gy, gx].double(), psi).square().mean()
 
 
 class CoupledLeastSquares:
@@ -219,12 +227,10 @@ class CoupledLeastSquares:
 
     def __init__(self, field: PatchField, I: Tensor, h0: Tensor, origin: Tensor, size: tuple[int, int],
                  pairs: list, cfg: PatchRefineConfig, psi: PSIConfig, gen: torch.Generator) -> None:
-        K, (h, w) = origin.shape[0], size
-        ys = torch.randint(0, h, (K, cfg.lm_samples), generator=gen)
-        xs = torch.randint(0, w, (K, cfg.lm_samples), generator=gen)
-        gy, gx = ys + origin[:, 1:].long(), xs + origin[:, :1].long()
+        K = origin.shape[0]
+        self.xy, gy, gx = _sample_pixels(origin, size, cfg.lm_samples, gen)
         self.field, self.cfg, self.psi, self.K = field, cfg, psi, K
-        self.xy, self.base, self.measured = torch.stack([xs, ys], -1).double(), h0[gy, gx].double(), I[:, gy, gx].double()
+        self.base, self.measured = h0[gy, gx].double(), I[:, gy, gx].double()
         self.probes = (_interface_probes(pairs, origin, cfg.lm_interface_samples)
                        if pairs and cfg.interface_weight else None)
         sizes = [v[0].numel() for v in field.params.values()]
@@ -236,8 +242,7 @@ class CoupledLeastSquares:
 
     def _residuals(self, delta: Tensor) -> Tensor:
         """(C, K, n) bucket misfits in units of B at the fixed pixels."""
-        height = (self.base + self.cfg.scale_um * delta).reshape(1, 1, self.K, -1)
-        return (render_torch(height, self.psi)[0] - self.measured) / self.psi.B
+        return _misfit(self.base + self.cfg.scale_um * delta, self.measured, self.psi)
 
     @torch.no_grad()
     def loss(self) -> float:
