@@ -141,12 +141,21 @@ def test_boundary_checks_run_on_the_sides_the_model_was_given():
         bump = 0.1 * torch.relu(x - 0.9) * torch.sin(math.pi * (y + 0.5) / 2) ** 2  # 0 on the other sides
         return out + torch.stack([bump, 0 * bump, 0 * bump], 1)
 
-    kept = FlowCase("kovasznay", re=40.0, n=24, sides="bottom,top,left")
-    assert "dirichlet_error" in check_flow(outlet_off, CASE).failed
+    kept = FlowCase("kovasznay", re=40.0, n=24, sides="bottom,top,left", neumann_sides="bottom,top,left")
+    assert {"dirichlet_error", "neumann_error"} <= set(check_flow(outlet_off, CASE).failed)
     res = check_flow(outlet_off, kept)
     assert "dirichlet_error" not in res.failed and "neumann_error" not in res.failed, res.summary()
+    # an outflow side with Neumann data only: the slope there is checked, the values are not
+    outflow = FlowCase("kovasznay", re=40.0, n=24, sides="bottom,top,left", neumann_sides="right")
+    res = check_flow(outlet_off, outflow)
+    assert "neumann_error" in res.failed and "dirichlet_error" not in res.failed, res.summary()
+    # no side with Neumann data: nothing to check, and nothing logged as if it had been
+    none = check_flow(exact_model, FlowCase("kovasznay", re=40.0, n=24, neumann_sides=""))
+    assert none.status["neumann_error"] == "n/a" and none.ok and "guard/neumann_error" not in none.metrics()
     with pytest.raises(SensorError, match="sides: unknown side 'outlet'"):
         FlowCase("kovasznay", re=40.0, sides="left,outlet")
+    with pytest.raises(SensorError, match="neumann_sides: unknown side 'outlet'"):
+        FlowCase("kovasznay", re=40.0, neumann_sides="outlet")
 
 
 # --------------------------------------------------------------------------- the studies
@@ -192,6 +201,55 @@ def test_flow_inverse_study_runs_carry_every_guard_figure(mlruns):
     assert main(["flow_inverse", "--trials", "1", "--set", "lm_steps=2",
                  "--set", "n_interior=6", "--set", "width=4", "--set", "grid=16"]) == 0
     (run,) = [r for r in _runs("studies/flow_inverse") if "rel_l2" in r.data.metrics]
-    assert {f"guard/{c}" for c in CHECKS} <= set(run.data.metrics)
+    # the default inverse case withholds the outlet and gives no Neumann data: that check is n/a
+    assert {f"guard/{c}" for c in CHECKS if c != "neumann_error"} <= set(run.data.metrics)
     assert {"re", "re_error", "rel_l2_linear"} <= set(run.data.metrics)
     assert all(f"{c}=" in run.data.tags["guard.status"] for c in CHECKS)
+    assert "neumann_error=n/a" in run.data.tags["guard.status"]
+
+
+# --------------------------------------------------------------------------- the inverse problem's residuals
+@pytest.mark.parametrize("flow", ["kovasznay", "taylor_green"])
+def test_inverse_residuals_equal_the_guards_autograd_navier_stokes(flow):
+    """The jet-based momentum and boundary fluxes the solver trains on are the guard's
+    autograd Navier–Stokes (steady and unsteady), for an untrained network and a wrong Re."""
+    from cpikan.nn.chebykan import ScaledCPIKAN
+    from cpikan.sensors.guard import navier_stokes
+    from cpikan.sensors.inverse import DivergenceFree, FlowInverse, FlowInverseConfig, sensor_readings
+
+    cfg = FlowInverseConfig(flow=flow, re=10.0, re_init=7.0, n_interior=4, n_times=2, n_boundary=5, grid=16,
+                            kept_sides="bottom,left", neumann_sides="right,top", k=4)
+    _, _, coords, readings, _ = sensor_readings(cfg)
+    problem = FlowInverse(cfg, torch.as_tensor(coords), torch.as_tensor(readings), torch.Generator().manual_seed(0))
+    x0, x1, y0, y1 = problem.case.bounds()
+    lo, hi = ((x0, y0, 0.0), (x1, y1, 1.0)) if flow == "taylor_green" else ((x0, y0), (x1, y1))
+    model = DivergenceFree(ScaledCPIKAN([len(lo), 5, 2], 4, lo, hi, dtype="float64", seed=1))
+    mom, div, _ = navier_stokes(model, problem.interior, 7.0, unsteady=flow == "taylor_green")
+    fused = problem.residuals(model)
+    for k, name in enumerate(("mom_x", "mom_y")):
+        torch.testing.assert_close(fused[name], mom[:, k].detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(problem.terms()[name].residuals(model).detach(), fused[name])
+    assert float(div.detach().abs().max()) < 1e-12
+    pts = problem.neumann.detach().requires_grad_(True)
+    out = model(pts)
+    for k, name in enumerate(("u", "v")):
+        grad = torch.autograd.grad(out[:, k].sum(), pts, retain_graph=True)[0][:, :2]
+        want = (grad * problem.normals).sum(1) - problem.neumann_duv[:, k]
+        torch.testing.assert_close(fused[f"bc_d{name}"], want.detach(), rtol=1e-10, atol=1e-12)
+    assert len(problem.boundary) == 2 * 5 * (2 if flow == "taylor_green" else 1)
+    assert coords.shape == (4 * (5 if flow == "taylor_green" else 1), 3 if flow == "taylor_green" else 2)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"box": "0,2,0,1"}, "box: '0,2,0,1' is not a non-empty box inside the kovasznay domain"),
+    ({"box": "0,1"}, "box: expected four numbers"),
+    ({"neumann_sides": "right,left"}, "neumann_sides: side 'left' is also in kept_sides"),
+    ({"neumann_sides": "outlet"}, "neumann_sides: unknown side 'outlet'"),
+    ({"flow": "poiseuille"}, "flow"),
+])
+def test_inverse_config_refuses_bad_input_naming_the_field(kw, message):
+    from cpikan.config import ConfigError
+    from cpikan.sensors.inverse import FlowInverseConfig
+
+    with pytest.raises(ConfigError, match=message):
+        FlowInverseConfig(**kw)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 FIELDS = ("u", "v", "p")
+FLOWS = ("kovasznay", "taylor_green")
 
 
 def _lib(x: Any) -> Any:
@@ -72,11 +73,32 @@ KOVASZNAY_GRID = (-0.5, 1.0, -0.5, 1.5)
 TAYLOR_GREEN_GRID = (0.0, 2 * math.pi, 0.0, 2 * math.pi)
 
 
+def domain(flow: str) -> tuple[float, float, float, float]:
+    return KOVASZNAY_GRID if flow == "kovasznay" else TAYLOR_GREEN_GRID
+
+
+def parse_box(box: str, flow: str) -> tuple[float, float, float, float]:
+    """"x0,x1,y0,y1" → a sub-box of ``flow``'s domain; an error names the field otherwise."""
+    from cpikan.config import ConfigError
+
+    try:
+        x0, x1, y0, y1 = (float(v) for v in box.split(","))
+    except ValueError:
+        raise ConfigError("box", f"expected four numbers 'x0,x1,y0,y1', got {box!r}") from None
+    d = domain(flow)
+    if not (d[0] <= x0 < x1 <= d[1] and d[2] <= y0 < y1 <= d[3]):
+        raise ConfigError("box", f"{box!r} is not a non-empty box inside the {flow} domain "
+                          f"[{d[0]:g}, {d[1]:g}] × [{d[2]:g}, {d[3]:g}]")
+    return x0, x1, y0, y1
+
+
 def snapshots(flow: str, n: int, count: int, field: str = "u", seed: int = 0,
-              dtype: Any = np.float32) -> tuple[np.ndarray, Grid, np.ndarray]:
-    """(count, n²) snapshots of one velocity/pressure field, the grid, and each snapshot's
-    parameter: Kovasznay over Re ∈ [20, 80]; Taylor–Green over time t ∈ [0, 2] and a
-    random phase shift of the vortex lattice (Re = 100)."""
+              dtype: Any = np.float32, bounds: tuple[float, float, float, float] | None = None,
+              ) -> tuple[np.ndarray, Grid, np.ndarray]:
+    """(count, n²) snapshots of one velocity/pressure field on an n × n grid over ``bounds``
+    (default: the flow's domain), the grid, and each snapshot's parameter: Kovasznay over
+    Re ∈ [20, 80]; Taylor–Green over time t ∈ [0, 2] and a random phase shift of the vortex
+    lattice (Re = 100)."""
     if flow not in ("kovasznay", "taylor_green"):
         raise ValueError(f"flow: unknown {flow!r}; allowed: kovasznay, taylor_green")
     if field not in FIELDS:
@@ -84,7 +106,7 @@ def snapshots(flow: str, n: int, count: int, field: str = "u", seed: int = 0,
     if n < 2 or count < 1:
         raise ValueError(f"n, count: need n ≥ 2 and count ≥ 1, got n={n}, count={count}")
     rng = np.random.default_rng(seed)
-    grid = Grid(n, *(KOVASZNAY_GRID if flow == "kovasznay" else TAYLOR_GREEN_GRID))
+    grid = Grid(n, *(bounds or domain(flow)))
     x, y = grid.mesh()
     out = np.empty((count, n * n), dtype)
     k = FIELDS.index(field)
