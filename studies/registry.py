@@ -37,7 +37,7 @@ CATALOG: dict[str, Entry] = {
     "sensor_placement": Entry("studies.sensors", "K sensors by QR pivoting vs random vs uniform (vs SSPOR): linear POD estimate's error vs K and noise"),
     "multistage_search": Entry("studies.multistage", "multi-stage training: stages × width/degree × Fourier σ rule × point growth on helmholtz1d (Pareto: error, seconds)"),
     "method_search": Entry("studies.methods", "method options (ConFIG, LRA, RAR-D, Fourier features, transfer learning) vs the preset on diffusion (Pareto: error, seconds)"),
-    "flow_inverse": Entry("studies.sensors", "Kovasznay flow and its Re from K sensors + Navier–Stokes (Scaled-cPIKAN, LM), physics guard per run"),
+    "flow_inverse": Entry("studies.sensors", "Kovasznay or Taylor–Green flow (--set flow=…) and its Re from K sensors + Navier–Stokes (Scaled-cPIKAN, LM), physics guard per run"),
 }
 
 
