@@ -16,6 +16,10 @@ Exits 1 unless, for every flow, rel_l2_qr ≤ 1e-2, rel_l2_qr ≤ rel_l2_random 
 re_error ≤ 1 %, and the residual and divergence are within the guard's red lines.
 
     .venv/bin/python bench/flow_inverse.py [kovasznay|taylor_green|all] [--seeds 5] [--set lm_steps=150 ...]
+    .venv/bin/python bench/flow_inverse.py --save-reference   # rebuild the guarded case's reference
+
+``--save-reference`` trains ``cpikan.sensors.reference.GUARDED`` from scratch and, if every
+red line holds, writes the reference model that ``make test``'s guarded case continues from.
 """
 
 from __future__ import annotations
@@ -70,12 +74,29 @@ def line(fig: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.0f}" if k == "seconds" else f"{k}={v:.2e}" for k, v in fig.items())
 
 
+def save_reference() -> int:
+    from cpikan.sensors import reference
+
+    model, r = solve(reference.GUARDED)
+    print(f"guarded case from scratch: {r.guard.summary()} re={r.re:.4f} seconds={r.seconds:.0f}")
+    if not r.guard.ok:
+        print(f"not saved: red lines {', '.join(r.guard.failed)}")
+        return 1
+    path = reference.save_reference(model, r.re, reference.GUARDED)
+    after = reference.guarded_case()
+    print(f"saved {path}; continued {reference.GUARD_STEPS} steps: {after.guard.summary()} seconds={after.seconds:.0f}")
+    return 0 if after.guard.ok else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("flow", nargs="?", default="all", choices=[*FLOWS, "all"])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a FlowInverseConfig field")
+    ap.add_argument("--save-reference", action="store_true", help="rebuild the guarded case's reference model")
     args = ap.parse_args()
+    if args.save_reference:
+        return save_reference()
     base = asdict(FlowInverseConfig())
     overrides = {}
     for item in args.set:

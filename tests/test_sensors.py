@@ -253,3 +253,32 @@ def test_inverse_config_refuses_bad_input_naming_the_field(kw, message):
 
     with pytest.raises(ConfigError, match=message):
         FlowInverseConfig(**kw)
+
+
+# --------------------------------------------------------------------------- the guarded case (make test's physics check)
+def test_guarded_flow_case_keeps_every_red_line():
+    """The reference model, knocked off (1 % weight noise: every boundary and residual line
+    red) and trained back under the code as it is now, keeps every red line."""
+    from cpikan.sensors.reference import guarded_case
+
+    before, after = guarded_case(steps=0), guarded_case()
+    assert {"momentum_residual", "dirichlet_error"} <= set(before.guard.failed)  # there is something to recover
+    assert after.guard.ok, after.guard.summary()
+    assert after.re_error < 1e-2 and after.rel_l2 < 1e-2
+
+
+def test_the_guarded_case_fails_a_change_that_breaks_the_physics(monkeypatch):
+    """A planted bug — the x-momentum's viscous term lost — is trained into the model within
+    the guarded case's steps, and the guard fails it by name. (Kovasznay's pressure depends
+    on x alone: a bug in ∂p/∂y would pass this case unseen; one flow cannot see everything.)"""
+    from cpikan.sensors.inverse import FlowInverse
+    from cpikan.sensors.reference import guarded_case
+
+    right = FlowInverse.momentum
+
+    def broken(self, j, dj, k):
+        out = right(self, j, dj, k)  # ψ_xxy and ψ_yyy sit in slots 6 and 8, differentiated in y
+        return out + self.nu() * (dj[:, 6, 1] + dj[:, 8, 1]) if k == 0 else out
+
+    monkeypatch.setattr(FlowInverse, "momentum", broken)
+    assert "momentum_residual" in guarded_case().guard.failed
