@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from reports.sensors import figures as sensor_figures
+from reports.sensors import guard_rows
 from studies import registry
 from tracking import logs, store
 from tracking.store import TrackingError
@@ -249,10 +250,31 @@ def build(since: dt.timedelta, kpi_file: Path = KPI_FILE) -> tuple[str, list[dic
     figs += study_figures(now - since)
     figs += convergence_figures(client)
     figs += sensor_figures(client)
-    return render(rows, figs, now, since), rows
+    return render(rows, figs, now, since, guard_rows(client)), rows
 
 
-def render(rows: list[dict[str, Any]], figs: list[tuple[str, Any]], now: dt.datetime, since: dt.timedelta) -> str:
+def guard_table(guard: list[dict[str, Any]]) -> str:
+    """The physics guard of the latest flow_inverse runs: one row per run, one cell per check."""
+    if not guard:
+        return ""
+    from cpikan.sensors.guard import CHECKS
+
+    cls = {"green": "ok", "yellow": "warn", "red": "bad", "n/a": "none"}
+    head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in CHECKS)
+    body = []
+    for g in guard:
+        link = f'<a href="{UI}/#/experiments/{g["experiment_id"]}/runs/{g["run_id"]}">{g["run_id"][:8]}</a>'
+        cells = "".join(f'<td class="{cls.get(s, "none")}">{f"{v:.1e}" if v is not None else s}</td>'
+                        for v, s in (g["checks"][c] for c in CHECKS))
+        body.append(f"<tr><td>{link}</td><td>{html.escape(str(g['flow']))}</td>"
+                    f"<td>{html.escape(str(g['placement']))} K={html.escape(str(g['k']))}</td>{cells}</tr>")
+    return (f"<h2>Physics guard: the latest flow_inverse runs</h2><p>Red lines in <code>cpikan/sensors/guard.toml</code>"
+            f" (seed 003); n/a: no side carries that boundary condition.</p><table><tr><th>run</th><th>flow</th>"
+            f"<th>sensors</th>{head}</tr>{''.join(body)}</table>")
+
+
+def render(rows: list[dict[str, Any]], figs: list[tuple[str, Any]], now: dt.datetime, since: dt.timedelta,
+           guard: list[dict[str, Any]] | None = None) -> str:
     esc = html.escape
     table = []
     for r in rows:
@@ -273,7 +295,7 @@ def render(rows: list[dict[str, Any]], figs: list[tuple[str, Any]], now: dt.date
 <html lang="en"><head><meta charset="utf-8"><title>cPIKAN Lab — weekly KPI report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.ok{{background:#d9f2d9}}.bad{{background:#f7d4d4}}
-.none{{color:#888}}</style></head><body>
+.warn{{background:#fbefc4}}.none{{color:#888}}</style></head><body>
 <h1>cPIKAN Lab — weekly KPI report</h1>
 <p>Generated {now:%Y-%m-%d %H:%M} from {esc(store.tracking_uri())}; period: the last {since.days or since.seconds // 3600}
 {'days' if since.days else 'hours'}. Values are the KPI's aggregation over all finished runs so far; "week earlier" over
@@ -282,6 +304,7 @@ runs started before the period. <code>make weekly</code> fills every KPI (its jo
 <table><tr><th>KPI</th><th>target</th><th>current</th><th>week earlier</th><th>trend</th><th>status</th><th>run</th></tr>
 {''.join(table)}</table>
 <script type="application/json" id="kpi-data">{data}</script>
+{guard_table(guard or [])}
 {''.join(parts) if parts else '<p>No runs yet: nothing to plot.</p>'}
 </body></html>
 """

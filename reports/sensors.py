@@ -44,3 +44,29 @@ def figures(client: Any) -> list[tuple[str, Any]]:
                           yaxis_type="log", height=320, template="plotly_white", margin=dict(t=40, b=30))
         out.append((title, fig))
     return out
+
+
+GUARDED_EXPERIMENT = "studies/flow_inverse"
+
+
+def guard_rows(client: Any, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest ``flow_inverse`` runs' physics-guard figures, newest first: per run its flow,
+    placement, K and, per check, (value or None, status: green | yellow | red | n/a)."""
+    from cpikan.sensors.guard import CHECKS
+
+    exp = client.get_experiment_by_name(GUARDED_EXPERIMENT)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=limit)
+    out = []
+    for r in runs:
+        tag = r.data.tags.get("guard.status")
+        if not tag:
+            continue
+        status = dict(item.split("=", 1) for item in tag.split(","))
+        p = r.data.params
+        out.append({"run_id": r.info.run_id, "experiment_id": r.info.experiment_id,
+                    "flow": p.get("flow", "kovasznay"), "placement": p.get("placement", ""), "k": p.get("k", ""),
+                    "checks": {c: (r.data.metrics.get(f"guard/{c}"), status.get(c, "n/a")) for c in CHECKS}})
+    return out

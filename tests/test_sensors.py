@@ -206,6 +206,20 @@ def test_flow_inverse_study_runs_carry_every_guard_figure(mlruns):
     assert {"re", "re_error", "rel_l2_linear"} <= set(run.data.metrics)
     assert all(f"{c}=" in run.data.tags["guard.status"] for c in CHECKS)
     assert "neumann_error=n/a" in run.data.tags["guard.status"]
+    # the weekly report's guard table: the run, each check's value in its status colour
+    import datetime as dt
+
+    from reports.kpi import render
+    from reports.sensors import guard_rows
+    from tracking import store
+
+    (row,) = guard_rows(store.client())
+    assert row["run_id"] == run.info.run_id and row["checks"]["neumann_error"] == (None, "n/a")
+    value, status = row["checks"]["momentum_residual"]
+    assert value == run.data.metrics["guard/momentum_residual"] and status in ("green", "yellow", "red")
+    page = render([], [], dt.datetime.now(), dt.timedelta(days=7), guard_rows(store.client()))
+    cls = {"green": "ok", "yellow": "warn", "red": "bad"}[status]
+    assert f'<td class="{cls}">{value:.1e}</td>' in page and run.info.run_id[:8] in page
 
 
 # --------------------------------------------------------------------------- the inverse problem's residuals
