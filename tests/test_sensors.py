@@ -259,8 +259,6 @@ def test_inverse_residuals_equal_the_guards_autograd_navier_stokes(flow):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"box": "0,2,0,1"}, "box: '0,2,0,1' is not a non-empty box inside the kovasznay domain"),
-    ({"box": "0,1"}, "box: expected four numbers"),
     ({"neumann_sides": "right,left"}, "neumann_sides: side 'left' is also in kept_sides"),
     ({"neumann_sides": "outlet"}, "neumann_sides: unknown side 'outlet'"),
     ({"flow": "poiseuille"}, "flow"),

@@ -77,21 +77,6 @@ def domain(flow: str) -> tuple[float, float, float, float]:
     return KOVASZNAY_GRID if flow == "kovasznay" else TAYLOR_GREEN_GRID
 
 
-def parse_box(box: str, flow: str) -> tuple[float, float, float, float]:
-    """"x0,x1,y0,y1" → a sub-box of ``flow``'s domain; an error names the field otherwise."""
-    from cpikan.config import ConfigError
-
-    try:
-        x0, x1, y0, y1 = (float(v) for v in box.split(","))
-    except ValueError:
-        raise ConfigError("box", f"expected four numbers 'x0,x1,y0,y1', got {box!r}") from None
-    d = domain(flow)
-    if not (d[0] <= x0 < x1 <= d[1] and d[2] <= y0 < y1 <= d[3]):
-        raise ConfigError("box", f"{box!r} is not a non-empty box inside the {flow} domain "
-                          f"[{d[0]:g}, {d[1]:g}] × [{d[2]:g}, {d[3]:g}]")
-    return x0, x1, y0, y1
-
-
 def snapshots(flow: str, n: int, count: int, field: str = "u", seed: int = 0,
               dtype: Any = np.float32, bounds: tuple[float, float, float, float] | None = None,
               ) -> tuple[np.ndarray, Grid, np.ndarray]:

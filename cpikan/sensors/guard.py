@@ -65,11 +65,8 @@ class FlowCase:
     # side the Neumann check has nothing to check and reports "n/a".
     sides: str = "bottom,right,top,left"  # Dirichlet sides
     neumann_sides: str = "bottom,right,top,left"
-    box: str = ""  # "x0,x1,y0,y1": a sub-box of the flow's domain (its sides are the sides); "" = all
 
     def __post_init__(self) -> None:
-        if self.box:
-            flows.parse_box(self.box, self.flow)
         for name, value, empty_ok in (("sides", self.sides, False), ("neumann_sides", self.neumann_sides, True)):
             bad = [s for s in value.split(",") if s not in SIDES] if value or not empty_ok else []
             if bad:
@@ -80,7 +77,7 @@ class FlowCase:
         return self.flow == "taylor_green"
 
     def bounds(self) -> tuple[float, float, float, float]:
-        return flows.parse_box(self.box, self.flow) if self.box else flows.domain(self.flow)
+        return flows.domain(self.flow)
 
     def exact(self, pts: Tensor) -> Tensor:
         if self.flow == "kovasznay":

@@ -47,7 +47,6 @@ class FlowInverseConfig:
     flow: str = choice("kovasznay", FLOWS)  # steady Kovasznay, or the unsteady Taylor–Green vortex
     re: float = bounded(40.0, gt=0)  # the true Reynolds number (generates the readings)
     re_init: float = bounded(20.0, gt=0)  # the starting guess
-    box: str = ""  # "x0,x1,y0,y1": a sub-box of the flow's domain (the fast guarded case); "" = all of it
     t_end: float = bounded(1.0, gt=0)  # Taylor–Green: times [0, t_end]
     n_times: int = bounded(4, ge=2)  # Taylor–Green: time levels of the interior and boundary points
     sensor_times: int = bounded(5, ge=1)  # Taylor–Green: readings per sensor, evenly over [0, t_end]
@@ -68,7 +67,6 @@ class FlowInverseConfig:
     adam_steps: int = bounded(0, ge=0)
     lr: float = bounded(5e-3, gt=0)
     lm_steps: int = bounded(600, ge=0)
-    re_warmup: int = bounded(0, ge=0)  # LM steps (of lm_steps) with Re held at re_init while the field forms
     # on the PDE terms; sensors weigh 1. 1e5, not 1e3: at 1e3 the noisy sensors win, and the
     # residual between the points climbs back (3.5e-4 at 200 LM steps, 2.7e-3 at 450)
     physics_weight: float = bounded(1e5, gt=0)
@@ -85,8 +83,6 @@ class FlowInverseConfig:
             if bad:
                 raise ConfigError(name, f"unknown side {bad[0]!r}; allowed: one or more of "
                                   f"{', '.join(SIDES)}, comma-separated (the physics needs some boundary data)")
-        if self.box:
-            flows.parse_box(self.box, self.flow)  # raises naming the field
         both = set(self.kept_sides.split(",")) & set(filter(None, self.neumann_sides.split(",")))
         if both:
             raise ConfigError("neumann_sides", f"side {sorted(both)[0]!r} is also in kept_sides; a side "
@@ -125,12 +121,11 @@ class DivergenceFree(nn.Module):
 class FlowInverse(nn.Module):
     """The loss terms of one flow; Re is this module's parameter, so LM trains it with the model.
 
-    Trained as log Re. From a random network the first LM steps can send it off to 1e21
-    (the momentum residual is smallest with ν → 0 while the field is still wrong), and it
-    never comes back (seen with one-layer networks and small boxes); ``re_warmup`` holds it at
-    the guess while the field forms (off by default: slower on the bench case, 2.3e-3 vs
-    8.6e-4 momentum residual after 200 steps). (Bounding
-    it instead, Re = guess · 10^tanh θ, stuck it at the bound: tanh′ vanishes there.)
+    Trained as log Re. From a random one-layer network the first LM steps sent it off to
+    1e21 (the momentum residual is smallest with ν → 0 while the field is still wrong), and
+    it never came back; with two layers it did not happen. Holding it at the guess for 20
+    steps slowed the default case (2.3e-3 vs 8.6e-4 momentum residual after 200 steps), and
+    a bounded Re = guess · 10^tanh θ stuck at its bound (tanh′ vanishes there).
     """
 
     def __init__(self, cfg: FlowInverseConfig, sensors: Tensor, readings: Tensor, gen: torch.Generator) -> None:
@@ -290,7 +285,7 @@ class InverseResult:
 def flow_case(cfg: FlowInverseConfig, n: int = 48) -> FlowCase:
     """The flow ``cfg`` reconstructs, as the guard checks it (on an n × n grid)."""
     return FlowCase(cfg.flow, re=cfg.re, n=n, t_end=cfg.t_end, n_t=3, sides=cfg.kept_sides,
-                    neumann_sides=cfg.neumann_sides, box=cfg.box)
+                    neumann_sides=cfg.neumann_sides)
 
 
 def sensor_times(cfg: FlowInverseConfig) -> np.ndarray:
@@ -366,11 +361,10 @@ def solve(cfg: FlowInverseConfig, progress: Any = None,
         opt.step()
         if progress is not None:
             progress("adam", step, float(value.detach()), re_now())
-    warmup = min(cfg.re_warmup, cfg.lm_steps)
-    for first, last, trained in ((0, warmup, params[:-1]), (warmup, cfg.lm_steps, params)):
-        jac = ResidualJacobian(model, problem, trained)
-        lm = LevenbergMarquardt(trained)
-        for step in range(first, last):
+    if cfg.lm_steps:
+        jac = ResidualJacobian(model, problem, params)
+        lm = LevenbergMarquardt(params)
+        for step in range(cfg.lm_steps):
             res = lm.step(functools.partial(jac, terms, weights), loss_now)
             if progress is not None:
                 progress("lm", step, res.loss, re_now())
