@@ -23,6 +23,7 @@ from cpikan.sensors.placement import SensorError
 
 CHECKS = ("momentum_residual", "divergence", "dirichlet_error", "neumann_error", "reconstruction_error", "nonfinite")
 SIDES = ("bottom", "right", "top", "left")
+NORMALS = {"bottom": (0.0, -1.0), "right": (1.0, 0.0), "top": (0.0, 1.0), "left": (-1.0, 0.0)}  # outward
 DEFAULT_THRESHOLDS = Path(__file__).with_name("guard.toml")
 
 
@@ -97,13 +98,13 @@ class FlowCase:
             return self._with_times(torch.empty(0, 2, dtype=dtype)), torch.empty(0, 2, dtype=dtype)
         x0, x1, y0, y1 = self.bounds()
         s = torch.linspace(0, 1, self.n + 1, dtype=dtype)[:-1]
-        every = {"bottom": (torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y0)], 1), (0.0, -1.0)),
-                 "right": (torch.stack([torch.full_like(s, x1), y0 + (y1 - y0) * s], 1), (1.0, 0.0)),
-                 "top": (torch.stack([x1 - (x1 - x0) * s, torch.full_like(s, y1)], 1), (0.0, 1.0)),
-                 "left": (torch.stack([torch.full_like(s, x0), y1 - (y1 - y0) * s], 1), (-1.0, 0.0))}
-        chosen = [every[name] for name in sides.split(",")]
-        pts = torch.cat([p for p, _ in chosen])
-        normals = torch.cat([torch.tensor(nrm, dtype=dtype).expand(len(p), 2) for p, nrm in chosen])
+        every = {"bottom": torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y0)], 1),
+                 "right": torch.stack([torch.full_like(s, x1), y0 + (y1 - y0) * s], 1),
+                 "top": torch.stack([x1 - (x1 - x0) * s, torch.full_like(s, y1)], 1),
+                 "left": torch.stack([torch.full_like(s, x0), y1 - (y1 - y0) * s], 1)}
+        names = sides.split(",")
+        pts = torch.cat([every[name] for name in names])
+        normals = torch.cat([torch.tensor(NORMALS[name], dtype=dtype).expand(len(s), 2) for name in names])
         reps = self.n_t if self.unsteady else 1
         return self._with_times(pts), normals.repeat(reps, 1)
 
@@ -133,6 +134,15 @@ def navier_stokes(model: Callable[[Tensor], Tensor], pts: Tensor, re: float | Te
     if unsteady:
         mx, my = mx + du[:, 2], my + dv[:, 2]
     return torch.stack([mx, my], 1), du[:, 0] + dv[:, 1], out
+
+
+def normal_derivative(fn: Callable[[Tensor], Tensor], pts: Tensor, normals: Tensor) -> Tensor:
+    """(N, 2): ∂(u, v)/∂n of ``fn`` (points → (N, ≥ 2)) at ``pts``, by autograd."""
+    if not len(pts):
+        return torch.empty(0, 2, dtype=pts.dtype)
+    pts = pts.detach().requires_grad_(True)
+    out = fn(pts)
+    return torch.stack([(_grad(out[:, k], pts)[:, :2] * normals).sum(1) for k in (0, 1)], 1)
 
 
 @dataclass(frozen=True)
@@ -168,13 +178,7 @@ def check_flow(model: Callable[[Tensor], Tensor], case: FlowCase, thresholds: Th
     bpts, _ = case.boundary(dtype)
     bout = model(bpts)
     npts, normals = case.boundary(dtype, case.neumann_sides)
-    npts = npts.requires_grad_(True)
-    nout = model(npts) if len(npts) else torch.empty(0, 3, dtype=dtype)
-    dn = torch.stack([(_grad(nout[:, k], npts)[:, :2] * normals).sum(1) for k in (0, 1)], 1) if len(npts) else nout[:, :2]
-    nexact_pts = npts.detach().requires_grad_(True)
-    nexact = case.exact(nexact_pts)
-    dn_exact = torch.stack([(_grad(nexact[:, k], nexact_pts)[:, :2] * normals).sum(1) for k in (0, 1)], 1) \
-        if len(npts) else dn
+    dn, dn_exact = normal_derivative(model, npts, normals), normal_derivative(case.exact, npts, normals)
     parts = [mom, div, out, bout, dn]
     nonfinite = float(sum(int((~torch.isfinite(t)).sum()) for t in parts))
 

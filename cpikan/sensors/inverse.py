@@ -37,7 +37,7 @@ from cpikan.config import bounded, choice, validate
 from cpikan.pde.base import Term
 from cpikan.sensors import flows
 from cpikan.sensors.flows import FLOWS
-from cpikan.sensors.guard import SIDES, FlowCase, GuardResult, check_flow
+from cpikan.sensors.guard import NORMALS, SIDES, FlowCase, GuardResult, check_flow, normal_derivative
 from cpikan.sensors.placement import METHODS, Placement, place, reconstruct
 from cpikan.sensors.pod import pod_basis
 
@@ -152,7 +152,7 @@ class FlowInverse(nn.Module):
             self.boundary = torch.cat([self.boundary, t0])
         self.boundary_uv = self.case.exact(self.boundary)[:, :2]
         self.neumann, self.normals = self._sides(cfg.neumann_sides, cfg)
-        self.neumann_duv = _normal_gradient(lambda q: self.case.exact(q)[:, :2], self.neumann, self.normals)
+        self.neumann_duv = normal_derivative(self.case.exact, self.neumann, self.normals).detach()
         self.sensors, self.readings = sensors, readings
 
     def _sides(self, sides: str, cfg: FlowInverseConfig) -> tuple[Tensor, Tensor]:
@@ -257,17 +257,6 @@ class FlowInverse(nn.Module):
             for k, name in enumerate(("u", "v")):
                 out[f"bc_d{name}"] = self.flux(j, dj, self.normals, k) - self.neumann_duv[:, k]
         return out
-
-
-NORMALS = {"bottom": (0.0, -1.0), "right": (1.0, 0.0), "top": (0.0, 1.0), "left": (-1.0, 0.0)}
-
-
-def _normal_gradient(fn: Any, pts: Tensor, normals: Tensor) -> Tensor:
-    """(N, 2): ∂(u, v)/∂n of a closed-form field ``fn`` (points → (N, 2)) at ``pts``."""
-    if not len(pts):
-        return torch.empty(0, 2, dtype=pts.dtype)
-    grad = vmap(jacfwd(lambda pt: fn(pt[None])[0]))(pts)[..., :2]  # (N, 2 fields, 2 space coordinates)
-    return (grad * normals[:, None, :]).sum(2)
 
 
 @dataclass(frozen=True)
