@@ -3,6 +3,7 @@ and the physics guard failing planted violations by name."""
 
 import math
 import statistics
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -298,3 +299,16 @@ def test_the_guarded_case_fails_a_change_that_breaks_the_physics(monkeypatch):
 
     monkeypatch.setattr(FlowInverse, "momentum", broken)
     assert "momentum_residual" in guarded_case().guard.failed
+
+
+def test_taylor_green_initial_condition_is_dirichlet_data_on_the_t0_face():
+    from cpikan.sensors.inverse import FlowInverse, FlowInverseConfig, sensor_readings
+
+    cfg = FlowInverseConfig(flow="taylor_green", re=10.0, n_interior=4, n_times=2, n_boundary=5, grid=16, k=4)
+    _, _, coords, readings, _ = sensor_readings(cfg)
+    args = (torch.as_tensor(coords), torch.as_tensor(readings), torch.Generator().manual_seed(0))
+    without, with_ic = FlowInverse(cfg, *args), FlowInverse(replace(cfg, initial=True), *args)
+    face = with_ic.boundary[len(without.boundary):]
+    assert len(face) == 5 * 5 and bool((face[:, 2] == 0).all())
+    u, v, _ = flows.taylor_green(face[:, 0], face[:, 1], face[:, 2], 10.0)
+    torch.testing.assert_close(with_ic.boundary_uv[len(without.boundary):], torch.stack([u, v], 1))
