@@ -96,14 +96,9 @@ class FlowCase:
         sides = self.sides if sides is None else sides
         if not sides:
             return self._with_times(torch.empty(0, 2, dtype=dtype)), torch.empty(0, 2, dtype=dtype)
-        x0, x1, y0, y1 = self.bounds()
         s = torch.linspace(0, 1, self.n + 1, dtype=dtype)[:-1]
-        every = {"bottom": torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y0)], 1),
-                 "right": torch.stack([torch.full_like(s, x1), y0 + (y1 - y0) * s], 1),
-                 "top": torch.stack([x1 - (x1 - x0) * s, torch.full_like(s, y1)], 1),
-                 "left": torch.stack([torch.full_like(s, x0), y1 - (y1 - y0) * s], 1)}
-        names = sides.split(",")
-        pts = torch.cat([every[name] for name in names])
+        names = sides.split(",")  # counter-clockwise: each corner once
+        pts = torch.cat([side_points(self.bounds(), name, 1 - s if name in ("top", "left") else s) for name in names])
         normals = torch.cat([torch.tensor(NORMALS[name], dtype=dtype).expand(len(s), 2) for name in names])
         reps = self.n_t if self.unsteady else 1
         return self._with_times(pts), normals.repeat(reps, 1)
@@ -113,6 +108,15 @@ class FlowCase:
             return pts
         ts = torch.linspace(0, self.t_end, self.n_t, dtype=pts.dtype)
         return torch.cat([torch.cat([pts, torch.full((len(pts), 1), float(t), dtype=pts.dtype)], 1) for t in ts])
+
+
+def side_points(bounds: tuple[float, float, float, float], side: str, s: Tensor) -> Tensor:
+    """(len(s), 2) points on one side of the box at parameters s ∈ [0, 1] (left to right,
+    bottom to top)."""
+    x0, x1, y0, y1 = bounds
+    if side in ("bottom", "top"):
+        return torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y0 if side == "bottom" else y1)], 1)
+    return torch.stack([torch.full_like(s, x0 if side == "left" else x1), y0 + (y1 - y0) * s], 1)
 
 
 def _grad(out: Tensor, pts: Tensor) -> Tensor:

@@ -37,7 +37,15 @@ from cpikan.config import bounded, choice, validate
 from cpikan.pde.base import Term
 from cpikan.sensors import flows
 from cpikan.sensors.flows import FLOWS
-from cpikan.sensors.guard import NORMALS, SIDES, FlowCase, GuardResult, check_flow, normal_derivative
+from cpikan.sensors.guard import (
+    NORMALS,
+    SIDES,
+    FlowCase,
+    GuardResult,
+    check_flow,
+    normal_derivative,
+    side_points,
+)
 from cpikan.sensors.placement import METHODS, Placement, place, reconstruct
 from cpikan.sensors.pod import pod_basis
 
@@ -118,6 +126,16 @@ class DivergenceFree(nn.Module):
         return torch.stack([d.dx(1, 0), -d.dx(0, 0), p], 1)
 
 
+def _d1(i: int, c: int = 0) -> int:
+    """Slot of ∂_i (ψ, p)[c] in :meth:`FlowInverse.jets`."""
+    return 2 + 2 * i + c
+
+
+def _d2(i: int, d: int) -> int:
+    """Slot of ∂_ii ψ in :meth:`FlowInverse.jets` over d input coordinates."""
+    return 2 + 2 * d + 2 * i
+
+
 class FlowInverse(nn.Module):
     """The loss terms of one flow; Re is this module's parameter, so LM trains it with the model.
 
@@ -157,18 +175,13 @@ class FlowInverse(nn.Module):
 
     def _sides(self, sides: str, cfg: FlowInverseConfig) -> tuple[Tensor, Tensor]:
         """``cfg.n_boundary`` points per side (at ``n_times`` times if unsteady) and their normals."""
-        x0, x1, y0, y1 = self.case.bounds()
         f64 = torch.float64
-        s = torch.linspace(0, 1, cfg.n_boundary, dtype=f64)
-        at = {"bottom": torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y0)], 1),
-              "right": torch.stack([torch.full_like(s, x1), y0 + (y1 - y0) * s], 1),
-              "top": torch.stack([x0 + (x1 - x0) * s, torch.full_like(s, y1)], 1),
-              "left": torch.stack([torch.full_like(s, x0), y0 + (y1 - y0) * s], 1)}
+        s = torch.linspace(0, 1, cfg.n_boundary, dtype=f64)  # both corners: each side's data reaches them
         names = [k for k in sides.split(",") if k]
         width = 3 if self.case.unsteady else 2
         if not names:
             return torch.empty(0, width, dtype=f64), torch.empty(0, 2, dtype=f64)
-        pts = torch.cat([at[k] for k in names])
+        pts = torch.cat([side_points(self.case.bounds(), k, s) for k in names])
         normals = torch.cat([torch.tensor(NORMALS[k], dtype=f64).expand(len(s), 2) for k in names])
         if self.case.unsteady:
             ts = torch.linspace(0, cfg.t_end, cfg.n_times, dtype=f64)
@@ -201,29 +214,23 @@ class FlowInverse(nn.Module):
         """Component k of ∂u/∂t + u·∇u + ∇p − ν∇²u with (u, v) = (ψ_y, −ψ_x), from ``jets``."""
         d = dj.shape[2]
 
-        def d1(i: int, c: int = 0) -> int:  # slot of ∂_i (ψ, p)[c]
-            return 2 + 2 * i + c
-
-        def d2(i: int) -> int:  # slot of ∂_ii ψ
-            return 2 + 2 * d + 2 * i
-
-        u, v = j[:, d1(1)], -j[:, d1(0)]
-        psi_xx, psi_yy, psi_xy = j[:, d2(0)], j[:, d2(1)], dj[:, d1(1), 0]
+        u, v = j[:, _d1(1)], -j[:, _d1(0)]
+        psi_xx, psi_yy, psi_xy = j[:, _d2(0, d)], j[:, _d2(1, d)], dj[:, _d1(1), 0]
         if k == 0:  # u_x = ψ_xy, u_y = ψ_yy, ∇²u = ψ_xxy + ψ_yyy, u_t = ψ_yt
-            out = u * psi_xy + v * psi_yy + j[:, d1(0, 1)] - self.nu() * (dj[:, d2(0), 1] + dj[:, d2(1), 1])
-            return out + dj[:, d1(1), 2] if d == 3 else out
+            out = u * psi_xy + v * psi_yy + j[:, _d1(0, 1)] - self.nu() * (dj[:, _d2(0, d), 1] + dj[:, _d2(1, d), 1])
+            return out + dj[:, _d1(1), 2] if d == 3 else out
         # v_x = −ψ_xx, v_y = −ψ_xy, ∇²v = −(ψ_xxx + ψ_xyy), v_t = −ψ_xt
-        out = -u * psi_xx - v * psi_xy + j[:, d1(1, 1)] + self.nu() * (dj[:, d2(0), 0] + dj[:, d2(1), 0])
-        return out - dj[:, d1(0), 2] if d == 3 else out
+        out = -u * psi_xx - v * psi_xy + j[:, _d1(1, 1)] + self.nu() * (dj[:, _d2(0, d), 0] + dj[:, _d2(1, d), 0])
+        return out - dj[:, _d1(0), 2] if d == 3 else out
 
     @staticmethod
     def flux(j: Tensor, dj: Tensor, normals: Tensor, k: int) -> Tensor:
         """∂u/∂n (k = 0) or ∂v/∂n (k = 1): ∇u = (ψ_xy, ψ_yy), ∇v = −(ψ_xx, ψ_xy)."""
         d = dj.shape[2]
-        psi_xy = dj[:, 4, 0]
+        psi_xy = dj[:, _d1(1), 0]
         if k == 0:
-            return psi_xy * normals[:, 0] + j[:, 2 + 2 * d + 2] * normals[:, 1]
-        return -(j[:, 2 + 2 * d] * normals[:, 0] + psi_xy * normals[:, 1])
+            return psi_xy * normals[:, 0] + j[:, _d2(1, d)] * normals[:, 1]
+        return -(j[:, _d2(0, d)] * normals[:, 0] + psi_xy * normals[:, 1])
 
     def terms(self) -> dict[str, Term]:
         """Pointwise residuals for the LM Jacobian (one row at a time)."""
@@ -271,9 +278,9 @@ class InverseResult:
     loss: float
 
 
-def flow_case(cfg: FlowInverseConfig, n: int = 48) -> FlowCase:
-    """The flow ``cfg`` reconstructs, as the guard checks it (on an n × n grid)."""
-    return FlowCase(cfg.flow, re=cfg.re, n=n, t_end=cfg.t_end, n_t=3, sides=cfg.kept_sides,
+def flow_case(cfg: FlowInverseConfig) -> FlowCase:
+    """The flow ``cfg`` reconstructs, as the guard checks it (on a 48 × 48 grid)."""
+    return FlowCase(cfg.flow, re=cfg.re, n=48, t_end=cfg.t_end, n_t=3, sides=cfg.kept_sides,
                     neumann_sides=cfg.neumann_sides)
 
 
