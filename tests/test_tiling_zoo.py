@@ -71,6 +71,19 @@ class DilatedCNN(nn.Module):
         return self.net(x)
 
 
+class FlatteningCNN(nn.Module):
+    """Reshapes activations with ``.view``, which needs contiguous (not channels_last) tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = block(C, 4), nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        return self.b(y.view(n, c * h * w).view(n, c, h, w))
+
+
 def _build(factory, seed=0):
     torch.manual_seed(seed)
     model = factory()
@@ -85,6 +98,7 @@ EQUIVARIANT = {
     "interpolate-aligned skips, nearest upsampling": (lambda: UNet(3), 8, 1),
     "pad-aligned skips, ConvTranspose, depth 4": (lambda: UNet(4, up="transpose", align="pad"), 16, 1),
     "odd kernels and dilations": (DilatedCNN, 1, 1),
+    "activations reshaped with .view": (FlatteningCNN, 1, 1),
     "nearest upsampling with BatchNorm, 2 outputs": (lambda: UNet(2, out=2, norm="bn"), 4, 2),
 }
 NOT_EQUIVARIANT = {
@@ -111,6 +125,16 @@ def test_equivariant_models_tile_exactly(name, image):
     tiled = predict_tiled(model, image, tile_size=overlap + 64, overlap=overlap, batch_size=2)
     assert tiled.shape == full.shape == (channels, 333, 290)
     assert float(np.abs(tiled - full).max() / np.abs(full).max()) <= 1e-5
+
+
+def test_the_callers_model_is_left_as_it_was(image):
+    model = _build(lambda: UNet(2, out=2, norm="bn"))
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    model.train()
+    predict_tiled(model, image, tile_size=96, overlap=64)
+    assert model.training  # eval only while predicting
+    for k, v in model.state_dict().items():  # no channels_last conversion leaks out
+        assert v.stride() == before[k][1] and torch.equal(v, before[k][0]), k
 
 
 @pytest.mark.parametrize("name", list(NOT_EQUIVARIANT))

@@ -45,6 +45,35 @@ def _dtype(model: nn.Module) -> torch.dtype:
     return p.dtype if p is not None else torch.float32
 
 
+def _forward(model: nn.Module) -> Any:
+    """``model``'s forward with its 4-D weights and its input in channels_last memory format.
+
+    Measured 1.44× faster per production tile at 1e-7 relative difference (docs/domain.md §4,
+    ``bench/tiling_variants.py``). The weights are converted copies passed through
+    ``torch.func.functional_call``, so the caller's model is not changed.
+    """
+    last = torch.channels_last
+    tensors = {name: (t.contiguous(memory_format=last) if t.dim() == 4 else t)
+               for name, t in (*model.named_parameters(), *model.named_buffers())}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, tensors, (x.contiguous(memory_format=last),))
+
+    return forward
+
+
+def _run(forward: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, np.ndarray]:
+    """(the forward to keep, its output): a model whose forward needs contiguous tensors (e.g. a
+    ``.view`` on activations) falls back to its plain forward, which is just as exact."""
+    try:
+        y = forward(x)
+    except RuntimeError:
+        if forward is model:
+            raise
+        forward, y = model, model(x)
+    return forward, y.float().cpu().numpy()
+
+
 # --------------------------------------------------------------------------- plans
 @dataclass(frozen=True)
 class Tile:
@@ -252,6 +281,7 @@ def predict_tiled(
     win_cache: dict[tuple[int, int], np.ndarray] = {}
     was_training = model.training
     model.eval()
+    forward = _forward(model)
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, mininterval=2)
     try:
         with torch.inference_mode():
@@ -266,7 +296,7 @@ def predict_tiled(
                     raise ValueError("image: contains NaN or Inf pixels")
                 if normalize is not None:
                     batch = normalize(batch)
-                pred = model(batch.to(device=device, dtype=dtype)).float().cpu().numpy()
+                forward, pred = _run(forward, model, batch.to(device=device, dtype=dtype))
                 for t, p in zip(group, pred):
                     cy1, cx1 = min(t.cy1, h), min(t.cx1, w)
                     if cy1 <= t.cy0 or cx1 <= t.cx0:
@@ -316,7 +346,7 @@ def predict_full(model: nn.Module, image: Any, device: str | torch.device = "cpu
     model.eval()
     try:
         with torch.inference_mode():
-            y = model(batch.to(device=device, dtype=_dtype(model))).float().cpu().numpy()[0]
+            y = _run(_forward(model), model, batch.to(device=device, dtype=_dtype(model)))[1][0]
     finally:
         model.train(was_training)
     return y[:, :h, :w]
