@@ -31,6 +31,10 @@ Every bar holds but one: QR is not half of random. With the Navier–Stokes resi
 sides' data the network finds the field whatever the placement; what is left is the sensor
 noise, and the seed-to-seed spread (1.5e-3 … 6.0e-3 with the same QR sensors) is larger
 than the placement's effect. The linear estimate, which has no physics, is where QR wins.
+Withholding the inlet instead (``--set kept_sides=bottom,top,right``: the sensors must carry
+the inflow profile, where the Re family varies most and QR puts its sensors), seed 0, 1 thread:
+QR 7.85e-3, random 7.82e-3 (linear 3.9e-2 vs 0.13), Re error 0.30 % / 0.26 %, residual
+1.4e-3 / 1.2e-3 (red) in 409 / 388 s: still no placement effect, and worse than the outlet case.
 
 ``--save-reference`` trains ``cpikan.sensors.reference.GUARDED`` from scratch and, if every
 red line holds, writes the reference model that ``make test``'s guarded case continues from.
