@@ -8,9 +8,10 @@ short one trained first as ``make demo`` does; or a run ID) it also measures
 ``tiling_efficiency`` (tiled Mpix/s ÷ full-image Mpix/s, with the command's own tile plan)
 and the tiled-vs-full error, on a 2048 × 2048 crop that fits in memory.
 Exits 1 if peak RSS exceeds --max-rss-gb or tiling_efficiency is below 0.7.
-Measured (2 cores): 9344 × 7000 peak_rss_gb=1.10 tiling_efficiency=1.21; 16384 × 16384
-peak_rss_gb=1.35 (66 min, beside other jobs: mpix_per_s=0.067) tiling_efficiency=1.51
-max_rel_err_vs_full=0.0. RSS is VmHWM in GiB.
+Measured (2 cores, channels_last tiles, 2026-12-04): 9344 × 7000 mpix_per_s=0.156
+peak_rss_gb=1.07 tiling_efficiency=2.28; 16384 × 16384 (45 min, beside a one-thread job)
+mpix_per_s=0.100 peak_rss_gb=1.33 tiling_efficiency=1.09; max_rel_err_vs_full=0.0 both.
+RSS is VmHWM in GiB. (rmse_um=0.047 is the model's: a short psi_pretrain run trained first.)
 
     .venv/bin/python bench/reconstruct.py [--height 9344 --width 7000] [--model best|RUN_ID|classical]
 """
