@@ -49,6 +49,9 @@ class MultiStageConfig:
     lm_steps: int = bounded(300, ge=0)  # stages ≥ 2
     lm_solver: str = choice("svd", LM_SOLVERS)  # stages ≥ 2 (stage 1: base.train.lm_solver)
     points_factor: float = bounded(1.0, gt=0)  # interior points of stage k: base × factor^(k−1)
+    #: stages ≥ 2 (empty: the base's). A weight chosen for stage 1's Adam phase can starve a
+    #: later stage of the term it must fix (see docs/domain.md, multi-stage diffusion)
+    loss_weights: dict[str, float] = field(default_factory=dict)
     tol: float = bounded(1e-13, ge=0)  # stop when the residual RMS falls below
     min_gain: float = bounded(1.5, ge=1)  # stop when a stage lowers it by less than this factor
 
@@ -167,7 +170,7 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
         t0 = time.perf_counter()
         train_cfg = cfg.base.train if k == 1 else replace(
             cfg.base.train, adam_steps=cfg.adam_steps, lbfgs_steps=0, lm_steps=cfg.lm_steps, lm_solver=cfg.lm_solver,
-            seed=cfg.base.train.seed + k - 1)
+            seed=cfg.base.train.seed + k - 1, loss_weights=cfg.loss_weights or cfg.base.train.loss_weights)
         freq, power, f_dom, sigma, scale = np.zeros(0), np.zeros(0), 0.0, 0.0, 1.0
         if k > 1:
             freq, power = residual_spectrum(pde_residual_on(problem, model, grid), problem.dim, n)

@@ -61,6 +61,8 @@ def test_a_multistage_config_round_trips_and_its_run_replays_exactly():
     cfg = regression_config(lm1=15, lm_steps=10, **{"min_gain": 1.0})
     again = MultiStageConfig.from_json(cfg.to_json())
     assert again == cfg and again.to_json() == cfg.to_json()
+    weighted = MultiStageConfig(cfg.base, loss_weights={"pde": 1.0, "bc": 10.0})
+    assert MultiStageConfig.from_json(weighted.to_json()) == weighted
     model_a, _, a = train_multistage(cfg)
     model_b, _, b = train_multistage(again)
     assert [s.rel_l2 for s in a] == [s.rel_l2 for s in b] and len(a) == 2
