@@ -29,8 +29,10 @@ kovasznay``, ``… taylor_green --seeds 3`` and seeds 3, 4 by ``--first-seed``),
                           max 2–3e-4 on the kept sides) — with 300 LM steps, the default then.
   Now 600 (2026-12-04, seed 0, QR, one thread beside another job): rel_l2 2.14e-3, Re error
   1.0e-4, momentum 2.0e-4, Dirichlet 7.0e-5 (yellow, under the red 1e-4), 722 s; boundary
-  weight 1e6 at 300 steps instead: Dirichlet 2.5e-4 and momentum 2.8e-3, both red. The other
-  seeds are not re-run at 600 steps.
+  weight 1e6 at 300 steps instead: Dirichlet 2.5e-4 and momentum 2.8e-3, both red. Seeds 1, 2
+  at 600 (QR): rel_l2 2.79e-3, 2.58e-3; Re error 2.5e-5, 2.7e-5; momentum 3.0e-4, 3.5e-4;
+  Dirichlet 8.8e-5, 9.0e-5 (yellow); ~700 s each, two side by side. Seeds 3, 4 and the random
+  placement are not re-run at 600 steps.
 Every bar holds but one: QR is not half of random. With the Navier–Stokes residual and three
 sides' data the network finds the field whatever the placement; what is left is the sensor
 noise, and the seed-to-seed spread (1.5e-3 … 6.0e-3 with the same QR sensors) is larger
