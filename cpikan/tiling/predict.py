@@ -50,28 +50,25 @@ def _forward(model: nn.Module) -> Any:
 
     Measured 1.44× faster per production tile at 1e-7 relative difference (docs/domain.md §4,
     ``bench/tiling_variants.py``). The weights are converted copies passed through
-    ``torch.func.functional_call``, so the caller's model is not changed.
+    ``torch.func.functional_call``, so the caller's model is not changed. A model whose forward
+    needs contiguous tensors (e.g. a ``.view`` across channels) falls back to its plain
+    forward, which is just as exact.
     """
     last = torch.channels_last
     tensors = {name: (t.contiguous(memory_format=last) if t.dim() == 4 else t)
                for name, t in (*model.named_parameters(), *model.named_buffers())}
+    plain = False
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(model, tensors, (x.contiguous(memory_format=last),))
+        nonlocal plain
+        if not plain:
+            try:
+                return torch.func.functional_call(model, tensors, (x.contiguous(memory_format=last),))
+            except RuntimeError:
+                plain = True
+        return model(x)
 
     return forward
-
-
-def _run(forward: Any, model: nn.Module, x: torch.Tensor) -> tuple[Any, np.ndarray]:
-    """(the forward to keep, its output): a model whose forward needs contiguous tensors (e.g. a
-    ``.view`` on activations) falls back to its plain forward, which is just as exact."""
-    try:
-        y = forward(x)
-    except RuntimeError:
-        if forward is model:
-            raise
-        forward, y = model, model(x)
-    return forward, y.float().cpu().numpy()
 
 
 # --------------------------------------------------------------------------- plans
@@ -296,7 +293,7 @@ def predict_tiled(
                     raise ValueError("image: contains NaN or Inf pixels")
                 if normalize is not None:
                     batch = normalize(batch)
-                forward, pred = _run(forward, model, batch.to(device=device, dtype=dtype))
+                pred = forward(batch.to(device=device, dtype=dtype)).float().cpu().numpy()
                 for t, p in zip(group, pred):
                     cy1, cx1 = min(t.cy1, h), min(t.cx1, w)
                     if cy1 <= t.cy0 or cx1 <= t.cx0:
@@ -346,7 +343,7 @@ def predict_full(model: nn.Module, image: Any, device: str | torch.device = "cpu
     model.eval()
     try:
         with torch.inference_mode():
-            y = _run(_forward(model), model, batch.to(device=device, dtype=_dtype(model)))[1][0]
+            y = _forward(model)(batch.to(device=device, dtype=_dtype(model))).float().cpu().numpy()[0]
     finally:
         model.train(was_training)
     return y[:, :h, :w]
