@@ -6,13 +6,13 @@ from cpikan.pde.allen_cahn import AllenCahn
 from cpikan.pde.base import Collocation, Problem, Term
 from cpikan.pde.diffusion import Diffusion, ReactionDiffusion, ReactionDiffusionInverse
 from cpikan.pde.helmholtz import Helmholtz1D, Helmholtz2D
-from cpikan.pde.poisson import Poisson3D
+from cpikan.pde.poisson import Poisson2DPeak, Poisson3D
 from cpikan.pde.regression import Regression1D
 
 PROBLEMS: dict[str, type[Problem]] = {
     cls.name: cls
     for cls in (Helmholtz1D, Helmholtz2D, Diffusion, Poisson3D, ReactionDiffusion,
-                ReactionDiffusionInverse, Regression1D, AllenCahn)
+                ReactionDiffusionInverse, Regression1D, AllenCahn, Poisson2DPeak)
 }
 
 

@@ -60,3 +60,37 @@ class Poisson3D(Problem):
 
     def settings(self) -> dict[str, object]:
         return {**super().settings(), "loss": self.loss}
+
+
+class Poisson2DPeak(Problem):
+    """Δu = f on [-1, 1]², u = g on the boundary; u = exp(−α·|x − c|²), a peak of width
+    1/√(2α) at c (α = 100: 0.07, a few percent of the domain).
+
+    The local feature is the point: on a smooth solution the residual has no region for
+    adaptive sampling (RAR-D) to crowd points into, here it has one (``bench/collocation.py``).
+    """
+
+    name = "poisson2d_peak"
+    coords = ("x", "y")
+
+    def __init__(self, alpha: float = 100.0, center: tuple[float, float] = (0.2, -0.1), **kw: object) -> None:
+        if not alpha > 0:
+            raise ValueError(f"alpha: must be > 0, got {alpha}")
+        kw.setdefault("eval_resolution", 201)
+        super().__init__((-1.0, -1.0), (1.0, 1.0), **kw)
+        self.alpha, self.center = float(alpha), (float(center[0]), float(center[1]))
+        self.residual_scale = 4 * self.alpha  # |Δu| at the peak
+
+    def _r2(self, x: Tensor) -> Tensor:
+        return (x[:, 0] - self.center[0]) ** 2 + (x[:, 1] - self.center[1]) ** 2
+
+    def exact(self, x: Tensor) -> Tensor:
+        return torch.exp(-self.alpha * self._r2(x))
+
+    def residual(self, d: Derivatives, x: Tensor) -> Tensor:
+        r2 = self._r2(x)
+        f = (4 * self.alpha**2 * r2 - 4 * self.alpha) * torch.exp(-self.alpha * r2)
+        return d.laplacian() - f
+
+    def settings(self) -> dict[str, object]:
+        return {**super().settings(), "alpha": self.alpha, "center": list(self.center)}
