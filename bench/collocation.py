@@ -1,6 +1,7 @@
 """Fewer collocation points: uniform vs RAR-D, the smallest count that reaches the same error (issue 16).
 
-One 2-D problem (default ``diffusion``, in (x, t)), its preset with the LM phase cut to
+One 2-D problem (default ``diffusion``, in (x, t), a smooth solution; ``poisson2d_peak``, a
+local feature, is where adaptive sampling should pay), its preset with the LM phase cut to
 ``--lm-steps`` so the ladder fits in a session. For each interior point count N of the
 ladder and each seed:
 - uniform: N stratified points, fixed for the whole run;
@@ -14,6 +15,10 @@ Exits 1 when the ratio is above 0.3 (RAR-D needs at most 30 % of the uniform poi
 
     .venv/bin/python bench/collocation.py [--problem diffusion] [--counts 250,500,1000,2000]
                                          [--seeds 5] [--lm-steps 500] [--jobs 2]
+
+Measured (docs/domain.md): diffusion ``point_ratio=1.33``; poisson2d_peak (``--counts
+2000,2400,8000``) RAR-D 10× better than uniform at 2000 points but no better at 8000, so
+``point_ratio=inf`` (~0.47 read at RAR-D's 2000-point error, interpolated).
 
 RAR-D's counts are those at the full step budget: an LM phase that stops early skips the
 last rounds, so a RAR-D run may end with fewer points than its row says (never more).
@@ -33,10 +38,19 @@ from dataclasses import replace
 import torch
 from tqdm import tqdm
 
-from cpikan.experiment import PINNConfig, run_pinn
+from cpikan.experiment import ModelConfig, PINNConfig, run_pinn
 from cpikan.presets import PRESETS
+from cpikan.train import TrainConfig
 
 RAR_EVERY, RAR_ROUNDS = 300, 4
+#: a local feature (a peak of width 0.07, ~2 % of the square): what adaptive sampling is for.
+#: RAR-D's density ∝ r² (k = 2, c = 0): with the default r + mean(r) (k = 1, c = 1) half the
+#: new points land uniformly, and at 2000 points the error was 1.85e-2 instead of 6.4e-3 (seed 0, LM 200)
+PEAK = PINNConfig("poisson2d_peak", {"n_interior": 8000, "n_boundary": 400},
+                  ModelConfig(hidden=(8, 8), degree=8, dtype="float64"),
+                  TrainConfig(adam_steps=1000, lr=1e-2, scheduler="exponential", lm_steps=300,
+                              loss_weights={"pde": 1.0, "bc": 10.0}, rar_k=2.0, rar_c=0.0))
+CONFIGS = {**{k: PRESETS[k] for k in ("diffusion", "helmholtz2d", "reaction_diffusion")}, PEAK.problem: PEAK}
 
 
 def configure(base: PINNConfig, method: str, n: int, seed: int) -> PINNConfig:
@@ -64,10 +78,10 @@ def smallest(medians: dict[int, float], target: float) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--problem", default="diffusion", choices=["diffusion", "helmholtz2d", "reaction_diffusion"])
+    ap.add_argument("--problem", default="diffusion", choices=sorted(CONFIGS))
     ap.add_argument("--counts", default="250,500,1000,2000", help="interior point counts, comma-separated")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--lm-steps", type=int, default=500)
+    ap.add_argument("--lm-steps", type=int, default=None, help="default: 500 (the PDE presets), 300 (poisson2d_peak)")
     ap.add_argument("--tolerance", type=float, default=0.1, help="relative slack on the target error")
     ap.add_argument("--jobs", type=int, default=1)
     args = ap.parse_args(argv)
@@ -77,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--counts: comma-separated integers, got {args.counts!r}")
     if counts[0] < 2 * RAR_ROUNDS:
         ap.error(f"--counts: each count must be ≥ {2 * RAR_ROUNDS}, got {counts[0]}")
-    base = PRESETS[args.problem]
+    base = CONFIGS[args.problem]
+    if args.lm_steps is None:
+        args.lm_steps = base.train.lm_steps if base is PEAK else 500
     if base.train.adam_steps + args.lm_steps <= RAR_EVERY * RAR_ROUNDS:
         ap.error(f"--lm-steps: too few for {RAR_ROUNDS} RAR-D rounds every {RAR_EVERY} steps")
     base = replace(base, train=replace(base.train, lm_steps=args.lm_steps))
@@ -95,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds.setdefault((m, n), []).append(sec)
     med = {k: statistics.median(v) for k, v in errors.items()}
     print(f"{args.problem}: preset, LM {args.lm_steps} steps, {args.seeds} seeds; RAR-D: N/2 start + "
-          f"{RAR_ROUNDS} rounds of N/8 every {RAR_EVERY} steps")
+          f"{RAR_ROUNDS} rounds of N/8 every {RAR_EVERY} steps, density ∝ r^{base.train.rar_k:g} / mean "
+          f"+ {base.train.rar_c:g}")
     print(f"{'method':<8}{'N':>6}{'median rel_l2':>15}{'worst':>11}{'seconds':>9}")
     for (m, n), v in sorted(med.items()):
         print(f"{m:<8}{n:>6}{v:>15.3e}{max(errors[(m, n)]):>11.3e}{statistics.median(seconds[(m, n)]):>9.0f}")
