@@ -31,8 +31,11 @@ kovasznay``, ``… taylor_green --seeds 3`` and seeds 3, 4 by ``--first-seed``),
   1.0e-4, momentum 2.0e-4, Dirichlet 7.0e-5 (yellow, under the red 1e-4), 722 s; boundary
   weight 1e6 at 300 steps instead: Dirichlet 2.5e-4 and momentum 2.8e-3, both red. Seeds 1, 2
   at 600 (QR): rel_l2 2.79e-3, 2.58e-3; Re error 2.5e-5, 2.7e-5; momentum 3.0e-4, 3.5e-4;
-  Dirichlet 8.8e-5, 9.0e-5 (yellow); ~700 s each, two side by side. Seeds 3, 4 and the random
-  placement are not re-run at 600 steps.
+  Dirichlet 8.8e-5, 9.0e-5 (yellow); ~700 s each, two side by side. Seed 0 again
+  (2026-12-04, ``--seeds 5`` stopped after its first run): 2.14e-3, the same. Seed 3
+  (``--first-seed 3 --seeds 1``): QR 4.21e-3, random 4.16e-3, Re error 6.8e-5 / 4.1e-5,
+  residual 3.1e-4 both, no red line, 522 / 616 s. Seed 4 and random at seeds 0–2 are not
+  re-run at 600 steps.
 Every bar holds but one: QR is not half of random. With the Navier–Stokes residual and three
 sides' data the network finds the field whatever the placement; what is left is the sensor
 noise, and the seed-to-seed spread (1.5e-3 … 6.0e-3 with the same QR sensors) is larger
