@@ -18,6 +18,7 @@ itself) and by its Fourier series in x, so ``exact`` is smooth and accurate at a
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -105,6 +106,22 @@ class AllenCahn(Problem):
         kw.setdefault("eval_resolution", 201)
         super().__init__((-1.0, 0.0), (1.0, 1.0), **kw)
         self.modes, self.dt = modes, dt
+        #: u at the first time of the box (a time window's start: the window before's end)
+        self.start: Callable[[Tensor], Tensor] = lambda x: torch.as_tensor(initial(x.numpy()), dtype=x.dtype)
+
+    def window(self, t0: float, t1: float, start: Callable[[Tensor], Tensor] | None = None) -> AllenCahn:
+        """The same problem on [t0, t1] (time marching), starting from ``start(x)`` at t0
+        (default: the initial condition, which only holds at t0 = 0)."""
+        if not 0.0 <= t0 < t1 <= 1.0:
+            raise ValueError(f"window: need 0 ≤ t0 < t1 ≤ 1 (the reference's span), got [{t0}, {t1}]")
+        if start is None and t0 != 0.0:
+            raise ValueError(f"window: a window from t0 = {t0} > 0 needs the state at t0 (start)")
+        out = AllenCahn(self.modes, self.dt, n_interior=self.n_interior, n_boundary=self.n_boundary,
+                        n_initial=self.n_initial, sampler=self.sampler, eval_resolution=self.eval_resolution)
+        out.lo, out.hi = (-1.0, t0), (1.0, t1)
+        if start is not None:
+            out.start = start
+        return out
 
     def exact(self, x: Tensor) -> Tensor:
         times, uh, uth = series(self.modes, self.dt)
@@ -128,14 +145,16 @@ class AllenCahn(Problem):
         return d.dx(1) - EPS * d.dxx(0) + REACTION * u**3 - REACTION * u
 
     def sample(self, gen: torch.Generator) -> Collocation:
-        """Interior points, the initial line, and boundary *times* (the periodic pairs)."""
+        """Interior points, the initial line (``start``), and boundary *times* (the periodic pairs)."""
         interior = self.sample_interior(self.n_interior, gen)
         cond = {}
         if self.n_initial:
             i = self.sample_initial(self.n_initial, gen)
-            cond["ic"] = (i, torch.as_tensor(initial(i[:, 0].numpy()), dtype=i.dtype))
+            with torch.no_grad():
+                cond["ic"] = (i, self.start(i[:, 0]).to(i.dtype))
         if self.n_boundary:
-            t = torch.rand(self.n_boundary, generator=gen, dtype=torch.float64)
+            t0, t1 = self.lo[1], self.hi[1]
+            t = t0 + (t1 - t0) * torch.rand(self.n_boundary, generator=gen, dtype=torch.float64)
             cond["periodic"] = (t[:, None], torch.zeros_like(t))
         return Collocation(interior, cond)
 

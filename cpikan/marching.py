@@ -1,0 +1,122 @@
+"""Time marching: a time-dependent PINN trained window by window.
+
+One network over the whole of [0, T] must learn the early dynamics before the late ones make
+sense (the causality problem of PINNs), and on Allen–Cahn the late solution has fronts a few
+thousandths wide. Marching splits [0, T] into ``windows`` equal spans; window k is a new
+network on [t_k, t_{k+1}] whose initial condition is window k−1's prediction at t_k (the
+problem's own initial condition for the first). Each window trains like an ordinary run of
+``base`` (Adam, then Levenberg–Marquardt in float64), with its own seed. The error a window
+leaves at its end is the next one's initial data: it is carried, not corrected, so the
+per-window results show where it grows. The problem supplies ``window(t0, t1, start)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+
+from cpikan.config import ConfigError, bounded, canonical_json, validate
+from cpikan.experiment import PINNConfig, build_model
+from cpikan.pde import PROBLEMS, Problem, make_problem
+from cpikan.train import Callback, Trainer, seed_everything
+
+
+def _marchable() -> list[str]:
+    return sorted(name for name, cls in PROBLEMS.items() if hasattr(cls, "window"))
+
+
+@dataclass
+class MarchingConfig:
+    base: PINNConfig = field(default_factory=lambda: PINNConfig("allen_cahn"))  # problem, per-window model and trainer
+    windows: int = bounded(10, ge=1, le=1000)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base, dict):
+            self.base = PINNConfig.from_dict(self.base)
+        validate(self)
+        if self.base.problem not in _marchable():
+            raise ConfigError("base.problem", f"{self.base.problem!r} has no time windows; allowed: "
+                              f"{', '.join(_marchable())}")
+
+    def to_json(self) -> str:
+        return canonical_json(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> MarchingConfig:
+        import json
+
+        return cls(**json.loads(text))
+
+
+class MarchedModel(nn.Module):
+    """u(x, t) from the window whose span holds t (a window's end time belongs to it)."""
+
+    def __init__(self, edges: Sequence[float], windows: Sequence[nn.Module] = ()) -> None:
+        super().__init__()
+        self.register_buffer("edges", torch.tensor(list(edges), dtype=torch.float64))
+        self.windows = nn.ModuleList(windows)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if len(self.windows) != len(self.edges) - 1:
+            raise ValueError(f"model: {len(self.windows)} trained windows for {len(self.edges) - 1} spans")
+        which = torch.bucketize(x[:, -1].double().contiguous(), self.edges[1:-1])
+        out = torch.empty(len(x), 1, dtype=x.dtype)
+        for k, net in enumerate(self.windows):
+            rows = which == k
+            if rows.any():
+                out[rows] = net(x[rows]).to(x.dtype)
+        return out
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    window: int
+    t0: float
+    t1: float
+    rel_l2: float  # the window's network on the window's evaluation grid, against the exact solution
+    loss: float  # its final training loss
+    seconds: float
+    steps: int
+
+
+def _end_state(net: nn.Module, t: float) -> Callable[[Tensor], Tensor]:
+    def start(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return net(torch.stack([x, torch.full_like(x, t)], 1))[:, 0]
+    return start
+
+
+def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
+                   on_window: Callable[[WindowResult], None] | None = None) -> tuple[MarchedModel, Problem, list[WindowResult]]:
+    """Train ``cfg.windows`` networks one after another; returns the marched model, the whole
+    problem (its ``evaluate`` scores the marched model on the full grid) and each window's figures."""
+    if cfg.base.threads:
+        torch.set_num_threads(cfg.base.threads)
+    problem = make_problem(cfg.base.problem, **cfg.base.problem_kwargs)
+    t_lo, t_hi = problem.lo[-1], problem.hi[-1]
+    edges = [t_lo + (t_hi - t_lo) * k / cfg.windows for k in range(cfg.windows + 1)]
+    model = MarchedModel(edges)
+    results: list[WindowResult] = []
+    start = None
+    for k in range(cfg.windows):
+        t0 = time.perf_counter()
+        seed = cfg.base.train.seed + k
+        seed_everything(seed)
+        part = problem.window(edges[k], edges[k + 1], start)  # type: ignore[attr-defined]
+        net = build_model(cfg.base.model, part, seed)
+        res = Trainer(net, part, replace(cfg.base.train, seed=seed), callbacks).fit()
+        model.windows.append(net.requires_grad_(False))
+        out = WindowResult(k, edges[k], edges[k + 1], res.metrics["rel_l2"], res.loss,
+                           time.perf_counter() - t0, res.steps)
+        results.append(out)
+        if on_window is not None:
+            on_window(out)
+        start = _end_state(net, edges[k + 1])
+    return model, problem, results
+
+
+__all__ = ["MarchedModel", "MarchingConfig", "WindowResult", "train_marching"]

@@ -1,0 +1,54 @@
+"""Time marching (cpikan.marching): windows chain their initial data, and the marched model
+answers each time from its own window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cpikan.config import ConfigError
+from cpikan.experiment import ModelConfig, PINNConfig
+from cpikan.marching import MarchedModel, MarchingConfig, train_marching
+from cpikan.train import TrainConfig
+
+
+def small(windows: int = 2) -> MarchingConfig:
+    base = PINNConfig("allen_cahn", {"modes": 128, "dt": 2e-4, "n_interior": 200, "n_initial": 50, "n_boundary": 20,
+                                     "eval_resolution": 11},
+                      ModelConfig(hidden=(4,), degree=3, dtype="float64"), TrainConfig(adam_steps=0, lm_steps=3))
+    return MarchingConfig(base, windows=windows)
+
+
+def test_windows_chain_and_the_marched_model_routes_by_time():
+    model, problem, results = train_marching(small())
+    assert [(r.t0, r.t1) for r in results] == [(0.0, 0.5), (0.5, 1.0)]
+    first, second = model.windows
+    x = torch.linspace(-1, 1, 7, dtype=torch.float64)
+    # window 2's initial data is window 1's prediction at t = 0.5, not the initial condition
+    ic_pts, ic_vals = problem.window(0.5, 1.0, (lambda v: first(torch.stack(
+        [v, torch.full_like(v, 0.5)], 1))[:, 0])).sample(torch.Generator().manual_seed(0)).conditions["ic"]
+    assert torch.allclose(ic_vals, first(ic_pts)[:, 0])
+    pts = torch.stack([x, torch.tensor([0.0, 0.2, 0.5, 0.5000001, 0.7, 1.0, 0.49])], 1)
+    want = torch.cat([(first if t <= 0.5 else second)(p[None]) for p, t in zip(pts, pts[:, 1].tolist())])
+    assert torch.allclose(model(pts), want, rtol=0, atol=1e-12)  # one row at a time: the same to rounding
+    assert 0 < problem.evaluate(model)["rel_l2"] < float("inf")
+
+
+def test_marching_replays_exactly_and_its_config_round_trips():
+    cfg = small()
+    assert MarchingConfig.from_json(cfg.to_json()).to_json() == cfg.to_json()
+    a, b = train_marching(cfg)[0], train_marching(MarchingConfig.from_json(cfg.to_json()))[0]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_bad_marching_input_is_refused_by_name():
+    with pytest.raises(ConfigError, match="base.problem"):
+        MarchingConfig(PINNConfig("helmholtz1d"))
+    with pytest.raises(ConfigError, match="windows"):
+        MarchingConfig(windows=0)
+    from cpikan.pde.allen_cahn import AllenCahn
+
+    with pytest.raises(ValueError, match="needs the state at t0"):
+        AllenCahn(modes=128, dt=2e-4).window(0.5, 1.0)
+    with pytest.raises(ValueError, match="model: 0 trained windows"):
+        MarchedModel([0.0, 1.0])(torch.zeros(1, 2, dtype=torch.float64))
