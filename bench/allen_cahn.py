@@ -10,7 +10,7 @@ the aim. Exits 1 when either is missed.
 
 Measured (2026-12-04, ``--threads 1`` beside another one-thread job, the defaults):
 ``rel_l2=8.995e-04 seconds=1968 windows=10 ref_error=5.8e-07 target=1e-04 ok=0``; 9× over the
-bar. The last two windows (fronts a few hundredths wide) end at 1.2–1.5e-3 with a training
+bar. The last two windows (fronts about a hundredth wide) end at 1.2–1.5e-3 with a training
 loss 100× the middle windows': the network is out of capacity there (docs/domain.md).
 
     .venv/bin/python bench/allen_cahn.py [--windows 10] [--width 12] [--degree 8] [--adam 500] [--lm 200]

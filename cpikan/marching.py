@@ -1,8 +1,8 @@
 """Time marching: a time-dependent PINN trained window by window.
 
 One network over the whole of [0, T] must learn the early dynamics before the late ones make
-sense (the causality problem of PINNs), and on Allen–Cahn the late solution has fronts a few
-thousandths wide. Marching splits [0, T] into ``windows`` equal spans; window k is a new
+sense (the causality problem of PINNs), and on Allen–Cahn the late solution has fronts about
+a hundredth wide. Marching splits [0, T] into ``windows`` equal spans; window k is a new
 network on [t_k, t_{k+1}] whose initial condition is window k−1's prediction at t_k (the
 problem's own initial condition for the first). Each window trains like an ordinary run of
 ``base`` (Adam, then Levenberg–Marquardt in float64), with its own seed. The error a window
