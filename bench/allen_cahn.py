@@ -39,7 +39,8 @@ def config(args: argparse.Namespace) -> MarchingConfig:
         TrainConfig(adam_steps=args.adam, lr=1e-2, scheduler="exponential", lm_steps=args.lm, seed=args.seed,
                     loss_weights={"pde": 1.0, "ic": 1e4, "periodic": 10.0, "periodic_dx": 1.0}),
         threads=args.threads)
-    return MarchingConfig(base, windows=args.windows)
+    return MarchingConfig(base, windows=args.windows, hard_initial=not args.fitted_starts,
+                          known_part=not args.no_corner)
 
 
 def main() -> int:
@@ -52,6 +53,9 @@ def main() -> int:
     ap.add_argument("--n-interior", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fitted-starts", action="store_true", help="fit every window's initial line (soft), not "
+                    "only the first's")
+    ap.add_argument("--no-corner", action="store_true", help="leave the initial corner's layer to the networks")
     args = ap.parse_args()
     cfg = config(args)
     t = time.perf_counter()

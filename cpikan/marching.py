@@ -8,6 +8,11 @@ problem's own initial condition for the first). Each window trains like an ordin
 ``base`` (Adam, then Levenberg–Marquardt in float64), with its own seed. The error a window
 leaves at its end is the next one's initial data: it is carried, not corrected, so the
 per-window results show where it grows. The problem supplies ``window(t0, t1, start)``.
+
+With ``hard_initial`` a window is u = s(x) + (1 + t̂)·N(x, t) (:class:`Anchored`): s is the
+window before's end line (the problem's ``initial_model()`` for the first), so the initial
+data holds exactly on the whole line, not at sampled points, and N only learns the change
+over the window, which on Allen–Cahn's late, nearly still fronts is small.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
+from cpikan import diff
 from cpikan.config import ConfigError, bounded, canonical_json, validate
 from cpikan.experiment import PINNConfig, build_model
 from cpikan.pde import PROBLEMS, Problem, make_problem
@@ -33,6 +39,8 @@ def _marchable() -> list[str]:
 class MarchingConfig:
     base: PINNConfig = field(default_factory=lambda: PINNConfig("allen_cahn"))  # problem, per-window model and trainer
     windows: int = bounded(10, ge=1, le=1000)
+    hard_initial: bool = False  # windows after the first: u = start line + (1 + t̂)·N, the initial data exact
+    known_part: bool = False  # add the problem's known_part() (a singular layer) to every window
 
     def __post_init__(self) -> None:
         if isinstance(self.base, dict):
@@ -41,6 +49,8 @@ class MarchingConfig:
         if self.base.problem not in _marchable():
             raise ConfigError("base.problem", f"{self.base.problem!r} has no time windows; allowed: "
                               f"{', '.join(_marchable())}")
+        if self.known_part and not hasattr(PROBLEMS[self.base.problem], "known_part"):
+            raise ConfigError("known_part", f"{self.base.problem!r} has no known part to add")
 
     def to_json(self) -> str:
         return canonical_json(self)
@@ -72,6 +82,54 @@ class MarchedModel(nn.Module):
         return out
 
 
+class Sum(nn.Module):
+    """u = Σ_i w_i·part_i(x); values and jets add linearly. Parts before ``trainable`` frozen."""
+
+    def __init__(self, parts: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.weights = list(weights) if weights is not None else [1.0] * len(parts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sum(w * p(x).to(x.dtype) for w, p in zip(self.weights, self.parts))  # type: ignore[return-value]
+
+    def derivatives(self, x: Tensor) -> diff.Derivatives:
+        ds = [(w, p.derivatives(x)) for w, p in zip(self.weights, self.parts)]
+        return diff.Derivatives(sum(w * d.u for w, d in ds), sum(w * d.du for w, d in ds),  # type: ignore[arg-type]
+                                sum(w * d.d2u for w, d in ds))  # type: ignore[arg-type]
+
+
+class EndLine(nn.Module):
+    """x ↦ u(x, t_end) of a model, as a model of (x, t) constant in t (frozen)."""
+
+    def __init__(self, net: nn.Module, t_end: float) -> None:
+        super().__init__()
+        self.net, self.t_end = net.requires_grad_(False), t_end
+
+    def _at_end(self, x: Tensor) -> Tensor:
+        return torch.cat([x[:, :-1], torch.full_like(x[:, -1:], self.t_end)], 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self._at_end(x))
+
+    def derivatives(self, x: Tensor) -> diff.Derivatives:
+        d = self.net.derivatives(self._at_end(x))
+        return diff.Derivatives(d.u, _no_time(d.du), _no_time(d.d2u))
+
+
+def _no_time(d: Tensor) -> Tensor:
+    return torch.cat([d[:, :-1], torch.zeros_like(d[:, -1:])], 1)
+
+
+class Anchored(Sum):
+    """u = start(x) + (1 + t̂)·N(x, t), t̂ = −1 at the window's first time: the start line holds
+    there exactly. ``start`` is frozen; ``net`` is a ScaledModel over the window."""
+
+    def __init__(self, start: nn.Module, net: nn.Module) -> None:
+        net.zero_ends = ((net.in_features - 1, -1),)  # type: ignore[union-attr]
+        super().__init__([start.requires_grad_(False), net])
+
+
 @dataclass(frozen=True)
 class WindowResult:
     window: int
@@ -100,14 +158,21 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
     t_lo, t_hi = problem.lo[-1], problem.hi[-1]
     edges = [t_lo + (t_hi - t_lo) * k / cfg.windows for k in range(cfg.windows + 1)]
     model = MarchedModel(edges)
+    known = problem.known_part().requires_grad_(False) if cfg.known_part else None  # type: ignore[attr-defined]
     results: list[WindowResult] = []
-    start = None
+    start, smooth = None, None  # the last window's end state; its network part (u − known)
     for k in range(cfg.windows):
         t0 = time.perf_counter()
         seed = cfg.base.train.seed + k
         seed_everything(seed)
-        part = problem.window(edges[k], edges[k + 1], start)  # type: ignore[attr-defined]
-        net = build_model(cfg.base.model, part, seed)
+        hard = cfg.hard_initial and k > 0
+        part = problem.window(edges[k], edges[k + 1], start, fitted_start=not hard)  # type: ignore[attr-defined]
+        smooth = build_model(cfg.base.model, part, seed)
+        if hard:
+            smooth = Anchored(EndLine(model.windows[-1], edges[k]) if known is None else
+                              Sum([EndLine(model.windows[-1], edges[k]), EndLine(known, edges[k])], [1.0, -1.0]),
+                              smooth)
+        net = smooth if known is None else Sum([known, smooth])
         res = Trainer(net, part, replace(cfg.base.train, seed=seed), callbacks).fit()
         model.windows.append(net.requires_grad_(False))
         out = WindowResult(k, edges[k], edges[k + 1], res.metrics["rel_l2"], res.loss,
@@ -119,4 +184,4 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
     return model, problem, results
 
 
-__all__ = ["MarchedModel", "MarchingConfig", "WindowResult", "train_marching"]
+__all__ = ["Anchored", "EndLine", "MarchedModel", "Sum", "MarchingConfig", "WindowResult", "train_marching"]

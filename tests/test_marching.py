@@ -3,6 +3,8 @@ answers each time from its own window."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -39,6 +41,43 @@ def test_marching_replays_exactly_and_its_config_round_trips():
     assert MarchingConfig.from_json(cfg.to_json()).to_json() == cfg.to_json()
     a, b = train_marching(cfg)[0], train_marching(MarchingConfig.from_json(cfg.to_json()))[0]
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_hard_starts_join_the_windows_exactly_and_the_corner_layer_rides_along():
+    cfg = small()
+    cfg.hard_initial, cfg.known_part = True, True
+    model, problem, results = train_marching(cfg)
+    first, second = model.windows
+    x = torch.linspace(-1, 1, 9, dtype=torch.float64)
+    joint = torch.stack([x, torch.full_like(x, 0.5)], 1)
+    # the second window starts from the first's end line exactly, ends and corner layer included
+    assert torch.allclose(second(joint), first(joint), rtol=0, atol=1e-14)
+    d1, d2 = first.derivatives(joint), second.derivatives(joint)
+    assert torch.allclose(d2.dx(0), d1.dx(0), rtol=0, atol=1e-12)
+    assert torch.allclose(d2.dxx(0), d1.dxx(0), rtol=0, atol=1e-10)
+    # only the first window fits its initial line
+    assert "ic" in problem.window(0.0, 0.5).sample(torch.Generator()).conditions
+    assert "ic" not in problem.window(0.5, 1.0, lambda v: v, fitted_start=False).sample(torch.Generator()).conditions
+    assert all(r.rel_l2 < float("inf") for r in results)
+
+
+def test_corner_layer_jet_is_exact_and_carries_the_corner():
+    from cpikan.diff import derivatives_autograd
+    from cpikan.pde.allen_cahn import CornerLayer
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 2, generator=gen, dtype=torch.float64) * torch.tensor([2.0, 0.3], dtype=torch.float64)
+    x = x + torch.tensor([-1.0, 1e-3], dtype=torch.float64)
+    x[:4, 0] = torch.tensor([0.999, -0.999, 0.9999, -0.995], dtype=torch.float64)
+    layer = CornerLayer()
+    fast, slow = layer.derivatives(x), derivatives_autograd(layer, x)
+    for name in ("u", "du", "d2u"):
+        assert torch.allclose(getattr(fast, name), getattr(slow, name).detach(), rtol=1e-10, atol=1e-12), name
+    ends = torch.tensor([[-1.0, 0.05], [1.0, 0.05], [0.3, 0.0]], dtype=torch.float64)
+    d = layer.derivatives(ends)
+    # the slope jump 4·e^{-10t} that the network's outer solution leaves at the periodic ends, none at t = 0
+    assert float(d.dx(0)[0] - d.dx(0)[1]) == pytest.approx(-4 * math.exp(-0.5), rel=1e-12)
+    assert float(layer(ends)[2, 0]) == 0.0
 
 
 def test_bad_marching_input_is_refused_by_name():

@@ -95,6 +95,41 @@ def series(n: int = 2048, dt: float = 1e-4) -> tuple[np.ndarray, np.ndarray, np.
     return times, uh, np.fft.fft(ut, axis=1) / u.shape[1]
 
 
+class CornerLayer(nn.Module):
+    """The initial condition's periodic corner, smoothed: c(x, t) = 2e^{−λt}·(H − r), r = 1 − |x|.
+
+    u(·, 0) has slopes +2 at x = −1 and −2 at x = 1, a V-shaped corner on the circle. For
+    t > 0 the solution rounds it off in a layer √(4εt) wide (under 0.02): heat-smoothed |y|,
+    H = r·erf(r/a) + (a/√π)·e^{−r²/a²}, a = √(4εt), damped at the linearised reaction's rate
+    λ = −f'(−1) = 10 (u ≈ −1 there). On [-1, 1] c is smooth (r = 0 only at the ends) and it
+    carries exactly the slope jump the corner needs, so a network added to it learns the
+    smooth outer solution, whose own end slopes differ; the PDE residual is still that of the
+    sum, so c is a change of variables, not an approximation. c(·, 0) = 0.
+    """
+
+    rate = 2.0 * REACTION  # −f'(−1) for f(u) = 5u − 5u³
+
+    def _parts(self, x: Tensor) -> tuple[Tensor, ...]:
+        z, t = x[:, :1], x[:, 1:2].clamp_min(1e-30)
+        r, side = 1.0 - z.abs(), torch.where(z >= 0, -1.0, 1.0).to(z.dtype)  # side = dr/dx
+        a = torch.sqrt(4 * EPS * t)
+        gauss = torch.exp(-((r / a) ** 2))
+        g = a / np.sqrt(np.pi) * gauss - r * torch.erfc(r / a)
+        g_r, g_rr = -torch.erfc(r / a), 2 / (a * np.sqrt(np.pi)) * gauss
+        g_t = EPS * g_rr  # g = H − r with H a heat solution and r linear
+        g_tt = g_t * (r**2 / (4 * EPS * t**2) - 1 / (2 * t))
+        lam, damp = self.rate, 2 * torch.exp(-self.rate * x[:, 1:2])
+        return (damp * g, damp * g_r * side, damp * (g_t - lam * g), damp * g_rr,
+                damp * (g_tt - 2 * lam * g_t + lam**2 * g))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._parts(x)[0]
+
+    def derivatives(self, x: Tensor) -> Derivatives:
+        c, c_x, c_t, c_xx, c_tt = self._parts(x)
+        return Derivatives(c, torch.stack([c_x, c_t], 1), torch.stack([c_xx, c_tt], 1))
+
+
 class AllenCahn(Problem):
     """The 1-D Allen–Cahn benchmark; ``exact`` is the ETDRK4 reference (see the module)."""
 
@@ -109,19 +144,25 @@ class AllenCahn(Problem):
         #: u at the first time of the box (a time window's start: the window before's end)
         self.start: Callable[[Tensor], Tensor] = lambda x: torch.as_tensor(initial(x.numpy()), dtype=x.dtype)
 
-    def window(self, t0: float, t1: float, start: Callable[[Tensor], Tensor] | None = None) -> AllenCahn:
+    def window(self, t0: float, t1: float, start: Callable[[Tensor], Tensor] | None = None,
+               fitted_start: bool = True) -> AllenCahn:
         """The same problem on [t0, t1] (time marching), starting from ``start(x)`` at t0
-        (default: the initial condition, which only holds at t0 = 0)."""
+        (default: the initial condition, which only holds at t0 = 0). ``fitted_start=False``:
+        the model imposes the start itself (no initial-line points)."""
         if not 0.0 <= t0 < t1 <= 1.0:
             raise ValueError(f"window: need 0 ≤ t0 < t1 ≤ 1 (the reference's span), got [{t0}, {t1}]")
         if start is None and t0 != 0.0:
             raise ValueError(f"window: a window from t0 = {t0} > 0 needs the state at t0 (start)")
         out = AllenCahn(self.modes, self.dt, n_interior=self.n_interior, n_boundary=self.n_boundary,
-                        n_initial=self.n_initial, sampler=self.sampler, eval_resolution=self.eval_resolution)
+                        n_initial=self.n_initial if fitted_start else 0, sampler=self.sampler, eval_resolution=self.eval_resolution)
         out.lo, out.hi = (-1.0, t0), (1.0, t1)
         if start is not None:
             out.start = start
         return out
+
+    def known_part(self) -> nn.Module:
+        """The initial corner's layer (:class:`CornerLayer`): a model adds it and learns the rest."""
+        return CornerLayer()
 
     def exact(self, x: Tensor) -> Tensor:
         times, uh, uth = series(self.modes, self.dt)
@@ -143,6 +184,12 @@ class AllenCahn(Problem):
     def residual(self, d: Derivatives, x: Tensor) -> Tensor:
         u = d.u[:, 0]
         return d.dx(1) - EPS * d.dxx(0) + REACTION * u**3 - REACTION * u
+
+    def sample_initial(self, n: int, gen: torch.Generator) -> Tensor:
+        """Evenly spaced, both ends included: every window's error starts here and is carried
+        on, and an even line fits better than random points (window 1: 2.8e-4 vs 4.9e-4)."""
+        x = torch.linspace(self.lo[0], self.hi[0], n, dtype=torch.float64)
+        return torch.stack([x, torch.full_like(x, self.lo[1])], 1)
 
     def sample(self, gen: torch.Generator) -> Collocation:
         """Interior points, the initial line (``start``), and boundary *times* (the periodic pairs)."""
@@ -177,4 +224,4 @@ class AllenCahn(Problem):
         return out
 
 
-__all__ = ["AllenCahn", "etdrk4", "refinement_error", "reference"]
+__all__ = ["AllenCahn", "CornerLayer", "etdrk4", "refinement_error", "reference"]
