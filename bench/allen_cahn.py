@@ -8,13 +8,18 @@ modes, dt 5e-5) is measured and printed first. Issue 16's bar: relative L2 ≤ 1
 minutes on 2 CPU cores; jaxpi's published 2.24e-5 (GPU, hundreds of thousands of steps) is
 the aim. Exits 1 when either is missed.
 
+The first window fits its initial line (evenly spaced points); later windows start exactly
+from the window before's end; every window adds the initial corner's layer (``CornerLayer``)
+so the networks learn the smooth rest. ``--fitted-starts`` and ``--no-corner`` turn these off.
+
 Measured (2026-12-04, ``--threads 1`` beside another one-thread job, the defaults):
-``rel_l2=8.995e-04 seconds=1968 windows=10 ref_error=5.8e-07 target=1e-04 ok=0``; 9× over the
-bar. The last two windows (fronts about a hundredth wide) end at 1.2–1.5e-3 with a training
-loss 100× the middle windows': the network is out of capacity there (docs/domain.md).
+``rel_l2=1.081e-04 seconds=2842 windows=10 ref_error=5.8e-07 target=1e-04 ok=0``; 8 % over the
+bar (``--fitted-starts --no-corner``, with Latin-hypercube initial points: 8.995e-04 in 1968 s).
+The last two windows, where the fronts steepen, hold most of the error (docs/domain.md).
 
     .venv/bin/python bench/allen_cahn.py [--windows 10] [--width 12] [--degree 8] [--adam 500] [--lm 200]
                                          [--n-interior 3000] [--threads 2] [--seed 0]
+                                         [--fitted-starts] [--no-corner]
 """
 
 from __future__ import annotations
