@@ -42,7 +42,9 @@ def config(args: argparse.Namespace) -> MarchingConfig:
         ModelConfig(hidden=(args.width, args.width), degree=args.degree, dtype="float64"),
         # the initial line weighs most: its error is carried into every later window
         TrainConfig(adam_steps=args.adam, lr=1e-2, scheduler="exponential", lm_steps=args.lm, seed=args.seed,
-                    loss_weights={"pde": 1.0, "ic": 1e4, "periodic": 10.0, "periodic_dx": 1.0}),
+                    loss_weights={"pde": 1.0, "ic": 1e4, "periodic": 10.0, "periodic_dx": 1.0},
+                    # RAR-D (density ∝ r²) puts points on the fronts, narrower than the uniform spacing
+                    rar_every=100 if args.rar else 0, rar_points=max(args.rar, 1), rar_k=2.0, rar_c=0.0),
         threads=args.threads)
     return MarchingConfig(base, windows=args.windows, hard_initial=not args.fitted_starts,
                           known_part=not args.no_corner)
@@ -56,6 +58,7 @@ def main() -> int:
     ap.add_argument("--adam", type=int, default=500)
     ap.add_argument("--lm", type=int, default=200)
     ap.add_argument("--n-interior", type=int, default=3000)
+    ap.add_argument("--rar", type=int, default=0, help="RAR-D points added every 100 steps (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fitted-starts", action="store_true", help="fit every window's initial line (soft), not "
