@@ -89,7 +89,7 @@ class MarchedModel(nn.Module):
 
 
 class Sum(nn.Module):
-    """u = Σ_i w_i·part_i(x); values and jets add linearly. Parts before ``trainable`` frozen."""
+    """u = Σ_i w_i·part_i(x); values and jets add linearly."""
 
     def __init__(self, parts: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
         super().__init__()
@@ -166,7 +166,7 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
     model = MarchedModel(edges)
     known = problem.known_part().requires_grad_(False) if cfg.known_part else None  # type: ignore[attr-defined]
     results: list[WindowResult] = []
-    start, smooth = None, None  # the last window's end state; its network part (u − known)
+    start = None  # the window before's end state (fitted starts)
     for k in range(cfg.windows):
         t0 = time.perf_counter()
         seed = cfg.base.train.seed + k
