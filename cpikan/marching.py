@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from cpikan import diff
 from cpikan.config import ConfigError, bounded, canonical_json, validate
 from cpikan.experiment import PINNConfig, build_model
+from cpikan.multistage import StagedModel  # a weighted sum of models, jets included
 from cpikan.pde import PROBLEMS, Problem, make_problem
 from cpikan.train import Callback, Trainer, seed_everything
 
@@ -88,23 +89,6 @@ class MarchedModel(nn.Module):
         return out
 
 
-class Sum(nn.Module):
-    """u = Σ_i w_i·part_i(x); values and jets add linearly."""
-
-    def __init__(self, parts: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-        self.weights = list(weights) if weights is not None else [1.0] * len(parts)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return sum(w * p(x).to(x.dtype) for w, p in zip(self.weights, self.parts))  # type: ignore[return-value]
-
-    def derivatives(self, x: Tensor) -> diff.Derivatives:
-        ds = [(w, p.derivatives(x)) for w, p in zip(self.weights, self.parts)]
-        return diff.Derivatives(sum(w * d.u for w, d in ds), sum(w * d.du for w, d in ds),  # type: ignore[arg-type]
-                                sum(w * d.d2u for w, d in ds))  # type: ignore[arg-type]
-
-
 class EndLine(nn.Module):
     """x ↦ u(x, t_end) of a model, as a model of (x, t) constant in t (frozen)."""
 
@@ -127,13 +111,13 @@ def _no_time(d: Tensor) -> Tensor:
     return torch.cat([d[:, :-1], torch.zeros_like(d[:, -1:])], 1)
 
 
-class Anchored(Sum):
+class Anchored(StagedModel):
     """u = start(x) + (1 + t̂)·N(x, t), t̂ = −1 at the window's first time: the start line holds
     there exactly. ``start`` is frozen; ``net`` is a ScaledModel over the window."""
 
     def __init__(self, start: nn.Module, net: nn.Module) -> None:
         net.zero_ends = ((net.in_features - 1, -1),)  # type: ignore[union-attr]
-        super().__init__([start.requires_grad_(False), net])
+        super().__init__([start.requires_grad_(False), net], [1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -176,9 +160,9 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
         smooth = build_model(cfg.base.model, part, seed)
         if hard:
             smooth = Anchored(EndLine(model.windows[-1], edges[k]) if known is None else
-                              Sum([EndLine(model.windows[-1], edges[k]), EndLine(known, edges[k])], [1.0, -1.0]),
+                              StagedModel([EndLine(model.windows[-1], edges[k]), EndLine(known, edges[k])], [1.0, -1.0]),
                               smooth)
-        net = smooth if known is None else Sum([known, smooth])
+        net = smooth if known is None else StagedModel([known, smooth], [1.0, 1.0])
         res = Trainer(net, part, replace(cfg.base.train, seed=seed), callbacks).fit()
         model.windows.append(net.requires_grad_(False))
         out = WindowResult(k, edges[k], edges[k + 1], res.metrics["rel_l2"], res.loss,
@@ -190,4 +174,4 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
     return model, problem, results
 
 
-__all__ = ["Anchored", "EndLine", "MarchedModel", "Sum", "MarchingConfig", "WindowResult", "train_marching"]
+__all__ = ["Anchored", "EndLine", "MarchedModel", "MarchingConfig", "WindowResult", "train_marching"]
