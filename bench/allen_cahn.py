@@ -20,10 +20,15 @@ test``; the defaults): ``rel_l2=3.947e-05 seconds=3405 windows=10 ref_error=5.8e
 ok=1``. Without RAR-D (``--rar 0``): 1.081e-04 in 2842 s; without RAR-D, exact starts and the
 corner layer (``--rar 0 --fitted-starts --no-corner``, Latin-hypercube initial points then):
 8.995e-04 in 1968 s. jaxpi's 2.24e-5 is not reached (docs/domain.md).
+Each exact start evaluates every earlier window, so later windows cost more (190 → 411 s);
+``--end-line-nodes 16385`` copies each start line instead (``HermiteLine``, checked to 1e-10).
+Timing probe only (Adam 20 + LM 5 per window, no RAR-D, one thread beside a two-job bench):
+windows 1–9 took 8.6–9.4 s each copied vs 11.0 → 21.2 s exact (102 s vs 162 s in all), the
+per-window errors equal to three digits; a full run with it is not yet measured.
 
     .venv/bin/python bench/allen_cahn.py [--windows 10] [--width 12] [--degree 8] [--adam 500] [--lm 200]
                                          [--n-interior 3000] [--rar 150] [--threads 2] [--seed 0]
-                                         [--fitted-starts] [--no-corner]
+                                         [--fitted-starts] [--no-corner] [--end-line-nodes 16385]
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def config(args: argparse.Namespace) -> MarchingConfig:
                     rar_every=100 if args.rar else 0, rar_points=max(args.rar, 1), rar_k=2.0, rar_c=0.0),
         threads=args.threads)
     return MarchingConfig(base, windows=args.windows, hard_initial=not args.fitted_starts,
-                          known_part=not args.no_corner)
+                          known_part=not args.no_corner, end_line_nodes=args.end_line_nodes)
 
 
 def main() -> int:
@@ -68,6 +73,8 @@ def main() -> int:
     ap.add_argument("--fitted-starts", action="store_true", help="fit every window's initial line (soft), not "
                     "only the first's")
     ap.add_argument("--no-corner", action="store_true", help="leave the initial corner's layer to the networks")
+    ap.add_argument("--end-line-nodes", type=int, default=0, help="start lines as quintic Hermite copies on this "
+                    "many nodes, e.g. 16385 (0: evaluate every earlier window, the measured default)")
     args = ap.parse_args()
     cfg = config(args)
     t = time.perf_counter()

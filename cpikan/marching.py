@@ -48,6 +48,9 @@ class MarchingConfig:
     windows: int = bounded(10, ge=1, le=1000)
     hard_initial: bool = False  # windows after the first: u = start line + (1 + t̂)·N, the initial data exact
     known_part: bool = False  # add the problem's known_part() (a singular layer) to every window
+    #: with hard_initial: each start line as a quintic Hermite copy on this many nodes (checked
+    #: between them to 1e-10), so a window costs the same whatever its index; 0: the exact chain
+    end_line_nodes: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
         if isinstance(self.base, dict):
@@ -56,6 +59,9 @@ class MarchingConfig:
         if self.base.problem not in _marchable():
             raise ConfigError("base.problem", f"{self.base.problem!r} has no time windows; allowed: "
                               f"{', '.join(_marchable())}")
+        if self.end_line_nodes and (self.end_line_nodes < 2 or len(PROBLEMS[self.base.problem].coords) != 2):
+            raise ConfigError("end_line_nodes", f"0, or ≥ 2 nodes on a problem with one space coordinate and "
+                              f"time; got {self.end_line_nodes} on {self.base.problem!r}")
         if self.known_part and not hasattr(PROBLEMS[self.base.problem], "known_part"):
             raise ConfigError("known_part", f"{self.base.problem!r} has no known part to add")
 
@@ -111,6 +117,65 @@ def _no_time(d: Tensor) -> Tensor:
     return torch.cat([d[:, :-1], torch.zeros_like(d[:, -1:])], 1)
 
 
+# p(s) on [0, 1] from (f0, h·f0', h²·f0'', f1, h·f1', h²·f1''): rows are the six quintic
+# Hermite basis polynomials' coefficients of s⁰ … s⁵
+_QUINTIC = torch.tensor([[1, 0, 0, -10, 15, -6], [0, 1, 0, -6, 8, -3], [0, 0, 0.5, -1.5, 1.5, -0.5],
+                         [0, 0, 0, 10, -15, 6], [0, 0, 0, -4, 7, -3], [0, 0, 0, 0.5, -1, 0.5]], dtype=torch.float64)
+
+
+class HermiteLine(nn.Module):
+    """A frozen line x ↦ s(x) (one space coordinate, constant in t) as a C² piecewise quintic
+    Hermite interpolant of its values, slopes and curvatures on uniform nodes.
+
+    It stands in for an :class:`EndLine` whose model is a chain of earlier windows: that one
+    costs every window before it on every evaluation, this one a table look-up. Built by
+    :meth:`fit`, which measures the interpolation error between the nodes and refuses a
+    line the nodes do not resolve."""
+
+    def __init__(self, lo: float, hi: float, coeffs: Tensor) -> None:
+        super().__init__()
+        self.lo, self.hi, self.h = lo, hi, (hi - lo) / coeffs.shape[0]
+        self.register_buffer("coeffs", coeffs)  # (intervals, 6, outputs): s⁰ … s⁵ per interval
+
+    @classmethod
+    def fit(cls, line: nn.Module, lo: float, hi: float, nodes: int, tol: float = 1e-10) -> HermiteLine:
+        """Interpolate ``line`` (a model of (x, t), constant in t) on ``nodes`` points of
+        [lo, hi]; raises ValueError when its error at the midpoints exceeds ``tol``·max|s|."""
+        x = torch.linspace(lo, hi, nodes, dtype=torch.float64)
+        with torch.no_grad():
+            d = line.derivatives(torch.stack([x, torch.zeros_like(x)], 1))
+        h = (hi - lo) / (nodes - 1)
+        f, f1, f2 = d.u, d.du[:, 0] * h, d.d2u[:, 0] * h * h  # (nodes, outputs)
+        ends = torch.stack([f[:-1], f1[:-1], f2[:-1], f[1:], f1[1:], f2[1:]], 1)  # (intervals, 6, outputs)
+        out = cls(lo, hi, torch.einsum("kj,ikm->ijm", _QUINTIC, ends))
+        mid = (x[:-1] + x[1:]) / 2
+        with torch.no_grad():
+            want = line(torch.stack([mid, torch.zeros_like(mid)], 1))
+            err = float((out(torch.stack([mid, torch.zeros_like(mid)], 1)) - want).abs().max())
+        scale = max(float(f.abs().max()), 1e-300)
+        if not err <= tol * scale:
+            raise ValueError(f"end_line_nodes: {nodes} nodes leave an interpolation error of {err:.1e} "
+                             f"(> {tol:.0e} of max |s| = {scale:.2e}); raise it, or 0 to evaluate the windows exactly")
+        return out
+
+    def _local(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pos = (x[:, 0] - self.lo) / self.h
+        i = pos.floor().clamp(0, self.coeffs.shape[0] - 1)
+        return self.coeffs[i.long()].to(x.dtype), (pos - i)[:, None]  # (N, 6, O), (N, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c, s = self._local(x)
+        return c[:, 0] + s * (c[:, 1] + s * (c[:, 2] + s * (c[:, 3] + s * (c[:, 4] + s * c[:, 5]))))
+
+    def derivatives(self, x: Tensor) -> diff.Derivatives:
+        c, s = self._local(x)
+        u = c[:, 0] + s * (c[:, 1] + s * (c[:, 2] + s * (c[:, 3] + s * (c[:, 4] + s * c[:, 5]))))
+        du = (c[:, 1] + s * (2 * c[:, 2] + s * (3 * c[:, 3] + s * (4 * c[:, 4] + s * 5 * c[:, 5])))) / self.h
+        d2u = (2 * c[:, 2] + s * (6 * c[:, 3] + s * (12 * c[:, 4] + s * 20 * c[:, 5]))) / self.h**2
+        zero = torch.zeros_like(du)
+        return diff.Derivatives(u, torch.stack([du, zero], 1), torch.stack([d2u, zero], 1))
+
+
 class Anchored(StagedModel):
     """u = start(x) + (1 + t̂)·N(x, t), t̂ = −1 at the window's first time: the start line holds
     there exactly. ``start`` is frozen; ``net`` is a ScaledModel over the window."""
@@ -159,9 +224,11 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
         part = problem.window(edges[k], edges[k + 1], start, fitted_start=not hard)  # type: ignore[attr-defined]
         smooth = build_model(cfg.base.model, part, seed)
         if hard:
-            smooth = Anchored(EndLine(model.windows[-1], edges[k]) if known is None else
-                              StagedModel([EndLine(model.windows[-1], edges[k]), EndLine(known, edges[k])], [1.0, -1.0]),
-                              smooth)
+            line: nn.Module = (EndLine(model.windows[-1], edges[k]) if known is None else
+                               StagedModel([EndLine(model.windows[-1], edges[k]), EndLine(known, edges[k])], [1.0, -1.0]))
+            if cfg.end_line_nodes:
+                line = HermiteLine.fit(line, problem.lo[0], problem.hi[0], cfg.end_line_nodes)
+            smooth = Anchored(line, smooth)
         net = smooth if known is None else StagedModel([known, smooth], [1.0, 1.0])
         res = Trainer(net, part, replace(cfg.base.train, seed=seed), callbacks).fit()
         model.windows.append(net.requires_grad_(False))
@@ -174,4 +241,4 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
     return model, problem, results
 
 
-__all__ = ["Anchored", "EndLine", "MarchedModel", "MarchingConfig", "WindowResult", "train_marching"]
+__all__ = ["Anchored", "EndLine", "HermiteLine", "MarchedModel", "MarchingConfig", "WindowResult", "train_marching"]

@@ -91,3 +91,62 @@ def test_bad_marching_input_is_refused_by_name():
         AllenCahn(modes=128, dt=2e-4).window(0.5, 1.0)
     with pytest.raises(ValueError, match="model: 0 trained windows"):
         MarchedModel([0.0, 1.0])(torch.zeros(1, 2, dtype=torch.float64))
+
+
+class _Front(torch.nn.Module):
+    """s(x) = sin 3x + tanh(x/w) with its exact jet: a smooth line with one steep front."""
+
+    def __init__(self, width: float) -> None:
+        super().__init__()
+        self.w = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.derivatives(x).u
+
+    def derivatives(self, x: torch.Tensor):
+        from cpikan.diff import Derivatives
+
+        v = x[:, :1]
+        th = torch.tanh(v / self.w)
+        sech2 = 1 - th**2
+        du = 3 * torch.cos(3 * v) + sech2 / self.w
+        d2u = -9 * torch.sin(3 * v) - 2 * th * sech2 / self.w**2
+        zero = torch.zeros_like(du)
+        return Derivatives(torch.sin(3 * v) + th, torch.stack([du, zero], 1), torch.stack([d2u, zero], 1))
+
+
+def test_hermite_line_copies_a_line_with_its_jet_and_refuses_one_it_cannot_resolve():
+    from torch.func import vmap
+
+    from cpikan.marching import HermiteLine
+
+    line = _Front(0.01)
+    copy = HermiteLine.fit(line, -1.0, 1.0, 16385)
+    x = torch.rand(2000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    got, want = copy.derivatives(x), line.derivatives(x)
+    assert torch.allclose(got.u, want.u, rtol=0, atol=1e-13)
+    assert torch.allclose(got.du, want.du, rtol=0, atol=1e-8)  # slopes up to 100
+    assert torch.allclose(got.d2u, want.d2u, rtol=0, atol=1e-4)  # curvatures up to 7.7e3
+    assert torch.equal(got.du[:, 1], torch.zeros_like(got.du[:, 1]))  # constant in t
+    # row by row under vmap (the LM Jacobian's path) as in one batch
+    assert torch.allclose(vmap(lambda r: copy(r[None])[0])(x), copy(x), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="end_line_nodes: 2001 nodes leave an interpolation error"):
+        HermiteLine.fit(line, -1.0, 1.0, 2001)
+
+
+def test_copied_start_lines_join_the_windows_like_the_exact_chain():
+    cfg = small(3)
+    cfg.hard_initial, cfg.known_part = True, True
+    exact = train_marching(cfg)[0]
+    cfg.end_line_nodes = 4097
+    copied, _, results = train_marching(cfg)
+    x = torch.linspace(-1, 1, 9, dtype=torch.float64)
+    for k, t in ((1, 1 / 3), (2, 2 / 3)):
+        joint = torch.stack([x, torch.full_like(x, t)], 1)
+        before, after = copied.windows[k - 1].derivatives(joint), copied.windows[k].derivatives(joint)
+        assert torch.allclose(after.u, before.u, rtol=0, atol=1e-12)
+        assert torch.allclose(after.dx(0), before.dx(0), rtol=0, atol=1e-9)
+    grid = torch.stack([x, torch.full_like(x, 0.9)], 1)
+    assert torch.allclose(copied(grid), exact(grid), rtol=0, atol=1e-8)
+    with pytest.raises(ConfigError, match="end_line_nodes"):
+        MarchingConfig(cfg.base, end_line_nodes=1)
