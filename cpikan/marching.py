@@ -165,13 +165,16 @@ class HermiteLine(nn.Module):
         i = pos.floor().clamp(0, self.coeffs.shape[0] - 1)
         return self.coeffs[i.long()].to(x.dtype), (pos - i)[:, None]  # (N, 6, O), (N, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        c, s = self._local(x)
+    @staticmethod
+    def _value(c: Tensor, s: Tensor) -> Tensor:
         return c[:, 0] + s * (c[:, 1] + s * (c[:, 2] + s * (c[:, 3] + s * (c[:, 4] + s * c[:, 5]))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._value(*self._local(x))
 
     def derivatives(self, x: Tensor) -> diff.Derivatives:
         c, s = self._local(x)
-        u = c[:, 0] + s * (c[:, 1] + s * (c[:, 2] + s * (c[:, 3] + s * (c[:, 4] + s * c[:, 5]))))
+        u = self._value(c, s)
         du = (c[:, 1] + s * (2 * c[:, 2] + s * (3 * c[:, 3] + s * (4 * c[:, 4] + s * 5 * c[:, 5])))) / self.h
         d2u = (2 * c[:, 2] + s * (6 * c[:, 3] + s * (12 * c[:, 4] + s * 20 * c[:, 5]))) / self.h**2
         zero = torch.zeros_like(du)
