@@ -85,6 +85,11 @@ class StagedModel(nn.Module):
         self.stages.append(stage)
         self.scales = torch.cat([self.scales, torch.tensor([scale], dtype=torch.float64)])
 
+    def drop_last(self) -> None:
+        """Remove the newest stage (one that made the residual worse)."""
+        del self.stages[-1]
+        self.scales = self.scales[:-1].clone()
+
     def forward(self, x: Tensor) -> Tensor:
         return sum(s * m(x) for s, m in zip(self.scales.tolist(), self.stages))  # type: ignore[return-value]
 
@@ -106,6 +111,7 @@ class StageResult:
     steps: int
     spectrum: tuple[tuple[float, ...], tuple[float, ...]]  # (frequencies, power) of its input residual
     losses: tuple[float, ...]  # the stage's training loss per step (the residual tracker)
+    kept: bool = True  # False: it left a larger residual than it was given, and was removed
 
 
 def residual_rms(problem: Problem, model: nn.Module, batch: Collocation) -> float:
@@ -155,6 +161,10 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
                      on_stage: Any = None) -> tuple[StagedModel, Problem, list[StageResult]]:
     """Train stage 1 from ``cfg.base``, then add stages until a stopping rule holds.
 
+    A stage that leaves a larger residual (on fresh points) than it was given is removed
+    from the returned model and reported with ``kept=False``; the last kept stage's
+    ``rel_l2`` is the returned model's.
+
     Args:
         cfg: the stage-1 experiment and the rules for the stages after it.
         callbacks: trainer hooks, given to every stage's trainer.
@@ -190,8 +200,11 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
         probe = problem.sample(torch.Generator().manual_seed(20_000 + k)).to(torch.float64)
         rms = residual_rms(problem, model, probe)
         rel = problem.evaluate(model)["rel_l2"]
+        worse = k > 1 and rms >= start_rms
+        if worse:  # the sum before it was better: return that one, and say so
+            model.drop_last()
         out = StageResult(k, scale, sigma, f_dom, rms, rel, time.perf_counter() - t0, res.steps,
-                          (tuple(freq.tolist()), tuple(power.tolist())), tuple(res.losses))
+                          (tuple(freq.tolist()), tuple(power.tolist())), tuple(res.losses), kept=not worse)
         results.append(out)
         if on_stage is not None:
             on_stage(out)

@@ -35,9 +35,10 @@ def run(cfg: MultiStageConfig, ctx: Any) -> dict[str, float]:
     t0 = time.perf_counter()
     train_multistage(cfg, on_stage=on_stage)
     seconds = time.perf_counter() - t0
-    last = stages[-1]
+    kept = [s for s in stages if s.kept]  # a stage that made the residual worse was removed
+    last = kept[-1]
     results = {"rel_l2": last.rel_l2, "rel_l2_single_stage": stages[0].rel_l2, "residual": last.residual_rms,
-               "stages_used": float(len(stages))}
+               "stages_used": float(len(kept))}
     ctx.log_results(results, {"seconds": seconds})
     ctx.log_figure(_spectra(stages), "figures/residual_spectra.html")
     ctx.log_figure(_tracker(stages), "figures/residual_tracker.html")

@@ -87,3 +87,13 @@ def test_multistage_search_logs_every_stage_and_its_figures(mlruns):
     assert history[-1].value == run.data.metrics["rel_l2"]
     files = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/residual_spectra.html", "figures/residual_tracker.html"} <= files
+
+
+def test_a_stage_that_makes_the_residual_worse_is_removed_and_said_so():
+    # stage 2: 5 Adam steps from a random start, no LM: its ε-scaled output adds to the residual
+    cfg = regression_config(lm1=100, lm_steps=0, adam_steps=5)
+    model, problem, stages = train_multistage(cfg)
+    assert [s.kept for s in stages] == [True, False], [(s.residual_rms, s.kept) for s in stages]
+    assert stages[1].residual_rms >= stages[1].scale  # it was worse than what it was given
+    assert len(model.stages) == 1 and model.scales.tolist() == [1.0]
+    assert problem.evaluate(model)["rel_l2"] == stages[0].rel_l2
