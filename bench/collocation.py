@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
         futures = {pool.submit(one, configure(base, *job)): job for job in jobs}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="runs", file=sys.stderr):
-            m, n, _ = futures[fut]
+            m, n, seed = futures[fut]
             rel, sec = fut.result()
+            tqdm.write(f"  {m} N={n} seed={seed}: rel_l2={rel:.3e} ({sec:.0f} s)", file=sys.stderr)
             errors.setdefault((m, n), []).append(rel)
             seconds.setdefault((m, n), []).append(sec)
     med = {k: statistics.median(v) for k, v in errors.items()}
