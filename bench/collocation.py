@@ -1,7 +1,7 @@
 """Fewer collocation points: uniform vs RAR-D, the smallest count that reaches the same error (issue 16).
 
-One 2-D problem (default ``diffusion``, in (x, t), a smooth solution; ``poisson2d_peak``, a
-local feature, is where adaptive sampling should pay), its preset with the LM phase cut to
+One 2-D problem (default ``poisson2d_peak``, a local feature, where adaptive sampling should
+pay; ``diffusion``, in (x, t), a smooth solution), its preset with the LM phase cut to
 ``--lm-steps`` so the ladder fits in a session. For each interior point count N of the
 ladder and each seed:
 - uniform: N stratified points, fixed for the whole run;
@@ -13,12 +13,13 @@ count). For each method the smallest N whose median error over the seeds is with
 ``--tolerance`` of the target is printed, then ``point_ratio`` = RAR-D's ÷ uniform's.
 Exits 1 when the ratio is above 0.3 (RAR-D needs at most 30 % of the uniform points).
 
-    .venv/bin/python bench/collocation.py [--problem diffusion] [--counts 250,500,1000,2000]
-                                         [--seeds 5] [--lm-steps 500] [--jobs 2]
+    .venv/bin/python bench/collocation.py [--problem poisson2d_peak] [--counts 2000,4000,8000]
+                                         [--rar-counts 1000,2000] [--seeds 5] [--lm-steps 300] [--jobs 2]
 
-Measured (docs/domain.md): diffusion ``point_ratio=1.33``; poisson2d_peak (``--counts
-2000,2400,8000``) RAR-D 10× better than uniform at 2000 points but no better at 8000, so
-``point_ratio=inf`` (~0.47 read at RAR-D's 2000-point error, interpolated).
+Measured (docs/domain.md): diffusion ``point_ratio=1.33``; poisson2d_peak on [2, 8, 8, 1]
+``point_ratio=inf`` (~0.47 interpolated); on [2, 16, 16, 1] (the defaults, 7065 s on 2 jobs):
+RAR-D at 2000 points 7.96e-4, uniform 6.29e-2 / 9.64e-3 / 5.78e-4 at 2000 / 4000 / 8000, so
+``point_ratio=inf`` against the 6.36e-4 target (~0.27 read at RAR-D's 2000-point error, interpolated).
 
 RAR-D's counts are those at the full step budget: an LM phase that stops early skips the
 last rounds, so a RAR-D run may end with fewer points than its row says (never more).
