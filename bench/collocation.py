@@ -53,12 +53,11 @@ PEAK = PINNConfig("poisson2d_peak", {"n_interior": 8000, "n_boundary": 400},
                   ModelConfig(hidden=(16, 16), degree=8, dtype="float64"),
                   TrainConfig(adam_steps=1000, lr=1e-2, scheduler="exponential", lm_steps=300,
                               loss_weights={"pde": 1.0, "bc": 10.0}, rar_k=2.0, rar_c=0.0))
-#: (uniform, RAR-D) ladders: uniform up to the preset's 8000 points; RAR-D only up to 30 % of that
-LADDERS = {PEAK.problem: ("2000,4000,8000", "1000,2000")}
-SMOOTH_LADDER = "250,500,1000,2000"
 #: each problem's config with the bench's LM budget (the presets' own is longer: the ladder must fit a session)
 CONFIGS = {**{k: replace(PRESETS[k], train=replace(PRESETS[k].train, lm_steps=500))
               for k in ("diffusion", "helmholtz2d", "reaction_diffusion")}, PEAK.problem: PEAK}
+#: default (uniform, RAR-D) ladders; the peak's uniform one goes up to its preset's 8000 points, RAR-D's to 30 % of that
+LADDERS = {k: ("250,500,1000,2000",) * 2 for k in CONFIGS} | {PEAK.problem: ("2000,4000,8000", "1000,2000")}
 
 
 def configure(base: PINNConfig, method: str, n: int, seed: int) -> PINNConfig:
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problem", default=PEAK.problem, choices=sorted(CONFIGS))
     ap.add_argument("--counts", default=None, help="uniform's interior point counts, comma-separated (default: "
-                    f"{LADDERS[PEAK.problem][0]} for {PEAK.problem}, else {SMOOTH_LADDER})")
+                    f"{LADDERS[PEAK.problem][0]} for {PEAK.problem}, else {LADDERS['diffusion'][0]})")
     ap.add_argument("--rar-counts", default=None, help="RAR-D's counts (default: "
                     f"{LADDERS[PEAK.problem][1]} for {PEAK.problem}, else --counts)")
     ap.add_argument("--seeds", type=int, default=5)
@@ -107,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.1, help="relative slack on the target error")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs side by side, one thread each")
     args = ap.parse_args(argv)
-    default_counts, default_rar = LADDERS.get(args.problem, (SMOOTH_LADDER, None))
-    counts = parse_counts(ap, "--counts", args.counts or default_counts)
-    rar_counts = parse_counts(ap, "--rar-counts", args.rar_counts or args.counts or default_rar or default_counts)
+    counts = parse_counts(ap, "--counts", args.counts or LADDERS[args.problem][0])
+    rar_counts = parse_counts(ap, "--rar-counts", args.rar_counts or args.counts or LADDERS[args.problem][1])
     base = CONFIGS[args.problem]
     args.lm_steps = args.lm_steps or base.train.lm_steps
     if base.train.adam_steps + args.lm_steps <= RAR_EVERY * RAR_ROUNDS:

@@ -136,7 +136,7 @@ class HermiteLine(nn.Module):
 
     def __init__(self, lo: float, hi: float, coeffs: Tensor) -> None:
         super().__init__()
-        self.lo, self.hi, self.h = lo, hi, (hi - lo) / coeffs.shape[0]
+        self.lo, self.h = lo, (hi - lo) / coeffs.shape[0]
         self.register_buffer("coeffs", coeffs)  # (intervals, 6, outputs): s⁰ … s⁵ per interval
 
     @classmethod
