@@ -15,16 +15,16 @@ so the networks learn the smooth rest. ``--fitted-starts`` and ``--no-corner`` t
 RAR-D adds 150 points every 100 steps (density ∝ r²: onto the fronts, narrower than the
 uniform points' spacing).
 
-Measured (2026-12-04, ``--threads 1`` beside another one-thread job and, for a while, ``make
-test``; the defaults): ``rel_l2=3.947e-05 seconds=3405 windows=10 ref_error=5.8e-07 target=1e-04
-ok=1``. Without RAR-D (``--rar 0``): 1.081e-04 in 2842 s; without RAR-D, exact starts and the
-corner layer (``--rar 0 --fitted-starts --no-corner``, Latin-hypercube initial points then):
+Measured (2026-12-05, the defaults, ``--threads 1`` beside a one-thread job, probes and, for
+the last window, ``make test``): ``rel_l2=3.918e-05 seconds=2574 windows=10 ref_error=5.8e-07
+target=1e-04 ok=1``; windows took 192–376 s, flat (the last two beside ``make test``).
+Each start line is a quintic Hermite copy (``--end-line-nodes 16385``, ``HermiteLine``,
+checked to 1e-10 of the line's max against the window before, refused above). With
+``--end-line-nodes 0`` every start evaluates all earlier windows, so later windows cost more
+(190 → 411 s): 3.947e-05 in 3405 s (2026-12-04, one thread beside another). Without RAR-D
+(``--rar 0``, exact starts): 1.081e-04 in 2842 s; without RAR-D, exact starts and the corner
+layer (``--rar 0 --fitted-starts --no-corner``, Latin-hypercube initial points then):
 8.995e-04 in 1968 s. jaxpi's 2.24e-5 is not reached (docs/domain.md).
-Each exact start evaluates every earlier window, so later windows cost more (190 → 411 s);
-``--end-line-nodes 16385`` copies each start line instead (``HermiteLine``, checked to 1e-10).
-Timing probe only (Adam 20 + LM 5 per window, no RAR-D, one thread beside a two-job bench):
-windows 1–9 took 8.6–9.4 s each copied vs 11.0 → 21.2 s exact (102 s vs 162 s in all), the
-per-window errors equal to three digits; a full run with it is not yet measured.
 
     .venv/bin/python bench/allen_cahn.py [--windows 10] [--width 12] [--degree 8] [--adam 500] [--lm 200]
                                          [--n-interior 3000] [--rar 150] [--threads 2] [--seed 0]
@@ -73,8 +73,8 @@ def main() -> int:
     ap.add_argument("--fitted-starts", action="store_true", help="fit every window's initial line (soft), not "
                     "only the first's")
     ap.add_argument("--no-corner", action="store_true", help="leave the initial corner's layer to the networks")
-    ap.add_argument("--end-line-nodes", type=int, default=0, help="start lines as quintic Hermite copies on this "
-                    "many nodes, e.g. 16385 (0: evaluate every earlier window, the measured default)")
+    ap.add_argument("--end-line-nodes", type=int, default=16385, help="start lines as quintic Hermite copies on "
+                    "this many nodes (0: evaluate every earlier window, slower as windows add up)")
     args = ap.parse_args()
     cfg = config(args)
     t = time.perf_counter()
