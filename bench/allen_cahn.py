@@ -15,18 +15,17 @@ so the networks learn the smooth rest. ``--fitted-starts`` and ``--no-corner`` t
 RAR-D adds 150 points every 100 steps (density ∝ r²: onto the fronts, narrower than the
 uniform points' spacing).
 
-Measured (2026-12-05, the defaults, 2 threads, alone): ``rel_l2=1.752e-05 seconds=1822
-windows=10 ref_error=5.8e-07 target=1e-04 ok=1``, under jaxpi's 2.24e-5 (one seed, seed 0);
-windows 169–192 s. With ``--lm 200``: measured (2026-12-05, ``--threads 1`` beside a one-thread job, probes and, for
-the last window, ``make test``): ``rel_l2=3.918e-05 seconds=2574 windows=10 ref_error=5.8e-07
-target=1e-04 ok=1``; windows took 192–376 s, flat (the last two beside ``make test``).
-Each start line is a quintic Hermite copy (``--end-line-nodes 16385``, ``HermiteLine``,
-checked to 1e-10 of the line's max against the window before, refused above). With
-``--end-line-nodes 0`` every start evaluates all earlier windows, so later windows cost more
-(190 → 411 s): 3.947e-05 in 3405 s (2026-12-04, one thread beside another). Without RAR-D
-(``--rar 0``, exact starts): 1.081e-04 in 2842 s; without RAR-D, exact starts and the corner
-layer (``--rar 0 --fitted-starts --no-corner``, Latin-hypercube initial points then):
-8.995e-04 in 1968 s.
+Each start line is a quintic Hermite copy of the window before's end (``--end-line-nodes``,
+``HermiteLine``, checked to 1e-10 of the line's max, refused above); ``0`` evaluates every
+earlier window instead, so later windows cost more.
+
+Measured (seed 0; other seeds not run):
+- the defaults, 2 threads, alone (2026-12-05): ``rel_l2=1.752e-05 seconds=1822 windows=10
+  ref_error=5.8e-07 target=1e-04 ok=1``, under jaxpi's 2.24e-5; windows 169–192 s;
+- ``--lm 200 --threads 1`` beside other jobs (2026-12-05): 3.918e-05 in 2574 s, windows flat;
+- ``--lm 200 --end-line-nodes 0 --threads 1`` (2026-12-04): 3.947e-05 in 3405 s, windows 190 → 411 s;
+- ``--lm 200 --end-line-nodes 0 --rar 0``: 1.081e-04 in 2842 s; adding ``--fitted-starts
+  --no-corner`` (Latin-hypercube initial points then): 8.995e-04 in 1968 s.
 
     .venv/bin/python bench/allen_cahn.py [--windows 10] [--width 12] [--degree 8] [--adam 500] [--lm 300]
                                          [--n-interior 3000] [--rar 150] [--threads 2] [--seed 0]
