@@ -1,7 +1,10 @@
 """Multi-stage training toward float64 precision on one PDE benchmark.
 
 Stage 1 is the problem's preset (cpikan.presets); each later stage fits the residual left
-by the ones before it (cpikan.multistage). Prints one row per stage (its output scale ε,
+by the ones before it (cpikan.multistage): a small Scaled-cPIKAN on the 1-D problems, a
+tensor-product Chebyshev stage (``stage_kind=spectral``, degrees per coordinate in
+``SPECTRAL``) on the 2-D and 3-D ones, where a small network cannot represent the broadband
+error stage 1 leaves (docs/domain.md, multi-stage). Prints one row per stage (its output scale ε,
 the residual's dominant frequency, the residual RMS after it, the error on the problem's
 fixed evaluation grid against the exact solution, seconds) and ends with
 ``rel_l2=… seconds=… stages=… target=…``. Exits 1 above the target (issue 16) or past
@@ -27,27 +30,33 @@ from cpikan.train import TrainConfig
 TARGETS = {"regression1d": 1e-10, "helmholtz1d": 1e-9, "diffusion": 1e-8, "helmholtz2d": 1e-7, "poisson3d": 1e-6}
 REGRESSION = PINNConfig("regression1d", {"n_interior": 1000}, ModelConfig(hidden=(16,), degree=8, dtype="float64"),
                         TrainConfig(adam_steps=0, lm_steps=400, lm_solver="svd"))
+#: per-coordinate degrees of the spectral stages (measured: docs/domain.md, multi-stage)
+SPECTRAL = {"diffusion": (160, 40)}
 LIMIT_S = 15 * 60
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("problem", choices=sorted(TARGETS))
-    ap.add_argument("--stages", type=int, default=4)
+    ap.add_argument("--stages", type=int, default=0, help="default: 2 with spectral stages, else 4")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a MultiStageConfig field")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     base = REGRESSION if args.problem == "regression1d" else PRESETS[args.problem]
-    base = replace(base, train=replace(base.train, lm_solver="svd"))
-    kw: dict = {"stages": args.stages, "hidden": (8,), "degree": 24, "lm_steps": 400, "points_factor": 2.0}
+    if args.problem in SPECTRAL:
+        kw: dict = {"stages": args.stages or 2, "stage_kind": "spectral", "spectral_degrees": SPECTRAL[args.problem]}
+    else:  # network stages need stage 1 solved to the last digits too (cond(J) ~1e12)
+        base = replace(base, train=replace(base.train, lm_solver="svd"))
+        kw = {"stages": args.stages or 4, "hidden": (8,), "degree": 24, "lm_steps": 400, "points_factor": 2.0}
     types = {f.name: f.type for f in fields(MultiStageConfig)}
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in types or key == "base":
             ap.error(f"--set {key}: not a MultiStageConfig field; allowed: {', '.join(t for t in types if t != 'base')}")
-        kw[key] = tuple(int(v) for v in value.split(",")) if key == "hidden" else type(asdict(MultiStageConfig())[key])(value)
+        kind = type(asdict(MultiStageConfig())[key])
+        kw[key] = tuple(int(v) for v in value.split(",")) if kind is tuple else kind(value)
     cfg = MultiStageConfig(base, **kw)
     print(f"{args.problem}: {cfg.to_json()}")
     print(f"{'stage':>5}{'scale ε':>10}{'freq':>7}{'residual':>10}{'rel_l2':>10}{'steps':>6}{'seconds':>8}")

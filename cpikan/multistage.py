@@ -13,12 +13,21 @@ cannot learn a 1e-6 correction that oscillates ten times faster:
   residual's spectrum (:func:`dominant_frequency`), when ``fourier_features > 0``.
 Each stage ends with Levenberg–Marquardt in float64 on freshly sampled collocation points
 (a new seed per stage, so the error measured on the fixed evaluation grid falls, not only
-the training residual). Training stops at ``stages``, when the residual RMS is below
+the training residual).
+
+``stage_kind="spectral"`` makes the stages after the first a tensor-product Chebyshev
+expansion (:class:`cpikan.nn.TensorChebyshev`, ``spectral_degrees`` per coordinate) instead:
+linear in its coefficients, fitted by Gauss–Newton with a pivoted-QR least-squares solve
+(:mod:`cpikan.train.linear_fit`) on Chebyshev-distributed points, ``spectral_points`` per
+coefficient. A small KAN stage cannot represent the broadband error a tanh-squashed stage 1
+leaves on a 2-D or 3-D problem (docs/domain.md, multi-stage); this basis can, at a degree
+the residual's resolution sets. Training stops at ``stages``, when the residual RMS is below
 ``tol``, or when a stage gains less than ``min_gain``× on it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
@@ -32,8 +41,10 @@ from torch import Tensor, nn
 from cpikan import diff
 from cpikan.config import bounded, canonical_json, choice, validate
 from cpikan.experiment import PINNConfig, build, build_model
+from cpikan.nn.tensor_chebyshev import TensorChebyshev
 from cpikan.pde import Collocation, Problem
 from cpikan.train import Callback, Trainer, TrainResult
+from cpikan.train.linear_fit import fit_linear
 from cpikan.train.lm import SOLVERS as LM_SOLVERS
 
 
@@ -52,6 +63,10 @@ class MultiStageConfig:
     #: stages ≥ 2 (empty: the base's). A weight chosen for stage 1's Adam phase can starve a
     #: later stage of the term it must fix (see docs/domain.md, multi-stage diffusion)
     loss_weights: dict[str, float] = field(default_factory=dict)
+    #: stages ≥ 2: "network" (a Scaled-cPIKAN trained as above) or "spectral" (see the module doc)
+    stage_kind: str = choice("network", ("network", "spectral"))
+    spectral_degrees: tuple[int, ...] = ()  # per coordinate; () with "spectral": refused
+    spectral_points: float = bounded(3.0, ge=1)  # collocation points per coefficient
     tol: float = bounded(1e-13, ge=0)  # stop when the residual RMS falls below
     min_gain: float = bounded(1.5, ge=1)  # stop when a stage lowers it by less than this factor
 
@@ -59,7 +74,11 @@ class MultiStageConfig:
         if isinstance(self.base, dict):
             self.base = PINNConfig.from_dict(self.base)
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.spectral_degrees = tuple(int(d) for d in self.spectral_degrees)
         validate(self)
+        if self.stage_kind == "spectral" and (not self.spectral_degrees or min(self.spectral_degrees) < 1):
+            raise ValueError("spectral_degrees: one degree ≥ 1 per coordinate is needed with stage_kind "
+                             f"'spectral', got {self.spectral_degrees}")
 
     def to_json(self) -> str:
         return canonical_json(self)
@@ -157,6 +176,25 @@ def pde_residual_on(problem: Problem, model: nn.Module, pts: Tensor) -> np.ndarr
         return term.residuals(model).double().numpy()
 
 
+def spectral_batch(problem: Problem, degrees: Sequence[int], per_coefficient: float, seed: int) -> Collocation:
+    """Chebyshev-distributed collocation for a :class:`TensorChebyshev` stage: interior points
+    ``per_coefficient`` × its coefficients, each face (and the initial line) as many times its
+    own trace's. Polynomial least squares on uniform points needs ~degree² points per axis to
+    stay stable; on the Chebyshev density a few per coefficient do."""
+    if len(degrees) != problem.dim:
+        raise ValueError(f"spectral_degrees: one degree per coordinate of {problem.name!r} "
+                         f"({', '.join(problem.coords)}), got {tuple(degrees)}")
+    sizes = [d + 1 for d in degrees]
+    n = math.prod(sizes)
+    space = problem.dim - 1 if problem.time_dependent else problem.dim
+    local = copy.copy(problem)  # the stage's point counts and sampler, not the problem's
+    local.sampler = "chebyshev"
+    local.n_interior = math.ceil(per_coefficient * n)
+    local.n_boundary = math.ceil(per_coefficient * sum(2 * n // sizes[j] for j in range(space))) if problem.n_boundary else 0
+    local.n_initial = math.ceil(per_coefficient * n // sizes[-1]) if problem.n_initial else 0
+    return local.sample(torch.Generator().manual_seed(seed)).to(torch.float64)
+
+
 def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
                      on_stage: Any = None) -> tuple[StagedModel, Problem, list[StageResult]]:
     """Train stage 1 from ``cfg.base``, then add stages until a stopping rule holds.
@@ -193,18 +231,28 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
             sigma = (cfg.sigma or max(f_dom, 0.5)) if cfg.fourier_features else 0.0
             mcfg = replace(cfg.base.model, hidden=cfg.hidden, degree=cfg.degree,
                            fourier_features=cfg.fourier_features, fourier_sigma=sigma or 1.0)
-            problem.n_interior = max(1, round(problem.n_interior * cfg.points_factor))
-            model.add(build_model(mcfg, problem, train_cfg.seed), scale)
-        trainer = Trainer(model, problem, train_cfg, callbacks)
-        res: TrainResult = trainer.fit()
+            if cfg.stage_kind == "network":
+                problem.n_interior = max(1, round(problem.n_interior * cfg.points_factor))
+                model.add(build_model(mcfg, problem, train_cfg.seed), scale)
+            else:
+                model.add(TensorChebyshev(problem.lo, problem.hi, cfg.spectral_degrees), scale)
+        if k > 1 and cfg.stage_kind == "spectral":
+            batch = spectral_batch(problem, cfg.spectral_degrees, cfg.spectral_points, train_cfg.seed)
+            terms = problem.terms(batch)
+            losses = fit_linear(model, model.stages[-1], scale, terms,
+                                {t: cfg.loss_weights.get(t, 1.0) for t in terms})
+            steps = len(losses) - 1
+        else:
+            res: TrainResult = Trainer(model, problem, train_cfg, callbacks).fit()
+            losses, steps = list(res.losses), res.steps
         probe = problem.sample(torch.Generator().manual_seed(20_000 + k)).to(torch.float64)
         rms = residual_rms(problem, model, probe)
         rel = problem.evaluate(model)["rel_l2"]
         worse = k > 1 and rms >= start_rms
         if worse:  # the sum before it was better: return that one, and say so
             model.drop_last()
-        out = StageResult(k, scale, sigma, f_dom, rms, rel, time.perf_counter() - t0, res.steps,
-                          (tuple(freq.tolist()), tuple(power.tolist())), tuple(res.losses), kept=not worse)
+        out = StageResult(k, scale, sigma, f_dom, rms, rel, time.perf_counter() - t0, steps,
+                          (tuple(freq.tolist()), tuple(power.tolist())), tuple(losses), kept=not worse)
         results.append(out)
         if on_stage is not None:
             on_stage(out)

@@ -138,7 +138,8 @@ class Problem(nn.Module):
     def sample_boundary(self, n: int, gen: torch.Generator) -> Tensor:
         """Points on the spatial faces of the box (every face equally often)."""
         space = self.dim - 1 if self.time_dependent else self.dim
-        pts = sampling.uniform(n, self.lo, self.hi, gen)
+        along = "chebyshev" if self.sampler == "chebyshev" else "uniform"  # lhs strata: interior only
+        pts = sampling.sample(along, n, self.lo, self.hi, gen)
         face = torch.arange(n) % (2 * space)
         dim, side = face // 2, face % 2
         lo, hi = torch.tensor(self.lo, dtype=pts.dtype), torch.tensor(self.hi, dtype=pts.dtype)

@@ -1,0 +1,136 @@
+"""Gauss–Newton for a model that is linear in its coefficients, in front of frozen ones.
+
+Multi-stage training's spectral stage (cpikan.nn.tensor_chebyshev) adds ε·Φ(x)·c to a frozen
+sum of networks. Every term's residual r is a pointwise function of the model's jets, so its
+Jacobian with respect to c is the residual's sensitivity to the jets times the jets of the
+basis: J = ∂r/∂jet · ε·Φ. It is taken by forward mode with the basis columns themselves as
+tangents (one batch of columns at a time), so the frozen networks run once per term, not
+once per coefficient, and nothing costs more than N·P per operation. Each step then solves
+min ‖r + J·δ‖ by QR with column pivoting (LAPACK gelsy), on column-scaled J: no normal
+equations, so no squared condition number. A linear PDE needs one step; the loop re-linearises
+for a nonlinear one and stops when the loss stops falling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor, nn
+from torch.func import jvp, vmap
+
+from cpikan import diff
+from cpikan.pde.base import Term
+
+#: columns of J formed per forward-mode pass (memory: N × this per residual operation)
+CHUNK = 256
+
+
+class _Offset(nn.Module):
+    """Stands in for the model inside a term: the i-th call returns the frozen jets recorded
+    for it plus ``deltas[i]``; while ``record`` is set it records them (and the basis)."""
+
+    def __init__(self, model: nn.Module, stage: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.stage, self.scale = model, stage, scale
+        self.base: list[Tensor] = []
+        self.basis: list[Tensor] = []
+        self.deltas: list[Tensor] | None = None
+        self._calls = 0
+
+    def _jet(self, x: Tensor, order: int) -> Tensor:
+        i = len(self.base) if self.deltas is None else self._calls
+        if self.deltas is None:
+            with torch.no_grad():
+                d = self.model.derivatives(x) if order else None
+                u = d.u if d is not None else self.model(x)
+                jet = u[None] if d is None else torch.cat([u[None], d.du.permute(1, 0, 2), d.d2u.permute(1, 0, 2)])
+                if jet.shape[-1] != 1:
+                    raise ValueError(f"model: a linear stage fits one output, this model has {jet.shape[-1]}")
+                self.base.append(jet.to(torch.float64))
+                self.basis.append(self.scale * self.stage.features(x, order=2 if order else 0))
+            return self.base[-1]
+        self._calls += 1
+        return self.base[i] + self.deltas[i]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._jet(x, 0)[0]
+
+    def derivatives(self, x: Tensor) -> diff.Derivatives:
+        return diff.unpack(self._jet(x, 2))
+
+    def replay(self, term: Term, deltas: list[Tensor]) -> Tensor:
+        self.deltas, self._calls = deltas, 0
+        try:
+            return term.residuals(self).reshape(-1)
+        finally:
+            self.deltas = None
+
+
+def linearise(model: nn.Module, stage: nn.Module, scale: float, term: Term) -> tuple[Tensor, Tensor]:
+    """(r, J) of one term at the current coefficients: r (N,), J (N, P) = ∂r/∂c."""
+    off = _Offset(model, stage, scale)
+    r = term.residuals(off).reshape(-1).to(torch.float64)
+    zeros = [torch.zeros_like(b) for b in off.base]
+    # the basis as jets of the model's output: (1 + 2D, N, 1, P) per call, value-only calls (1, N, 1, P)
+    basis = [b[:, :, None, :] for b in off.basis]
+    p = basis[0].shape[-1]
+    cols = []
+    for lo in range(0, p, CHUNK):
+        tangents = [b[..., lo:lo + CHUNK].movedim(-1, 0) for b in basis]
+
+        def column(*t: Tensor) -> Tensor:
+            return jvp(lambda *dl: off.replay(term, list(dl)), tuple(zeros), t)[1]
+
+        cols.append(vmap(column)(*tangents).T.to(torch.float64))
+    return r, torch.cat(cols, dim=1)
+
+
+def fit_linear(model: nn.Module, stage: nn.Module, scale: float, terms: Mapping[str, Term],
+               weights: Mapping[str, float], *, steps: int = 3, rcond: float = 1e-14,
+               min_gain: float = 1.01) -> list[float]:
+    """Gauss–Newton on ``stage.coef`` (``model`` holds ``scale·stage`` and frozen parts).
+
+    Minimises Σ_k w_k·mean(r_k²) (the trainer's loss); returns the loss before each step and
+    after the last. Stops after ``steps`` or when a step lowers the loss by less than
+    ``min_gain``× (a step that raises it is undone).
+    """
+    coef = stage.coef
+    losses: list[float] = []
+
+    def system() -> tuple[Tensor, Tensor]:
+        rs, js = [], []
+        for k, term in terms.items():
+            w = math.sqrt(weights.get(k, 1.0) / max(len(term), 1))
+            r, j = linearise(model, stage, scale, term)
+            rs.append(w * r)
+            js.append(w * j)
+        return torch.cat(rs), torch.cat(js)
+
+    r, j = system()
+    losses.append(float(r.square().sum()))
+    for _ in range(steps):
+        jn = j.numpy()
+        norm = np.linalg.norm(jn, axis=0)
+        norm[norm == 0] = 1.0
+        step, *_ = scipy.linalg.lstsq(jn / norm, -r.numpy(), lapack_driver="gelsy", cond=rcond,
+                                      overwrite_a=True, check_finite=False)
+        old = coef.detach().clone()
+        with torch.no_grad():
+            coef.add_(torch.from_numpy(step / norm).to(coef))
+        r, j = system()
+        loss = float(r.square().sum())
+        if not loss < losses[-1]:
+            with torch.no_grad():
+                coef.copy_(old)
+            break
+        losses.append(loss)
+        if loss * min_gain > losses[-2]:
+            break
+    return losses
+
+
+__all__ = ["fit_linear", "linearise"]
