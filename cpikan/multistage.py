@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from cpikan import diff
 from cpikan.config import bounded, canonical_json, choice, validate
 from cpikan.experiment import PINNConfig, build, build_model
+from cpikan.nn.tensor_chebyshev import BASES as CHEBYSHEV_BASES
 from cpikan.nn.tensor_chebyshev import TensorChebyshev
 from cpikan.pde import Collocation, Problem
 from cpikan.train import Callback, Trainer, TrainResult
@@ -66,6 +67,7 @@ class MultiStageConfig:
     #: stages ≥ 2: "network" (a Scaled-cPIKAN trained as above) or "spectral" (see the module doc)
     stage_kind: str = choice("network", ("network", "spectral"))
     spectral_degrees: tuple[int, ...] = ()  # per coordinate; () with "spectral": refused
+    spectral_basis: str = choice("tensor", CHEBYSHEV_BASES)  # which multi-indices (TensorChebyshev)
     spectral_points: float = bounded(3.0, ge=1)  # collocation points per coefficient
     tol: float = bounded(1e-13, ge=0)  # stop when the residual RMS falls below
     min_gain: float = bounded(1.5, ge=1)  # stop when a stage lowers it by less than this factor
@@ -176,22 +178,22 @@ def pde_residual_on(problem: Problem, model: nn.Module, pts: Tensor) -> np.ndarr
         return term.residuals(model).double().numpy()
 
 
-def spectral_batch(problem: Problem, degrees: Sequence[int], per_coefficient: float, seed: int) -> Collocation:
-    """Chebyshev-distributed collocation for a :class:`TensorChebyshev` stage: interior points
-    ``per_coefficient`` × its coefficients, each face (and the initial line) as many times its
-    own trace's. Polynomial least squares on uniform points needs ~degree² points per axis to
-    stay stable; on the Chebyshev density a few per coefficient do."""
-    if len(degrees) != problem.dim:
+def spectral_batch(problem: Problem, stage: TensorChebyshev, per_coefficient: float, seed: int) -> Collocation:
+    """Chebyshev-distributed collocation for a spectral stage: interior points
+    ``per_coefficient`` × its coefficients, each face (and the initial line) as many times
+    the coefficients its trace there keeps (the k with k_j = 0). Polynomial least squares on
+    uniform points needs ~degree² points per axis to stay stable; on the Chebyshev density a
+    few per coefficient do."""
+    if len(stage.degrees) != problem.dim:
         raise ValueError(f"spectral_degrees: one degree per coordinate of {problem.name!r} "
-                         f"({', '.join(problem.coords)}), got {tuple(degrees)}")
-    sizes = [d + 1 for d in degrees]
-    n = math.prod(sizes)
+                         f"({', '.join(problem.coords)}), got {stage.degrees}")
+    trace = [int((stage.index[:, j] == 0).sum()) for j in range(problem.dim)]
     space = problem.dim - 1 if problem.time_dependent else problem.dim
     local = copy.copy(problem)  # the stage's point counts and sampler, not the problem's
     local.sampler = "chebyshev"
-    local.n_interior = math.ceil(per_coefficient * n)
-    local.n_boundary = math.ceil(per_coefficient * sum(2 * n // sizes[j] for j in range(space))) if problem.n_boundary else 0
-    local.n_initial = math.ceil(per_coefficient * n // sizes[-1]) if problem.n_initial else 0
+    local.n_interior = math.ceil(per_coefficient * stage.n_features)
+    local.n_boundary = math.ceil(per_coefficient * 2 * sum(trace[:space])) if problem.n_boundary else 0
+    local.n_initial = math.ceil(per_coefficient * trace[-1]) if problem.n_initial else 0
     return local.sample(torch.Generator().manual_seed(seed)).to(torch.float64)
 
 
@@ -235,9 +237,9 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
                 problem.n_interior = max(1, round(problem.n_interior * cfg.points_factor))
                 model.add(build_model(mcfg, problem, train_cfg.seed), scale)
             else:
-                model.add(TensorChebyshev(problem.lo, problem.hi, cfg.spectral_degrees), scale)
+                model.add(TensorChebyshev(problem.lo, problem.hi, cfg.spectral_degrees, cfg.spectral_basis), scale)
         if k > 1 and cfg.stage_kind == "spectral":
-            batch = spectral_batch(problem, cfg.spectral_degrees, cfg.spectral_points, train_cfg.seed)
+            batch = spectral_batch(problem, model.stages[-1], cfg.spectral_points, train_cfg.seed)
             terms = problem.terms(batch)
             losses = fit_linear(model, model.stages[-1], scale, terms,
                                 {t: cfg.loss_weights.get(t, 1.0) for t in terms})

@@ -1,5 +1,6 @@
 """The spectral stage: a tensor-Chebyshev expansion fitted by linearised least squares."""
 
+import numpy as np
 import pytest
 import torch
 from torch.func import jacfwd
@@ -11,7 +12,7 @@ from cpikan.nn import ScaledCPIKAN, TensorChebyshev
 from cpikan.pde import Collocation
 from cpikan.pde.allen_cahn import AllenCahn
 from cpikan.train import TrainConfig
-from cpikan.train.linear_fit import linearise
+from cpikan.train.linear_fit import linearise, solve
 
 
 def test_tensor_chebyshev_jets_match_autograd():
@@ -64,13 +65,22 @@ def test_a_spectral_stage_takes_a_regression_to_1e_12_in_seconds():
 
 def test_spectral_points_follow_the_chebyshev_density_on_every_face():
     problem, _ = build(PINNConfig("diffusion", {}, ModelConfig(hidden=(4,), degree=3, dtype="float64")))
-    batch = spectral_batch(problem, (20, 5), 3.0, seed=0)
+    batch = spectral_batch(problem, TensorChebyshev(problem.lo, problem.hi, (20, 5)), 3.0, seed=0)
     assert len(batch.interior) == 3 * 21 * 6
-    assert set(batch.conditions) == {"bc", "ic"}
+    assert len(batch.conditions["bc"][0]) == 3 * 2 * 6 and len(batch.conditions["ic"][0]) == 3 * 21
     x = batch.interior[:, 0] / 6.0
     near_faces = float(((x.abs() > 0.9)).double().mean())  # arcsine density: 29 % of points; uniform: 10 %
     assert 0.22 < near_faces < 0.36
     assert problem.sampler == "lhs" and problem.n_interior == 2000  # the problem itself unchanged
+
+
+def test_a_total_degree_basis_keeps_the_simplex_of_multi_indices():
+    full, total = (TensorChebyshev((0.0,) * 3, (1.0,) * 3, (8, 8, 8), basis=b) for b in ("tensor", "total"))
+    assert full.n_features == 9**3 and total.n_features == 165  # C(8 + 3, 3)
+    assert int(total.index.sum(1).max()) == 8
+    x = torch.rand(5, 3, dtype=torch.float64)
+    keep = [i for i, k in enumerate(full.index.tolist()) if sum(k) <= 8]
+    assert torch.equal(full.features(x)[:, :, keep], total.features(x))
 
 
 def test_spectral_settings_are_checked():
@@ -79,7 +89,7 @@ def test_spectral_settings_are_checked():
         MultiStageConfig(base, stage_kind="spectral")
     problem, _ = build(base)
     with pytest.raises(ValueError, match="spectral_degrees: one degree per coordinate"):
-        spectral_batch(problem, (20,), 3.0, seed=0)
+        spectral_batch(problem, TensorChebyshev((0.0,), (1.0,), (20,)), 3.0, seed=0)
     with pytest.raises(ValueError, match="degrees"):
         TensorChebyshev((0.0,), (1.0,), (3, 3))
     with pytest.raises(ValueError, match="stage_kind"):
@@ -93,3 +103,14 @@ def test_a_stage_fits_only_single_output_models():
     term = problem.terms(Collocation(torch.zeros(3, 2, dtype=torch.float64)))["pde"]
     with pytest.raises(ValueError, match="one output"):
         linearise(StagedModel([two], [1.0]), stage, 1.0, term)
+
+
+def test_the_least_squares_solve_drops_a_dependent_column_instead_of_blowing_up():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((50, 6))
+    b = rng.standard_normal(50)
+    full = solve(a.copy(), b, 1e-14)
+    assert np.allclose(full, np.linalg.lstsq(a, b, rcond=None)[0], atol=1e-12)
+    dup = np.column_stack([a, a[:, 0]])  # rank 6 of 7
+    x = solve(dup, b, 1e-12)
+    assert np.abs(x).max() < 10 and np.allclose(dup @ x, a @ full, atol=1e-10)

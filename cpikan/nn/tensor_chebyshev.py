@@ -7,7 +7,6 @@ its basis resolves on a box what a small KAN cannot (see docs/domain.md, multi-s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -16,23 +15,33 @@ from torch import Tensor, nn
 from cpikan import diff
 from cpikan.nn.base import check_bounds
 
+#: which multi-indices k: every 0 ≤ k_j ≤ degrees[j] ("tensor"), or those with
+#: Σ_j k_j / degrees[j] ≤ 1 ("total": ~1/D! as many, for fields smooth in every direction)
+BASES = ("tensor", "total")
+
 
 class TensorChebyshev(nn.Module):
-    """Σ_k c_k Π_j T_{k_j}(x̂_j) over 0 ≤ k_j ≤ degrees[j], x̂ = 2(x − lo)/(hi − lo) − 1.
+    """Σ_k c_k Π_j T_{k_j}(x̂_j) over a set of multi-indices k (``basis``, see ``BASES``),
+    x̂ = 2(x − lo)/(hi − lo) − 1. Coefficients start at zero (a new stage adds nothing until
+    fitted)."""
 
-    Coefficients start at zero (a new stage adds nothing until fitted).
-    """
-
-    def __init__(self, lo: Sequence[float], hi: Sequence[float], degrees: Sequence[int]) -> None:
+    def __init__(self, lo: Sequence[float], hi: Sequence[float], degrees: Sequence[int],
+                 basis: str = "tensor") -> None:
         super().__init__()
         lo, hi = check_bounds(lo, hi)
         degrees = tuple(int(d) for d in degrees)
         if len(degrees) != len(lo) or min(degrees) < 0:
             raise ValueError(f"degrees: one integer ≥ 0 per coordinate ({len(lo)}), got {degrees}")
-        self.degrees = degrees
+        if basis not in BASES:
+            raise ValueError(f"basis: unknown {basis!r}; allowed: {', '.join(BASES)}")
+        self.degrees, self.basis = degrees, basis
+        grid = torch.cartesian_prod(*[torch.arange(d + 1) for d in degrees]).reshape(-1, len(degrees))
+        if basis == "total":  # Σ_j k_j / degree_j ≤ 1: an (anisotropic) total degree
+            grid = grid[(grid.double() / torch.tensor(degrees).clamp_min(1)).sum(1) <= 1 + 1e-12]
+        self.register_buffer("index", grid, persistent=False)
         self.register_buffer("lo", torch.tensor(lo, dtype=torch.float64))
         self.register_buffer("hi", torch.tensor(hi, dtype=torch.float64))
-        self.coef = nn.Parameter(torch.zeros(math.prod(d + 1 for d in degrees), dtype=torch.float64))
+        self.coef = nn.Parameter(torch.zeros(len(grid), dtype=torch.float64))
 
     @property
     def n_features(self) -> int:
@@ -45,13 +54,12 @@ class TensorChebyshev(nn.Module):
         s = 2.0 / (self.hi - self.lo)
         z = (x - self.lo) * s - 1.0
         per = [diff.chebyshev_basis(z[:, j], d, order=order) for j, d in enumerate(self.degrees)]
-        n, dims = len(x), len(self.degrees)
+        dims = len(self.degrees)
 
         def product(orders: Sequence[int]) -> Tensor:
-            out = per[0][orders[0]] * s[0] ** orders[0]
+            out = per[0][orders[0]][:, self.index[:, 0]] * s[0] ** orders[0]
             for j in range(1, dims):
-                f = per[j][orders[j]] * s[j] ** orders[j]
-                out = (out[:, :, None] * f[:, None, :]).reshape(n, -1)
+                out = out * (per[j][orders[j]][:, self.index[:, j]] * s[j] ** orders[j])
             return out
 
         jets = [product([0] * dims)]

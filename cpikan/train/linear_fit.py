@@ -6,9 +6,10 @@ Jacobian with respect to c is the residual's sensitivity to the jets times the j
 basis: J = ∂r/∂jet · ε·Φ. It is taken by forward mode with the basis columns themselves as
 tangents (one batch of columns at a time), so the frozen networks run once per term, not
 once per coefficient, and nothing costs more than N·P per operation. Each step then solves
-min ‖r + J·δ‖ by QR with column pivoting (LAPACK gelsy), on column-scaled J: no normal
-equations, so no squared condition number. A linear PDE needs one step; the loop re-linearises
-for a nonlinear one and stops when the loss stops falling.
+min ‖r + J·δ‖ by QR (:func:`solve`) on column-scaled J: no normal equations, so no squared
+condition number. A linear PDE needs one step (the loss lands where the
+linear model predicted, and the loop stops there); the loop re-linearises for a nonlinear one
+and stops when the loss stops falling.
 """
 
 from __future__ import annotations
@@ -85,8 +86,20 @@ def linearise(model: nn.Module, stage: nn.Module, scale: float, term: Term) -> t
         def column(*t: Tensor) -> Tensor:
             return jvp(lambda *dl: off.replay(term, list(dl)), tuple(zeros), t)[1]
 
-        cols.append(vmap(column)(*tangents).T.to(torch.float64))
-    return r, torch.cat(cols, dim=1)
+        cols.append(vmap(column)(*tangents).to(torch.float64))
+    return r, torch.cat(cols).T  # column-major: what LAPACK's QR takes without a copy
+
+
+def solve(a: np.ndarray, b: np.ndarray, rcond: float) -> np.ndarray:
+    """min ‖a·x − b‖ by Householder QR (blocked, ~3× faster than pivoted QR here); where R's
+    diagonal shows a rank below full, by QR with column pivoting (gelsy), which drops the
+    dependent columns instead of amplifying them."""
+    qtb, r = scipy.linalg.qr_multiply(a, b[None, :], mode="right")
+    diag = np.abs(np.diag(r))
+    if diag.min() > rcond * diag.max():
+        return scipy.linalg.solve_triangular(r, qtb[0], check_finite=False)
+    x, *_ = scipy.linalg.lstsq(a, b, lapack_driver="gelsy", cond=rcond, check_finite=False)
+    return x
 
 
 def fit_linear(model: nn.Module, stage: nn.Module, scale: float, terms: Mapping[str, Term],
@@ -108,7 +121,7 @@ def fit_linear(model: nn.Module, stage: nn.Module, scale: float, terms: Mapping[
             r, j = linearise(model, stage, scale, term)
             rs.append(w * r)
             js.append(w * j)
-        return torch.cat(rs), torch.cat(js)
+        return torch.cat(rs), torch.cat([j.T for j in js], dim=1).T
 
     r, j = system()
     losses.append(float(r.square().sum()))
@@ -116,11 +129,11 @@ def fit_linear(model: nn.Module, stage: nn.Module, scale: float, terms: Mapping[
         jn = j.numpy()
         norm = np.linalg.norm(jn, axis=0)
         norm[norm == 0] = 1.0
-        step, *_ = scipy.linalg.lstsq(jn / norm, -r.numpy(), lapack_driver="gelsy", cond=rcond,
-                                      overwrite_a=True, check_finite=False)
+        step = solve(jn / norm, -r.numpy(), rcond) / norm
+        predicted = float(np.square(r.numpy() + jn @ step).sum())
         old = coef.detach().clone()
         with torch.no_grad():
-            coef.add_(torch.from_numpy(step / norm).to(coef))
+            coef.add_(torch.from_numpy(step).to(coef))
         r, j = system()
         loss = float(r.square().sum())
         if not loss < losses[-1]:
@@ -128,7 +141,9 @@ def fit_linear(model: nn.Module, stage: nn.Module, scale: float, terms: Mapping[
                 coef.copy_(old)
             break
         losses.append(loss)
-        if loss * min_gain > losses[-2]:
+        # the linear model held (a linear PDE): a second step would land on the same minimum
+        linear = abs(loss - predicted) <= 1e-6 * losses[-2]
+        if linear or loss * min_gain > losses[-2]:
             break
     return losses
 
