@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, fields, replace
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from cpikan.experiment import ModelConfig, PINNConfig
 from cpikan.multistage import MultiStageConfig, train_multistage
@@ -30,8 +31,9 @@ from cpikan.train import TrainConfig
 TARGETS = {"regression1d": 1e-10, "helmholtz1d": 1e-9, "diffusion": 1e-8, "helmholtz2d": 1e-7, "poisson3d": 1e-6}
 REGRESSION = PINNConfig("regression1d", {"n_interior": 1000}, ModelConfig(hidden=(16,), degree=8, dtype="float64"),
                         TrainConfig(adam_steps=0, lm_steps=400, lm_solver="svd"))
-#: per-coordinate degrees of the spectral stages (measured: docs/domain.md, multi-stage)
-SPECTRAL = {"diffusion": (160, 40)}
+#: per-coordinate (total) degrees of the spectral stages, read off the Chebyshev spectrum of
+#: stage 1's error and measured (docs/domain.md, multi-stage)
+SPECTRAL = {"diffusion": (160, 40), "helmholtz2d": (128, 160), "poisson3d": (24, 24, 24)}
 LIMIT_S = 15 * 60
 
 
@@ -44,9 +46,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # LAPACK's QR of the spectral stages too
     base = REGRESSION if args.problem == "regression1d" else PRESETS[args.problem]
     if args.problem in SPECTRAL:
-        kw: dict = {"stages": args.stages or 2, "stage_kind": "spectral", "spectral_degrees": SPECTRAL[args.problem]}
+        kw: dict = {"stages": args.stages or 2, "stage_kind": "spectral", "spectral_degrees": SPECTRAL[args.problem],
+                    "spectral_basis": "total", "spectral_points": 2.5}
     else:  # network stages need stage 1 solved to the last digits too (cond(J) ~1e12)
         base = replace(base, train=replace(base.train, lm_solver="svd"))
         kw = {"stages": args.stages or 4, "hidden": (8,), "degree": 24, "lm_steps": 400, "points_factor": 2.0}

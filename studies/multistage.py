@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from cpikan.multistage import MultiStageConfig, StageResult, train_multistage
+from cpikan.pde import PROBLEMS
 from cpikan.presets import PRESETS
 from studies.registry import Study, register
 
@@ -70,9 +71,15 @@ def _tracker(stages: list[StageResult]) -> Any:
 
 
 def space(trial: Any, base: MultiStageConfig) -> MultiStageConfig:
+    stages = trial.suggest_int("stages", 1, 4)
+    if trial.suggest_categorical("stage_kind", ["network", "spectral"]) == "spectral":
+        degree = trial.suggest_categorical("spectral_degree", [32, 64, 128])
+        dims = len(PROBLEMS[base.base.problem].coords)
+        return replace(base, stages=min(stages, 2), stage_kind="spectral", spectral_degrees=(degree,) * dims,
+                       spectral_basis="total")
     width = trial.suggest_categorical("width", [8, 16])
     ff = trial.suggest_categorical("fourier_features", [0, 8])
-    return replace(base, stages=trial.suggest_int("stages", 1, 4), hidden=(width,),
+    return replace(base, stages=stages, hidden=(width,),
                    degree=trial.suggest_categorical("degree", [8, 12, 16]), fourier_features=ff,
                    points_factor=trial.suggest_categorical("points_factor", [1.0, 2.0]))
 
