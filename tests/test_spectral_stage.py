@@ -39,6 +39,7 @@ def test_the_linearised_jacobian_is_the_coefficient_jacobian_on_a_nonlinear_prob
     batch = problem.sample(torch.Generator().manual_seed(2)).to(torch.float64)
     for name, term in problem.terms(batch).items():
         r, j = linearise(model, stage, 1e-2, term)
+        j = torch.from_numpy(j)
         coef = stage.coef.detach().clone()
 
         def residual(c, term=term, coef=coef):

@@ -47,9 +47,11 @@ class TensorChebyshev(nn.Module):
     def n_features(self) -> int:
         return self.coef.numel()
 
-    def features(self, x: Tensor, order: int = 2) -> Tensor:
+    def features(self, x: Tensor, order: int = 2, columns: slice | None = None) -> Tensor:
         """Jets of the basis at x: (1 + order·D, N, P): values, then ∂/∂x_j, then ∂²/∂x_j²
-        (physical coordinates), in :mod:`cpikan.diff`'s jet layout."""
+        (physical coordinates), in :mod:`cpikan.diff`'s jet layout; only ``columns`` of it
+        when given (a large basis is formed a chunk at a time)."""
+        index = self.index if columns is None else self.index[columns]
         x = x.to(torch.float64)
         s = 2.0 / (self.hi - self.lo)
         z = (x - self.lo) * s - 1.0
@@ -57,9 +59,9 @@ class TensorChebyshev(nn.Module):
         dims = len(self.degrees)
 
         def product(orders: Sequence[int]) -> Tensor:
-            out = per[0][orders[0]][:, self.index[:, 0]] * s[0] ** orders[0]
+            out = per[0][orders[0]][:, index[:, 0]] * s[0] ** orders[0]
             for j in range(1, dims):
-                out = out * (per[j][orders[j]][:, self.index[:, j]] * s[j] ** orders[j])
+                out = out * (per[j][orders[j]][:, index[:, j]] * s[j] ** orders[j])
             return out
 
         jets = [product([0] * dims)]

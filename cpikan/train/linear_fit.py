@@ -32,13 +32,13 @@ CHUNK = 256
 
 class _Offset(nn.Module):
     """Stands in for the model inside a term: the i-th call returns the frozen jets recorded
-    for it plus ``deltas[i]``; while ``record`` is set it records them (and the basis)."""
+    for it plus ``deltas[i]``; while ``deltas`` is None it records them (and the call's x)."""
 
     def __init__(self, model: nn.Module, stage: nn.Module, scale: float) -> None:
         super().__init__()
         self.model, self.stage, self.scale = model, stage, scale
         self.base: list[Tensor] = []
-        self.basis: list[Tensor] = []
+        self.points: list[tuple[Tensor, int]] = []  # each call's x and jet order (the basis is formed per chunk)
         self.deltas: list[Tensor] | None = None
         self._calls = 0
 
@@ -52,7 +52,7 @@ class _Offset(nn.Module):
                 if jet.shape[-1] != 1:
                     raise ValueError(f"model: a linear stage fits one output, this model has {jet.shape[-1]}")
                 self.base.append(jet.to(torch.float64))
-                self.basis.append(self.scale * self.stage.features(x, order=2 if order else 0))
+                self.points.append((x, 2 if order else 0))
             return self.base[-1]
         self._calls += 1
         return self.base[i] + self.deltas[i]
@@ -71,23 +71,34 @@ class _Offset(nn.Module):
             self.deltas = None
 
 
-def linearise(model: nn.Module, stage: nn.Module, scale: float, term: Term) -> tuple[Tensor, Tensor]:
-    """(r, J) of one term at the current coefficients: r (N,), J (N, P) = ∂r/∂c."""
+def residuals(model: nn.Module, terms: Mapping[str, Term], weights: Mapping[str, float]) -> Tensor:
+    """The stacked √(w_k/N_k)·r_k: its squared norm is the trainer's loss."""
+    with torch.no_grad():
+        return torch.cat([math.sqrt(weights.get(k, 1.0) / max(len(t), 1)) * t.residuals(model).reshape(-1).double()
+                          for k, t in terms.items()])
+
+
+def linearise(model: nn.Module, stage: nn.Module, scale: float, term: Term,
+              out: np.ndarray | None = None, weight: float = 1.0) -> tuple[Tensor, np.ndarray]:
+    """(r, J) of one term at the current coefficients: r (N,), J (N, P) = ∂r/∂c, both times
+    ``weight``. J is written into ``out`` (column-major N × P, e.g. rows of a larger system)
+    when given; the basis is formed one chunk of columns at a time, so memory stays at J."""
     off = _Offset(model, stage, scale)
-    r = term.residuals(off).reshape(-1).to(torch.float64)
+    r = term.residuals(off).reshape(-1).to(torch.float64) * weight
     zeros = [torch.zeros_like(b) for b in off.base]
-    # the basis as jets of the model's output: (1 + 2D, N, 1, P) per call, value-only calls (1, N, 1, P)
-    basis = [b[:, :, None, :] for b in off.basis]
-    p = basis[0].shape[-1]
-    cols = []
+    p = stage.n_features
+    if out is None:
+        out = np.empty((len(r), p), order="F")
+
+    def column(*t: Tensor) -> Tensor:
+        return jvp(lambda *dl: off.replay(term, list(dl)), tuple(zeros), t)[1]
+
     for lo in range(0, p, CHUNK):
-        tangents = [b[..., lo:lo + CHUNK].movedim(-1, 0) for b in basis]
-
-        def column(*t: Tensor) -> Tensor:
-            return jvp(lambda *dl: off.replay(term, list(dl)), tuple(zeros), t)[1]
-
-        cols.append(vmap(column)(*tangents).to(torch.float64))
-    return r, torch.cat(cols).T  # column-major: what LAPACK's QR takes without a copy
+        cols = slice(lo, min(lo + CHUNK, p))
+        # the basis as jets of the model's output, one tangent per column: (chunk, 1 + 2D, N, 1)
+        tangents = [(scale * stage.features(x, order, cols)).movedim(-1, 0)[..., None] for x, order in off.points]
+        out[:, cols] = (weight * vmap(column)(*tangents)).T.double().numpy()
+    return r, out
 
 
 def solve(a: np.ndarray, b: np.ndarray, rcond: float) -> np.ndarray:
@@ -112,30 +123,30 @@ def fit_linear(model: nn.Module, stage: nn.Module, scale: float, terms: Mapping[
     ``min_gain``× (a step that raises it is undone).
     """
     coef = stage.coef
-    losses: list[float] = []
+    rows = np.cumsum([0] + [len(t) for t in terms.values()])
 
-    def system() -> tuple[Tensor, Tensor]:
-        rs, js = [], []
-        for k, term in terms.items():
-            w = math.sqrt(weights.get(k, 1.0) / max(len(term), 1))
-            r, j = linearise(model, stage, scale, term)
-            rs.append(w * r)
-            js.append(w * j)
-        return torch.cat(rs), torch.cat([j.T for j in js], dim=1).T
+    def jacobian() -> np.ndarray:
+        jac = np.empty((int(rows[-1]), stage.n_features), order="F")
+        for (k, term), a, b in zip(terms.items(), rows[:-1], rows[1:]):
+            linearise(model, stage, scale, term, jac[a:b], math.sqrt(weights.get(k, 1.0) / max(len(term), 1)))
+        return jac
 
-    r, j = system()
-    losses.append(float(r.square().sum()))
+    r = residuals(model, terms, weights).numpy()
+    losses = [float(np.square(r).sum())]
     for _ in range(steps):
-        jn = j.numpy()
-        norm = np.linalg.norm(jn, axis=0)
+        jac = jacobian()
+        norm = np.linalg.norm(jac, axis=0)
         norm[norm == 0] = 1.0
-        step = solve(jn / norm, -r.numpy(), rcond) / norm
-        predicted = float(np.square(r.numpy() + jn @ step).sum())
+        jac /= norm
+        step = solve(jac, -r, rcond)
+        predicted = float(np.square(r + jac @ step).sum())
+        del jac
+        step /= norm
         old = coef.detach().clone()
         with torch.no_grad():
             coef.add_(torch.from_numpy(step).to(coef))
-        r, j = system()
-        loss = float(r.square().sum())
+        r = residuals(model, terms, weights).numpy()
+        loss = float(np.square(r).sum())
         if not loss < losses[-1]:
             with torch.no_grad():
                 coef.copy_(old)
@@ -148,4 +159,4 @@ def fit_linear(model: nn.Module, stage: nn.Module, scale: float, terms: Mapping[
     return losses
 
 
-__all__ = ["fit_linear", "linearise"]
+__all__ = ["fit_linear", "linearise", "residuals", "solve"]
