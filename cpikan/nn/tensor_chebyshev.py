@@ -18,6 +18,8 @@ from cpikan.nn.base import check_bounds
 #: which multi-indices k: every 0 ≤ k_j ≤ degrees[j] ("tensor"), or those with
 #: Σ_j k_j / degrees[j] ≤ 1 ("total": ~1/D! as many, for fields smooth in every direction)
 BASES = ("tensor", "total")
+#: basis columns formed at once when evaluating the expansion
+COLUMNS = 512
 
 
 class TensorChebyshev(nn.Module):
@@ -69,11 +71,21 @@ class TensorChebyshev(nn.Module):
             jets += [product([m if i == j else 0 for i in range(dims)]) for j in range(dims)]
         return torch.stack(jets)
 
+    def _expand(self, x: Tensor, order: int) -> Tensor:
+        """Σ_k c_k·(jets of basis k), a chunk of columns at a time: the whole N × P basis of
+        a 10⁴-coefficient stage on a 65536-point grid would take gigabytes."""
+        out = None
+        for lo in range(0, self.n_features, COLUMNS):
+            cols = slice(lo, lo + COLUMNS)
+            part = self.features(x, order, cols) @ self.coef[cols]
+            out = part if out is None else out + part
+        return out[..., None]
+
     def forward(self, x: Tensor) -> Tensor:
-        return (self.features(x, order=0)[0] @ self.coef)[:, None]
+        return self._expand(x, 0)[0]
 
     def derivatives(self, x: Tensor) -> diff.Derivatives:
-        return diff.unpack((self.features(x) @ self.coef)[..., None])
+        return diff.unpack(self._expand(x, 2))
 
 
 __all__ = ["TensorChebyshev"]
