@@ -17,7 +17,7 @@ the training residual).
 
 ``stage_kind="spectral"`` makes the stages after the first a tensor-product Chebyshev
 expansion (:class:`cpikan.nn.TensorChebyshev`, ``spectral_degrees`` per coordinate) instead:
-linear in its coefficients, fitted by Gauss–Newton with a pivoted-QR least-squares solve
+linear in its coefficients, fitted by Gauss–Newton with a QR least-squares solve
 (:mod:`cpikan.train.linear_fit`) on Chebyshev-distributed points, ``spectral_points`` per
 coefficient. A small KAN stage cannot represent the broadband error a tanh-squashed stage 1
 leaves on a 2-D or 3-D problem (docs/domain.md, multi-stage); this basis can, at a degree
@@ -61,8 +61,9 @@ class MultiStageConfig:
     lm_steps: int = bounded(300, ge=0)  # stages ≥ 2
     lm_solver: str = choice("svd", LM_SOLVERS)  # stages ≥ 2 (stage 1: base.train.lm_solver)
     points_factor: float = bounded(1.0, gt=0)  # interior points of stage k: base × factor^(k−1)
-    #: stages ≥ 2 (empty: the base's). A weight chosen for stage 1's Adam phase can starve a
-    #: later stage of the term it must fix (see docs/domain.md, multi-stage diffusion)
+    #: stages ≥ 2 (empty: the base's for network stages, 1 per term for spectral ones, which
+    #: solve every term to the last digits). A weight chosen for stage 1's Adam phase can
+    #: starve a later stage of the term it must fix (see docs/domain.md, multi-stage diffusion)
     loss_weights: dict[str, float] = field(default_factory=dict)
     #: stages ≥ 2: "network" (a Scaled-cPIKAN trained as above) or "spectral" (see the module doc)
     stage_kind: str = choice("network", ("network", "spectral"))
