@@ -231,10 +231,10 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
             if scale <= cfg.tol:
                 break
             start_rms = scale
-            sigma = (cfg.sigma or max(f_dom, 0.5)) if cfg.fourier_features else 0.0
-            mcfg = replace(cfg.base.model, hidden=cfg.hidden, degree=cfg.degree,
-                           fourier_features=cfg.fourier_features, fourier_sigma=sigma or 1.0)
             if cfg.stage_kind == "network":
+                sigma = (cfg.sigma or max(f_dom, 0.5)) if cfg.fourier_features else 0.0
+                mcfg = replace(cfg.base.model, hidden=cfg.hidden, degree=cfg.degree,
+                               fourier_features=cfg.fourier_features, fourier_sigma=sigma or 1.0)
                 problem.n_interior = max(1, round(problem.n_interior * cfg.points_factor))
                 model.add(build_model(mcfg, problem, train_cfg.seed), scale)
             else:

@@ -43,7 +43,6 @@ class _Offset(nn.Module):
         self._calls = 0
 
     def _jet(self, x: Tensor, order: int) -> Tensor:
-        i = len(self.base) if self.deltas is None else self._calls
         if self.deltas is None:
             with torch.no_grad():
                 d = self.model.derivatives(x) if order else None
@@ -54,7 +53,7 @@ class _Offset(nn.Module):
                 self.base.append(jet.to(torch.float64))
                 self.points.append((x, 2 if order else 0))
             return self.base[-1]
-        self._calls += 1
+        i, self._calls = self._calls, self._calls + 1
         return self.base[i] + self.deltas[i]
 
     def forward(self, x: Tensor) -> Tensor:
