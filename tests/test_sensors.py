@@ -62,6 +62,32 @@ def test_placement_round_trips_and_refuses_another_basis(family, tmp_path):
         reconstruct(other, q, np.zeros(8))
 
 
+def test_joint_placement_reads_every_field_and_is_qr_on_one_basis(family, tmp_path):
+    basis, _, grid = family
+    from cpikan.sensors.placement import joint_pivots, qr_pivots
+
+    # one basis: the greedy volume picks are pivoted QR's
+    assert list(joint_pivots([basis.modes], 6)) == list(qr_pivots(basis.modes, 6))
+    fields = [basis] + [pod_basis(flows.snapshots("kovasznay", 48, 30, name, dtype=np.float64)[0], 6)
+                        for name in ("v", "p")]
+    tests = [np.stack([flows.kovasznay(*grid.mesh(), re)[k].ravel() for re in (27.3, 51.7, 77.1)])
+             for k in range(3)]
+    u_only, joint = place(basis, 12), place(fields, 12)
+    # QR on u alone puts every sensor where v = 0 (cos 2πy = ±1): v is then noise amplified
+    v_err = [_err(fields[1], Placement(p.indices, "qr", fields[1].digest, p.points), tests[1], noise=0.01)
+             for p in (u_only, joint)]
+    assert v_err[1] < 0.5 * v_err[0]
+    for b, t in zip(fields, tests):  # a joint placement reconstructs each field with its own basis
+        assert _err(b, joint, t) < 1e-6
+    joint.save(tmp_path / "j.json")
+    assert Placement.from_json((tmp_path / "j.json").read_text()) == joint
+    with pytest.raises(SensorError, match="placement: chosen on basis"):
+        reconstruct(pod_basis(flows.snapshots("kovasznay", 48, 31, dtype=np.float64)[0], 6), joint, np.zeros(12))
+    coarse = pod_basis(flows.snapshots("kovasznay", 32, 30, "v", dtype=np.float64)[0], 6)
+    with pytest.raises(SensorError, match="basis: the bases are on grids of"):
+        place([basis, coarse], 4)
+
+
 @pytest.mark.parametrize("case, message", [
     ("k_grid", "k: 3000 sensors but the grid has only 2304 points"), ("nan", "basis: contains NaN"),
     ("shapes", "snapshot 1 has shape (4, 5), snapshot 0 has (4, 4)"), ("outside", "lies outside the domain"),

@@ -15,8 +15,8 @@ more loss term that ends near 1e-4 (measured with (u, v, p) outputs and a diverg
   (Neumann, outflow) data on ``neumann_sides`` if any; no initial condition: the sensors'
   time series stand in for it;
 with Levenberg–Marquardt (:mod:`cpikan.train.lm`; optionally Adam first): every term is
-pointwise, so the Jacobian is one ``vmap`` pass. Sensors are placed on the POD basis of the
-flow's family (:mod:`cpikan.sensors.placement`). The same readings also give the linear POD
+pointwise, so the Jacobian is one ``vmap`` pass. Sensors are placed on the POD bases of the
+flow family's u, v and p (:mod:`cpikan.sensors.placement`). The same readings also give the linear POD
 estimate, so what the physics adds is measured, not assumed.
 """
 
@@ -289,14 +289,18 @@ def sensor_times(cfg: FlowInverseConfig) -> np.ndarray:
     return np.linspace(0.0, cfg.t_end, cfg.sensor_times) if cfg.flow == "taylor_green" else np.zeros(1)
 
 
-def sensor_readings(cfg: FlowInverseConfig) -> tuple[Placement, Any, np.ndarray, np.ndarray, np.ndarray]:
-    """Placement on the u-field POD basis of the flow's family, the sensors' coordinates and
-    noisy readings of (u, v, p) there, at every sensor time: (placement, basis, coords
-    (T·K, 2 or 3), readings (T·K, 3), truth (T, n², 3)); rows time-major."""
+def sensor_readings(cfg: FlowInverseConfig) -> tuple[Placement, list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Placement on the POD bases of the flow family's u, v and p (each sensor reads all three),
+    the sensors' coordinates and noisy readings of (u, v, p) there, at every sensor time:
+    (placement, bases, coords (T·K, 2 or 3), readings (T·K, 3), truth (T, n², 3)); rows
+    time-major."""
     case = flow_case(cfg)
-    snaps, grid, _ = flows.snapshots(cfg.flow, cfg.grid, cfg.snapshots, "u", dtype=np.float64, bounds=case.bounds())
-    basis = pod_basis(snaps, min(cfg.modes, cfg.snapshots))
-    placement = place(basis, cfg.k, cfg.placement, seed=cfg.seed)
+    bases = []
+    for name in flows.FIELDS:
+        snaps, grid, _ = flows.snapshots(cfg.flow, cfg.grid, cfg.snapshots, name, dtype=np.float64,
+                                         bounds=case.bounds())
+        bases.append(pod_basis(snaps, min(cfg.modes, cfg.snapshots)))
+    placement = place(bases, cfg.k, cfg.placement, seed=cfg.seed)
     pts = grid.points()
     idx = np.asarray(placement.indices)
     times = sensor_times(cfg)
@@ -310,7 +314,7 @@ def sensor_readings(cfg: FlowInverseConfig) -> tuple[Placement, Any, np.ndarray,
     span = truth_arr.max((0, 1)) - truth_arr.min((0, 1))
     clean = truth_arr[:, idx].reshape(-1, 3)
     readings = clean + cfg.noise * span * rng.standard_normal(clean.shape)
-    return placement, basis, np.concatenate(coords), readings, truth_arr
+    return placement, bases, np.concatenate(coords), readings, truth_arr
 
 
 def solve(cfg: FlowInverseConfig, progress: Any = None,
@@ -324,7 +328,7 @@ def solve(cfg: FlowInverseConfig, progress: Any = None,
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    placement, basis, coords, readings, truth = sensor_readings(cfg)
+    placement, bases, coords, readings, truth = sensor_readings(cfg)
     problem = FlowInverse(cfg, torch.as_tensor(coords), torch.as_tensor(readings), gen)
     x0, x1, y0, y1 = problem.case.bounds()
     lo, hi = ((x0, y0, 0.0), (x1, y1, cfg.t_end)) if problem.case.unsteady else ((x0, y0), (x1, y1))
@@ -375,23 +379,18 @@ def solve(cfg: FlowInverseConfig, progress: Any = None,
         pred = model(grid)
     exact = case.exact(grid)
     rel = float((pred - exact).norm() / exact.norm())
-    linear = _linear_estimate(cfg, placement, basis, readings, truth)
+    linear = _linear_estimate(placement, bases, readings, truth)
     return model, InverseResult(rel, linear, re, abs(re - cfg.re) / cfg.re, guard, seconds, placement, final)
 
 
-def _linear_estimate(cfg: FlowInverseConfig, placement: Placement, basis: Any, readings: np.ndarray,
-                     truth: np.ndarray) -> float:
+def _linear_estimate(placement: Placement, bases: list[Any], readings: np.ndarray, truth: np.ndarray) -> float:
     """Relative L2 of (u, v, p) from the linear POD estimate (one basis per field, same
     sensors, each sensor time on its own), over every sensor time."""
-    bounds = flow_case(cfg).bounds()
     per_time = readings.reshape(len(truth), -1, 3)
     errs, norms = 0.0, 0.0
-    for k, name in enumerate(flows.FIELDS):
-        b = basis if k == 0 else pod_basis(flows.snapshots(cfg.flow, cfg.grid, cfg.snapshots, name, dtype=np.float64,
-                                                           bounds=bounds)[0], basis.rank)
-        p = placement if k == 0 else Placement(placement.indices, placement.method, b.digest, placement.points)
+    for k, basis in enumerate(bases):
         for t in range(len(truth)):
-            est = reconstruct(b, p, per_time[t, :, k])
+            est = reconstruct(basis, placement, per_time[t, :, k])
             errs += float(np.sum((est - truth[t, :, k]) ** 2))
             norms += float(np.sum(truth[t, :, k] ** 2))
     return math.sqrt(errs / norms)

@@ -6,6 +6,11 @@
 - K > r (more sensors than modes): the first r by QR, then GappyPOD+E (Peherstorfer, Drmač
   & Gugercin 2020, Algorithm 1): each further point maximises a lower bound on the growth
   of the smallest singular value of the sampled basis, i.e. the stability of the fit.
+- Several bases on one grid (one per field a sensor reads, e.g. u, v and p): ``qr`` picks,
+  greedily, the point whose readings raise Σ_f log det(Ψ_f[P]ᵀΨ_f[P] + εI) the most — for one
+  basis the choice of pivoted QR (the largest residual after the picked rows; Q-DEIM is
+  greedy volume growth), past r the D-optimal extension. On the Kovasznay u-basis alone the
+  12 QR points lie on the two lines where cos 2πy = ±1, where v = 0: they say nothing of v.
 - ``random`` and ``uniform`` (a spread lattice of grid points): the baselines.
 
 :func:`reconstruct` is the linear estimate: least-squares mode coefficients from the
@@ -14,9 +19,11 @@ readings, then mean + modes · coefficients.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +45,7 @@ class Placement:
     method: str
     basis_digest: str  # the basis it was chosen on (replay checks it)
     points: int  # the grid's point count
+    field_digests: tuple[str, ...] = ()  # a placement on several bases: each one's digest
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -45,7 +53,8 @@ class Placement:
     @classmethod
     def from_json(cls, text: str) -> Placement:
         d = json.loads(text)
-        return cls(tuple(int(i) for i in d["indices"]), d["method"], d["basis_digest"], int(d["points"]))
+        return cls(tuple(int(i) for i in d["indices"]), d["method"], d["basis_digest"], int(d["points"]),
+                   tuple(d.get("field_digests", ())))
 
     def save(self, path: Path) -> None:
         """Written under a temporary name, then renamed (never half a file)."""
@@ -54,7 +63,8 @@ class Placement:
         os.replace(tmp, path)
 
     def check(self, basis: Basis) -> None:
-        if basis.digest != self.basis_digest:
+        """Refuse a basis the placement was not chosen on (one of its fields' bases is fine)."""
+        if basis.digest != self.basis_digest and basis.digest not in self.field_digests:
             raise SensorError(f"placement: chosen on basis {self.basis_digest[:12]}, not on this one "
                               f"({basis.digest[:12]}); recompute the basis from the same snapshots or re-place")
 
@@ -70,18 +80,32 @@ def _check(basis: Basis, k: int, method: str) -> None:
         raise SensorError("basis: contains NaN or Inf values (check the snapshots)")
 
 
-def place(basis: Basis, k: int, method: str = "qr", *, seed: int = 0, grid_shape: tuple[int, int] | None = None
-          ) -> Placement:
-    """Choose ``k`` sensor points (flattened indices) on ``basis``."""
-    _check(basis, k, method)
-    n = basis.points
+def place(basis: Basis | Sequence[Basis], k: int, method: str = "qr", *, seed: int = 0,
+          grid_shape: tuple[int, int] | None = None) -> Placement:
+    """Choose ``k`` sensor points (flattened indices) on ``basis``, or on several bases of one
+    grid (one per field each sensor reads)."""
+    bases = [basis] if isinstance(basis, Basis) else list(basis)
+    if not bases:
+        raise SensorError("basis: none given")
+    for b in bases:
+        _check(b, k, method)
+    n = bases[0].points
+    if any(b.points != n for b in bases):
+        raise SensorError(f"basis: the bases are on grids of {sorted({b.points for b in bases})} points; "
+                          "a joint placement needs one grid")
     if method == "random":
         idx = np.random.default_rng(seed).choice(n, size=k, replace=False)
     elif method == "uniform":
         idx = _lattice(k, grid_shape or _square(n))
+    elif len(bases) == 1:
+        idx = qr_pivots(bases[0].modes, k)
     else:
-        idx = qr_pivots(basis.modes, k)
-    return Placement(tuple(int(i) for i in idx), method, basis.digest, n)
+        idx = joint_pivots([b.modes for b in bases], k)
+    if len(bases) == 1:
+        return Placement(tuple(int(i) for i in idx), method, bases[0].digest, n)
+    digests = tuple(b.digest for b in bases)
+    joint = hashlib.sha256("".join(digests).encode()).hexdigest()
+    return Placement(tuple(int(i) for i in idx), method, joint, n, digests)
 
 
 def qr_pivots(modes: np.ndarray, k: int) -> np.ndarray:
@@ -93,6 +117,24 @@ def qr_pivots(modes: np.ndarray, k: int) -> np.ndarray:
     if k > r:
         picked = _gappy_e(modes, picked, k)
     return np.asarray(picked[:k])
+
+
+def joint_pivots(modes: Sequence[np.ndarray], k: int, eps: float = 1e-10) -> np.ndarray:
+    """k points, each raising Σ_f log det(Ψ_f[P]ᵀΨ_f[P] + εI) the most (rank-one updates of
+    each (Ψ_f[P]ᵀΨ_f[P] + εI)⁻¹). While a basis is not yet spanned its term grows as its
+    residual norm² / ε, so the picks follow pivoted QR's on the still-open directions."""
+    mats = [np.asarray(m, np.float64) for m in modes]
+    inverses = [np.eye(m.shape[1]) / eps for m in mats]
+    picked: list[int] = []
+    for _ in range(k):
+        gain = sum(np.log1p(np.einsum("ij,jk,ik->i", m, inv, m)) for m, inv in zip(mats, inverses))
+        gain[picked] = -np.inf
+        best = int(np.argmax(gain))
+        picked.append(best)
+        for f, (m, inv) in enumerate(zip(mats, inverses)):
+            w = inv @ m[best]
+            inverses[f] = inv - np.outer(w, w) / (1.0 + m[best] @ w)
+    return np.asarray(picked)
 
 
 def _gappy_e(modes: np.ndarray, picked: list[int], k: int) -> list[int]:
