@@ -20,30 +20,27 @@ re_error ≤ 1 %, and the residual and divergence are within the guard's red lin
     .venv/bin/python bench/flow_inverse.py [kovasznay|taylor_green|all] [--seeds 5] [--set lm_steps=150 ...]
     .venv/bin/python bench/flow_inverse.py --save-reference   # rebuild the guarded case's reference
 
-Measured (2026-12-03, one thread each, runs side by side; ``bench/flow_inverse.py
-kovasznay``, ``… taylor_green --seeds 3`` and seeds 3, 4 by ``--first-seed``), medians:
-  kovasznay (5 seeds):    rel_l2_qr 3.36e-3, random 2.59e-3, Re error 0.11 %, residual 5.1e-4,
-                          divergence 1e-15, linear POD estimate 3.1e-2 (random: 0.10 … 10.9), ~300 s a run
-  taylor_green (5 seeds): rel_l2_qr 2.89e-3, random 2.76e-3, Re error 2.7e-5, residual 5.3e-4,
-                          linear 6.2e-2, ~275 s a run (the guard's Dirichlet check red in 4 of 5:
-                          max 2–3e-4 on the kept sides) — with 300 LM steps, the default then.
-  Now 600 (2026-12-04, seed 0, QR, one thread beside another job): rel_l2 2.14e-3, Re error
-  1.0e-4, momentum 2.0e-4, Dirichlet 7.0e-5 (yellow, under the red 1e-4), 722 s; boundary
-  weight 1e6 at 300 steps instead: Dirichlet 2.5e-4 and momentum 2.8e-3, both red. Seeds 1, 2
-  at 600 (QR): rel_l2 2.79e-3, 2.58e-3; Re error 2.5e-5, 2.7e-5; momentum 3.0e-4, 3.5e-4;
-  Dirichlet 8.8e-5, 9.0e-5 (yellow); ~700 s each, two side by side. Seed 0 again
-  (2026-12-04, ``--seeds 5`` stopped after its first run): 2.14e-3, the same. Seed 3
-  (``--first-seed 3 --seeds 1``): QR 4.21e-3, random 4.16e-3, Re error 6.8e-5 / 4.1e-5,
-  residual 3.1e-4 both, no red line, 522 / 616 s. Seed 4 and random at seeds 0–2 are not
-  re-run at 600 steps.
+Measured (2026-12-05, sensors on the joint u, v, p bases, 600 LM steps, one thread each, two
+runs side by side; ``bench/flow_inverse.py kovasznay --seeds 3`` beside ``… --first-seed 3
+--seeds 2``), per seed QR / random:
+  kovasznay: rel_l2 2.10e-3 / 2.13e-3, 2.08e-3 / 2.28e-3, 2.39e-3 / 2.59e-3, 3.60e-3 / 3.41e-3,
+             5.59e-3 / 4.91e-3 — medians 2.39e-3 / 2.59e-3 (ratio 0.92); Re error (QR) median
+             0.13 %, momentum residual 5.9e-4, divergence 1e-15; linear POD estimate 2.0e-2 vs
+             0.65 (0.10 … 11.8); the guard's Dirichlet check red once each (seed 1 QR, seed 4
+             random), ~330 s a run.
+  taylor_green (one.py-style single runs, same configs): 2.14e-3 / 2.16e-3, 2.76e-3 / 2.79e-3,
+             2.48e-3 / 2.61e-3, 4.22e-3 / 4.16e-3 (random: 2026-12-04), 5.69e-3 / 5.72e-3 —
+             medians 2.76e-3 / 2.79e-3 (ratio 0.99); Re error (QR) 4.7e-5, momentum 2.8e-4;
+             linear 3.2e-2 vs 7.5e-2; Dirichlet red once each (seed 2), ~610 s a run.
 Every bar holds but one: QR is not half of random. With the Navier–Stokes residual and three
 sides' data the network finds the field whatever the placement; what is left is the sensor
-noise, and the seed-to-seed spread (1.5e-3 … 6.0e-3 with the same QR sensors) is larger
-than the placement's effect. The linear estimate, which has no physics, is where QR wins.
-Withholding the inlet instead (``--set kept_sides=bottom,top,right``: the sensors must carry
-the inflow profile, where the Re family varies most and QR puts its sensors), seed 0, 1 thread:
-QR 7.85e-3, random 7.82e-3 (linear 3.9e-2 vs 0.13), Re error 0.30 % / 0.26 %, residual
-1.4e-3 / 1.2e-3 (red) in 409 / 388 s: still no placement effect, and worse than the outlet case.
+noise and the network's own floor (noise-free, 300 steps: 1.2e-3), and the seed-to-seed
+spread (2.1e-3 … 5.6e-3 with the same QR sensors) is larger than the placement's effect. The
+linear estimate, which has no physics, is where QR wins (30× here). With fewer sensors or
+less boundary data, the probes in docs/domain.md ("Where placement matters") find a
+placement effect only where the fit misses 1e-2: K = 4, QR 4.8e-3 vs random 5.9e-3;
+inlet and outlet withheld (walls + an outflow condition), QR 1.5e-2 vs random 2.9e-2 at
+seed 0, and Re running off to infinity in 3 of 5 runs with either placement.
 
 ``--save-reference`` trains ``cpikan.sensors.reference.GUARDED`` from scratch and, if every
 red line holds, writes the reference model that ``make test``'s guarded case continues from.
