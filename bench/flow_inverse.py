@@ -28,7 +28,7 @@ runs side by side; ``bench/flow_inverse.py kovasznay --seeds 3`` beside ``… --
              0.13 %, momentum residual 5.9e-4, divergence 1e-15; linear POD estimate 2.0e-2 vs
              0.65 (0.10 … 11.8); the guard's Dirichlet check red once each (seed 1 QR, seed 4
              random), ~330 s a run.
-  taylor_green (one.py-style single runs, same configs): 2.14e-3 / 2.16e-3, 2.76e-3 / 2.79e-3,
+  taylor_green (the bench's config, one run per seed and placement): 2.14e-3 / 2.16e-3, 2.76e-3 / 2.79e-3,
              2.48e-3 / 2.61e-3, 4.22e-3 / 4.16e-3 (random: 2026-12-04), 5.69e-3 / 5.72e-3 —
              medians 2.76e-3 / 2.79e-3 (ratio 0.99); Re error (QR) 4.7e-5, momentum 2.8e-4;
              linear 3.2e-2 vs 7.5e-2; Dirichlet red once each (seed 2), ~610 s a run.
