@@ -16,8 +16,8 @@ more loss term that ends near 1e-4 (measured with (u, v, p) outputs and a diverg
   time series stand in for it;
 with Levenberg–Marquardt (:mod:`cpikan.train.lm`; optionally Adam first): every term is
 pointwise, so the Jacobian is one ``vmap`` pass. Sensors are placed on the POD bases of the
-flow family's u, v and p (:mod:`cpikan.sensors.placement`). The same readings also give the linear POD
-estimate, so what the physics adds is measured, not assumed.
+flow family's u, v and p (:mod:`cpikan.sensors.placement`). The same readings also give the
+linear POD estimate, so what the physics adds is measured, not assumed.
 """
 
 from __future__ import annotations
