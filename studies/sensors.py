@@ -3,7 +3,9 @@
 - ``sensor_placement``: QR pivoting vs random vs a uniform lattice (vs python-sensors'
   SSPOR where the bench extra is installed), K from 4 to 12, sensor noise; each trial the
   linear POD estimate's error on held-out flows (median over noise draws), the placement
-  saved with its basis digest (replayable), and the guard's reconstruction check.
+  saved with its basis digest (replayable), and the guard's reconstruction check. One field
+  (u, v or p), or ``field=uvp``: sensors that read all three, placed on the three bases at
+  once (as the inverse problem places them), the error over the three fields.
 - ``flow_inverse``: the (u, v, p) Scaled-cPIKAN and Re from K sensors plus Navier–Stokes
   (cpikan.sensors.inverse); each trial logs every physics-guard figure and its status.
 """
@@ -29,7 +31,7 @@ PLACEMENTS = ("qr", "random", "uniform", "sspor")
 @dataclass
 class SensorPlacementConfig:
     flow: str = choice("kovasznay", ("kovasznay", "taylor_green"))
-    field: str = choice("u", flows.FIELDS)
+    field: str = choice("u", (*flows.FIELDS, "uvp"))  # uvp: each sensor reads u, v and p (a joint placement)
     grid: int = bounded(128, ge=4)
     snapshots: int = bounded(40, ge=2)
     rank: int = bounded(10, ge=1)
@@ -43,13 +45,19 @@ class SensorPlacementConfig:
         validate(self)
         if self.k > self.grid * self.grid:
             raise ConfigError("k", f"{self.k} sensors but the grid has only {self.grid ** 2} points")
+        if self.field == "uvp" and self.method == "sspor":
+            raise ConfigError("method", "sspor places on one field's basis; with field=uvp use qr, random or uniform")
         if self.rank > self.snapshots:
             raise ConfigError("rank", f"at most the {self.snapshots} snapshots, got {self.rank}")
 
 
-def _held_out(cfg: SensorPlacementConfig) -> np.ndarray:
+def _fields(cfg: SensorPlacementConfig) -> tuple[str, ...]:
+    return flows.FIELDS if cfg.field == "uvp" else (cfg.field,)
+
+
+def _held_out(cfg: SensorPlacementConfig, field: str) -> np.ndarray:
     """Flows of the family the basis never saw (Re or time/phase between its snapshots)."""
-    snaps, _, _ = flows.snapshots(cfg.flow, cfg.grid, 2 * cfg.snapshots + 1, cfg.field, seed=cfg.seed + 1,
+    snaps, _, _ = flows.snapshots(cfg.flow, cfg.grid, 2 * cfg.snapshots + 1, field, seed=cfg.seed + 1,
                                   dtype=np.float64)
     return snaps[1::2][:5]
 
@@ -67,28 +75,32 @@ def _sspor(train: np.ndarray, mean: np.ndarray, cfg: SensorPlacementConfig) -> n
 def run_placement(cfg: SensorPlacementConfig, ctx: Any) -> dict[str, float]:
     import time
 
-    train, _, _ = flows.snapshots(cfg.flow, cfg.grid, cfg.snapshots, cfg.field, seed=cfg.seed, dtype=np.float64)
-    test = _held_out(cfg)
+    trains = [flows.snapshots(cfg.flow, cfg.grid, cfg.snapshots, f, seed=cfg.seed, dtype=np.float64)[0]
+              for f in _fields(cfg)]
+    tests = [_held_out(cfg, f) for f in _fields(cfg)]
     t0 = time.perf_counter()
-    basis = pod_basis(train, cfg.rank)
+    bases = [pod_basis(train, cfg.rank) for train in trains]
     if cfg.method == "sspor":
         from cpikan.sensors.placement import Placement
 
-        idx = _sspor(train, basis.mean, cfg)
-        placement = Placement(tuple(int(i) for i in idx), "sspor", basis.digest, basis.points)
+        idx = _sspor(trains[0], bases[0].mean, cfg)
+        placement = Placement(tuple(int(i) for i in idx), "sspor", bases[0].digest, bases[0].points)
     else:
-        placement = place(basis, cfg.k, cfg.method, seed=cfg.seed)
+        placement = place(bases if cfg.field == "uvp" else bases[0], cfg.k, cfg.method, seed=cfg.seed)
     seconds = time.perf_counter() - t0
     idx = np.asarray(placement.indices)
-    span = float(test.max() - test.min())
     errors = []
     for draw in range(cfg.noise_draws):
-        noise = cfg.noise * span * np.random.default_rng(100 + draw).standard_normal((len(test), len(idx)))
-        est = reconstruct(basis, placement, test[:, idx] + noise)
-        errors.append(float(np.linalg.norm(est - test) / np.linalg.norm(test)))
+        rng = np.random.default_rng(100 + draw)
+        err = norm = 0.0
+        for basis, test in zip(bases, tests):  # each field's noise is a fraction of its own range
+            noise = cfg.noise * float(test.max() - test.min()) * rng.standard_normal((len(test), len(idx)))
+            est = reconstruct(basis, placement, test[:, idx] + noise)
+            err, norm = err + float(np.sum((est - test) ** 2)), norm + float(np.sum(test ** 2))
+        errors.append(float(np.sqrt(err / norm)))
     rel = float(np.median(errors))
     th = load_thresholds()
-    results = {"rel_l2": rel, "rel_l2_worst": float(max(errors)), "energy": basis.energy,
+    results = {"rel_l2": rel, "rel_l2_worst": float(max(errors)), "energy": min(b.energy for b in bases),
                "guard/reconstruction_error": rel,
                "guard/red_count": float(rel > th.red["reconstruction_error"])}
     ctx.log_results(results, {"seconds": seconds})
@@ -96,12 +108,12 @@ def run_placement(cfg: SensorPlacementConfig, ctx: Any) -> dict[str, float]:
         path = Path(tmp) / "placement.json"
         placement.save(path)
         ctx.log_artifact(path, "sensors")
-    ctx.set_tags({"basis_digest": basis.digest, "guard.thresholds_version": th.version})
+    ctx.set_tags({"basis_digest": placement.basis_digest, "guard.thresholds_version": th.version})
     return results
 
 
 def placement_space(trial: Any, base: SensorPlacementConfig) -> SensorPlacementConfig:
-    methods = [m for m in PLACEMENTS if m != "sspor" or _has_pysensors()]
+    methods = [m for m in PLACEMENTS if m != "sspor" or (_has_pysensors() and base.field != "uvp")]
     return replace(base, method=trial.suggest_categorical("method", methods),
                    k=trial.suggest_int("k", 4, 12, step=2), noise=trial.suggest_categorical("noise", [0.0, 0.01, 0.05]))
 

@@ -249,6 +249,26 @@ def test_flow_inverse_study_runs_carry_every_guard_figure(mlruns):
     assert f'<td class="{cls}">{value:.1e}</td>' in page and run.info.run_id[:8] in page
 
 
+def test_sensor_placement_study_places_on_all_three_fields_at_once(mlruns):
+    """field=uvp: one placement on the u, v and p bases (its digest names all three), its error
+    over the three fields; sspor, which places on one basis, is refused by name."""
+    from cpikan.config import ConfigError
+    from studies.run import main
+    from studies.sensors import SensorPlacementConfig
+    from tracking import store
+
+    with pytest.raises(ConfigError, match="method: sspor places on one field"):
+        SensorPlacementConfig(field="uvp", method="sspor")
+    assert main(["sensor_placement", "--trials", "2", "--set", "grid=16", "--set", "field=uvp"]) == 0
+    runs = [r for r in _runs("studies/sensor_placement") if "rel_l2" in r.data.metrics]
+    assert len(runs) == 2
+    for r in runs:
+        path = store.client().download_artifacts(r.info.run_id, "sensors/placement.json")
+        placement = Placement.from_json(open(path).read())
+        assert len(placement.field_digests) == 3 and placement.basis_digest == r.data.tags["basis_digest"]
+        assert math.isfinite(r.data.metrics["rel_l2"]) and r.data.metrics["rel_l2"] > 0
+
+
 # --------------------------------------------------------------------------- the inverse problem's residuals
 @pytest.mark.parametrize("flow", ["kovasznay", "taylor_green"])
 def test_inverse_residuals_equal_the_guards_autograd_navier_stokes(flow):
