@@ -15,9 +15,12 @@ more loss term that ends near 1e-4 (measured with (u, v, p) outputs and a diverg
   (Neumann, outflow) data on ``neumann_sides`` if any; no initial condition: the sensors'
   time series stand in for it;
 with Levenberg–Marquardt (:mod:`cpikan.train.lm`; optionally Adam first): every term is
-pointwise, so the Jacobian is one ``vmap`` pass. Sensors are placed on the POD bases of the
-flow family's u, v and p (:mod:`cpikan.sensors.placement`). The same readings also give the
-linear POD estimate, so what the physics adds is measured, not assumed.
+pointwise, so the Jacobian is one ``vmap`` pass. With ``prior_steps`` the network first fits
+the linear POD estimate: where boundary data are withheld the problem has more than one
+basin, and from a random start Re can run off to infinity (ν → 0 lowers the residual while
+the field is still wrong). Sensors are placed on the POD bases of the flow family's u, v and
+p (:mod:`cpikan.sensors.placement`). The same readings also give the linear POD estimate, so
+what the physics adds is measured, not assumed.
 """
 
 from __future__ import annotations
