@@ -40,7 +40,11 @@ linear estimate, which has no physics, is where QR wins (30× here). With fewer 
 less boundary data, the probes in docs/domain.md ("Where placement matters") find a
 placement effect only where the fit misses 1e-2: K = 4, QR 4.8e-3 vs random 5.9e-3;
 inlet and outlet withheld (walls + an outflow condition), QR 1.5e-2 vs random 2.9e-2 at
-seed 0, and Re running off to infinity in 3 of 5 runs with either placement.
+seed 0, and Re running off to infinity in 3 of 5 runs with either placement. Started at the
+linear POD estimate (``--set prior_steps=50``), that case reaches QR 5.9e-3 vs random 8.8e-3
+(medians of 5 seeds, 700 steps; random's Re still ran off twice) with the residual red, and
+Taylor–Green without its initial condition becomes solvable (seed 0, 1200 steps: QR 9.0e-3 vs
+random 1.4e-2): placement matters there, by 1.5×, not 2×.
 
 ``--save-reference`` trains ``cpikan.sensors.reference.GUARDED`` from scratch and, if every
 red line holds, writes the reference model that ``make test``'s guarded case continues from.
