@@ -402,8 +402,9 @@ def linear_estimate(placement: Placement, bases: list[Any], readings: np.ndarray
 
 
 def _fit_prior(model: nn.Module, problem: FlowInverse, cfg: FlowInverseConfig, estimate: np.ndarray) -> None:
-    """LM steps fitting (u, v, p) to the linear estimate on a 16 × 16 subgrid of the placement
-    grid (at each sensor time): the physics phase then starts from the field the sensors imply."""
+    """LM steps fitting (u, v, p) to the linear estimate on every (grid // 16)-th line of the
+    placement grid (about 16 × 16 points, at each sensor time): the physics phase then starts
+    from the field the sensors imply."""
     from cpikan.train.lm import LevenbergMarquardt, ResidualJacobian
 
     case, f64 = problem.case, torch.float64
