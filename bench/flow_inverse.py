@@ -132,7 +132,9 @@ def main() -> int:
         key, _, value = item.partition("=")
         if key not in base:
             ap.error(f"--set {key}: not a FlowInverseConfig field; allowed: {', '.join(base)}")
-        overrides[key] = type(base[key])(value)
+        if isinstance(base[key], bool) and value.lower() not in ("true", "false", "1", "0"):
+            ap.error(f"--set {key}: true or false, got {value!r}")
+        overrides[key] = value.lower() in ("true", "1") if isinstance(base[key], bool) else type(base[key])(value)
     print(f"{'flow':<13}{'seed':>4} {'placement':<9}{'rel_l2':>10}{'linear':>10}{'Re':>9}{'re_err':>9}"
           f"{'residual':>10}{'div':>10}{'seconds':>8}  guard red")
     flows = list(FLOWS) if args.flow == "all" else [args.flow]
