@@ -55,10 +55,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 
 from cpikan.sensors.guard import load_thresholds
 from cpikan.sensors.inverse import FlowInverseConfig, solve
+from studies.registry import apply_overrides
 
 #: per flow, what differs from FlowInverseConfig's defaults
 FLOWS = {
@@ -68,12 +69,16 @@ FLOWS = {
 }
 
 
-def run_flow(flow: str, seeds: range, overrides: dict) -> dict[str, float]:
+def flow_config(flow: str, pairs: list[str]) -> FlowInverseConfig:
+    """The bench's configuration of ``flow`` with ``--set`` pairs on top (as ``studies.run`` reads them)."""
+    return apply_overrides(FlowInverseConfig(**FLOWS[flow]), pairs)
+
+
+def run_flow(flow: str, seeds: range, pairs: list[str]) -> dict[str, float]:
     rows: dict[str, list] = {"qr": [], "random": []}
     for seed in seeds:
         for placement in rows:
-            cfg = FlowInverseConfig(**{**asdict(FlowInverseConfig()), **FLOWS[flow], **overrides,
-                                       "placement": placement, "seed": seed})
+            cfg = replace(flow_config(flow, pairs), placement=placement, seed=seed)
             _, r = solve(cfg)
             rows[placement].append(r)
             g = r.guard.values
@@ -126,20 +131,16 @@ def main() -> int:
     args = ap.parse_args()
     if args.save_reference:
         return save_reference()
-    base = asdict(FlowInverseConfig())
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in base:
-            ap.error(f"--set {key}: not a FlowInverseConfig field; allowed: {', '.join(base)}")
-        if isinstance(base[key], bool) and value.lower() not in ("true", "false", "1", "0"):
-            ap.error(f"--set {key}: true or false, got {value!r}")
-        overrides[key] = value.lower() in ("true", "1") if isinstance(base[key], bool) else type(base[key])(value)
+    flows = list(FLOWS) if args.flow == "all" else [args.flow]
+    for flow in flows:  # refuse a bad --set before any training
+        try:
+            flow_config(flow, args.set)
+        except ValueError as exc:
+            ap.error(str(exc))
     print(f"{'flow':<13}{'seed':>4} {'placement':<9}{'rel_l2':>10}{'linear':>10}{'Re':>9}{'re_err':>9}"
           f"{'residual':>10}{'div':>10}{'seconds':>8}  guard red")
-    flows = list(FLOWS) if args.flow == "all" else [args.flow]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    figs = {flow: run_flow(flow, seeds, overrides) for flow in flows}
+    figs = {flow: run_flow(flow, seeds, args.set) for flow in flows}
     for flow, fig in figs.items():
         print(f"{flow}: {line(fig)} ok={int(passes(fig))}")
     # the worst flow's figure for each (the random placement's best: the ratio is judged per flow)

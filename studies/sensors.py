@@ -86,7 +86,7 @@ def run_placement(cfg: SensorPlacementConfig, ctx: Any) -> dict[str, float]:
         idx = _sspor(trains[0], bases[0].mean, cfg)
         placement = Placement(tuple(int(i) for i in idx), "sspor", bases[0].digest, bases[0].points)
     else:
-        placement = place(bases if cfg.field == "uvp" else bases[0], cfg.k, cfg.method, seed=cfg.seed)
+        placement = place(bases, cfg.k, cfg.method, seed=cfg.seed)  # one basis: plain QR pivots
     seconds = time.perf_counter() - t0
     idx = np.asarray(placement.indices)
     errors = []

@@ -413,9 +413,9 @@ def _fit_prior(model: nn.Module, problem: FlowInverse, cfg: FlowInverseConfig, e
     stride = max(1, cfg.grid // 16)
     keep[::stride, ::stride] = True
     keep = keep.ravel()
+    xy = grid.points()[keep]
     pts, vals = [], []
     for t, field in zip(sensor_times(cfg), estimate):
-        xy = grid.points()[keep]
         pts.append(np.concatenate([xy, np.full((len(xy), 1), t)], 1) if case.unsteady else xy)
         vals.append(field[keep])
     x, v = torch.as_tensor(np.concatenate(pts), dtype=f64), torch.as_tensor(np.concatenate(vals), dtype=f64)
