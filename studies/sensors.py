@@ -7,9 +7,7 @@
   (u, v or p), or ``field=uvp``: sensors that read all three, placed on the three bases at
   once (as the inverse problem places them), the error over the three fields.
 - ``flow_inverse``: the (u, v, p) Scaled-cPIKAN and Re from K sensors plus Navier–Stokes
-  (cpikan.sensors.inverse), sensors placed by QR on the POD bases, at random, or where the
-  physics leaves the field open (``physics``); each trial logs every physics-guard figure
-  and its status.
+  (cpikan.sensors.inverse); each trial logs every physics-guard figure and its status.
 """
 
 from __future__ import annotations
@@ -142,7 +140,7 @@ def run_inverse(cfg: FlowInverseConfig, ctx: Any) -> dict[str, float]:
 
 
 def inverse_space(trial: Any, base: FlowInverseConfig) -> FlowInverseConfig:
-    return replace(base, placement=trial.suggest_categorical("placement", ["qr", "random", "physics"]),
+    return replace(base, placement=trial.suggest_categorical("placement", ["qr", "random"]),
                    k=trial.suggest_categorical("k", [8, 12]), seed=base.seed + trial.number)
 
 

@@ -19,16 +19,13 @@ pointwise, so the Jacobian is one ``vmap`` pass. With ``prior_steps`` the networ
 the linear POD estimate: where boundary data are withheld the problem has more than one
 basin, and from a random start Re can run off to infinity (ν → 0 lowers the residual while
 the field is still wrong). Sensors are placed on the POD bases of the flow family's u, v and
-p (:mod:`cpikan.sensors.placement`), or (``placement="physics"``) where the linearised
-Navier–Stokes fit leaves the field open (:mod:`cpikan.sensors.design`). The same readings also give the linear POD estimate, so
+p (:mod:`cpikan.sensors.placement`). The same readings also give the linear POD estimate, so
 what the physics adds is measured, not assumed.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -41,7 +38,7 @@ from torch.func import jacfwd, vmap
 
 from cpikan.config import bounded, choice, validate
 from cpikan.pde.base import Term
-from cpikan.sensors import design, flows
+from cpikan.sensors import flows
 from cpikan.sensors.flows import FLOWS
 from cpikan.sensors.guard import (
     NORMALS,
@@ -55,9 +52,6 @@ from cpikan.sensors.guard import (
 from cpikan.sensors.placement import METHODS, Placement, place, reconstruct
 from cpikan.sensors.pod import pod_basis
 
-#: LM steps fitting the network to the family's mean field, where physics placement linearises
-MEAN_FIT_STEPS = 50
-
 
 @dataclass
 class FlowInverseConfig:
@@ -69,9 +63,7 @@ class FlowInverseConfig:
     sensor_times: int = bounded(5, ge=1)  # Taylor–Green: readings per sensor, evenly over [0, t_end]
     initial: bool = False  # Taylor–Green: (u, v) at t = 0 given (n_boundary² points), as Dirichlet data
     k: int = bounded(12, ge=1)
-    # qr, random, uniform: on the flow family's POD bases (qr: best for the linear estimate);
-    # physics: where the Navier–Stokes fit leaves the field open (cpikan.sensors.design)
-    placement: str = choice("qr", (*METHODS, "physics"))
+    placement: str = choice("qr", METHODS)
     noise: float = bounded(0.01, ge=0)  # sensor noise, a fraction of each field's range
     kept_sides: str = "bottom,top,left"  # boundary sides with Dirichlet data (right = outlet withheld)
     neumann_sides: str = ""  # sides with normal-gradient data ∂(u, v)/∂n (e.g. "right": an outflow condition)
@@ -87,8 +79,8 @@ class FlowInverseConfig:
     # start); where the physics leaves the field open (a side's data withheld), it starts
     # from what the sensors and the flow family say
     prior_steps: int = bounded(0, ge=0)
-    # what those steps fit: the linear estimate, or the family's mean field (no reading: every
-    # placement starts alike; physics-placed sensors give a poor linear estimate, 5e22 loss)
+    # what those steps fit: the linear estimate, or the flow family's mean field (no reading:
+    # every placement starts alike, and random placement's Re did not run off, docs/domain.md)
     prior: str = choice("linear", ("linear", "mean"))
     adam_steps: int = bounded(0, ge=0)
     lr: float = bounded(5e-3, gt=0)
@@ -307,26 +299,18 @@ def sensor_times(cfg: FlowInverseConfig) -> np.ndarray:
     return np.linspace(0.0, cfg.t_end, cfg.sensor_times) if cfg.flow == "taylor_green" else np.zeros(1)
 
 
-def family_bases(cfg: FlowInverseConfig) -> tuple[list[Any], flows.Grid]:
-    """The POD bases of the flow family's u, v and p on the placement grid, and the grid."""
+def sensor_readings(cfg: FlowInverseConfig) -> tuple[Placement, list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Placement on the POD bases of the flow family's u, v and p (each sensor reads all three),
+    the sensors' coordinates and noisy readings of (u, v, p) there, at every sensor time:
+    (placement, bases, coords (T·K, 2 or 3), readings (T·K, 3), truth (T, n², 3)); rows
+    time-major."""
+    case = flow_case(cfg)
     bases = []
     for name in flows.FIELDS:
         snaps, grid, _ = flows.snapshots(cfg.flow, cfg.grid, cfg.snapshots, name, dtype=np.float64,
-                                         bounds=flow_case(cfg).bounds())
+                                         bounds=case.bounds())
         bases.append(pod_basis(snaps, min(cfg.modes, cfg.snapshots)))
-    return bases, grid
-
-
-def sensor_readings(cfg: FlowInverseConfig, placement: Placement | None = None,
-                    ) -> tuple[Placement, list[Any], np.ndarray, np.ndarray, np.ndarray]:
-    """Placement on the POD bases of the flow family's u, v and p (each sensor reads all three;
-    or ``placement`` as given), the sensors' coordinates and noisy readings of (u, v, p) there,
-    at every sensor time: (placement, bases, coords (T·K, 2 or 3), readings (T·K, 3), truth
-    (T, n², 3)); rows time-major."""
-    case = flow_case(cfg)
-    bases, grid = family_bases(cfg)
-    if placement is None:
-        placement = place(bases, cfg.k, cfg.placement, seed=cfg.seed)
+    placement = place(bases, cfg.k, cfg.placement, seed=cfg.seed)
     pts = grid.points()
     idx = np.asarray(placement.indices)
     times = sensor_times(cfg)
@@ -348,18 +332,23 @@ def solve(cfg: FlowInverseConfig, progress: Any = None,
     """Train the (u, v, p) network and Re from the sensors; the model and every figure.
     ``start``: tensors to continue from (``model.<name>`` and ``log_re``, as
     :func:`cpikan.sensors.reference.save_reference` writes them) instead of a fresh network."""
+    from cpikan.nn.chebykan import ScaledCPIKAN
     from cpikan.train.lm import LevenbergMarquardt, ResidualJacobian
 
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = _network(cfg)
-    chosen = physics_placement(cfg, model) if cfg.placement == "physics" else None
-    placement, bases, coords, readings, truth = sensor_readings(cfg, chosen)
+    placement, bases, coords, readings, truth = sensor_readings(cfg)
     estimate = linear_estimate(placement, bases, readings, len(truth))
     problem = FlowInverse(cfg, torch.as_tensor(coords), torch.as_tensor(readings), gen)
+    x0, x1, y0, y1 = problem.case.bounds()
+    lo, hi = ((x0, y0, 0.0), (x1, y1, cfg.t_end)) if problem.case.unsteady else ((x0, y0), (x1, y1))
+    gauge = cfg.sensor_times - 1 if problem.case.unsteady else -1
+    model = DivergenceFree(ScaledCPIKAN([len(lo), *[cfg.width] * cfg.depth, 2], cfg.degree, lo, hi,
+                                        dtype="float64", seed=cfg.seed), gauge, cfg.t_end)
     terms = problem.terms()
-    weights = term_weights(cfg, terms)
+    weights = {k: 1.0 if k.startswith("sensor") else cfg.boundary_weight if k.startswith("bc") else cfg.physics_weight
+               for k in terms}
     if start is not None:
         model.load_state_dict({k.removeprefix("model."): v for k, v in start.items() if k.startswith("model.")})
         with torch.no_grad():
@@ -376,8 +365,8 @@ def solve(cfg: FlowInverseConfig, progress: Any = None,
         return float(problem.re().detach())
 
     if cfg.prior_steps:
-        _fit_prior(model, problem, cfg, estimate if cfg.prior == "linear" else _mean_field(bases, len(truth)),
-                   cfg.prior_steps)
+        mean = np.stack([np.stack([b.mean for b in bases], -1)] * len(truth))
+        _fit_prior(model, problem, cfg, estimate if cfg.prior == "linear" else mean)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     for step in range(cfg.adam_steps):
         opt.zero_grad(set_to_none=True)
@@ -408,62 +397,6 @@ def solve(cfg: FlowInverseConfig, progress: Any = None,
     return model, InverseResult(rel, linear, re, abs(re - cfg.re) / cfg.re, guard, seconds, placement, final)
 
 
-def _network(cfg: FlowInverseConfig) -> DivergenceFree:
-    from cpikan.nn.chebykan import ScaledCPIKAN
-
-    case = flow_case(cfg)
-    x0, x1, y0, y1 = case.bounds()
-    lo, hi = ((x0, y0, 0.0), (x1, y1, cfg.t_end)) if case.unsteady else ((x0, y0), (x1, y1))
-    gauge = cfg.sensor_times - 1 if case.unsteady else -1
-    return DivergenceFree(ScaledCPIKAN([len(lo), *[cfg.width] * cfg.depth, 2], cfg.degree, lo, hi,
-                                       dtype="float64", seed=cfg.seed), gauge, cfg.t_end)
-
-
-def term_weights(cfg: FlowInverseConfig, terms: dict[str, Term]) -> dict[str, float]:
-    """Sensors weigh 1, boundary terms ``boundary_weight``, the momentum ``physics_weight``."""
-    return {k: 1.0 if k.startswith("sensor") else cfg.boundary_weight if k.startswith("bc") else cfg.physics_weight
-            for k in terms}
-
-
-def physics_placement(cfg: FlowInverseConfig, model: nn.Module) -> Placement:
-    """``cfg.k`` sensors where the physics leaves the field open (:mod:`cpikan.sensors.design`),
-    linearised at ``model`` fitted to the flow family's mean field (Re at ``re_init``): no
-    reading is used. ``model`` is left as it was, so every placement starts training alike."""
-    from cpikan.train.lm import ResidualJacobian
-
-    bases, grid = family_bases(cfg)
-    case, f64 = flow_case(cfg), torch.float64
-    width = 3 if case.unsteady else 2
-    problem = FlowInverse(cfg, torch.empty(0, width, dtype=f64), torch.empty(0, 3, dtype=f64),
-                          torch.Generator().manual_seed(cfg.seed))
-    times = sensor_times(cfg)
-    initial = copy.deepcopy(model.state_dict())
-    _fit_prior(model, problem, cfg, _mean_field(bases, len(times)), MEAN_FIT_STEPS)
-    params = [*model.parameters(), problem.log_re]
-    jac = ResidualJacobian(model, problem, params)
-    constraints = {k: t for k, t in problem.terms().items() if not k.startswith("sensor")}
-    _, jc = jac(constraints, term_weights(cfg, constraints))
-    pts = grid.points()
-    outputs = {}
-    for i, t in enumerate(times):  # rows ordered (time, field), each block over every grid point
-        at = torch.as_tensor(np.concatenate([pts, np.full((len(pts), 1), t)], 1) if case.unsteady else pts)
-        for f in range(3):
-            outputs[f"out_{i}_{f}"] = Term(lambda m, x, f=f: m(x)[:, f], (at,))
-    _, g = jac(outputs, {k: float(len(pts)) for k in outputs})  # weight N: unscaled rows
-    model.load_state_dict(initial)
-    rows = 3 * len(times)
-    g = g.reshape(rows, len(pts), -1).transpose(0, 1).reshape(len(pts) * rows, -1)
-    idx = design.a_optimal(design.whitened_sensitivities(jc, g, rows, cfg.k), cfg.k)
-    digests = tuple(b.digest for b in bases)
-    joint = hashlib.sha256(("physics" + "".join(digests)).encode()).hexdigest()
-    return Placement(tuple(int(i) for i in idx), "physics", joint, len(pts), digests)
-
-
-def _mean_field(bases: list[Any], times: int) -> np.ndarray:
-    """The family's mean (u, v, p) on the placement grid, at each sensor time: (times, n², 3)."""
-    return np.stack([np.stack([b.mean for b in bases], -1)] * times)
-
-
 def linear_estimate(placement: Placement, bases: list[Any], readings: np.ndarray, times: int) -> np.ndarray:
     """(u, v, p) on the placement grid from the linear POD estimate (one basis per field, same
     sensors, each sensor time on its own): (times, n², 3)."""
@@ -472,11 +405,10 @@ def linear_estimate(placement: Placement, bases: list[Any], readings: np.ndarray
                      for t in range(times)])
 
 
-def _fit_prior(model: nn.Module, problem: FlowInverse, cfg: FlowInverseConfig, estimate: np.ndarray,
-               steps: int) -> None:
-    """LM steps fitting (u, v, p) to the linear estimate on every (grid // 16)-th line of the
-    placement grid (about 16 × 16 points, at each sensor time): the physics phase then starts
-    from the field the sensors imply."""
+def _fit_prior(model: nn.Module, problem: FlowInverse, cfg: FlowInverseConfig, estimate: np.ndarray) -> None:
+    """LM steps fitting (u, v, p) to ``estimate`` (the linear one, or the family's mean) on
+    every (grid // 16)-th line of the placement grid (about 16 × 16 points, at each sensor
+    time): the physics phase then starts from the field the sensors, or the family, imply."""
     from cpikan.train.lm import LevenbergMarquardt, ResidualJacobian
 
     case, f64 = problem.case, torch.float64
@@ -500,6 +432,6 @@ def _fit_prior(model: nn.Module, problem: FlowInverse, cfg: FlowInverseConfig, e
 
     params = list(model.parameters())
     jac, lm = ResidualJacobian(model, problem, params), LevenbergMarquardt(params)
-    for _ in range(steps):
+    for _ in range(cfg.prior_steps):
         if not lm.step(functools.partial(jac, terms, weights), loss_now).moved:
             break
