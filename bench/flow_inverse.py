@@ -47,7 +47,8 @@ Taylor–Green without its initial condition becomes solvable (seed 0, 1200 step
 random 1.4e-2): placement matters there, by 1.5×, not 2×. And that 1.5× is the start, not the
 sensors: started alike at the family's mean field (``--set prior=mean``), the same five
 Kovasznay seeds give QR 5.65e-3 vs random 4.81e-3 (medians, 2026-12-05), and a placement
-designed for the physics-informed fit (greedy A-optimal on its linearisation) 5.3e-3.
+designed for the physics-informed fit (greedy A-optimal on its linearisation; commit
+bb8defd, removed as no better than random) 5.3e-3.
 
 ``--save-reference`` trains ``cpikan.sensors.reference.GUARDED`` from scratch and, if every
 red line holds, writes the reference model that ``make test``'s guarded case continues from.
