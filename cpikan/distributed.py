@@ -38,6 +38,7 @@ def init_from_env() -> Shard:
     """Join torchrun's process group when launched by it (WORLD_SIZE > 1); the current shard."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        _import_before_the_group()
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
@@ -47,6 +48,16 @@ def init_from_env() -> Shard:
             per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     return current()
+
+
+def _import_before_the_group() -> None:
+    """Import what ``torch.func`` pulls in lazily (dynamo, and through it FSDP and sharded
+    tensors) before the group exists. Some of those modules take ``group.WORLD`` as a
+    default argument when imported: imported after ``init_process_group`` they hold the group
+    for good, so ``destroy_process_group`` no longer joins gloo's worker threads, and a worker
+    that drops its last collective after the interpreter began to exit aborts the process
+    ("terminate called without an active exception", SIGABRT; torch 2.13)."""
+    import torch._dynamo  # noqa: F401
 
 
 def current() -> Shard:
@@ -86,8 +97,8 @@ def reduce_sum(tensors: list[torch.Tensor], shard: Shard) -> list[torch.Tensor]:
 
 
 def finish() -> None:
-    """Leave the group together: without the barrier a rank that tears down first can abort
-    its peer mid-teardown (gloo: "terminate called without an active exception", SIGABRT)."""
+    """Leave the group together, and end its worker threads while the interpreter is alive
+    (see :func:`_import_before_the_group`)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

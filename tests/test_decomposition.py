@@ -111,7 +111,7 @@ def test_bad_settings_name_the_field():
 
 
 SCRIPT = """
-import json, sys, torch
+import json, os, sys, torch
 from cpikan import distributed
 from cpikan.decomposition import XPINN, XPINNConfig
 from cpikan.pde import make_problem
@@ -121,6 +121,8 @@ out = XPINN(make_problem("helmholtz2d", n_interior=300, n_boundary=80), cfg, sha
 if shard.leader:
     json.dump(out, open(sys.argv[1], "w"))
 distributed.finish()
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+open(f"{sys.argv[1]}.threads{shard.rank}", "w").write(" ".join(threads))
 """
 
 
@@ -136,6 +138,11 @@ def test_two_processes_under_torchrun_train_what_one_process_trains(tmp_path):
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         assert res.returncode == 0, res.stderr[:6000]
         results.append(json.loads(out.read_text()))
+        for rank in range(n):
+            # gloo's worker threads must end with the group, or one that drops its last
+            # collective while the interpreter exits aborts the rank (a flaky SIGABRT)
+            threads = (tmp_path / f"out{n}.json.threads{rank}").read_text()
+            assert "gloo" not in threads, threads
     one, two = results
     for k in ("loss", "rel_l2", "interface_max_gap"):
         assert two[k] == pytest.approx(one[k], rel=1e-8), k
