@@ -8,7 +8,6 @@ one interpreter, or one stretch of work, on its own.
 from __future__ import annotations
 
 import ctypes
-import functools
 import mmap
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,22 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def reset_peak_rss() -> None:
-    """Reset the peak to the current RSS (writes 5 to /proc/self/clear_refs)."""
+def reset_peak_rss(*memmaps: Any) -> None:
+    """Start a peak measurement that does not depend on what ran before in this process.
+
+    Freed heap memory goes back to the kernel, now and during the measurement
+    (:func:`return_freed_memory`): after a training loop's :func:`keep_freed_memory` the work
+    would otherwise reuse pages already resident and measure next to nothing (the demo's
+    first tiling trial read 0 MB). ``memmaps`` give their resident pages back too, so reading
+    them counts. Then the peak is set to the current RSS (5 → /proc/self/clear_refs).
+    """
+    return_freed_memory()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    for arr in memmaps:
+        release_pages(arr)
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -36,7 +49,6 @@ def reset_peak_rss() -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 
-@functools.cache  # process-wide setting: once is enough
 def keep_freed_memory() -> bool:
     """Let glibc reuse freed blocks up to 32 MiB instead of returning them to the kernel.
 
@@ -45,7 +57,8 @@ def keep_freed_memory() -> bool:
     takes them again on the next step, so every step pays page faults on fresh memory: a
     helmholtz2d step at 2900 points spent ~40 % of its time there (67 → 37 ms on 2 threads).
     Raising the mmap and trim thresholds keeps that memory in the process (RSS stays at its
-    peak). Returns False where it does not apply (not glibc).
+    peak). Process-wide, until :func:`return_freed_memory` (the last call wins). Returns
+    False where it does not apply (not glibc).
     """
     try:
         libc = ctypes.CDLL(None)
@@ -58,7 +71,6 @@ def keep_freed_memory() -> bool:
     return ok and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
-@functools.cache
 def return_freed_memory(threshold: int = 1 << 20) -> bool:
     """Make glibc give every freed block over ``threshold`` bytes back to the kernel at once.
 
@@ -67,7 +79,8 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
     freed: a reconstruction's stages (model probe, classical chunks, tiles) then *add up*
     in RSS instead of taking turns. A fixed threshold turns that off; for out-of-core work,
     where peak RSS is the budget, that is the right trade (the opposite of
-    :func:`keep_freed_memory`, meant for training loops). False where it does not apply.
+    :func:`keep_freed_memory`, meant for training loops; the last call wins). False where it
+    does not apply.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt

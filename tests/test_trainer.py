@@ -283,6 +283,28 @@ def test_keep_freed_memory_keeps_step_sized_blocks():
     assert kept("1") > 20
 
 
+_PEAK_AFTER_TRAINING = """
+import sys, torch
+from cpikan.memory import keep_freed_memory, peak_rss_mb, reset_peak_rss
+assert keep_freed_memory()  # as a training loop leaves the process
+blocks = [torch.ones(1_000_000, dtype=torch.float64) for _ in range(12)]  # 96 MB in 8 MB blocks
+del blocks
+reset_peak_rss()
+base = peak_rss_mb()
+again = [torch.ones(1_000_000, dtype=torch.float64) for _ in range(6)]  # 48 MB, touched
+print(peak_rss_mb() - base)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and glibc malloc")
+def test_peak_after_training_counts_memory_the_heap_had_kept():
+    """Blocks a training loop freed but kept resident must not hide a later stretch's peak
+    (the tiling sweep's first trial once measured 0 MB this way)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_AFTER_TRAINING], check=True,
+                         capture_output=True, text=True)
+    assert 40 < float(out.stdout) < 80
+
+
 def test_lbfgs_lands_on_scheduled_steps_and_resamples():
     """L-BFGS chunks stop exactly at evaluation and resampling steps, and resampling in the
     L-BFGS phase replaces the interior points (with a fresh optimiser)."""
