@@ -8,6 +8,7 @@ one interpreter, or one stretch of work, on its own.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,8 @@ def reset_peak_rss(*memmaps: Any) -> None:
     first tiling trial read 0 MB). ``memmaps`` give their resident pages back too, so reading
     them counts. Then the peak is set to the current RSS (5 → /proc/self/clear_refs).
     """
-    return_freed_memory()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if return_freed_memory():
+        _glibc().malloc_trim(0)
     for arr in memmaps:
         release_pages(arr)
     try:
@@ -47,6 +45,24 @@ def reset_peak_rss(*memmaps: Any) -> None:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+@functools.cache
+def _glibc() -> Any:
+    """The C library's functions, or None where mallopt is missing (not glibc)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim  # noqa: B018 (glibc has both or neither)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _set_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
+    libc = _glibc()
+    return (libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, mmap_bytes) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, trim_bytes) == 1)
 
 
 def keep_freed_memory() -> bool:
@@ -60,15 +76,8 @@ def keep_freed_memory() -> bool:
     peak). Process-wide, until :func:`return_freed_memory` (the last call wins). Returns
     False where it does not apply (not glibc).
     """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # 32 MiB is glibc's ceiling for the mmap threshold; the trim threshold only has to exceed it
-    ok = mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1
-    return ok and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    return _set_thresholds(32 * 1024 * 1024, 1 << 30)
 
 
 def return_freed_memory(threshold: int = 1 << 20) -> bool:
@@ -82,12 +91,7 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
     :func:`keep_freed_memory`, meant for training loops; the last call wins). False where it
     does not apply.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, threshold) == 1 and mallopt(_M_TRIM_THRESHOLD, threshold) == 1
+    return _set_thresholds(threshold, threshold)
 
 
 def release_pages(arr: Any) -> None:

@@ -365,8 +365,10 @@ def solve(cfg: FlowInverseConfig, progress: Any = None,
         return float(problem.re().detach())
 
     if cfg.prior_steps:
-        family_mean = np.stack([b.mean for b in bases], -1)
-        _fit_prior(model, problem, cfg, estimate if cfg.prior == "linear" else np.stack([family_mean] * len(truth)))
+        target = estimate
+        if cfg.prior == "mean":  # no reading in it: every placement starts alike
+            target = np.stack([np.stack([b.mean for b in bases], -1)] * len(truth))
+        _fit_prior(model, problem, cfg, target)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     for step in range(cfg.adam_steps):
         opt.zero_grad(set_to_none=True)
