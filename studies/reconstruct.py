@@ -1,6 +1,7 @@
 """Reconstruct wafers' height maps from their bucket images: the lab's daily job.
 
-    python -m studies.reconstruct WAFER... --out DIR [--model classical|best|RUN_ID]
+    python -m studies.reconstruct WAFER... --out DIR [--model classical|best|RUN_ID|MODULE:FACTORY]
+        [--weights W.safetensors] [--mode crop|hann|gaussian|constant]
         [--pattern '*.tif'] [--wavelengths 5.0,5.5,6.05,6.655] [--h-min UM --h-max UM]
         [--pixel-pitch UM] [--tile N | --max-memory 512MB] [--overlap N] [--no-track]
     torchrun --standalone --nproc-per-node N -m studies.reconstruct …   (one image's rows and tiles split
@@ -9,16 +10,25 @@
 
 WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit, laser-major in name order,
 ``wavelengths.txt`` beside them optional) or a (16, H, W) ``.npy``. ``--model``: the joint
-fringe-order search (``classical``, default), the best ``psi_pretrain`` run (``best``) or
-a run ID (weights as safetensors; nothing is unpickled). Heights are searched in
+fringe-order search (``classical``, default), the best ``psi_pretrain`` run (``best``),
+a run ID (weights as safetensors; nothing is unpickled), or your own model:
+``mylab.models:make_unet`` or ``path/to/unet.py:make_unet``, a callable returning an
+``nn.Module`` that maps (N, 16, H, W) float32 intensities (the files' counts, laser-major)
+to (N, K, H, W) with the height in µm in channel 0; ``--weights`` loads a safetensors state
+dict into it (a ``module.`` prefix from DistributedDataParallel is dropped). Tiles are
+exact (crop mode) for a shift-equivariant model; one that is not is refused with the cause
+unless ``--mode hann`` (blended tiles, close to but not equal to whole-image inference).
+Heights are searched in
 [--h-min, --h-max], by default ± the wavelengths' alias separation around zero (≈ ±30 µm);
 pixels whose residual says no height in that range fits are flagged in the mask, counted,
 and warned about: never a silent micrometre error.
 
 Writes DIR/NAME/: height.npy (float32 memmap), height.tif, mask.npy, preview.png (µm colour
-bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), into DIR/NAME.part first and
-renamed when complete. Each wafer is one MLflow run (experiment ``reconstruct``) with the
-input files' sha256, the model's run linked, the tile plan, seconds, Mpix/s and peak RSS.
+bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), channels.npy (every output
+channel, when the model has more than one), into DIR/NAME.part first and renamed when
+complete. Each wafer is one MLflow run (experiment ``reconstruct``) with the input files'
+sha256, the model's run linked (or your model's source file and weights, by sha256), the
+tile plan, seconds, Mpix/s and peak RSS.
 
 Exit status: 0 done, 2 bad input (nothing written).
 """
@@ -42,6 +52,8 @@ EXPERIMENT = "reconstruct"
 @dataclass
 class ReconstructConfig:
     model: str = "classical"
+    weights: str | None = None
+    mode: str = "crop"
     wavelengths: tuple[float, ...] = (5.0, 5.5, 6.05, 6.655)
     h_min: float | None = None
     h_max: float | None = None
@@ -59,10 +71,19 @@ def psi_config(cfg: ReconstructConfig) -> Any:
     return PSIConfig(wavelengths=tuple(cfg.wavelengths))
 
 
-def load_model(ref: str) -> tuple[Any, str]:
-    """(model, run ID) for ``best`` or a run ID; refuses what is not a PSI model."""
+def load_model(ref: str, weights: str | None = None) -> tuple[Any, str]:
+    """(model, run ID) for ``best``, a run ID, or (model, "") for the user's own
+    ``MODULE:FACTORY`` with ``weights``; refuses what is not a PSI model."""
+    from cpikan.tiling import factory
     from tracking.store import TrackingError
 
+    if factory.is_factory(ref):
+        try:
+            return factory.build(ref, weights), ""
+        except ValueError as exc:
+            raise io.InputError(f"--{exc}") from None  # 'model: …' or 'weights: …'
+    if weights is not None:
+        raise io.InputError(f"--weights: only with --model MODULE:FACTORY (a run's model carries its own), got --model {ref}")
     try:
         return _load_model(ref)
     except TrackingError as exc:
@@ -85,7 +106,7 @@ def _load_model(ref: str) -> tuple[Any, str]:
     return models.load_model(ref)[0], ref
 
 
-def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any) -> dict[str, float]:
+def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, plan: dict[str, float]) -> dict[str, float]:
     """One wafer into ``work`` (a fresh folder); returns its figures. Under torchrun every
     process computes its share of rows and tiles into the same memmaps; the leader prepares
     them and writes the outputs."""
@@ -109,6 +130,9 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any) -
             _, h, w = np.load(stacked, mmap_mode="r").shape
             np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
             np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()
+            if plan.get("out_channels", 1) > 1:
+                np.lib.format.open_memmap(work / "channels.npy", mode="w+", dtype=np.float32,
+                                          shape=(int(plan["out_channels"]), h, w)).flush()
         except io.InputError as exc:
             failure = exc
     if not distributed.broadcast_flag(failure is None):
@@ -122,22 +146,33 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any) -
     h_max = cfg.h_max if cfg.h_max is not None else sep
     t0 = time.perf_counter()
     classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, shard=shard)
-    plan = {"tile": 0.0, "overlap": 0.0, "batch_size": 0.0}
     if model is not None:  # the learned height; the classical pass gave the mask
-        plan = tile_plan(model, pcfg.channels, cfg)
+        # every process's classical rows are in before any tile overwrites them: the two
+        # passes split the image differently (rows vs tile bands), so a late classical chunk
+        # would otherwise overwrite another process's model output
+        distributed.barrier()
+        k = int(plan["out_channels"])
+        out = np.load(work / "channels.npy", mmap_mode="r+") if k > 1 else height.reshape(1, h, w)
         try:
-            predict_tiled(model, buckets, tile_size=int(plan["tile"]), overlap=int(plan["overlap"]),
-                          batch_size=int(plan["batch_size"]), out=height.reshape(1, h, w), shard=shard,
-                          device=distributed.device())
+            predict_tiled(model, buckets, tile_size=int(plan["tile"]), overlap=int(plan["overlap"]), mode=cfg.mode,
+                          batch_size=int(plan["batch_size"]), out=out, shard=shard, device=distributed.device())
         except ValueError as exc:
             raise io.InputError(str(exc).splitlines()[0]) from None
+        if k > 1:  # channel 0 is the height; channels.npy keeps them all
+            out.flush()
+            distributed.barrier()
+            if shard.leader:
+                for r0 in range(0, h, 1024):
+                    height[r0 : r0 + 1024] = out[0, r0 : r0 + 1024]
+                    release_pages(out)
+            del out
     height.flush()
     mask.flush()
     distributed.barrier()
     seconds = time.perf_counter() - t0
     figures = {"mpix": h * w / 1e6, "seconds": seconds, "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
                "peak_rss_gb": peak_rss_mb() / 1024, "h_min": h_min, "h_max": h_max,
-               "processes": float(shard.world), **plan}
+               "processes": float(shard.world), "tile": 0.0, "overlap": 0.0, "batch_size": 0.0, **plan}
     if not shard.leader:
         return figures
     flagged = 0
@@ -155,7 +190,8 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any) -
 
 def tile_plan(model: Any, channels: int, cfg: ReconstructConfig) -> dict[str, float]:
     """Tile size (the largest within --max-memory unless --tile), the smallest exact
-    overlap (unless --overlap) and a batch size that keeps within the budget."""
+    overlap (unless --overlap), a batch size that keeps within the budget and the model's
+    output channels; refuses crop mode for a model no crop-and-stitch can be exact for."""
     from cpikan.tiling import resolve
     from cpikan.tiling.check import parse_bytes
 
@@ -167,6 +203,10 @@ def tile_plan(model: Any, channels: int, cfg: ReconstructConfig) -> dict[str, fl
         geo = resolve(model, channels)
     except (RuntimeError, ValueError) as exc:
         raise io.InputError(f"--model: fails on {channels}-channel input: {str(exc).splitlines()[0]}") from None
+    if cfg.mode == "crop" and not geo.equivariant:
+        raise io.InputError(f"--model: {type(model).__name__} is not shift-equivariant (suspected: {geo.cause}; "
+                            f"measured mismatch {geo.equivariance_error:.1e} of its output range), so no tiling can "
+                            "equal whole-image inference: use --mode hann (blended tiles, not exact)")
     budget = parse_bytes(cfg.max_memory)
     overlap = cfg.overlap if cfg.overlap is not None else 2 * (-(-geo.radius // geo.factor) * geo.factor)
     tile = cfg.tile or max(geo.largest_tile(channels, budget), overlap + 2 * geo.factor)
@@ -174,16 +214,21 @@ def tile_plan(model: Any, channels: int, cfg: ReconstructConfig) -> dict[str, fl
         raise io.InputError(f"--tile: {tile} px leaves no core beside the overlap {overlap} px "
                             f"(the model's exact minimum); use --tile ≥ {overlap + 2 * geo.factor}")
     batch = max(1, min(4, budget // max(geo.tile_bytes(tile, channels), 1)))
-    return {"tile": float(tile), "overlap": float(overlap), "batch_size": float(batch)}
+    return {"tile": float(tile), "overlap": float(overlap), "batch_size": float(batch),
+            "out_channels": float(geo.out_channels)}
 
 
 def validate(args: argparse.Namespace) -> ReconstructConfig:
     """Everything checkable before anything is written; InputError otherwise."""
-    cfg = ReconstructConfig(model=args.model, pixel_pitch_um=args.pixel_pitch, tile=args.tile,
+    cfg = ReconstructConfig(model=args.model, weights=args.weights, mode=args.mode, pixel_pitch_um=args.pixel_pitch, tile=args.tile,
                             overlap=args.overlap, max_memory=args.max_memory, pattern=args.pattern, h_min=args.h_min, h_max=args.h_max,
                             inputs=[str(Path(p).resolve()) for p in args.inputs])
     if not args.pixel_pitch > 0:
         raise io.InputError(f"--pixel-pitch: must be > 0 µm, got {args.pixel_pitch}")
+    from cpikan.tiling import MODES
+
+    if args.mode not in MODES:
+        raise io.InputError(f"--mode: unknown {args.mode!r}; allowed: {', '.join(MODES)}")
     if args.tile is not None and args.tile < 16:
         raise io.InputError(f"--tile: must be ≥ 16 pixels, got {args.tile}")
     from cpikan.tiling.check import parse_bytes
@@ -226,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="WAFER")
     ap.add_argument("--out", required=True, help="output folder (one subfolder per wafer)")
-    ap.add_argument("--model", default="classical", help="classical (default), best, or a psi_pretrain run ID")
+    ap.add_argument("--model", default="classical",
+                    help="classical (default), best, a psi_pretrain run ID, or your own MODULE:FACTORY / FILE.py:FACTORY")
+    ap.add_argument("--weights", default=None, help="safetensors state dict for a MODULE:FACTORY model")
+    ap.add_argument("--mode", default="crop", help="crop (default: exact for a shift-equivariant model) or a blending "
+                    "window (hann, gaussian, constant) for a model that is not")
     ap.add_argument("--pattern", default=None, help="glob selecting the bucket files (default: every image)")
     ap.add_argument("--wavelengths", default=None, help="µm, laser order (default: wavelengths.txt or 5.0,5.5,6.05,6.655)")
     ap.add_argument("--h-min", type=float, default=None, help="lowest height searched, µm")
@@ -263,9 +312,15 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
 
     try:
         cfg = validate(args)
-        model, model_run = load_model(cfg.model) if cfg.model != "classical" else (None, "")
+        model, model_run = load_model(cfg.model, cfg.weights) if cfg.model != "classical" else (None, "")
+        if cfg.weights is not None and model is None:
+            raise io.InputError("--weights: only with --model MODULE:FACTORY")
+        plan = tile_plan(model, psi_config(cfg).channels, cfg) if model is not None else {}
     except (io.InputError, TrackingError) as exc:
         return fail(exc)
+    if model is not None and cfg.mode != "crop" and shard.leader:
+        print(f"warning: --mode {cfg.mode} blends overlapping tiles: the height is close to, not equal to, "
+              "whole-image inference", file=sys.stderr)
     if model is not None:
         model.to(distributed.device())
     out = Path(args.out)
@@ -278,7 +333,7 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
             work.mkdir(parents=True)
         distributed.barrier()
         try:
-            figures = track(src, work, cfg, model, model_run, args.no_track or not shard.leader)
+            figures = track(src, work, cfg, model, plan, model_run, args.no_track or not shard.leader)
         except (io.InputError, TrackingError) as exc:
             if shard.leader:
                 shutil.rmtree(work, ignore_errors=True)
@@ -307,10 +362,11 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
     return 0
 
 
-def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, model_run: str, off: bool) -> dict[str, float]:
+def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, plan: dict[str, float], model_run: str,
+          off: bool) -> dict[str, float]:
     """One wafer as one MLflow run (or untracked with ``off``)."""
     if off:
-        return reconstruct_one(src, work, cfg, model)
+        return reconstruct_one(src, work, cfg, model, plan)
     from tracking.links import auto_link
     from tracking.tracker import Tracker
 
@@ -320,14 +376,28 @@ def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, model_run: 
             run.log_dataset(f, f.name, context="input")
         if model_run:
             auto_link(model_run, run.run_id, role="model", metric="rmse_nm")
-        figures = reconstruct_one(src, work, cfg, model)
+        for f in own_model_files(cfg):  # the user's model: its code and weights, by content
+            run.log_dataset(f, f.name, context="model")
+        figures = reconstruct_one(src, work, cfg, model, plan)
         run.log_results({"flagged_pixels": figures["flagged_pixels"], "valid_fraction": figures["valid_fraction"],
                          "image_mpix": figures["mpix"]},
                         {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb", "processes",
                                                  "tile", "overlap", "batch_size")})
+        if (work / "channels.npy").exists():
+            run.set_tags({"out_channels": str(int(figures["out_channels"]))})
         run.log_artifact(work / "preview.png", "outputs")
         run.set_tags({"outputs": str(work.parent / work.name.removesuffix(".part"))})
     return figures
+
+
+def own_model_files(cfg: ReconstructConfig) -> list[Path]:
+    """The factory's source file and the weights of a ``MODULE:FACTORY`` model."""
+    from cpikan.tiling import factory
+
+    if not factory.is_factory(cfg.model):
+        return []
+    source = factory.source_file(cfg.model)
+    return [p for p in (source, Path(cfg.weights) if cfg.weights else None) if p is not None]
 
 
 if __name__ == "__main__":

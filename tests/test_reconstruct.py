@@ -1,6 +1,8 @@
 """`python -m studies.reconstruct`: real-format bucket files in, height/mask/preview/VTK
 out, one MLflow run per wafer; bad input is one line, exit 2, nothing written."""
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -199,3 +201,127 @@ def test_bad_model_input_is_one_line_exit_2(tmp_path, model_store, case, message
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --------------------------------------------------------------------------- the user's own model
+USER_MODEL = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TwoHeadUNet(nn.Module):
+    """Written as public code writes it: inputs scaled by 1/65535, a pooled level whose
+    skip is aligned by interpolate(size=...), BatchNorm, two outputs (height, log-variance)."""
+
+    def __init__(self, width=8, corners=False):
+        super().__init__()
+        self.corners = corners
+        self.enc1 = nn.Sequential(nn.Conv2d(16, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.dec = nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(width, 2, 1)
+
+    def forward(self, x):
+        a = self.enc1(x / 65535.0)
+        b = self.enc2(F.max_pool2d(a, 2))
+        if self.corners:
+            b = F.interpolate(b, scale_factor=2, mode="bilinear", align_corners=True)
+        b = F.interpolate(b, size=a.shape[-2:], mode="nearest")
+        return self.head(self.dec(torch.cat([a, b], 1)))
+
+
+def build():
+    return TwoHeadUNet()
+
+
+def build_wide():
+    return TwoHeadUNet(width=12)
+
+
+def build_corners():
+    return TwoHeadUNet(corners=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def user_model(tmp_path_factory):
+    """A model file outside the project and its weights, saved the way DDP training saves
+    them (``module.`` prefix), with BatchNorm statistics that are not the defaults."""
+    import importlib.util
+
+    import torch
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("mylab")
+    (root / "unet.py").write_text(USER_MODEL)
+    spec = importlib.util.spec_from_file_location("mylab_unet_for_test", root / "unet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(3)
+    model = mod.build()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    save_file({f"module.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(root / "w.safetensors"))
+    torch.save(model.state_dict(), root / "w.pt")
+    return root, model.eval()
+
+
+def test_your_own_model_from_a_file_reconstructs_exactly_and_is_recorded(tmp_path, user_model):
+    import mlflow
+
+    from cpikan.tiling import predict_full
+
+    root, model = user_model
+    src = _model_input(tmp_path, 200, 136)
+    res = _run([src, "--out", tmp_path / "out", "--model", f"{root / 'unet.py'}:build",
+                "--weights", root / "w.safetensors", "--tile", "96"], tmp_path / "mlruns")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out" / "wafer"
+    full = predict_full(model, np.load(src))
+    channels, height = np.load(out / "channels.npy"), np.load(out / "height.npy")
+    assert channels.shape == (2, 200, 136)  # both outputs kept; channel 0 is the height
+    assert np.abs(channels - full).max() <= 1e-5 * np.abs(full).max()
+    assert np.array_equal(height, channels[0])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["reconstruct"], output_format="list")
+    recorded = json.loads(run.data.tags["cpikan.datasets"])
+    for name in ("unet.py", "w.safetensors"):
+        assert recorded[name]["sha256"] == hashlib.sha256((root / name).read_bytes()).hexdigest()
+    assert run.data.metrics["tile"] == 96 and run.data.tags["out_channels"] == "2"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("wrong weights", "--weights: "), ("pickle", "looks like a pickle"), ("no such callable", "cannot be imported"),
+    ("not equivariant", "not shift-equivariant"), ("weights without a factory", "--weights: only with"),
+    ("bad mode", "--mode: unknown 'blend'"),
+])
+def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, case, message):
+    from studies.reconstruct import main
+
+    root, _ = user_model
+    src = _model_input(tmp_path, 32, 40)
+    model, weights, extra = f"{root / 'unet.py'}:build", root / "w.safetensors", []
+    if case == "wrong weights":
+        model = f"{root / 'unet.py'}:build_wide"
+    elif case == "pickle":
+        weights = root / "w.pt"
+    elif case == "no such callable":
+        model = f"{root / 'unet.py'}:make_unet"
+    elif case == "not equivariant":
+        model = f"{root / 'unet.py'}:build_corners"
+    elif case == "weights without a factory":
+        model = "classical"
+    elif case == "bad mode":
+        extra = ["--mode", "blend"]
+    code = main([str(src), "--out", str(tmp_path / "out"), "--model", model, "--weights", str(weights),
+                 "--no-track", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    if case == "not equivariant":  # the way out it names works, and says it is not exact
+        code = main([str(src), "--out", str(tmp_path / "out"), "--model", model, "--weights", str(weights),
+                     "--no-track", "--mode", "hann"])
+        assert code == 0 and "not equal to" in capsys.readouterr().err

@@ -151,7 +151,13 @@ def test_other_models_are_refused_with_the_cause(name, image):
     assert not geo.equivariant and cause in geo.cause and geo.equivariance_error > 1e-6, geo
     with pytest.raises(ValueError, match=f"not shift-equivariant .*{cause}.*mode='hann'"):
         predict_tiled(model, image, tile_size=192, overlap=128)
-    predict_tiled(model, image, tile_size=192, overlap=128, mode="hann")  # blending stays available
+    # blending stays available, with tiles on the pooling grid (2 levels: 4), where the model
+    # comes closest to equivariant: measured 0.5-2.6 % off whole-image inference (15-66 % with
+    # tiles at any pixel)
+    assert geo.factor == 4, geo
+    full = predict_full(model, image)
+    blended = predict_tiled(model, image, tile_size=192, overlap=128, mode="hann")
+    assert np.abs(blended - full).max() <= 0.05 * np.abs(full).max()
     with pytest.warns(RuntimeWarning, match="running anyway"):
         predict_tiled(model, image, tile_size=192, overlap=128, strict=False)
 

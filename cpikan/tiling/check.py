@@ -1,11 +1,13 @@
 """``check_tiling``: everything a user needs to know before tiling an image with a model.
 
-    python -m cpikan.tiling check MODULE:FACTORY --channels 16 [--max-memory 1.5GB] [--tile 512]
+    python -m cpikan.tiling check MODULE:FACTORY --channels 16 [--weights W.safetensors] [--max-memory 1.5GB] [--tile 512]
 
 prints the measured factor, radius and output channels, the shift-equivariance verdict
 (with the cause when negative), the smallest exact overlap, the largest tile that fits a
 memory budget, and the measured crop-vs-full error on a random image. ``FACTORY`` is any
-importable callable returning the (untrained or trained) ``nn.Module``.
+callable returning the (untrained or trained) ``nn.Module``, named by module or by file
+(``mylab/unet.py:build``); ``--weights`` loads a safetensors state dict into it
+(:mod:`cpikan.tiling.factory`).
 """
 
 from __future__ import annotations
@@ -86,27 +88,23 @@ def check_tiling(model: nn.Module, channels: int, *, max_memory: str | int | Non
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import importlib
     import sys
+
+    from cpikan.tiling.factory import build
 
     ap = argparse.ArgumentParser(prog="python -m cpikan.tiling check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("factory", help="MODULE:CALLABLE returning the model")
+    ap.add_argument("factory", help="MODULE:CALLABLE or FILE.py:CALLABLE returning the model")
+    ap.add_argument("--weights", default=None, help="a safetensors state dict to load into it first")
     ap.add_argument("--channels", type=int, required=True, help="input channels (16 for PSI buckets)")
     ap.add_argument("--max-memory", default="1.5GB", help="budget for one batch of tiles (default 1.5GB)")
     ap.add_argument("--tile", type=int, default=None, help="check this tile size instead of choosing one")
     args = ap.parse_args(argv)
-    module, _, name = args.factory.partition(":")
     try:
-        if not name:
-            raise ValueError(f"factory: expected MODULE:CALLABLE, got {args.factory!r}")
         if args.channels < 1:
             raise ValueError(f"--channels: must be ≥ 1, got {args.channels}")
-        model = getattr(importlib.import_module(module), name)()
+        model = build(args.factory, args.weights, field="factory")
         report = check_tiling(model, args.channels, max_memory=args.max_memory, tile_size=args.tile)
-    except (ImportError, AttributeError) as exc:
-        print(f"error: factory {args.factory!r} cannot be imported ({exc})", file=sys.stderr)
-        return 2
     except ValueError as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

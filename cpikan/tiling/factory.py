@@ -1,0 +1,115 @@
+"""A model the user brings: ``MODULE:CALLABLE`` or ``path/to/file.py:CALLABLE``, plus weights.
+
+The callable is the user's own code, named on their own command line, so importing it is no
+more than running their script. Weights come as safetensors (a flat, typed format whose
+reading cannot run code), never as a pickle. Models stored in MLflow stay restricted to the
+project's own builders (:mod:`tracking.models`): a shared store must not run code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+#: what a state dict saved by a wrapper carries before the module's own keys
+#: (DistributedDataParallel / DataParallel; this project's model artifacts)
+WRAPPER_PREFIXES = ("module.", "model.")
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+def is_factory(ref: str) -> bool:
+    """Whether ``ref`` names a callable (``MODULE:CALLABLE``) rather than a run or a keyword."""
+    return ":" in ref
+
+
+def import_factory(ref: str, field: str = "model") -> Any:
+    """The callable ``ref`` names; ValueError naming ``field``, ``ref`` and the cause otherwise."""
+    where, _, name = ref.rpartition(":")
+    if not where or not name:
+        raise ValueError(f"{field}: expected MODULE:CALLABLE or FILE.py:CALLABLE, got {ref!r}")
+    try:
+        if where.endswith(".py"):
+            path = Path(where).resolve()
+            if not path.is_file():
+                raise ValueError(f"{field}: {where}: no such file")
+            spec = importlib.util.spec_from_file_location(f"_user_model_{path.stem}", path)
+            assert spec is not None and spec.loader is not None
+            obj: Any = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = obj  # dataclasses and pickling-free introspection look it up
+            spec.loader.exec_module(obj)
+        else:
+            obj = importlib.import_module(where)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, SyntaxError) as exc:
+        raise ValueError(f"{field}: {ref!r} cannot be imported ({type(exc).__name__}: {exc})") from None
+    if not callable(obj):
+        raise ValueError(f"{field}: {ref!r} is a {type(obj).__name__}, not a callable returning the model")
+    return obj
+
+
+def build(ref: str, weights: str | Path | None = None, field: str = "model") -> nn.Module:
+    """Call the factory ``ref`` names, load ``weights`` (safetensors) into its result, eval mode."""
+    factory = import_factory(ref, field)
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code: whatever it raises, say where it came from
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"{field}: {ref}() failed ({type(exc).__name__}: {first})") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{field}: {ref}() returned a {type(model).__name__}; expected a torch.nn.Module")
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a safetensors state dict into ``model``, exactly (every key, every shape).
+
+    A wrapper's prefix (``module.`` from DistributedDataParallel, ``model.`` from this
+    project's artifacts) is dropped when that is what makes the keys match."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ValueError(f"weights: {path} looks like a pickle, which is never loaded (it can run code); convert it "
+                         "once: python -c \"import torch, safetensors.torch as s; s.save_file(torch.load('IN', "
+                         "weights_only=True), 'OUT.safetensors')\"")
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ValueError(f"weights: {path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    own = set(model.state_dict())
+    for prefix in WRAPPER_PREFIXES:
+        if set(state) != own and all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if set(stripped) == own:
+                state = stripped
+    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    if missing or unexpected:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f", … ({len(keys)} in all)" if len(keys) > 3 else "")
+
+        parts = ([f"missing {few(missing)}"] if missing else []) + ([f"unexpected {few(unexpected)}"] if unexpected else [])
+        raise ValueError(f"weights: {path} does not fit {type(model).__name__}: {'; '.join(parts)}")
+    mine = model.state_dict()
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(mine[k].shape):
+            raise ValueError(f"weights: {path}: {k} has shape {tuple(v.shape)}, "
+                             f"{type(model).__name__} expects {tuple(mine[k].shape)}")
+    model.load_state_dict(state, strict=True)
+
+
+def source_file(ref: str) -> Path | None:
+    """The file that defines the factory (for provenance), when there is one."""
+    where = ref.rpartition(":")[0]
+    if where.endswith(".py"):
+        return Path(where).resolve()
+    spec = importlib.util.find_spec(where)
+    return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
