@@ -316,6 +316,9 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
         if cfg.weights is not None and model is None:
             raise io.InputError("--weights: only with --model MODULE:FACTORY")
         plan = tile_plan(model, psi_config(cfg).channels, cfg) if model is not None else {}
+        if model is not None and cfg.mode != "crop" and shard.world > 1:
+            raise io.InputError(f"--mode {cfg.mode}: blended tiles overlap, so {shard.world} processes cannot share "
+                                "them; run one process (or crop mode, for a shift-equivariant model)")
     except (io.InputError, TrackingError) as exc:
         return fail(exc)
     if model is not None and cfg.mode != "crop" and shard.leader:
