@@ -218,3 +218,25 @@ def test_the_check_measures_seams_on_the_users_data_when_given():
     assert on_sample.crop_vs_full > 5 * on_random.crop_vs_full
     with pytest.raises(ValueError, match=r"sample: expected \(3, H, W\)"):
         check_tiling(model, C, tile_size=96, image=counts[:2])
+
+
+class Concatenating(nn.Module):
+    """Most of its memory is made by functions, not modules: a module hook never sees it."""
+
+    def __init__(self, width=4, copies=8):
+        super().__init__()
+        self.copies = copies
+        self.conv = nn.Conv2d(C, width, 3, padding=1)
+        self.head = nn.Conv2d(width * copies, 1, 1)
+
+    def forward(self, x):
+        a = self.conv(x)
+        return self.head(torch.cat([a * (i + 1) for i in range(self.copies)], 1))
+
+
+def test_the_memory_estimate_counts_what_forward_makes_with_functions():
+    model = _build(Concatenating)
+    geo = probe(model, C)
+    # modules' outputs: conv 4 + head 1 per pixel; live at the peak: 4 + 8 × 4 (the products)
+    # + 32 (the concatenation) + 1
+    assert geo.activations_per_pixel >= 4 + 32 + 32, geo
