@@ -9,7 +9,8 @@
         with the same threads per process: oneDNN rounds differently with another count)
 
 WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit, laser-major in name order,
-``wavelengths.txt`` beside them optional) or a (16, H, W) ``.npy``. ``--model``: the joint
+numbers read as numbers so ``b2`` comes before ``b10``; ``wavelengths.txt`` beside them
+optional), one multi-page TIFF holding the 16 buckets as pages, or a (16, H, W) ``.npy``. ``--model``: the joint
 fringe-order search (``classical``, default), the best ``psi_pretrain`` run (``best``),
 a run ID (weights as safetensors; nothing is unpickled), or your own model:
 ``mylab.models:make_unet`` or ``path/to/unet.py:make_unet``, a callable returning an
@@ -125,6 +126,8 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         try:
             if src.suffix == ".npy":
                 io.open_npy(src, pcfg.channels)
+            elif src.is_file():
+                io.stack_tiff(src, pcfg.channels, stacked)
             else:
                 io.stack_buckets(io.bucket_files(src, pcfg.channels, cfg.pattern), stacked)
             _, h, w = np.load(stacked, mmap_mode="r").shape
@@ -274,7 +277,7 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
     for p in args.inputs:
         src = Path(p)
         if not src.exists():
-            raise io.InputError(f"{src}: no such folder or .npy file")
+            raise io.InputError(f"{src}: no such folder or file (a folder of bucket images, a multi-page TIFF or a .npy)")
         found = io.read_wavelengths(src) if src.is_dir() else None
         if found and waves and found != waves:
             raise io.InputError(f"{src / 'wavelengths.txt'}: {found} differs from --wavelengths {waves}")
@@ -286,6 +289,10 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
         src = Path(p)
         if src.suffix == ".npy":
             io.open_npy(src, channels)
+        elif src.is_file() and src.suffix.lower() in (".tif", ".tiff"):
+            io.tiff_stack(src, channels)
+        elif src.is_file():
+            raise io.InputError(f"{src}: a wafer is a folder of bucket images, a multi-page TIFF or a (C, H, W) .npy")
         else:
             io.bucket_files(src, channels, args.pattern)
     io.check_writable(Path(args.out))
@@ -352,7 +359,7 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
     out = Path(args.out)
     for p in args.inputs:
         src = Path(p)
-        name = src.stem if src.suffix == ".npy" else src.name
+        name = src.stem if src.is_file() else src.name
         work, final = out / f"{name}.part", out / name
         if shard.leader:
             shutil.rmtree(work, ignore_errors=True)
@@ -401,7 +408,7 @@ def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, plan: dict[
     from tracking.tracker import Tracker
 
     with Tracker(EXPERIMENT, config=cfg, run_name=src.name, tags={"wafer": src.name}) as run:
-        files = [src] if src.suffix == ".npy" else io.bucket_files(src, psi_config(cfg).channels, cfg.pattern)
+        files = [src] if src.is_file() else io.bucket_files(src, psi_config(cfg).channels, cfg.pattern)
         for f in files:
             run.log_dataset(f, f.name, context="input")
         if model_run:

@@ -70,6 +70,33 @@ def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path):
         assert runs[0].data.metrics["image_mpix"] == pytest.approx(64 * 80 / 1e6)
 
 
+def test_unpadded_file_numbers_and_a_multi_page_tiff_give_the_folders_heights(tmp_path, capsys):
+    """b1 … b16 (string order would read b10 second) and one compressed 16-page TIFF:
+    both reconstruct exactly as the zero-padded folder does."""
+    import tifffile
+
+    from studies.reconstruct import main
+
+    truth = tilted_wafer()
+    buckets = physics.quantize(physics.add_noise(physics.render(truth), 0.005), 16)
+    padded, unpadded = tmp_path / "padded", tmp_path / "unpadded"
+    for folder, fmt in ((padded, "b{:02d}.tif"), (unpadded, "b{}.tif")):
+        folder.mkdir()
+        for i, b in enumerate(buckets):
+            tifffile.imwrite(folder / fmt.format(i + 1), b)
+    tifffile.imwrite(tmp_path / "stack.tif", buckets, compression="zlib")
+    heights = []
+    for src in (padded, unpadded, tmp_path / "stack.tif"):
+        assert main([str(src), "--out", str(tmp_path / "out"), "--no-track"]) == 0, capsys.readouterr().err
+        heights.append(np.load(tmp_path / "out" / src.stem / "height.npy"))
+    assert float(np.sqrt(np.mean((heights[0] - truth) ** 2))) <= 0.05
+    assert np.array_equal(heights[0], heights[1]) and np.array_equal(heights[0], heights[2])
+    tifffile.imwrite(tmp_path / "short.tif", buckets[:12])  # a stack that is not 16 pages: one line, exit 2
+    assert main([str(tmp_path / "short.tif"), "--out", str(tmp_path / "out2"), "--no-track"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "must hold 16 greyscale pages" in err, err
+
+
 def test_heights_outside_the_range_are_flagged_and_counted(tmp_path):
     wafer = write_bmp_buckets(tmp_path / "w", tilted_wafer())
     out = _run([wafer, "--out", tmp_path / "out", "--h-min", "0", "--h-max", "35", "--no-track"], tmp_path / "m")

@@ -1,8 +1,9 @@
 """Bucket images in, height maps out, in bounded memory.
 
 Inputs: a folder of bucket images (TIFF, PNG, BMP; 8- or 16-bit greyscale; one file per
-channel, laser-major in name order, a ``*.tif``-style pattern selecting them), or a
-(C, H, W) ``.npy`` array (opened as a memmap). A folder is stacked channel by channel into
+channel, laser-major in name order with numbers read as numbers, a ``*.tif``-style pattern
+selecting them), one multi-page TIFF holding the buckets as pages, or a (C, H, W) ``.npy``
+array (opened as a memmap). A folder is stacked channel by channel into
 a (C, H, W) memmap next to the outputs, so no more than one channel is in memory at once.
 ``wavelengths.txt`` beside the buckets (numbers in µm, one per laser) overrides the
 default wavelengths.
@@ -13,6 +14,7 @@ Every problem with the input is a :class:`InputError` naming the file and what i
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,13 +34,57 @@ def bucket_files(folder: Path, channels: int, pattern: str | None = None) -> lis
     """The folder's bucket images in channel order; exactly ``channels`` of them."""
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder of bucket images (or a .npy file)")
-    files = sorted(folder.glob(pattern)) if pattern else sorted(p for p in folder.iterdir()
-                                                                if p.suffix.lower() in SUFFIXES)
+    found = folder.glob(pattern) if pattern else (p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
+    files = sorted(found, key=name_order)
     if len(files) != channels:
         allowed = pattern or "*" + "|*".join(SUFFIXES)
         raise InputError(f"{folder}: {len(files)} bucket images match {allowed}, expected {channels} "
                          "(lasers × buckets, laser-major in name order)")
     return files
+
+
+def name_order(path: Path) -> tuple[object, ...]:
+    """Sort key that reads numbers as numbers: ``b2`` before ``b10``, as a camera that does
+    not zero-pad its counter means it (plain string order would put bucket 10 second)."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name))
+
+
+def tiff_stack(path: Path, channels: int) -> tuple[int, ...]:
+    """Check that ``path`` is one TIFF holding the ``channels`` buckets as pages of one size
+    and bit depth (laser-major); returns (C, H, W)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            pages = len(tif.pages)
+    except Exception as exc:  # noqa: BLE001 — any reader failure means an unreadable file
+        raise InputError(f"{path}: unreadable or truncated TIFF ({type(exc).__name__}: {exc})") from None
+    if len(shape) != 3 or shape[0] != channels:
+        raise InputError(f"{path}: holds {pages} page(s) of shape {shape[-2:] if len(shape) >= 2 else shape} "
+                         f"(series shape {shape}); a TIFF stack must hold {channels} greyscale pages of one size "
+                         "(lasers × buckets, laser-major)")
+    if dtype not in DTYPES:
+        raise InputError(f"{path}: pixel type {dtype}; allowed: 8-bit or 16-bit unsigned integers")
+    return shape
+
+
+def stack_tiff(path: Path, channels: int, dest: Path) -> np.ndarray:
+    """A multi-page TIFF's buckets as one (C, H, W) memmap at ``dest``, a page at a time."""
+    import tifffile
+
+    c, h, w = tiff_stack(path, channels)
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        out = np.lib.format.open_memmap(dest, mode="w+", dtype=series.dtype, shape=(c, h, w))
+        for i in range(c):
+            try:
+                out[i] = series.asarray(key=i)
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(f"{path}: page {i} unreadable or truncated ({type(exc).__name__}: {exc})") from None
+            release_pages(out)
+    return out
 
 
 def _tiff_memmap(path: Path) -> np.ndarray | None:
