@@ -10,19 +10,21 @@
 
 WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit, laser-major in name order,
 numbers read as numbers so ``b2`` comes before ``b10``; ``wavelengths.txt`` beside them
-optional), one multi-page TIFF holding the 16 buckets as pages, or a (16, H, W) ``.npy``. ``--model``: the joint
-fringe-order search (``classical``, default), the best ``psi_pretrain`` run (``best``),
-a run ID (weights as safetensors; nothing is unpickled), or your own model:
-``mylab.models:make_unet`` or ``path/to/unet.py:make_unet``, a callable returning an
-``nn.Module`` that maps (N, 16, H, W) float32 intensities (the files' counts, laser-major)
+optional), one multi-page TIFF holding the 16 buckets as pages, or a (16, H, W) ``.npy``.
+
+``--model``: the joint fringe-order search (``classical``, default), the best
+``psi_pretrain`` run (``best``), a run ID (weights as safetensors; nothing is unpickled),
+or your own model, ``mylab.models:make_unet`` or ``path/to/unet.py:make_unet``: a callable
+returning an ``nn.Module`` that maps (N, 16, H, W) float32 intensities (the files' counts, laser-major)
 to (N, K, H, W) with the height in µm in channel 0; ``--weights`` loads a safetensors state
 dict into it (a ``module.`` prefix from DistributedDataParallel is dropped). Tiles are
 exact (crop mode) for a shift-equivariant model; one that is not is refused with the cause
-unless ``--mode hann`` (blended tiles, close to but not equal to whole-image inference).
-Heights are searched in
-[--h-min, --h-max], by default ± the wavelengths' alias separation around zero (≈ ±30 µm);
-pixels whose residual says no height in that range fits are flagged in the mask, counted,
-and warned about: never a silent micrometre error.
+unless ``--mode hann`` (blended tiles, close to but not equal to whole-image inference;
+the run logs how far, ``blend_vs_full_um``, measured on a crop of the wafer).
+
+Heights are searched in [--h-min, --h-max], by default ± the wavelengths' alias separation
+around zero (≈ ±30 µm); pixels whose residual says no height in that range fits are flagged
+in the mask, counted, and warned about: never a silent micrometre error.
 
 Writes DIR/NAME/: height.npy (float32 memmap), height.tif, mask.npy, preview.png (µm colour
 bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), channels.npy (every output
@@ -83,8 +85,6 @@ def load_model(ref: str, weights: str | None = None) -> tuple[Any, str]:
             return factory.build(ref, weights), ""
         except ValueError as exc:
             raise io.InputError(f"--{exc}") from None  # 'model: …' or 'weights: …'
-    if weights is not None:
-        raise io.InputError(f"--weights: only with --model MODULE:FACTORY (a run's model carries its own), got --model {ref}")
     try:
         return _load_model(ref)
     except TrackingError as exc:
@@ -254,8 +254,11 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
                             inputs=[str(Path(p).resolve()) for p in args.inputs])
     if not args.pixel_pitch > 0:
         raise io.InputError(f"--pixel-pitch: must be > 0 µm, got {args.pixel_pitch}")
-    from cpikan.tiling import MODES
+    from cpikan.tiling import MODES, factory
 
+    if args.weights is not None and not factory.is_factory(args.model):
+        raise io.InputError(f"--weights: only with --model MODULE:FACTORY (a run's model carries its own), "
+                            f"got --model {args.model}")
     if args.mode not in MODES:
         raise io.InputError(f"--mode: unknown {args.mode!r}; allowed: {', '.join(MODES)}")
     if args.tile is not None and args.tile < 16:
@@ -346,8 +349,6 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
     try:
         cfg = validate(args)
         model, model_run = load_model(cfg.model, cfg.weights) if cfg.model != "classical" else (None, "")
-        if cfg.weights is not None and model is None:
-            raise io.InputError("--weights: only with --model MODULE:FACTORY")
         plan = tile_plan(model, psi_config(cfg).channels, cfg) if model is not None else {}
         if model is not None and cfg.mode != "crop" and shard.world > 1:
             raise io.InputError(f"--mode {cfg.mode}: blended tiles overlap, so {shard.world} processes cannot share "

@@ -4,7 +4,8 @@
 
 prints the measured factor, radius and output channels, the shift-equivariance verdict
 (with the cause when negative), the smallest exact overlap, the largest tile that fits a
-memory budget, and the measured crop-vs-full error on a random image. ``FACTORY`` is any
+memory budget, and the crop-vs-full error measured on ``--sample`` (a (C, H, W) ``.npy`` of
+real data) or on random pixels. ``FACTORY`` is any
 callable returning the (untrained or trained) ``nn.Module``, named by module or by file
 (``mylab/unet.py:build``); ``--weights`` loads a safetensors state dict into it
 (:mod:`cpikan.tiling.factory`).
