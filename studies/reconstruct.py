@@ -31,7 +31,8 @@ bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), channels.npy (every 
 channel, when the model has more than one), into DIR/NAME.part first and renamed when
 complete. Each wafer is one MLflow run (experiment ``reconstruct``) with the input files'
 sha256, the model's run linked (or your model's source file and weights, by sha256), the
-tile plan, seconds, Mpix/s and peak RSS.
+tile plan, the height's mean, RMS about the mean and peak-to-valley over valid pixels,
+seconds, Mpix/s and peak RSS; ``python -m tracking.replay RUN_ID`` reconstructs it again.
 
 Exit status: 0 done, 2 bad input (nothing written).
 """
@@ -42,7 +43,7 @@ import argparse
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from cpikan.psi import io
 from tracking import logs
 
 EXPERIMENT = "reconstruct"
+ENTRY_POINT = "studies.reconstruct:run"
 
 
 @dataclass
@@ -180,17 +182,26 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
                "processes": float(shard.world), "tile": 0.0, "overlap": 0.0, "batch_size": 0.0, **plan}
     if not shard.leader:
         return figures
-    flagged = 0
+    flagged, total, squares, lo, hi = 0, 0.0, 0.0, np.inf, -np.inf
     for r0 in range(0, h, 1024):  # row blocks, pages released: the mask is 268 MB at 16384²
-        flagged += int(mask[r0 : r0 + 1024].size - np.count_nonzero(mask[r0 : r0 + 1024]))
+        valid = mask[r0 : r0 + 1024]
+        flagged += int(valid.size - np.count_nonzero(valid))
+        hv = np.asarray(height[r0 : r0 + 1024], np.float64)[valid]
+        if hv.size:
+            total, squares = total + hv.sum(), squares + np.square(hv).sum()
+            lo, hi = min(lo, float(hv.min())), max(hi, float(hv.max()))
         release_pages(mask)
+        release_pages(height)
+    n = h * w - flagged
+    stats = {"height_mean_um": total / n, "height_rms_um": float(np.sqrt(max(squares / n - (total / n) ** 2, 0.0))),
+             "height_pv_um": hi - lo} if n else {}
     io.write_tiff(work / "height.tif", height)
     io.write_preview(work / "preview.png", height, mask, cfg.pixel_pitch_um)
     io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um)
     del buckets
     if stacked != src:
         stacked.unlink()  # the stacked input: a scratch file
-    return {**figures, "flagged_pixels": float(flagged), "valid_fraction": 1 - flagged / (h * w)}
+    return {**figures, **stats, "flagged_pixels": float(flagged), "valid_fraction": 1 - flagged / (h * w)}
 
 
 def blend_error(model: Any, buckets: Any, plan: dict[str, float], mode: str) -> float:
@@ -402,31 +413,54 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
 
 def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, plan: dict[str, float], model_run: str,
           off: bool) -> dict[str, float]:
-    """One wafer as one MLflow run (or untracked with ``off``)."""
+    """One wafer as one MLflow run (or untracked with ``off``). The run's config names this
+    wafer alone and the model's run ID (``best`` resolved), so ``tracking.replay`` can
+    reconstruct it again."""
     if off:
         return reconstruct_one(src, work, cfg, model, plan)
-    from tracking.links import auto_link
     from tracking.tracker import Tracker
 
-    with Tracker(EXPERIMENT, config=cfg, run_name=src.name, tags={"wafer": src.name}) as run:
-        files = [src] if src.is_file() else io.bucket_files(src, psi_config(cfg).channels, cfg.pattern)
-        for f in files:
-            run.log_dataset(f, f.name, context="input")
-        if model_run:
-            auto_link(model_run, run.run_id, role="model", metric="rmse_nm")
-        for f in own_model_files(cfg):  # the user's model: its code and weights, by content
-            run.log_dataset(f, f.name, context="model")
-        figures = reconstruct_one(src, work, cfg, model, plan)
-        run.log_results({"flagged_pixels": figures["flagged_pixels"], "valid_fraction": figures["valid_fraction"],
-                         "image_mpix": figures["mpix"]},
-                        {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb", "processes",
-                                                 "tile", "overlap", "batch_size")}
-                        | {k: figures[k] for k in ("blend_vs_full_um",) if k in figures})
-        if (work / "channels.npy").exists():
-            run.set_tags({"out_channels": str(int(figures["out_channels"]))})
-        run.log_artifact(work / "preview.png", "outputs")
+    one = replace(cfg, inputs=[str(src.resolve())], model=model_run or cfg.model)
+    with Tracker(EXPERIMENT, config=one, entry_point=ENTRY_POINT, run_name=src.name, tags={"wafer": src.name}) as run:
+        figures = reconstruct_logged(one, run, work, model, plan, model_run)
         run.set_tags({"outputs": str(work.parent / work.name.removesuffix(".part"))})
     return figures
+
+
+def reconstruct_logged(cfg: ReconstructConfig, run: Any, work: Path, model: Any, plan: dict[str, float],
+                       model_run: str) -> dict[str, float]:
+    """``cfg``'s one wafer into ``work``, logged on ``run``: input and model files by sha256,
+    the model's run linked, results (flagged pixels, height statistics) and measurements."""
+    from tracking.links import auto_link
+
+    src = Path(cfg.inputs[0])
+    files = [src] if src.is_file() else io.bucket_files(src, psi_config(cfg).channels, cfg.pattern)
+    for f in files:
+        run.log_dataset(f, f.name, context="input")
+    if model_run:
+        auto_link(model_run, run.run_id, role="model", metric="rmse_nm")
+    for f in own_model_files(cfg):  # the user's model: its code and weights, by content
+        run.log_dataset(f, f.name, context="model")
+    figures = reconstruct_one(src, work, cfg, model, plan)
+    results = ("flagged_pixels", "valid_fraction", "height_mean_um", "height_rms_um", "height_pv_um", "blend_vs_full_um")
+    run.log_results({"image_mpix": figures["mpix"], **{k: figures[k] for k in results if k in figures}},
+                    {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb", "processes",
+                                             "tile", "overlap", "batch_size")})
+    if (work / "channels.npy").exists():
+        run.set_tags({"out_channels": str(int(figures["out_channels"]))})
+    run.log_artifact(work / "preview.png", "outputs")
+    return figures
+
+
+def run(config: ReconstructConfig, ctx: Any) -> dict[str, float]:
+    """The entry point ``tracking.replay`` calls: the run's wafer again, with its model, into
+    a scratch folder (the replay compares the results; the outputs are not kept)."""
+    import tempfile
+
+    model, model_run = load_model(config.model, config.weights) if config.model != "classical" else (None, "")
+    plan = tile_plan(model, psi_config(config).channels, config) if model is not None else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        return reconstruct_logged(config, ctx, Path(tmp), model, plan, model_run)
 
 
 def own_model_files(cfg: ReconstructConfig) -> list[Path]:
@@ -440,4 +474,7 @@ def own_model_files(cfg: ReconstructConfig) -> list[Path]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the module under its own name, so runs record studies.reconstruct's classes, not __main__'s
+    from studies import reconstruct
+
+    sys.exit(reconstruct.main())

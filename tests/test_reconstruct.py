@@ -318,6 +318,25 @@ def test_your_own_model_from_a_file_reconstructs_exactly_and_is_recorded(tmp_pat
     for name in ("unet.py", "w.safetensors"):
         assert recorded[name]["sha256"] == hashlib.sha256((root / name).read_bytes()).hexdigest()
     assert run.data.metrics["tile"] == 96 and run.data.tags["out_channels"] == "2"
+    # replayed by its ID: the same wafer through the same model, every result the same ...
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(CPIKAN_MLRUNS=str(tmp_path / "mlruns"), PYTHONPATH=str(ROOT))
+
+    def replay():
+        return subprocess.run([sys.executable, "-m", "tracking.replay", run.info.run_id], capture_output=True,
+                              text=True, env=env, cwd=ROOT)
+
+    res = replay()
+    assert res.returncode == 0 and "reproduced run" in res.stdout, res.stdout + res.stderr
+    assert "height_rms_um" in res.stdout and "DIFFERENT" not in res.stdout
+    # ... and refused, naming the file, once the weights are not the ones it used
+    weights = (root / "w.safetensors").read_bytes()
+    try:
+        (root / "w.safetensors").write_bytes(weights[:-4] + bytes(4))
+        res = replay()
+    finally:
+        (root / "w.safetensors").write_bytes(weights)
+    assert res.returncode == 2 and "'w.safetensors'" in res.stderr and "changed" in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("case, message", [
