@@ -76,6 +76,14 @@ def psi_config(cfg: ReconstructConfig) -> Any:
     return PSIConfig(wavelengths=tuple(cfg.wavelengths))
 
 
+def prepare_model(cfg: ReconstructConfig) -> tuple[Any, str, dict[str, float]]:
+    """(model, its run ID, tile plan), or (None, "", {}) for the classical search."""
+    if cfg.model == "classical":
+        return None, "", {}
+    model, model_run = load_model(cfg.model, cfg.weights)
+    return model, model_run, tile_plan(model, psi_config(cfg).channels, cfg)
+
+
 def load_model(ref: str, weights: str | None = None) -> tuple[Any, str]:
     """(model, run ID) for ``best``, a run ID, or (model, "") for the user's own
     ``MODULE:FACTORY`` with ``weights``; refuses what is not a PSI model."""
@@ -126,12 +134,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     failure: io.InputError | None = None
     if shard.leader:
         try:
-            if src.suffix == ".npy":
-                io.open_npy(src, pcfg.channels)
-            elif src.is_file():
-                io.stack_tiff(src, pcfg.channels, stacked)
-            else:
-                io.stack_buckets(io.bucket_files(src, pcfg.channels, cfg.pattern), stacked)
+            io.stack_wafer(src, pcfg.channels, cfg.pattern, stacked)
             _, h, w = np.load(stacked, mmap_mode="r").shape
             np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
             np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()
@@ -300,15 +303,7 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
         cfg.wavelengths = waves
     channels = psi_config(cfg).channels
     for p in args.inputs:
-        src = Path(p)
-        if src.suffix == ".npy":
-            io.open_npy(src, channels)
-        elif src.is_file() and src.suffix.lower() in (".tif", ".tiff"):
-            io.tiff_stack(src, channels)
-        elif src.is_file():
-            raise io.InputError(f"{src}: a wafer is a folder of bucket images, a multi-page TIFF or a (C, H, W) .npy")
-        else:
-            io.bucket_files(src, channels, args.pattern)
+        io.wafer_files(Path(p), channels, args.pattern)
     io.check_writable(Path(args.out))
     return cfg
 
@@ -359,8 +354,7 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
 
     try:
         cfg = validate(args)
-        model, model_run = load_model(cfg.model, cfg.weights) if cfg.model != "classical" else (None, "")
-        plan = tile_plan(model, psi_config(cfg).channels, cfg) if model is not None else {}
+        model, model_run, plan = prepare_model(cfg)
         if model is not None and cfg.mode != "crop" and shard.world > 1:
             raise io.InputError(f"--mode {cfg.mode}: blended tiles overlap, so {shard.world} processes cannot share "
                                 "them; run one process (or crop mode, for a shift-equivariant model)")
@@ -434,8 +428,7 @@ def reconstruct_logged(cfg: ReconstructConfig, run: Any, work: Path, model: Any,
     from tracking.links import auto_link
 
     src = Path(cfg.inputs[0])
-    files = [src] if src.is_file() else io.bucket_files(src, psi_config(cfg).channels, cfg.pattern)
-    for f in files:
+    for f in io.wafer_files(src, psi_config(cfg).channels, cfg.pattern):
         run.log_dataset(f, f.name, context="input")
     if model_run:
         auto_link(model_run, run.run_id, role="model", metric="rmse_nm")
@@ -457,8 +450,7 @@ def run(config: ReconstructConfig, ctx: Any) -> dict[str, float]:
     a scratch folder (the replay compares the results; the outputs are not kept)."""
     import tempfile
 
-    model, model_run = load_model(config.model, config.weights) if config.model != "classical" else (None, "")
-    plan = tile_plan(model, psi_config(config).channels, config) if model is not None else {}
+    model, model_run, plan = prepare_model(config)
     with tempfile.TemporaryDirectory() as tmp:
         return reconstruct_logged(config, ctx, Path(tmp), model, plan, model_run)
 

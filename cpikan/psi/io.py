@@ -43,6 +43,30 @@ def bucket_files(folder: Path, channels: int, pattern: str | None = None) -> lis
     return files
 
 
+def wafer_files(src: Path, channels: int, pattern: str | None = None) -> list[Path]:
+    """The files a wafer is read from, checked: a folder's bucket images in channel order,
+    or the one multi-page TIFF or (C, H, W) ``.npy``."""
+    if src.is_dir():
+        return bucket_files(src, channels, pattern)
+    if src.suffix == ".npy":
+        open_npy(src, channels)
+    elif src.suffix.lower() in (".tif", ".tiff"):
+        tiff_stack(src, channels)
+    else:
+        raise InputError(f"{src}: a wafer is a folder of bucket images, a multi-page TIFF or a (C, H, W) .npy")
+    return [src]
+
+
+def stack_wafer(src: Path, channels: int, pattern: str | None, dest: Path) -> None:
+    """Check the wafer and stack its images into a (C, H, W) memmap at ``dest`` (a ``.npy``
+    wafer is read as it is)."""
+    files = wafer_files(src, channels, pattern)
+    if src.is_dir():
+        stack_buckets(files, dest)
+    elif src.suffix != ".npy":
+        stack_tiff(src, channels, dest)
+
+
 def name_order(path: Path) -> tuple[object, ...]:
     """Sort key that reads numbers as numbers: ``b2`` before ``b10``, as a camera that does
     not zero-pad its counter means it (plain string order would put bucket 10 second)."""

@@ -78,9 +78,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ValueError(f"weights: {path} looks like a pickle, which is never loaded (it can run code); convert it "
-                         "once: python -c \"import torch, safetensors.torch as s; s.save_file(torch.load('IN', "
-                         "weights_only=True), 'OUT.safetensors')\"")
+        convert = "s.save_file(torch.load('IN', weights_only=True), 'OUT.safetensors')"  # tensors only
+        raise ValueError(f"weights: {path} looks like a pickle, which is never loaded (it can run code); convert "
+                         f"it once: python -c \"import torch, safetensors.torch as s; {convert}\"")
     try:
         state = load_file(str(path))
     except (OSError, SafetensorError) as exc:
