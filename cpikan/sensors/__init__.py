@@ -5,6 +5,8 @@
 - :mod:`cpikan.sensors.pod`: the POD basis of a snapshot family (randomised for big grids);
 - :mod:`cpikan.sensors.placement`: K sensors by QR column pivoting on the basis (Q-DEIM),
   extended past the basis rank by GappyPOD+E, with random and uniform-grid baselines;
+- :mod:`cpikan.sensors.data`: a snapshot family from the user's own files (npy, npz, meshes);
+- :mod:`cpikan.sensors.holdout`: how well a placement reads a family, on snapshots withheld from its basis;
 - :mod:`cpikan.sensors.guard`: the physics red lines any trained flow model must keep.
 
 No MLflow or Optuna here (docs/architecture.md).

@@ -81,9 +81,11 @@ def _check(basis: Basis, k: int, method: str) -> None:
 
 
 def place(basis: Basis | Sequence[Basis], k: int, method: str = "qr", *, seed: int = 0,
-          grid_shape: tuple[int, int] | None = None) -> Placement:
+          grid_shape: tuple[int, int] | None = None, points: np.ndarray | None = None) -> Placement:
     """Choose ``k`` sensor points (flattened indices) on ``basis``, or on several bases of one
-    grid (one per field each sensor reads)."""
+    grid (one per field each sensor reads). ``uniform`` spreads them as a lattice on
+    ``grid_shape`` (a square grid by default) or, given only ``points`` (an unstructured mesh's
+    (n, d) coordinates), farthest-point apart."""
     bases = [basis] if isinstance(basis, Basis) else list(basis)
     if not bases:
         raise SensorError("basis: none given")
@@ -95,6 +97,8 @@ def place(basis: Basis | Sequence[Basis], k: int, method: str = "qr", *, seed: i
                           "a joint placement needs one grid")
     if method == "random":
         idx = np.random.default_rng(seed).choice(n, size=k, replace=False)
+    elif method == "uniform" and points is not None and grid_shape is None:
+        idx = _spread(k, np.asarray(points, np.float64))
     elif method == "uniform":
         idx = _lattice(k, grid_shape or _square(n))
     elif len(bases) == 1:
@@ -177,6 +181,16 @@ def _lattice(k: int, shape: tuple[int, int]) -> np.ndarray:
     return idx[np.linspace(0, len(idx) - 1, k).round().astype(int)] if len(idx) > k else idx
 
 
+def _spread(k: int, points: np.ndarray) -> np.ndarray:
+    """k points, each the farthest from those already picked (the first: nearest the centroid)."""
+    picked = [int(np.argmin(((points - points.mean(0)) ** 2).sum(1)))]
+    nearest = ((points - points[picked[0]]) ** 2).sum(1)
+    while len(picked) < k:
+        picked.append(int(np.argmax(nearest)))
+        nearest = np.minimum(nearest, ((points - points[picked[-1]]) ** 2).sum(1))
+    return np.asarray(picked)
+
+
 def from_coordinates(points: np.ndarray, coords: np.ndarray, tolerance: float) -> tuple[int, ...]:
     """Grid indices of sensors given by coordinates (nearest grid point within ``tolerance``);
     a sensor outside the domain is an error, never snapped silently."""
@@ -202,3 +216,12 @@ def reconstruct(basis: Basis, placement: Placement, readings: np.ndarray) -> np.
     coef, *_ = scipy.linalg.lstsq(theta, rhs.reshape(len(idx), -1), check_finite=False)
     field = basis.mean.astype(np.float64)[:, None] + basis.modes[:, :r].astype(np.float64) @ coef
     return field.T.reshape(*y.shape[:-1], basis.points)
+
+
+def residual(basis: Basis, placement: Placement, readings: np.ndarray) -> np.ndarray:
+    """Per row of ``readings`` ((batch, K)), how far they lie from the closest the modes can
+    come at the sensors (the least-squares residual's norm; 0 when K ≤ rank): readings the
+    family cannot explain stand out here."""
+    idx = np.asarray(placement.indices)
+    y = np.atleast_2d(np.asarray(readings, np.float64))
+    return np.linalg.norm(reconstruct(basis, placement, y)[:, idx] - y, axis=1)

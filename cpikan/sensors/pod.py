@@ -38,6 +38,12 @@ class Basis:
     def points(self) -> int:
         return int(self.modes.shape[0])
 
+    def truncate(self, rank: int) -> Basis:
+        """The leading ``rank`` modes (POD modes are nested: no refit needed)."""
+        s2 = np.square(self.singular_values, dtype=np.float64)
+        kept = float(s2[:rank].sum() / s2.sum()) if s2.sum() > 0 else 1.0
+        return Basis(self.modes[:, :rank], self.mean, self.singular_values[:rank], self.energy * kept)
+
     @property
     def digest(self) -> str:
         """sha256 of the modes and mean as little-endian float32 (stable across runs)."""

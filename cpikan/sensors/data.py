@@ -1,0 +1,236 @@
+"""Snapshot families from the user's own files: what a sensor placement is fitted to.
+
+A family is m snapshots of one or more fields on one set of n points, read from
+- one ``.npy``: (m, ny, nx) images on a grid, or (m, n) fields on points in a fixed order;
+- one ``.npz``: one such array per field, and optionally ``points`` (n, d), their coordinates;
+- several files (or a folder of them), one snapshot each, in name order (numbers read as
+  numbers, ``t2`` before ``t10``): ``.npy`` arrays of one shape, or meshes that meshio
+  reads (``.vtu``, ``.vtk``, ``.xdmf``, …) on the same points, fields from their point data;
+  a vector field is split into its components, ``U[0]``, ``U[1]``, ….
+A field that is the same in every snapshot holds nothing a sensor could tell, so it is left
+out with a note (or refused, when asked for by name). Every error names the file and the
+field; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cpikan.sensors.placement import SensorError
+
+
+@dataclass(frozen=True)
+class Family:
+    fields: dict[str, np.ndarray]  # name → (m, n) snapshots as rows
+    points: np.ndarray | None  # (n, d) coordinates; None: a grid (or points known only by order)
+    grid: tuple[int, int] | None  # (ny, nx) when the snapshots are images
+    files: tuple[Path, ...]
+    notes: tuple[str, ...] = field(default=())  # what was left out, and why
+
+    @property
+    def snapshots(self) -> int:
+        return int(next(iter(self.fields.values())).shape[0])
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.fields.values())).shape[1])
+
+    def coordinates(self) -> np.ndarray:
+        """(n, d) positions: the given coordinates, else (row, col) on the grid, else the index."""
+        if self.points is not None:
+            return self.points
+        if self.grid is not None:
+            rows, cols = np.divmod(np.arange(self.size), self.grid[1])
+            return np.stack([rows, cols], 1).astype(np.float64)
+        return np.arange(self.size, dtype=np.float64)[:, None]
+
+    def axes(self) -> tuple[str, ...]:
+        """Names of :meth:`coordinates`' columns."""
+        if self.points is not None:
+            return ("x", "y", "z")[: self.points.shape[1]]
+        return ("row", "col") if self.grid is not None else ("index",)
+
+
+def snapshot_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The files ``inputs`` name (a folder: its ``.npy`` and mesh files), in name order."""
+    from cpikan.psi.io import name_order
+
+    suffixes = _suffixes()
+    files: list[Path] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            inside = sorted((f for f in p.iterdir() if f.is_file() and _suffix(f) in suffixes), key=name_order)
+            if not inside:
+                raise SensorError(f"snapshots: {p} holds no .npy or mesh files ({', '.join(sorted(suffixes)[:8])}, …)")
+            files += inside
+        elif p.is_file():
+            if _suffix(p) not in suffixes and p.suffix != ".npz":
+                raise SensorError(f"snapshots: {p} is neither .npy, .npz nor a mesh meshio reads")
+            files.append(p)
+        else:
+            raise SensorError(f"snapshots: {p}: no such file or folder")
+    if len(files) > 1 and any(f.suffix == ".npz" for f in files):
+        raise SensorError("snapshots: an .npz holds a whole family; give it alone")
+    return files
+
+
+def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = None) -> Family:
+    """The snapshot family in ``inputs``; ``fields`` picks fields by name (``U`` is all of a
+    vector's components, ``U[1]`` one), ``None`` takes every field that varies."""
+    files = snapshot_files(inputs)
+    if len(files) == 1 and files[0].suffix == ".npz":
+        raw, points, grid = _read_npz(files[0])
+    elif len(files) == 1 and files[0].suffix == ".npy":
+        arr = _load_npy(files[0])
+        if arr.ndim not in (2, 3):
+            raise SensorError(f"snapshots: {files[0]} has shape {arr.shape}; expected (m, ny, nx) or (m, n)")
+        raw, points, grid = {files[0].stem: arr}, None, (arr.shape[1:] if arr.ndim == 3 else None)
+    elif all(f.suffix == ".npy" for f in files):
+        raw, points, grid = _stack_npy(files)
+    else:
+        raw, points, grid = _stack_meshes(files)
+    m = next(iter(raw.values())).shape[0]
+    if m < 2:
+        raise SensorError(f"snapshots: {', '.join(f.name for f in files)} hold{'s' if len(files) == 1 else ''} "
+                          f"{m} snapshot; a family needs at least 2")
+    chosen, notes = _select(raw, fields, files)
+    return Family(chosen, points, tuple(grid) if grid else None, tuple(files), tuple(notes))
+
+
+def _suffix(path: Path) -> str:
+    return "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+
+
+def _suffixes() -> set[str]:
+    import meshio
+
+    return {".npy", *meshio.extension_to_filetypes}
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise SensorError(f"snapshots: {path} is not a readable .npy of numbers ({str(exc).splitlines()[0]})") from None
+    if arr.dtype.kind not in "fiu":
+        raise SensorError(f"snapshots: {path} holds {arr.dtype}, not numbers")
+    return arr
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, tuple[int, ...] | None]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError) as exc:
+        raise SensorError(f"snapshots: {path} is not a readable .npz of numbers ({str(exc).splitlines()[0]})") from None
+    points = arrays.pop("points", None)
+    if not arrays:
+        raise SensorError(f"snapshots: {path} holds no field arrays (only {', '.join(arrays) or 'points'})")
+    shapes = {k: a.shape for k, a in arrays.items()}
+    first = next(iter(shapes.values()))
+    for k, s in shapes.items():
+        if s != first:
+            raise SensorError(f"snapshots: {path}: field {k!r} has shape {s}, {next(iter(shapes))!r} has {first}; "
+                              "all fields must be (m, ny, nx) or (m, n) alike")
+        if arrays[k].dtype.kind not in "fiu" or arrays[k].ndim not in (2, 3):
+            raise SensorError(f"snapshots: {path}: field {k!r} is {arrays[k].dtype} {s}; expected numbers, "
+                              "(m, ny, nx) or (m, n)")
+    grid = first[1:] if len(first) == 3 else None
+    n = int(np.prod(first[1:]))
+    if points is not None:
+        points = np.asarray(points, np.float64)
+        if points.ndim != 2 or points.shape[0] != n or not 1 <= points.shape[1] <= 3:
+            raise SensorError(f"points: {path} has points of shape {points.shape}; expected ({n}, 1–3)")
+    return arrays, points, grid
+
+
+def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], None, tuple[int, ...] | None]:
+    first = _load_npy(files[0])
+    if first.ndim not in (1, 2):
+        raise SensorError(f"snapshots: {files[0]} has shape {first.shape}; one snapshot per file is (ny, nx) or (n,)")
+    out = np.empty((len(files), *first.shape), np.float64 if first.dtype.kind != "f" else first.dtype)
+    for i, f in enumerate(files):
+        a = _load_npy(f)
+        if a.shape != first.shape:
+            raise SensorError(f"snapshots: {f} has shape {a.shape}, {files[0].name} has {first.shape}; "
+                              "all must be on one grid")
+        out[i] = a
+    return {"field": out}, None, (first.shape if first.ndim == 2 else None)
+
+
+def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray, None]:
+    import meshio
+
+    points: np.ndarray | None = None
+    stacks: dict[str, np.ndarray] = {}
+    for i, f in enumerate(files):
+        if f.suffix == ".npy":
+            raise SensorError(f"snapshots: {f} is an array among meshes; give one kind of file")
+        try:
+            mesh = meshio.read(f)
+        except Exception as exc:  # meshio raises many kinds; the cause goes to the user
+            raise SensorError(f"snapshots: {f} is not a mesh meshio can read ({str(exc).splitlines()[0]})") from None
+        pts = np.asarray(mesh.points, np.float64)
+        if points is None:
+            points = pts
+            keep = [d for d in range(pts.shape[1]) if np.ptp(pts[:, d]) > 0] or [0]  # a 2-D mesh stored in 3-D
+            stacks = {name: np.empty((len(files), *np.shape(v)), np.float64) for name, v in mesh.point_data.items()}
+            if not stacks:
+                raise SensorError(f"snapshots: {f} has no point data (cell data is not read)")
+        elif pts.shape != points.shape or not np.allclose(pts, points, rtol=0, atol=1e-9 * (1 + np.abs(points).max())):
+            raise SensorError(f"snapshots: {f} is on other points than {files[0].name} "
+                              f"({len(pts)} vs {len(points)}); every snapshot must be on one mesh")
+        for name, stack in stacks.items():
+            v = mesh.point_data.get(name)
+            if v is None:
+                raise SensorError(f"snapshots: {f} has no point data {name!r} (found {', '.join(mesh.point_data)})")
+            if np.shape(v) != stack.shape[1:]:
+                raise SensorError(f"snapshots: {f}: {name!r} has shape {np.shape(v)}, {files[0].name} has {stack.shape[1:]}")
+            stack[i] = v
+    assert points is not None
+    fields: dict[str, np.ndarray] = {}
+    for name, stack in stacks.items():
+        if stack.ndim == 2:
+            fields[name] = stack
+        else:
+            for c in range(stack.shape[2]):
+                fields[f"{name}[{c}]"] = stack[:, :, c]
+    return fields, points[:, keep], None
+
+
+def _select(raw: dict[str, np.ndarray], wanted: Sequence[str] | None,
+            files: list[Path]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(m, n) snapshots of the wanted fields; constant ones dropped with a note, or refused by name."""
+    flat = {k: a.reshape(a.shape[0], -1) for k, a in raw.items()}
+    notes: list[str] = []
+    if wanted:
+        chosen: dict[str, np.ndarray] = {}
+        for name in wanted:
+            parts = [k for k in flat if k == name or re.fullmatch(re.escape(name) + r"\[\d+\]", k)]
+            if not parts:
+                raise SensorError(f"fields: {name!r} is not in {files[0].name}; found {', '.join(flat)}")
+            chosen.update({k: flat[k] for k in parts})
+        explicit = {k for k in chosen if k in wanted}
+    else:
+        chosen, explicit = dict(flat), set()
+    out: dict[str, np.ndarray] = {}
+    for k, a in chosen.items():
+        bad = np.flatnonzero(~np.isfinite(a).all(1)) if a.dtype.kind == "f" else []
+        if len(bad):
+            where = files[bad[0]].name if len(files) > 1 else f"{files[0].name}, snapshot {bad[0]}"
+            raise SensorError(f"snapshots: field {k!r} has NaN or Inf ({where})")
+        if np.all(a == a[:1]):
+            why = f"{k} is the same in every snapshot: no sensor reading of it can tell the snapshots apart"
+            if k in explicit:
+                raise SensorError(f"fields: {why}")
+            notes.append(f"left out {why}")
+            continue
+        out[k] = a
+    if not out:
+        raise SensorError(f"fields: none varies between the snapshots ({', '.join(chosen)})")
+    return out, notes

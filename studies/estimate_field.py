@@ -1,0 +1,159 @@
+"""Whole fields from the sensors' readings, on a placement made by ``studies.place_sensors``.
+
+    python -m studies.estimate_field DIR READINGS.csv --out FIELDS.npz|FIELDS.vtu
+
+DIR: the folder ``place_sensors`` wrote (placement.json, basis.npz). READINGS.csv: a header
+``sensor`` and the fields the sensors were placed for (DIR/summary.json lists them, e.g.
+``U[0],U[1],p``), then a row per sensor (numbered as in DIR/sensors.csv); with a
+``snapshot`` column, several snapshots, each estimated on its own. Every sensor needs a
+reading of every field.
+
+The estimate is the linear one the placement was scored with: each field's POD modes
+fitted to the readings by least squares, added to the family's mean. With more sensors
+than modes the fit leaves a residual at the sensors; readings whose residual is over twice
+the largest any snapshot of the family had (a faulty sensor, a flow unlike the snapshots)
+are warned about: the estimate is then an extrapolation.
+
+Writes FIELDS.npz (each field as (snapshots, ny, nx) or (snapshots, n), and ``points``) or,
+for one snapshot, FIELDS.vtu (the points as vertices, the fields as point data), under a
+temporary name first. Exit status: 0 done, 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cpikan.sensors.placement import Placement, SensorError, reconstruct, residual
+from cpikan.sensors.pod import Basis
+
+#: warn when the readings' residual at the sensors exceeds the family's own largest this many times
+WARN_RESIDUAL = 2.0
+
+
+def load(folder: Path) -> tuple[Placement, dict[str, Basis], np.ndarray, tuple[int, ...], dict[str, float]]:
+    """(placement, basis per field, points, grid shape, the largest sensor residual among the
+    family's snapshots per field) from a place_sensors folder."""
+    try:
+        placement = Placement.from_json((folder / "placement.json").read_text())
+        with np.load(folder / "basis.npz", allow_pickle=False) as z:
+            names = [str(n) for n in z["fields"]]
+            bases = {n: Basis(z[f"modes:{n}"], z[f"mean:{n}"], z[f"singular_values:{n}"], float("nan")) for n in names}
+            points, grid = z["points"], tuple(int(g) for g in z["grid"])
+            family_residual = {n: float(z[f"sensor_residual:{n}"]) for n in names}
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise SensorError(f"DIR: {folder} is not a folder place_sensors wrote ({exc})") from None
+    for b in bases.values():
+        placement.check(b)  # the basis file is the one the sensors were placed on
+    return placement, bases, points, grid, family_residual
+
+
+def read_readings(path: Path, fields: list[str], k: int) -> np.ndarray:
+    """(snapshots, fields, k) readings from the CSV; every error names the row or column."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SensorError(f"readings: {path} cannot be read ({exc})") from None
+    header = list(rows[0]) if rows else []
+    if "sensor" not in header:
+        raise SensorError(f"readings: {path} needs a 'sensor' column (found {', '.join(header) or 'nothing'})")
+    missing = [f for f in fields if f not in header]
+    if missing:
+        raise SensorError(f"readings: {path} has no column {missing[0]!r}; the sensors read {', '.join(fields)}")
+    unknown = [c for c in header if c not in (*fields, "sensor", "snapshot")]
+    if unknown:
+        raise SensorError(f"readings: {path}: column {unknown[0]!r} is not a field the sensors were placed for "
+                          f"({', '.join(fields)})")
+    snaps: dict[str, dict[int, list[float]]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            s = int(row["sensor"])
+            values = [float(row[f]) for f in fields]
+        except (TypeError, ValueError):
+            raise SensorError(f"readings: {path} line {line}: expected a sensor number and numbers, got {row}") from None
+        if not 1 <= s <= k:
+            raise SensorError(f"readings: {path} line {line}: sensor {s}; the placement has sensors 1 to {k}")
+        if not np.isfinite(values).all():
+            raise SensorError(f"readings: {path} line {line}: sensor {s} reads NaN or Inf")
+        snap = snaps.setdefault(row.get("snapshot") or "", {})
+        if s in snap:
+            raise SensorError(f"readings: {path} line {line}: sensor {s} read twice"
+                              + (f" in snapshot {row['snapshot']}" if row.get("snapshot") else ""))
+        snap[s] = values
+    for name, snap in snaps.items():
+        absent = sorted(set(range(1, k + 1)) - set(snap))
+        if absent:
+            where = f" in snapshot {name}" if name else ""
+            raise SensorError(f"readings: {path}: no reading from sensor {absent[0]}{where} ({len(absent)} missing)")
+    if not snaps:
+        raise SensorError(f"readings: {path} has no rows")
+    return np.array([[[snap[s][i] for s in range(1, k + 1)] for i in range(len(fields))] for snap in snaps.values()])
+
+
+def estimate(placement: Placement, bases: dict[str, Basis], readings: np.ndarray,
+             family_residual: dict[str, float]) -> tuple[dict[str, np.ndarray], float]:
+    """(field → (snapshots, n) estimate, the worst sensor residual as a multiple of the largest
+    any of the family's own snapshots had)."""
+    out, worst = {}, 0.0
+    for i, (name, basis) in enumerate(bases.items()):
+        out[name] = reconstruct(basis, placement, readings[:, i, :])
+        off = float(residual(basis, placement, readings[:, i, :]).max())
+        worst = max(worst, off / family_residual[name] if family_residual[name] > 0 else 0.0 if off == 0 else np.inf)
+    return out, worst
+
+
+def write(path: Path, fields: dict[str, np.ndarray], points: np.ndarray, grid: tuple[int, ...]) -> None:
+    tmp = path.with_name(path.name + ".part" + path.suffix)
+    if path.suffix == ".vtu":
+        import meshio
+
+        pts = np.zeros((len(points), 3))
+        pts[:, : points.shape[1]] = points
+        cells = [("vertex", np.arange(len(pts))[:, None])]
+        meshio.write(tmp, meshio.Mesh(pts, cells, point_data={n: v[0] for n, v in fields.items()}))
+    else:
+        shaped = {n: v.reshape(len(v), *grid) if grid else v for n, v in fields.items()}
+        with tmp.open("wb") as f:
+            np.savez(f, points=points, **shaped)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m studies.estimate_field", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", metavar="DIR", help="a folder written by python -m studies.place_sensors")
+    ap.add_argument("readings", metavar="READINGS.csv")
+    ap.add_argument("--out", required=True, help="FIELDS.npz, or FIELDS.vtu for one snapshot")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    try:
+        if out.suffix not in (".npz", ".vtu"):
+            raise SensorError(f"--out: {out.name} should end in .npz or .vtu")
+        if not out.parent.is_dir():
+            raise SensorError(f"--out: the folder {out.parent} does not exist")
+        placement, bases, points, grid, family_residual = load(Path(args.folder))
+        readings = read_readings(Path(args.readings), list(bases), len(placement.indices))
+        if out.suffix == ".vtu" and len(readings) > 1:
+            raise SensorError(f"--out: {len(readings)} snapshots do not fit one .vtu; write .npz")
+    except SensorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    fields, residual = estimate(placement, bases, readings, family_residual)
+    write(out, fields, points, grid)
+    print(f"{len(readings)} snapshot(s) of {', '.join(fields)} from {len(placement.indices)} sensors → {out}")
+    if residual > WARN_RESIDUAL:
+        print(f"warning: the readings lie {residual:.3g}× further from the family's modes at the sensors than "
+              "any snapshot of the family did: a faulty sensor, or a flow unlike the snapshots the placement was "
+              "made on; the estimate may be far off", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Sensors on the user's own snapshot files: place_sensors and estimate_field.
+
+The families here are not the project's flows: a vortex carried down a channel on an
+unstructured (jittered, triangulated) mesh saved as VTU files, with a 3-component velocity
+whose third component is zero; and an exactly rank-3 family on a 9 × 14 grid, so an
+estimate from exact readings can be checked to round-off.
+"""
+
+import csv
+import json
+import shutil
+
+import meshio
+import numpy as np
+import pytest
+
+from studies import estimate_field, place_sensors
+
+
+def _mesh(nx: int = 25, ny: int = 13) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    x, y = np.meshgrid(np.linspace(0, 2, nx), np.linspace(0, 1, ny))
+    pts = np.stack([x.ravel(), y.ravel(), np.zeros(x.size)], 1)
+    inner = (np.abs(pts[:, 0] - 1) < 0.95) & (np.abs(pts[:, 1] - 0.5) < 0.45)
+    pts[inner, :2] += rng.uniform(-0.01, 0.01, (int(inner.sum()), 2))
+    a = (np.arange(ny - 1)[:, None] * nx + np.arange(nx - 1)[None, :]).ravel()
+    tri = np.concatenate([np.stack([a, a + 1, a + nx + 1], 1), np.stack([a, a + nx + 1, a + nx], 1)])
+    return pts, tri
+
+
+def _vortex(pts: np.ndarray, t: float) -> dict[str, np.ndarray]:
+    cx, cy = 0.3 + 1.4 * t, 0.5 + 0.15 * np.sin(6 * t)
+    x, y = pts[:, 0], pts[:, 1]
+    g = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / 0.05)
+    u, v = 1 - 4 * (y - 0.5) ** 2 + 2 * (y - cy) * g, -2 * (x - cx) * g
+    return {"U": np.stack([u, v, 0 * u], 1), "p": 101325 + 50 * g - 10 * x}
+
+
+@pytest.fixture
+def vtu_family(tmp_path):
+    """16 VTU snapshots, unpadded names (flow_2 before flow_10)."""
+    pts, tri = _mesh()
+    folder = tmp_path / "cfd"
+    folder.mkdir()
+    for i in range(16):
+        meshio.write(folder / f"flow_{i}.vtu", meshio.Mesh(pts, [("triangle", tri)], point_data=_vortex(pts, i / 15)))
+    return folder, pts
+
+
+@pytest.fixture
+def rank3_family(tmp_path):
+    """30 snapshots of a·φ₁ + b·φ₂ + c·φ₃ on a 9 × 14 grid; a 31st member kept back."""
+    yy, xx = np.mgrid[0:9, 0:14] / 10
+    patterns = np.stack([np.sin(3 * xx + yy), np.cos(2 * yy) * xx, np.exp(-((xx - 0.6) ** 2 + (yy - 0.4) ** 2) * 5)])
+    coef = np.random.default_rng(0).normal(size=(31, 3))
+    snaps = np.einsum("mk,kij->mij", coef, patterns)
+    np.save(tmp_path / "heat.npy", snaps[:30])
+    return tmp_path / "heat.npy", snaps[30]
+
+
+def test_sensors_placed_on_a_mesh_family_are_mesh_points_and_qr_reads_it_best(vtu_family, tmp_path, capsys):
+    folder, pts = vtu_family
+    out = tmp_path / "sensors"
+    assert place_sensors.main([str(folder), "--k", "10", "--out", str(out), "--no-track"]) == 0
+    printed = capsys.readouterr()
+    assert "left out U[2] is the same in every snapshot" in printed.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fields"] == ["U[0]", "U[1]", "p"] and summary["snapshots"] == 16 and summary["held_out"] == 3
+    errors = summary["held_out_error"]
+    assert errors["qr"]["all"] < errors["random"]["all"] and errors["qr"]["all"] < errors["uniform"]["all"]
+    with (out / "sensors.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["sensor"] for r in rows] == [str(i) for i in range(1, 11)] and list(rows[0]) == ["sensor", "index", "x", "y"]
+    for r in rows:  # coordinates are the mesh's own points (the flat z axis dropped)
+        assert np.allclose([float(r["x"]), float(r["y"])], pts[int(r["index"]), :2], atol=1e-8)
+    placement = json.loads((out / "placement.json").read_text())
+    assert placement["indices"] == [int(r["index"]) for r in rows] and placement["method"] == "qr"
+    assert not (tmp_path / "sensors.part").exists()
+
+
+def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_sensor_is_flagged(rank3_family, tmp_path,
+                                                                                               capsys):
+    src, new = rank3_family
+    out = tmp_path / "sensors"
+    assert place_sensors.main([str(src), "--k", "6", "--rank", "3", "--out", str(out), "--no-track"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["held_out_error"]["qr"]["rank"] == 3 and summary["fields"] == ["heat"]
+    with (out / "sensors.csv").open() as f:
+        sensors = list(csv.DictReader(f))
+    assert list(sensors[0]) == ["sensor", "index", "row", "col"]
+    readings = tmp_path / "readings.csv"
+
+    def write(values):
+        readings.write_text("sensor,heat\n" + "".join(f"{s['sensor']},{float(v)!r}\n" for s, v in zip(sensors, values)))
+
+    exact = [new[int(s["row"]), int(s["col"])] for s in sensors]
+    write(exact)
+    assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz")]) == 0
+    with np.load(tmp_path / "est.npz") as z:
+        est = z["heat"]
+    assert est.shape == (1, 9, 14)
+    assert np.abs(est[0] - new).max() <= 1e-9 * np.abs(new).max()
+    assert "warning" not in capsys.readouterr().err
+    write([v + (5.0 if i == 2 else 0.0) for i, v in enumerate(exact)])  # sensor 3 stuck high
+    assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz")]) == 0
+    assert "further from the family's modes" in capsys.readouterr().err
+
+
+def test_uniform_placement_spreads_over_a_mesh_and_a_non_square_grid(vtu_family, rank3_family, tmp_path):
+    folder, pts = vtu_family
+    src, _ = rank3_family
+    for name, data in (("mesh", folder), ("grid", src)):
+        assert place_sensors.main([str(data), "--k", "6", "--method", "uniform", "--out", str(tmp_path / name),
+                                   "--no-track"]) == 0
+    mesh = json.loads((tmp_path / "mesh" / "placement.json").read_text())["indices"]
+    spread = pts[mesh, :2]
+    gaps = np.linalg.norm(spread[:, None] - spread[None], axis=-1) + np.eye(6) * 9
+    assert gaps.min() > 0.45  # six points of a 2 × 1 channel, farthest-point apart
+    grid = json.loads((tmp_path / "grid" / "placement.json").read_text())["indices"]
+    assert len(set(np.divmod(grid, 14)[0])) >= 2 and len(set(np.divmod(grid, 14)[1])) >= 3
+
+
+def test_a_tracked_placement_records_its_files_and_replays(vtu_family, tmp_path, mlruns):
+    import mlflow
+
+    from tracking import replay
+
+    folder, _ = vtu_family
+    assert place_sensors.main([str(folder), "--k", "8", "--out", str(tmp_path / "s")]) == 0
+    mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["place_sensors"], output_format="list")
+    assert len(json.loads(run.data.tags["cpikan.datasets"])) == 16
+    assert run.data.tags["fields"] == "U[0],U[1],p" and "U[2]" in run.data.tags["notes"]
+    assert run.data.metrics["rel_l2"] == run.data.metrics["rel_l2_qr"] < run.data.metrics["rel_l2_random"]
+    ok, message = replay.replay(run.info.run_id)
+    assert ok, message
+
+
+def _bad(case: str, tmp_path, folder, pts, tri):
+    """The command line for ``case``, after planting its fault under tmp_path."""
+    out = ["--out", str(tmp_path / "out")]
+    if case == "missing":
+        return [str(tmp_path / "nowhere"), "--k", "4", *out]
+    if case == "nan":
+        data = _vortex(pts, 0.5)
+        data["p"][7] = np.nan
+        meshio.write(folder / "flow_7.vtu", meshio.Mesh(pts, [("triangle", tri)], point_data=data))
+    if case == "other mesh":
+        meshio.write(folder / "flow_9.vtu", meshio.Mesh(pts[:-1], [("triangle", tri[:1])],
+                                                        point_data={k: v[:-1] for k, v in _vortex(pts, 0.5).items()}))
+    if case == "mixed":
+        np.save(folder / "extra.npy", np.zeros(len(pts)))
+    if case == "one snapshot":
+        return [str(folder / "flow_3.vtu"), "--k", "4", *out]
+    args = {"no field": ["--fields", "T"], "constant field": ["--fields", "U[2]"], "k > points": ["--k", "1000"],
+            "k = 0": ["--k", "0"], "rank > snapshots": ["--rank", "40"], "hold-out": ["--hold-out", "1.5"],
+            "method": ["--method", "sspor"]}.get(case, [])
+    k = [] if "--k" in args else ["--k", "4"]
+    return [str(folder), *k, *args, *out]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "snapshots: "), ("nan", "NaN"), ("other mesh", "on other points"), ("mixed", "one kind of file"),
+    ("one snapshot", "at least 2"), ("no field", "fields: 'T' is not in"), ("constant field", "fields: U[2] is the same"),
+    ("k > points", "k: 1000 sensors"), ("k = 0", "--k: "), ("rank > snapshots", "rank: "), ("hold-out", "hold_out: "),
+    ("method", "--method: unknown 'sspor'"),
+])
+def test_bad_snapshot_input_is_one_line_naming_the_field_and_writes_nothing(vtu_family, tmp_path, capsys, case, message):
+    folder, pts = vtu_family
+    _, tri = _mesh()
+    assert place_sensors.main([*_bad(case, tmp_path, folder, pts, tri), "--no-track"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.part").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing sensor", "no reading from sensor 4"), ("unknown column", "column 'q'"), ("not a number", "line 3"),
+    ("twice", "sensor 2 read twice"), ("out of range", "sensors 1 to 4"), ("other basis", "placement: chosen on basis"),
+    ("suffix", "--out: est.csv"),
+])
+def test_bad_readings_are_one_line_naming_the_field_and_write_nothing(rank3_family, tmp_path, capsys, case, message):
+    src, _ = rank3_family
+    out = tmp_path / "sensors"
+    assert place_sensors.main([str(src), "--k", "4", "--out", str(out), "--no-track"]) == 0
+    rows = ["sensor,heat", "1,0.5", "2,0.1", "3,0.2", "4,0.3"]
+    rows = {"missing sensor": rows[:4], "unknown column": ["sensor,heat,q"] + [r + ",1" for r in rows[1:]],
+            "not a number": [rows[0], rows[1], "2,warm", *rows[3:]], "twice": [*rows, "2,0.4"],
+            "out of range": [*rows, "5,0.1"]}.get(case, rows)
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    if case == "other basis":  # a basis file from another placement
+        assert place_sensors.main([str(src), "--k", "4", "--rank", "2", "--out", str(tmp_path / "b"), "--no-track"]) == 0
+        shutil.copy(tmp_path / "b" / "basis.npz", out / "basis.npz")
+    target = tmp_path / ("est.csv" if case == "suffix" else "est.npz")
+    capsys.readouterr()
+    assert estimate_field.main([str(out), str(tmp_path / "r.csv"), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not target.exists() and not list(tmp_path.glob("est*"))
