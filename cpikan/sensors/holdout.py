@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from cpikan.sensors.data import Family
-from cpikan.sensors.placement import Placement, SensorError, place, reconstruct
+from cpikan.sensors.placement import Placement, SensorError, place
 from cpikan.sensors.pod import Basis, pod_basis
 
 
@@ -68,13 +69,13 @@ def score(family: Family, k: int, rank: int | None = None, methods: Sequence[str
         raise SensorError(f"noise: a fraction of each field's range, ≥ 0, got {noise}")
     fit, test = split(family.snapshots, hold_out)
     top = bases(family, rank or min(k, len(fit)), fit)
-    tests = [np.asarray(a[test], np.float64) for a in family.fields.values()]
+    held = [_Held(np.asarray(a[test], np.float64), b) for a, b in zip(family.fields.values(), top)]
     scores = []
     for method in methods:
         best: Score | None = None
         for r in [rank] if rank else range(1, top[0].rank + 1):
             fitted = [b.truncate(r) for b in top]
-            runs = [_errors(family, fitted, tests, place_on(family, fitted, k, method, seed), noise, draws)
+            runs = [_errors(list(family.fields), fitted, held, place_on(family, fitted, k, method, seed), noise, draws)
                     for seed in range(seeds if method == "random" else 1)]
             runs.sort(key=lambda run: run[0])
             total, per_field = runs[(len(runs) - 1) // 2]  # the median placement (the lower of an even count)
@@ -85,16 +86,29 @@ def score(family: Family, k: int, rank: int | None = None, methods: Sequence[str
     return scores
 
 
-def _errors(family: Family, fitted: Sequence[Basis], tests: Sequence[np.ndarray], placement: Placement, noise: float,
-            draws: int) -> tuple[float, dict[str, float]]:
+class _Held:
+    """Held-out snapshots of one field, kept as what the error needs: with orthonormal modes
+    Φ, ‖d − Φa‖² = ‖d‖² − 2aᵀ(Φᵀd) + ‖a‖² for d the deviation from the mean, so only the
+    projections Φᵀd are ever needed, never a whole estimated field (22 → 5 s at 512²)."""
+
+    def __init__(self, test: np.ndarray, basis: Basis) -> None:
+        self.deviation = test - basis.mean.astype(np.float64)
+        self.squares = np.einsum("ij,ij->i", self.deviation, self.deviation)  # ‖d‖² per snapshot
+        self.projection = self.deviation @ basis.modes.astype(np.float64)  # (snapshots, rank)
+        self.span = float(np.ptp(test))
+
+
+def _errors(names: Sequence[str], fitted: Sequence[Basis], held: Sequence[_Held], placement: Placement,
+            noise: float, draws: int) -> tuple[float, dict[str, float]]:
     idx = np.asarray(placement.indices)
-    per_field: dict[str, list[float]] = {name: [] for name in family.fields}
+    r = min(len(idx), fitted[0].rank)  # the modes reconstruct() fits
+    per_field: dict[str, list[float]] = {name: [] for name in names}
     for draw in range(draws):
         rng = np.random.default_rng(1000 + draw)
-        for name, basis, test in zip(family.fields, fitted, tests):
-            readings = test[:, idx] + noise * float(np.ptp(test)) * rng.standard_normal((len(test), len(idx)))
-            est = reconstruct(basis, placement, readings)
-            spread = float(np.linalg.norm(test - basis.mean))
-            per_field[name].append(float(np.linalg.norm(est - test)) / max(spread, 1e-300))
+        for name, basis, h in zip(names, fitted, held):
+            readings = h.deviation[:, idx] + noise * h.span * rng.standard_normal((len(h.squares), len(idx)))
+            coef, *_ = scipy.linalg.lstsq(basis.modes[idx, :r].astype(np.float64), readings.T, check_finite=False)
+            squares = h.squares.sum() - 2 * np.einsum("ri,ir->", coef, h.projection[:, :r]) + np.sum(coef * coef)
+            per_field[name].append(float(np.sqrt(max(float(squares), 0.0) / max(float(h.squares.sum()), 1e-300))))
     medians = {name: statistics.median(v) for name, v in per_field.items()}
     return float(np.sqrt(np.mean(np.square(list(medians.values()))))), medians

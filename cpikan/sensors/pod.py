@@ -12,6 +12,7 @@ a sensor placement records exactly which basis it was chosen on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ class Basis:
         kept = float(s2[:rank].sum() / s2.sum()) if s2.sum() > 0 else 1.0
         return Basis(self.modes[:, :rank], self.mean, self.singular_values[:rank], self.energy * kept)
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """sha256 of the modes and mean as little-endian float32 (stable across runs)."""
         h = hashlib.sha256()
