@@ -5,9 +5,10 @@
 
 SNAPSHOTS: one ``.npy`` (m, ny, nx) or (m, n); one ``.npz`` with an array per field (and
 ``points``, (n, d), optional); or several files / a folder, one snapshot each in name
-order: ``.npy`` arrays, or meshes meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) with the
-fields as point data (a vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U`` takes
-them all). Every sensor reads every field chosen; fields the same in every snapshot are
+order: ``.npy`` arrays, CSV tables with a row per point (ParaView's "Save Data":
+``Points:0``, ``U:0``, …), or meshes meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) with
+the fields as point data (a vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``
+takes them all). Every sensor reads every field chosen; fields the same in every snapshot are
 left out, with a note.
 
 First the held-out check: snapshots spread through the family are withheld, the basis is

@@ -78,6 +78,25 @@ def test_sensors_placed_on_a_mesh_family_are_mesh_points_and_qr_reads_it_best(vt
     assert not (tmp_path / "sensors.part").exists()
 
 
+def test_paraview_csv_tables_give_the_same_sensors_as_the_meshes_they_were_saved_from(vtu_family, tmp_path):
+    import pandas as pd
+
+    folder, pts = vtu_family
+    tables = tmp_path / "csv"
+    tables.mkdir()
+    for f in folder.iterdir():  # ParaView's "Save Data": Points:0…2, U:0…2, a constant mask column
+        mesh = meshio.read(f)
+        u = mesh.point_data["U"]
+        pd.DataFrame({"U:0": u[:, 0], "U:1": u[:, 1], "U:2": u[:, 2], "p": mesh.point_data["p"], "vtkValidPointMask": 1,
+                      **{f"Points:{d}": mesh.points[:, d] for d in range(3)}}).to_csv(tables / f"{f.stem}.csv", index=False)
+    for name, src in (("mesh", folder), ("table", tables)):
+        assert place_sensors.main([str(src), "--k", "6", "--out", str(tmp_path / name), "--no-track"]) == 0
+    mesh, table = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("mesh", "table"))
+    assert table["fields"] == mesh["fields"] == ["U[0]", "U[1]", "p"]
+    assert any("vtkValidPointMask" in note for note in table["notes"])
+    assert (tmp_path / "table" / "sensors.csv").read_text() == (tmp_path / "mesh" / "sensors.csv").read_text()
+
+
 def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_sensor_is_flagged(rank3_family, tmp_path,
                                                                                                capsys):
     src, new = rank3_family

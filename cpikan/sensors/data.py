@@ -4,9 +4,11 @@ A family is m snapshots of one or more fields on one set of n points, read from
 - one ``.npy``: (m, ny, nx) images on a grid, or (m, n) fields on points in a fixed order;
 - one ``.npz``: one such array per field, and optionally ``points`` (n, d), their coordinates;
 - several files (or a folder of them), one snapshot each, in name order (numbers read as
-  numbers, ``t2`` before ``t10``): ``.npy`` arrays of one shape, or meshes that meshio
-  reads (``.vtu``, ``.vtk``, ``.xdmf``, …) on the same points, fields from their point data;
-  a vector field is split into its components, ``U[0]``, ``U[1]``, ….
+  numbers, ``t2`` before ``t10``): ``.npy`` arrays of one shape; CSV tables with a row per
+  point (ParaView's "Save Data": coordinates ``Points:0…`` or ``x, y, z``, components
+  ``U:0``); or meshes that meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) on the same
+  points, fields from their point data. A vector field is split into its components,
+  ``U[0]``, ``U[1]``, ….
 A field that is the same in every snapshot holds nothing a sensor could tell, so it is left
 out with a note (or refused, when asked for by name). Every error names the file and the
 field; nothing is unpickled.
@@ -18,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +95,8 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
         raw, points, grid = {files[0].stem: arr}, None, (arr.shape[1:] if arr.ndim == 3 else None)
     elif all(f.suffix == ".npy" for f in files):
         raw, points, grid = _stack_npy(files)
+    elif all(f.suffix == ".csv" for f in files):
+        raw, points, grid = _stack_tables(files)
     else:
         raw, points, grid = _stack_meshes(files)
     m = next(iter(raw.values())).shape[0]
@@ -109,7 +114,7 @@ def _suffix(path: Path) -> str:
 def _suffixes() -> set[str]:
     import meshio
 
-    return {".npy", *meshio.extension_to_filetypes}
+    return {".npy", ".csv", *meshio.extension_to_filetypes}
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -161,6 +166,47 @@ def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], None, tuple[in
                               "all must be on one grid")
         out[i] = a
     return {"field": out}, None, (first.shape if first.ndim == 2 else None)
+
+
+#: coordinate columns of a table: plain names, or ParaView's "Save Data" (Points:0, …)
+_AXES = (("x", "y", "z"), ("Points:0", "Points:1", "Points:2"), ("Points_0", "Points_1", "Points_2"))
+
+
+def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray | None, None]:
+    """CSV files, one snapshot each: a row per point, a column per field (``U:0`` is ``U[0]``),
+    coordinate columns optional (then the rows' order is the points')."""
+    import pandas as pd
+
+    first: Any = None
+    stacks: dict[str, np.ndarray] = {}
+    for i, f in enumerate(files):
+        try:
+            table = pd.read_csv(f)
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            raise SensorError(f"snapshots: {f} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
+        if first is None:
+            first = table
+            axes = next(([a for a in names if a in table] for names in _AXES if names[0] in table), [])
+            values = [c for c in table if c not in axes]
+            bad = [c for c in values if table[c].dtype.kind not in "fiu"]
+            if bad:
+                raise SensorError(f"snapshots: {f}: column {bad[0]!r} is not numbers")
+            if not values:
+                raise SensorError(f"snapshots: {f} has no field columns (only {', '.join(axes)})")
+            points = table[axes].to_numpy(np.float64) if axes else None
+            stacks = {re.sub(r":(\d+)$", r"[\1]", c): np.empty((len(files), len(table))) for c in values}
+        elif list(table) != list(first) or len(table) != len(first):
+            raise SensorError(f"snapshots: {f} has columns {list(table)} and {len(table)} rows; "
+                              f"{files[0].name} has {list(first)} and {len(first)}: every snapshot must be on one mesh")
+        elif axes and not np.allclose(table[axes].to_numpy(np.float64), points, rtol=0, atol=1e-9):
+            raise SensorError(f"snapshots: {f} is on other points than {files[0].name}; every snapshot must be on one mesh")
+        for stack, col in zip(stacks.values(), values):
+            if table[col].dtype.kind not in "fiu":
+                raise SensorError(f"snapshots: {f}: column {col!r} is not numbers")
+            stack[i] = table[col].to_numpy(np.float64)
+    if points is not None:
+        points = points[:, [d for d in range(points.shape[1]) if np.ptp(points[:, d]) > 0] or [0]]
+    return stacks, points, None
 
 
 def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray, None]:
