@@ -1,7 +1,7 @@
 """Place K sensors on your own snapshot family, and see how well they would read it.
 
     python -m studies.place_sensors SNAPSHOTS... --k 12 --out DIR [--fields U,p] [--rank R]
-        [--method qr|random|uniform] [--noise 0.01] [--hold-out 0.2] [--no-track]
+        [--method qr|random|uniform] [--noise 0.01] [--hold-out 0.2] [--candidates WHERE.csv] [--no-track]
 
 SNAPSHOTS: one ``.npy`` (m, ny, nx) or (m, n); one ``.npz`` with an array per field (and
 ``points``, (n, d), optional); or several files / a folder, one snapshot each in name
@@ -10,6 +10,10 @@ order: ``.npy`` arrays, CSV tables with a row per point (ParaView's "Save Data":
 the fields as point data (a vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``
 takes them all). Every sensor reads every field chosen; fields the same in every snapshot are
 left out, with a note.
+
+``--candidates``: where a sensor can be mounted (a wall, a probe's reach), as a CSV of point
+indices (``index``) or coordinates (``x, y`` / ``row, col``, each one of the snapshots'
+points); every method then places among them only.
 
 First the held-out check: snapshots spread through the family are withheld, the basis is
 fitted to the rest, and each method's linear estimate of the withheld snapshots from K noisy
@@ -55,25 +59,30 @@ class PlaceSensorsConfig:
     method: str = "qr"
     noise: float = 0.01
     hold_out: float = 0.2
+    candidates: str | None = None  # CSV of the points where a sensor may go (default: anywhere)
 
 
 def place_family(cfg: PlaceSensorsConfig) -> tuple[Any, Any, list[Any], dict[str, Any]]:
     """(family, placement, bases, summary): the held-out scores, then ``cfg.method`` on all
     snapshots with the rank its score used."""
+    import numpy as np
+
     from cpikan.sensors import holdout
-    from cpikan.sensors.data import read_family
+    from cpikan.sensors.data import candidate_points, read_family
 
     family = read_family(cfg.inputs, cfg.fields or None)
+    cand = candidate_points(family, Path(cfg.candidates)) if cfg.candidates else None
     t0 = time.perf_counter()
-    scores = holdout.score(family, cfg.k, cfg.rank, METHODS, noise=cfg.noise, hold_out=cfg.hold_out)
+    scores = holdout.score(family, cfg.k, cfg.rank, METHODS, noise=cfg.noise, hold_out=cfg.hold_out, candidates=cand)
     rank = next(s.rank for s in scores if s.method == cfg.method)
     bases = holdout.bases(family, rank)
-    placement = holdout.place_on(family, bases, cfg.k, cfg.method)
+    placement = holdout.place_on(family, bases, cfg.k, cfg.method, candidates=cand)
     summary = {"snapshots": family.snapshots, "points": family.size, "fields": list(family.fields),
                "k": cfg.k, "rank": rank, "rank_chosen": cfg.rank is None, "method": cfg.method, "noise": cfg.noise,
                "held_out": len(holdout.split(family.snapshots, cfg.hold_out)[1]),
                "energy": {n: b.energy for n, b in zip(family.fields, bases)},
                "held_out_error": {s.method: {"all": s.error, "rank": s.rank, **s.per_field} for s in scores},
+               "candidates": family.size if cand is None else len(np.unique(cand)),
                "seconds": time.perf_counter() - t0, "notes": list(family.notes)}
     return family, placement, bases, summary
 
@@ -118,6 +127,8 @@ def run(cfg: PlaceSensorsConfig, ctx: Any, work: Path | None = None) -> dict[str
 
     for f in snapshot_files(cfg.inputs):
         ctx.log_dataset(f, f.name, context="snapshots")
+    if cfg.candidates:
+        ctx.log_dataset(cfg.candidates, Path(cfg.candidates).name, context="candidates")
     family, placement, bases, summary = place_family(cfg)
     results = results_of(summary)
     ctx.log_results(results, {"seconds": summary["seconds"]})
@@ -142,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="qr", help="qr (default), random or uniform")
     ap.add_argument("--noise", type=float, default=0.01, help="sensor noise in the held-out check, fraction of range")
     ap.add_argument("--hold-out", type=float, default=0.2, help="fraction of snapshots withheld for the check")
+    ap.add_argument("--candidates", default=None, help="CSV of the points where a sensor may go: an index column, "
+                    "or the coordinates (x, y or row, col); default anywhere")
     ap.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -152,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = PlaceSensorsConfig(inputs=[str(Path(p).resolve()) for p in args.inputs],
                              fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else [],
-                             k=args.k, rank=args.rank, method=args.method, noise=args.noise, hold_out=args.hold_out)
+                             k=args.k, rank=args.rank, method=args.method, noise=args.noise, hold_out=args.hold_out,
+                             candidates=str(Path(args.candidates).resolve()) if args.candidates else None)
     out = Path(args.out)
     work = out.with_name(out.name + ".part")
     try:
@@ -193,8 +207,9 @@ def report(summary: dict[str, Any], out: Path) -> None:
         print(f"note: {note}", file=sys.stderr)
     fields = summary["fields"]
     chosen = ", each method at the rank (≤ k) where it does best" if summary["rank_chosen"] else ""
+    where = f" among {summary['candidates']} allowed points" if summary["candidates"] < summary["points"] else ""
     print(f"held-out check: {summary['held_out']} of {summary['snapshots']} snapshots withheld, "
-          f"{100 * summary['noise']:g} % noise, {summary['k']} sensors{chosen} (error 1 = the family's mean field)")
+          f"{100 * summary['noise']:g} % noise, {summary['k']} sensors{where}{chosen} (error 1 = the family's mean field)")
     print(f"  {'method':<9}{'rank':>5}{'all':>10}" + "".join(f"{f:>10}" for f in fields))
     for method, e in summary["held_out_error"].items():
         extra = "  (median of 5 placements)" if method == "random" else ""

@@ -139,6 +139,26 @@ def test_uniform_placement_spreads_over_a_mesh_and_a_non_square_grid(vtu_family,
     assert len(set(np.divmod(grid, 14)[0])) >= 2 and len(set(np.divmod(grid, 14)[1])) >= 3
 
 
+def test_sensors_go_only_where_the_candidates_allow(vtu_family, rank3_family, tmp_path):
+    import pandas as pd
+
+    folder, pts = vtu_family
+    walls = np.flatnonzero((pts[:, 1] < 0.2) | (pts[:, 1] > 0.8))
+    pd.DataFrame({"x": pts[walls, 0], "y": pts[walls, 1]}).to_csv(tmp_path / "walls.csv", index=False)
+    for method in ("qr", "random", "uniform"):
+        out = tmp_path / method
+        assert place_sensors.main([str(folder), "--k", "6", "--method", method, "--candidates",
+                                   str(tmp_path / "walls.csv"), "--out", str(out), "--no-track"]) == 0
+        assert set(json.loads((out / "placement.json").read_text())["indices"]) <= set(walls)
+        assert json.loads((out / "summary.json").read_text())["candidates"] == len(walls)
+    src, _ = rank3_family  # on a grid, by index: the left half only
+    left = [i for i in range(9 * 14) if i % 14 < 7]
+    pd.DataFrame({"index": left}).to_csv(tmp_path / "left.csv", index=False)
+    assert place_sensors.main([str(src), "--k", "4", "--candidates", str(tmp_path / "left.csv"),
+                               "--out", str(tmp_path / "grid"), "--no-track"]) == 0
+    assert all(i % 14 < 7 for i in json.loads((tmp_path / "grid" / "placement.json").read_text())["indices"])
+
+
 def test_a_tracked_placement_records_its_files_and_replays(vtu_family, tmp_path, mlruns):
     import mlflow
 
@@ -169,6 +189,11 @@ def _bad(case: str, tmp_path, folder, pts, tri):
                                                         point_data={k: v[:-1] for k, v in _vortex(pts, 0.5).items()}))
     if case == "mixed":
         np.save(folder / "extra.npy", np.zeros(len(pts)))
+    if case.startswith("candidates"):
+        rows = {"candidates off the mesh": "x,y\n0.5123,0.3\n", "candidates too few": "index\n1\n2\n",
+                "candidates no columns": "a,b\n1,2\n", "candidates out of range": "index\n1\n99999\n"}[case]
+        (tmp_path / "c.csv").write_text(rows)
+        return [str(folder), "--k", "4", "--candidates", str(tmp_path / "c.csv"), *out]
     if case == "one snapshot":
         return [str(folder / "flow_3.vtu"), "--k", "4", *out]
     args = {"no field": ["--fields", "T"], "constant field": ["--fields", "U[2]"], "k > points": ["--k", "1000"],
@@ -182,7 +207,9 @@ def _bad(case: str, tmp_path, folder, pts, tri):
     ("missing", "snapshots: "), ("nan", "NaN"), ("other mesh", "on other points"), ("mixed", "one kind of file"),
     ("one snapshot", "at least 2"), ("no field", "fields: 'T' is not in"), ("constant field", "fields: U[2] is the same"),
     ("k > points", "k: 1000 sensors"), ("k = 0", "--k: "), ("rank > snapshots", "rank: "), ("hold-out", "hold_out: "),
-    ("method", "--method: unknown 'sspor'"),
+    ("method", "--method: unknown 'sspor'"), ("candidates off the mesh", "(0.5123, 0.3) is no point"),
+    ("candidates too few", "candidates: 2 points"), ("candidates no columns", "needs an 'index' column or the coordinates x, y"),
+    ("candidates out of range", "candidates: indices must lie in 0"),
 ])
 def test_bad_snapshot_input_is_one_line_naming_the_field_and_writes_nothing(vtu_family, tmp_path, capsys, case, message):
     folder, pts = vtu_family

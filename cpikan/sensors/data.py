@@ -59,6 +59,38 @@ class Family:
         return ("row", "col") if self.grid is not None else ("index",)
 
 
+def candidate_points(family: Family, path: Path) -> np.ndarray:
+    """Indices of the points a CSV names as places a sensor may go: an ``index`` column, or
+    the family's coordinate columns (``x, y`` / ``row, col``), each matched to a point of the
+    family (within 1e-6 of the domain's size; a coordinate that is no point is an error)."""
+    import pandas as pd
+    import scipy.spatial
+
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise SensorError(f"candidates: {path} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    axes = list(family.axes())
+    if "index" in table:
+        idx = table["index"].to_numpy()
+        if idx.dtype.kind not in "iu":
+            raise SensorError(f"candidates: {path}: the index column holds {idx.dtype}, not point numbers")
+        return idx.astype(np.int64)
+    if not set(axes) <= set(table):
+        raise SensorError(f"candidates: {path} needs an 'index' column or the coordinates {', '.join(axes)} "
+                          f"(found {', '.join(map(str, table)) or 'nothing'})")
+    coords = table[axes].to_numpy(np.float64)
+    points = family.coordinates()
+    size = float(np.linalg.norm(np.ptp(points, 0))) or 1.0
+    dist, idx = scipy.spatial.cKDTree(points).query(coords)
+    far = np.flatnonzero(dist > 1e-6 * size)
+    if len(far):
+        where = ", ".join(f"{c:g}" for c in coords[far[0]])
+        raise SensorError(f"candidates: {path} line {far[0] + 2}: ({where}) is no point of the "
+                          f"snapshots (the nearest is {dist[far[0]]:.3g} away; {len(far)} such rows)")
+    return idx.astype(np.int64)
+
+
 def snapshot_files(inputs: Sequence[str | Path]) -> list[Path]:
     """The files ``inputs`` name (a folder: its ``.npy`` and mesh files), in name order."""
     from cpikan.psi.io import name_order

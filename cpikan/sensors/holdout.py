@@ -51,18 +51,22 @@ def bases(family: Family, rank: int, rows: np.ndarray | None = None) -> list[Bas
     return [pod_basis(np.asarray(a[use]), rank) for a in family.fields.values()]
 
 
-def place_on(family: Family, fitted: Sequence[Basis], k: int, method: str, seed: int = 0) -> Placement:
-    """``k`` sensors reading every field of ``family``, placed on its ``fitted`` bases."""
+def place_on(family: Family, fitted: Sequence[Basis], k: int, method: str, seed: int = 0,
+             candidates: np.ndarray | None = None) -> Placement:
+    """``k`` sensors reading every field of ``family``, placed on its ``fitted`` bases
+    (among ``candidates``, point indices, when given)."""
     if k > family.size:
         raise SensorError(f"k: {k} sensors but the family has only {family.size} points")
     return place(fitted[0] if len(fitted) == 1 else fitted, k, method, seed=seed, grid_shape=family.grid,
-                 points=None if family.grid else family.coordinates())
+                 points=None if family.grid else family.coordinates(), candidates=candidates)
 
 
 def score(family: Family, k: int, rank: int | None = None, methods: Sequence[str] = ("qr", "random", "uniform"), *,
-          noise: float = 0.01, hold_out: float = 0.2, seeds: int = 5, draws: int = 5) -> list[Score]:
+          noise: float = 0.01, hold_out: float = 0.2, seeds: int = 5, draws: int = 5,
+          candidates: np.ndarray | None = None) -> list[Score]:
     """Each method's held-out error with ``k`` sensors (random: the median of ``seeds``
-    placements; every placement: the median of ``draws`` noise draws). ``rank=None`` gives
+    placements; every placement: the median of ``draws`` noise draws; all among
+    ``candidates`` when given). ``rank=None`` gives
     each method the rank, up to k, where its error is lowest: fewer modes than sensors makes
     the least-squares fit stable under noise, and how many depends on where the sensors are."""
     if noise < 0:
@@ -75,7 +79,7 @@ def score(family: Family, k: int, rank: int | None = None, methods: Sequence[str
         best: Score | None = None
         for r in [rank] if rank else range(1, top[0].rank + 1):
             fitted = [b.truncate(r) for b in top]
-            runs = [_errors(list(family.fields), fitted, held, place_on(family, fitted, k, method, seed), noise, draws)
+            runs = [_errors(list(family.fields), fitted, held, place_on(family, fitted, k, method, seed, candidates), noise, draws)
                     for seed in range(seeds if method == "random" else 1)]
             runs.sort(key=lambda run: run[0])
             total, per_field = runs[(len(runs) - 1) // 2]  # the median placement (the lower of an even count)

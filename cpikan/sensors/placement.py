@@ -81,11 +81,13 @@ def _check(basis: Basis, k: int, method: str) -> None:
 
 
 def place(basis: Basis | Sequence[Basis], k: int, method: str = "qr", *, seed: int = 0,
-          grid_shape: tuple[int, int] | None = None, points: np.ndarray | None = None) -> Placement:
+          grid_shape: tuple[int, int] | None = None, points: np.ndarray | None = None,
+          candidates: np.ndarray | None = None) -> Placement:
     """Choose ``k`` sensor points (flattened indices) on ``basis``, or on several bases of one
-    grid (one per field each sensor reads). ``uniform`` spreads them as a lattice on
-    ``grid_shape`` (a square grid by default) or, given only ``points`` (an unstructured mesh's
-    (n, d) coordinates), farthest-point apart."""
+    grid (one per field each sensor reads), among ``candidates`` (indices; default every
+    point: where a sensor can be mounted). ``uniform`` spreads them as a lattice on
+    ``grid_shape`` (a square grid by default) or, given ``points`` (an unstructured mesh's
+    (n, d) coordinates) or candidates, farthest-point apart."""
     bases = [basis] if isinstance(basis, Basis) else list(basis)
     if not bases:
         raise SensorError("basis: none given")
@@ -95,21 +97,39 @@ def place(basis: Basis | Sequence[Basis], k: int, method: str = "qr", *, seed: i
     if any(b.points != n for b in bases):
         raise SensorError(f"basis: the bases are on grids of {sorted({b.points for b in bases})} points; "
                           "a joint placement needs one grid")
+    cand = np.arange(n) if candidates is None else _candidates(candidates, n, k)
     if method == "random":
-        idx = np.random.default_rng(seed).choice(n, size=k, replace=False)
-    elif method == "uniform" and points is not None and grid_shape is None:
-        idx = _spread(k, np.asarray(points, np.float64))
+        local = np.random.default_rng(seed).choice(len(cand), size=k, replace=False)
+    elif method == "uniform" and (candidates is not None or (points is not None and grid_shape is None)):
+        if points is None:
+            rows, cols = np.divmod(cand, (grid_shape or _square(n))[1])
+            local = _spread(k, np.stack([rows, cols], 1).astype(np.float64))
+        else:
+            local = _spread(k, np.asarray(points, np.float64)[cand])
     elif method == "uniform":
-        idx = _lattice(k, grid_shape or _square(n))
+        local = _lattice(k, grid_shape or _square(n))
     elif len(bases) == 1:
-        idx = qr_pivots(bases[0].modes, k)
+        local = qr_pivots(bases[0].modes[cand] if candidates is not None else bases[0].modes, k)
     else:
-        idx = joint_pivots([b.modes for b in bases], k)
+        local = joint_pivots([b.modes[cand] if candidates is not None else b.modes for b in bases], k)
+    idx = cand[np.asarray(local)]
     if len(bases) == 1:
         return Placement(tuple(int(i) for i in idx), method, bases[0].digest, n)
     digests = tuple(b.digest for b in bases)
     joint = hashlib.sha256("".join(digests).encode()).hexdigest()
     return Placement(tuple(int(i) for i in idx), method, joint, n, digests)
+
+
+def _candidates(candidates: np.ndarray, n: int, k: int) -> np.ndarray:
+    cand = np.asarray(candidates)
+    if cand.ndim != 1 or cand.dtype.kind not in "iu":
+        raise SensorError(f"candidates: point indices as a 1-D integer array, got {cand.dtype} {cand.shape}")
+    if len(cand) and (cand.min() < 0 or cand.max() >= n):
+        raise SensorError(f"candidates: indices must lie in 0 … {n - 1}, got {cand.min()} … {cand.max()}")
+    cand = np.unique(cand)
+    if len(cand) < k:
+        raise SensorError(f"candidates: {len(cand)} points where a sensor may go, fewer than the {k} sensors")
+    return cand
 
 
 def qr_pivots(modes: np.ndarray, k: int) -> np.ndarray:
