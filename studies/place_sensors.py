@@ -48,6 +48,7 @@ from tracking import logs
 EXPERIMENT = "place_sensors"
 ENTRY_POINT = "studies.place_sensors:run"
 METHODS = ("qr", "random", "uniform")
+OUTPUTS = ("sensors.csv", "placement.json", "basis.npz", "summary.json")
 
 
 @dataclass
@@ -177,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.rank is not None and args.rank < 1:
             raise SensorError(f"--rank: a positive number of modes, got {args.rank}")
         check_writable(out.parent if out.parent != Path("") else Path("."))
+        if out.exists() and not (out.is_dir() and set(p.name for p in out.iterdir()) <= set(OUTPUTS)):
+            raise SensorError(f"--out: {out} exists and is not an earlier place_sensors output (only it is replaced); "
+                              "name a new folder")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         if args.no_track:

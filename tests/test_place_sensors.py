@@ -76,6 +76,9 @@ def test_sensors_placed_on_a_mesh_family_are_mesh_points_and_qr_reads_it_best(vt
     placement = json.loads((out / "placement.json").read_text())
     assert placement["indices"] == [int(r["index"]) for r in rows] and placement["method"] == "qr"
     assert not (tmp_path / "sensors.part").exists()
+    # run again into the same folder: the earlier output is replaced whole
+    assert place_sensors.main([str(folder), "--k", "5", "--out", str(out), "--no-track"]) == 0
+    assert len((out / "sensors.csv").read_text().splitlines()) == 6
 
 
 def test_paraview_csv_tables_give_the_same_sensors_as_the_meshes_they_were_saved_from(vtu_family, tmp_path):
@@ -194,6 +197,9 @@ def _bad(case: str, tmp_path, folder, pts, tri):
                 "candidates no columns": "a,b\n1,2\n", "candidates out of range": "index\n1\n99999\n"}[case]
         (tmp_path / "c.csv").write_text(rows)
         return [str(folder), "--k", "4", "--candidates", str(tmp_path / "c.csv"), *out]
+    if case == "out is a data folder":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "thesis.tex").write_text("years of work")
     if case == "one snapshot":
         return [str(folder / "flow_3.vtu"), "--k", "4", *out]
     args = {"no field": ["--fields", "T"], "constant field": ["--fields", "U[2]"], "k > points": ["--k", "1000"],
@@ -209,7 +215,7 @@ def _bad(case: str, tmp_path, folder, pts, tri):
     ("k > points", "k: 1000 sensors"), ("k = 0", "--k: "), ("rank > snapshots", "rank: "), ("hold-out", "hold_out: "),
     ("method", "--method: unknown 'sspor'"), ("candidates off the mesh", "(0.5123, 0.3) is no point"),
     ("candidates too few", "candidates: 2 points"), ("candidates no columns", "needs an 'index' column or the coordinates x, y"),
-    ("candidates out of range", "candidates: indices must lie in 0"),
+    ("candidates out of range", "candidates: indices must lie in 0"), ("out is a data folder", "--out: "),
 ])
 def test_bad_snapshot_input_is_one_line_naming_the_field_and_writes_nothing(vtu_family, tmp_path, capsys, case, message):
     folder, pts = vtu_family
@@ -217,7 +223,11 @@ def test_bad_snapshot_input_is_one_line_naming_the_field_and_writes_nothing(vtu_
     assert place_sensors.main([*_bad(case, tmp_path, folder, pts, tri), "--no-track"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.part").exists()
+    if case == "out is a data folder":  # refused, and left as it was
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["thesis.tex"]
+    else:
+        assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.part").exists()
 
 
 @pytest.mark.parametrize("case, message", [
