@@ -210,7 +210,7 @@ def _bad(case: str, tmp_path, folder, pts, tri):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "snapshots: "), ("nan", "NaN"), ("other mesh", "on other points"), ("mixed", "one kind of file"),
+    ("missing", "snapshots: "), ("nan", "NaN"), ("other mesh", "on other points"), ("mixed", ".npy and .vtu files together; give one kind"),
     ("one snapshot", "at least 2"), ("no field", "fields: 'T' is not in"), ("constant field", "fields: U[2] is the same"),
     ("k > points", "k: 1000 sensors"), ("k = 0", "--k: "), ("rank > snapshots", "rank: "), ("hold-out", "hold_out: "),
     ("method", "--method: unknown 'sspor'"), ("candidates off the mesh", "(0.5123, 0.3) is no point"),

@@ -92,7 +92,8 @@ def candidate_points(family: Family, path: Path) -> np.ndarray:
 
 
 def snapshot_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """The files ``inputs`` name (a folder: its ``.npy`` and mesh files), in name order."""
+    """The files ``inputs`` name (a folder: its ``.npy``, ``.csv`` and mesh files), in name
+    order; all of one kind."""
     from cpikan.psi.io import name_order
 
     suffixes = _suffixes()
@@ -101,16 +102,19 @@ def snapshot_files(inputs: Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             inside = sorted((f for f in p.iterdir() if f.is_file() and _suffix(f) in suffixes), key=name_order)
             if not inside:
-                raise SensorError(f"snapshots: {p} holds no .npy or mesh files ({', '.join(sorted(suffixes)[:8])}, …)")
+                raise SensorError(f"snapshots: {p} holds no .npy, .csv or mesh files (.vtu, .vtk, .xdmf, …)")
             files += inside
         elif p.is_file():
             if _suffix(p) not in suffixes and p.suffix != ".npz":
-                raise SensorError(f"snapshots: {p} is neither .npy, .npz nor a mesh meshio reads")
+                raise SensorError(f"snapshots: {p} is neither .npy, .npz, .csv nor a mesh meshio reads")
             files.append(p)
         else:
             raise SensorError(f"snapshots: {p}: no such file or folder")
     if len(files) > 1 and any(f.suffix == ".npz" for f in files):
         raise SensorError("snapshots: an .npz holds a whole family; give it alone")
+    kinds = sorted({_suffix(f) for f in files})
+    if len(kinds) > 1:
+        raise SensorError(f"snapshots: {' and '.join(kinds)} files together; give one kind (e.g. 'folder/*{kinds[-1]}')")
     return files
 
 
@@ -247,8 +251,6 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray,
     points: np.ndarray | None = None
     stacks: dict[str, np.ndarray] = {}
     for i, f in enumerate(files):
-        if f.suffix == ".npy":
-            raise SensorError(f"snapshots: {f} is an array among meshes; give one kind of file")
         try:
             mesh = meshio.read(f)
         except Exception as exc:  # meshio raises many kinds; the cause goes to the user
