@@ -23,6 +23,7 @@ basis of all the snapshots.
 
 Writes DIR/ (into DIR.part first, renamed when complete):
   sensors.csv     where to put them: sensor number, point index, coordinates
+  sensors.html    the same on a map of how much the first field varies (opens offline)
   placement.json  the placement with the basis' sha256 (``python -m studies.estimate_field`` checks it)
   basis.npz       each field's mean and POD modes (plain arrays), for estimating fields from readings
   summary.json    the held-out errors per method and field, energy, rank, notes
@@ -48,7 +49,7 @@ from tracking import logs
 EXPERIMENT = "place_sensors"
 ENTRY_POINT = "studies.place_sensors:run"
 METHODS = ("qr", "random", "uniform")
-OUTPUTS = ("sensors.csv", "placement.json", "basis.npz", "summary.json")
+OUTPUTS = ("sensors.csv", "sensors.html", "placement.json", "basis.npz", "summary.json")
 
 
 @dataclass
@@ -107,6 +108,40 @@ def write_outputs(work: Path, family: Any, placement: Any, bases: list[Any], sum
                    f"sensor_residual:{name}": np.float64(worst)}
     np.savez(work / "basis.npz", **arrays)
     (work / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    sensor_map(family, placement).write_html(work / "sensors.html", include_plotlyjs=True)  # opens offline
+
+
+def sensor_map(family: Any, placement: Any) -> Any:
+    """Where the sensors are, over how much the first field varies between snapshots (its
+    standard deviation): a heat map on a grid, a scatter of (at most 50 000) mesh points."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    name, snaps = next(iter(family.fields.items()))
+    std = np.asarray(snaps, np.float64).std(0)
+    coords, idx = family.coordinates(), list(placement.indices)
+    labels = [f"sensor {s + 1}" for s in range(len(idx))]
+    marks = dict(mode="markers+text", text=[str(s + 1) for s in range(len(idx))], textposition="top center",
+                 hovertext=labels, marker=dict(size=11, color="#d62728", line=dict(width=1, color="white")),
+                 name="sensors")
+    if family.grid is not None:
+        traces = [go.Heatmap(z=std.reshape(family.grid), colorscale="Viridis", colorbar=dict(title=f"std {name}")),
+                  go.Scatter(x=coords[idx, 1].tolist(), y=coords[idx, 0].tolist(), **marks)]
+        axes = dict(xaxis_title="col", yaxis_title="row", yaxis=dict(scaleanchor="x", autorange="reversed"))
+    else:
+        keep = np.random.default_rng(0).permutation(len(std))[:50_000] if len(std) > 50_000 else slice(None)
+        c = coords if coords.shape[1] > 1 else np.c_[coords, np.zeros(len(coords))]
+        scatter = go.Scatter3d if c.shape[1] == 3 else go.Scatter
+        xyz = ("x", "y", "z")[: c.shape[1]]
+        traces = [scatter(**{a: c[keep, i] for i, a in enumerate(xyz)}, mode="markers", name=f"std {name}",
+                          marker=dict(size=3 if c.shape[1] == 3 else 5, color=std[keep], colorscale="Viridis",
+                                      colorbar=dict(title=f"std {name}")), hoverinfo="skip"),
+                  scatter(**{a: c[idx, i].tolist() for i, a in enumerate(xyz)}, **marks)]  # lists: readable in the page
+        axes = dict(xaxis_title=family.axes()[0], yaxis=dict(scaleanchor="x")) if c.shape[1] == 2 else {}
+    fig = go.Figure(traces)
+    fig.update_layout(title=f"{len(idx)} sensors ({placement.method}) over the snapshots' spread of {name}",
+                      template="plotly_white", showlegend=False, **axes)
+    return fig
 
 
 def results_of(summary: dict[str, Any]) -> dict[str, float]:
@@ -138,7 +173,7 @@ def run(cfg: PlaceSensorsConfig, ctx: Any, work: Path | None = None) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         out = work or Path(tmp)
         write_outputs(out, family, placement, bases, summary)
-        for name in ("sensors.csv", "placement.json", "summary.json"):
+        for name in ("sensors.csv", "sensors.html", "placement.json", "summary.json"):
             ctx.log_artifact(out / name, "sensors")
     return results
 

@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.xdist_group("browser")
@@ -144,3 +145,35 @@ def test_every_kpi_has_a_value_or_a_command_and_axes_fit_the_data(tmp_path, monk
             assert hi - lo <= 10 * (max(ys) - min(ys)), ax
         checked += 1
     assert checked >= 2
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_the_sensor_map_opens_offline_and_marks_each_sensor_where_sensors_csv_says(tmp_path):
+    import csv
+
+    import meshio
+
+    from studies import place_sensors
+    from tests.test_place_sensors import _mesh, _vortex
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+    pts, tri = _mesh()
+    (tmp_path / "cfd").mkdir()
+    for i in range(12):
+        meshio.write(tmp_path / "cfd" / f"f{i}.vtu", meshio.Mesh(pts, [("triangle", tri)], point_data=_vortex(pts, i / 11)))
+    assert place_sensors.main([str(tmp_path / "cfd"), "--k", "7", "--out", str(tmp_path / "s"), "--no-track"]) == 0
+    page_file = tmp_path / "s" / "sensors.html"
+    _, console, requests = render(page_file)
+    assert console == [] and requests == [], (console, requests)
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(page_file.as_uri())
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0")
+        shown = page.evaluate("() => { const t = document.querySelector('.js-plotly-plot').data.at(-1);"
+                              " return {x: Array.from(t.x), y: Array.from(t.y), text: t.text}; }")
+        browser.close()
+    with (tmp_path / "s" / "sensors.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert shown["text"] == [r["sensor"] for r in rows] == [str(i) for i in range(1, 8)]
+    assert np.allclose(shown["x"], [float(r["x"]) for r in rows]) and np.allclose(shown["y"], [float(r["y"]) for r in rows])
