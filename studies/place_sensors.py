@@ -1,5 +1,6 @@
 """Place K sensors on your own snapshot family, and see how well they would read it.
 
+    python -m studies.place_sensors SNAPSHOTS... --k 2:20 --out DIR      (how many sensors: error vs K)
     python -m studies.place_sensors SNAPSHOTS... --k 12 --out DIR [--fields U,p] [--rank R]
         [--method qr|random|uniform] [--noise 0.01] [--hold-out 0.2] [--candidates WHERE.csv] [--no-track]
 
@@ -21,6 +22,9 @@ readings is scored (1 = no better than the family's mean field; random: median o
 placements). Then the sensors are placed with ``--method`` (QR pivoting by default) on the
 basis of all the snapshots.
 
+With several K (``--k 2:20``, ``4:16:2``, ``4,8,12``) only the check runs, at each K:
+DIR/error_vs_k.html and summary.json show how many sensors the family needs.
+
 Writes DIR/ (into DIR.part first, renamed when complete):
   sensors.csv     where to put them: sensor number, point index, coordinates
   sensors.html    the same on a map of how much the first field varies (opens offline)
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -49,14 +54,14 @@ from tracking import logs
 EXPERIMENT = "place_sensors"
 ENTRY_POINT = "studies.place_sensors:run"
 METHODS = ("qr", "random", "uniform")
-OUTPUTS = ("sensors.csv", "sensors.html", "placement.json", "basis.npz", "summary.json")
+OUTPUTS = ("sensors.csv", "sensors.html", "placement.json", "basis.npz", "summary.json", "error_vs_k.html")
 
 
 @dataclass
 class PlaceSensorsConfig:
     inputs: list[str] = field(default_factory=list)
     fields: list[str] = field(default_factory=list)  # empty: every field that varies
-    k: int = 12
+    k: int | list[int] = 12  # a list: the held-out check at each K (a sweep), no placement
     rank: int | None = None  # None: each method's best on the held-out check, up to k
     method: str = "qr"
     noise: float = 0.01
@@ -144,6 +149,52 @@ def sensor_map(family: Any, placement: Any) -> Any:
     return fig
 
 
+def sweep_family(cfg: PlaceSensorsConfig) -> dict[str, Any]:
+    """The held-out check at every K of ``cfg.k`` (a list): how many sensors the family needs."""
+    import numpy as np
+
+    from cpikan.sensors import holdout
+    from cpikan.sensors.data import candidate_points, read_family
+
+    assert isinstance(cfg.k, list)
+    family = read_family(cfg.inputs, cfg.fields or None)
+    cand = candidate_points(family, Path(cfg.candidates)) if cfg.candidates else None
+    t0 = time.perf_counter()
+    curve: dict[str, list[list[float]]] = {m: [] for m in METHODS}
+    for k in cfg.k:
+        for s in holdout.score(family, k, cfg.rank, METHODS, noise=cfg.noise, hold_out=cfg.hold_out, candidates=cand):
+            curve[s.method].append([k, s.error, s.rank])
+    return {"snapshots": family.snapshots, "points": family.size, "fields": list(family.fields), "k": cfg.k,
+            "rank_chosen": cfg.rank is None, "noise": cfg.noise, "method": cfg.method,
+            "held_out": len(holdout.split(family.snapshots, cfg.hold_out)[1]), "sweep": curve,
+            "candidates": family.size if cand is None else len(np.unique(cand)),
+            "seconds": time.perf_counter() - t0, "notes": list(family.notes)}
+
+
+def sweep_figure(summary: dict[str, Any]) -> Any:
+    import plotly.graph_objects as go
+
+    from cpikan.sensors.guard import load_thresholds
+
+    fig = go.Figure([go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=m,
+                                customdata=[p[2] for p in pts], hovertemplate="K=%{x}: %{y:.3g} (rank %{customdata})")
+                     for m, pts in summary["sweep"].items()])
+    red = load_thresholds().red["reconstruction_error"]
+    fig.add_hline(y=red, line_dash="dot", line_color="#d62728")
+    fig.add_annotation(x=1, xref="paper", y=math.log10(red), text="guard's red line", showarrow=False,  # log axis: log10
+                       xanchor="right", yanchor="bottom", font=dict(color="#d62728"))
+    fig.update_layout(title=f"held-out error of the linear estimate vs sensors ({summary['held_out']} of "
+                      f"{summary['snapshots']} snapshots withheld, {100 * summary['noise']:g} % noise)",
+                      xaxis_title="sensors K", yaxis_title="relative error (1 = the mean field)", yaxis_type="log",
+                      template="plotly_white")
+    return fig
+
+
+def write_sweep(work: Path, summary: dict[str, Any]) -> None:
+    (work / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    sweep_figure(summary).write_html(work / "error_vs_k.html", include_plotlyjs=True)
+
+
 def results_of(summary: dict[str, Any]) -> dict[str, float]:
     """The run's results: each method's held-out error, the chosen method's as ``rel_l2``."""
     from cpikan.sensors.guard import load_thresholds
@@ -165,6 +216,8 @@ def run(cfg: PlaceSensorsConfig, ctx: Any, work: Path | None = None) -> dict[str
         ctx.log_dataset(f, f.name, context="snapshots")
     if cfg.candidates:
         ctx.log_dataset(cfg.candidates, Path(cfg.candidates).name, context="candidates")
+    if isinstance(cfg.k, list):
+        return run_sweep(cfg, ctx, work)
     family, placement, bases, summary = place_family(cfg)
     results = results_of(summary)
     ctx.log_results(results, {"seconds": summary["seconds"]})
@@ -178,11 +231,49 @@ def run(cfg: PlaceSensorsConfig, ctx: Any, work: Path | None = None) -> dict[str
     return results
 
 
+def run_sweep(cfg: PlaceSensorsConfig, ctx: Any, work: Path | None) -> dict[str, float]:
+    """A sweep as one run: each method's error at each K as a result (and as a series over
+    K, which the MLflow UI charts), the plot and the summary as artifacts."""
+    import tempfile
+
+    summary = sweep_family(cfg)
+    results = {f"rel_l2_{m}_k{k}": e for m, pts in summary["sweep"].items() for k, e, _ in pts}
+    ctx.log_results(results, {"seconds": summary["seconds"]})
+    for m, pts in summary["sweep"].items():
+        for k, e, _ in pts:
+            ctx.log_metrics({f"rel_l2_{m}": e}, step=k)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = work or Path(tmp)
+        write_sweep(out, summary)
+        for name in ("error_vs_k.html", "summary.json"):
+            ctx.log_artifact(out / name, "sensors")
+    return results
+
+
+def parse_k(text: str) -> int | list[int]:
+    """``12``, a range ``4:16`` / ``4:16:2`` (inclusive), or a list ``4,8,12``."""
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] < 1):
+                raise ValueError
+            ks = list(range(parts[0], parts[1] + 1, parts[2] if len(parts) == 3 else 1))
+        else:
+            ks = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--k: a number of sensors (12), a range (4:16 or 4:16:2) or a list (4,8,12); got {text!r}") from None
+    if not ks:
+        raise ValueError(f"--k: the range {text!r} holds no K (from:to, to ≥ from)")
+    if min(ks) < 1:
+        raise ValueError(f"--k: numbers of sensors are positive; got {text!r}")
+    return ks[0] if len(ks) == 1 and ":" not in text and "," not in text else sorted(set(ks))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m studies.place_sensors", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="SNAPSHOTS")
-    ap.add_argument("--k", type=int, required=True, help="number of sensors")
+    ap.add_argument("--k", required=True, help="number of sensors, or several (4:16, 4,8,12): the check at each, no placement")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--fields", default=None, help="comma-separated field names (default: every field that varies)")
     ap.add_argument("--rank", type=int, default=None, help="POD modes (default: for each method the number, up to k, with the lowest held-out error)")
@@ -199,17 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     from cpikan.sensors.placement import SensorError
     from tracking.store import TrackingError
 
-    cfg = PlaceSensorsConfig(inputs=[str(Path(p).resolve()) for p in args.inputs],
-                             fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else [],
-                             k=args.k, rank=args.rank, method=args.method, noise=args.noise, hold_out=args.hold_out,
-                             candidates=str(Path(args.candidates).resolve()) if args.candidates else None)
     out = Path(args.out)
     work = out.with_name(out.name + ".part")
     try:
+        cfg = PlaceSensorsConfig(inputs=[str(Path(p).resolve()) for p in args.inputs],
+                                 fields=[f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else [],
+                                 k=parse_k(args.k), rank=args.rank, method=args.method, noise=args.noise,
+                                 hold_out=args.hold_out,
+                                 candidates=str(Path(args.candidates).resolve()) if args.candidates else None)
         if args.method not in METHODS:
             raise SensorError(f"--method: unknown {args.method!r}; allowed: {', '.join(METHODS)}")
-        if args.k < 1:
-            raise SensorError(f"--k: a positive number of sensors, got {args.k}")
         if args.rank is not None and args.rank < 1:
             raise SensorError(f"--rank: a positive number of modes, got {args.rank}")
         check_writable(out.parent if out.parent != Path("") else Path("."))
@@ -218,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
                               "name a new folder")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        if args.no_track:
+        if args.no_track and isinstance(cfg.k, list):
+            summary = sweep_family(cfg)
+            write_sweep(work, summary)
+        elif args.no_track:
             family, placement, bases, summary = place_family(cfg)
             write_outputs(work, family, placement, bases, summary)
         else:
@@ -237,8 +330,26 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)
-    report(summary, out)
+    (report_sweep if "sweep" in summary else report)(summary, out)
     return 0
+
+
+def report_sweep(summary: dict[str, Any], out: Path) -> None:
+    from cpikan.sensors.guard import load_thresholds
+
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"held-out check at each K: {summary['held_out']} of {summary['snapshots']} snapshots withheld, "
+          f"{100 * summary['noise']:g} % noise (error 1 = the family's mean field; its rank in parentheses)")
+    methods = list(summary["sweep"])
+    print(f"  {'K':>4}" + "".join(f"{m:>16}" for m in methods))
+    for i, k in enumerate(summary["k"]):
+        print(f"  {k:>4}" + "".join(f"{summary['sweep'][m][i][1]:>11.3g} ({summary['sweep'][m][i][2]:>2})" for m in methods))
+    red = load_thresholds().red["reconstruction_error"]
+    enough = [k for k, e, _ in summary["sweep"][summary["method"]] if e <= red]
+    print(f"{summary['method']} is within the guard's red line ({red:g}) from K = {enough[0]}" if enough else
+          f"{summary['method']} stays above the guard's red line ({red:g}) up to K = {summary['k'][-1]}")
+    print(f"→ {out / 'error_vs_k.html'}; choose K and run again with --k K to place the sensors")
 
 
 def report(summary: dict[str, Any], out: Path) -> None:

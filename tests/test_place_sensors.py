@@ -162,6 +162,19 @@ def test_sensors_go_only_where_the_candidates_allow(vtu_family, rank3_family, tm
     assert all(i % 14 < 7 for i in json.loads((tmp_path / "grid" / "placement.json").read_text())["indices"])
 
 
+def test_a_sweep_over_k_scores_each_k_as_a_single_run_would_and_places_nothing(rank3_family, tmp_path, capsys):
+    src, _ = rank3_family
+    assert place_sensors.main([str(src), "--k", "2:8:2", "--out", str(tmp_path / "sweep"), "--no-track"]) == 0
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["error_vs_k.html", "summary.json"]
+    assert "choose K and run again" in capsys.readouterr().out
+    sweep = json.loads((tmp_path / "sweep" / "summary.json").read_text())["sweep"]
+    assert [k for k, _, _ in sweep["qr"]] == [2, 4, 6, 8] and set(sweep) == {"qr", "random", "uniform"}
+    assert place_sensors.main([str(src), "--k", "6", "--out", str(tmp_path / "one"), "--no-track"]) == 0
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())["held_out_error"]
+    for method, points in sweep.items():
+        assert points[2][1:] == [one[method]["all"], one[method]["rank"]]
+
+
 def test_a_tracked_placement_records_its_files_and_replays(vtu_family, tmp_path, mlruns):
     import mlflow
 
@@ -175,6 +188,16 @@ def test_a_tracked_placement_records_its_files_and_replays(vtu_family, tmp_path,
     assert run.data.tags["fields"] == "U[0],U[1],p" and "U[2]" in run.data.tags["notes"]
     assert run.data.metrics["rel_l2"] == run.data.metrics["rel_l2_qr"] < run.data.metrics["rel_l2_random"]
     ok, message = replay.replay(run.info.run_id)
+    assert ok, message
+    # a sweep is one run too: the error at each K as a result, and as a series the UI charts over K
+    assert place_sensors.main([str(folder), "--k", "3,6", "--out", str(tmp_path / "sweep")]) == 0
+    sweep = [r for r in mlflow.search_runs(experiment_names=["place_sensors"], output_format="list")
+             if "rel_l2_qr_k6" in r.data.metrics]
+    assert len(sweep) == 1
+    history = mlflow.MlflowClient().get_metric_history(sweep[0].info.run_id, "rel_l2_qr")
+    assert sorted((m.step, m.value) for m in history) == [(3, sweep[0].data.metrics["rel_l2_qr_k3"]),
+                                                          (6, sweep[0].data.metrics["rel_l2_qr_k6"])]
+    ok, message = replay.replay(sweep[0].info.run_id)
     assert ok, message
 
 
@@ -203,7 +226,7 @@ def _bad(case: str, tmp_path, folder, pts, tri):
     if case == "one snapshot":
         return [str(folder / "flow_3.vtu"), "--k", "4", *out]
     args = {"no field": ["--fields", "T"], "constant field": ["--fields", "U[2]"], "k > points": ["--k", "1000"],
-            "k = 0": ["--k", "0"], "rank > snapshots": ["--rank", "40"], "hold-out": ["--hold-out", "1.5"],
+            "k = 0": ["--k", "0"], "k not a range": ["--k", "2:x"], "k empty range": ["--k", "8:4"], "rank > snapshots": ["--rank", "40"], "hold-out": ["--hold-out", "1.5"],
             "method": ["--method", "sspor"]}.get(case, [])
     k = [] if "--k" in args else ["--k", "4"]
     return [str(folder), *k, *args, *out]
@@ -212,7 +235,8 @@ def _bad(case: str, tmp_path, folder, pts, tri):
 @pytest.mark.parametrize("case, message", [
     ("missing", "snapshots: "), ("nan", "NaN"), ("other mesh", "on other points"), ("mixed", ".npy and .vtu files together; give one kind"),
     ("one snapshot", "at least 2"), ("no field", "fields: 'T' is not in"), ("constant field", "fields: U[2] is the same"),
-    ("k > points", "k: 1000 sensors"), ("k = 0", "--k: "), ("rank > snapshots", "rank: "), ("hold-out", "hold_out: "),
+    ("k > points", "k: 1000 sensors"), ("k = 0", "--k: numbers of sensors are positive"),
+    ("k not a range", "--k: a number of sensors (12), a range"), ("k empty range", "--k: the range '8:4' holds no K"), ("rank > snapshots", "rank: "), ("hold-out", "hold_out: "),
     ("method", "--method: unknown 'sspor'"), ("candidates off the mesh", "(0.5123, 0.3) is no point"),
     ("candidates too few", "candidates: 2 points"), ("candidates no columns", "needs an 'index' column or the coordinates x, y"),
     ("candidates out of range", "candidates: indices must lie in 0"), ("out is a data folder", "--out: "),
