@@ -9,8 +9,10 @@
         with the same threads per process: oneDNN rounds differently with another count)
 
 WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit, laser-major in name order,
-numbers read as numbers so ``b2`` comes before ``b10``; ``wavelengths.txt`` beside them
-optional), one multi-page TIFF holding the 16 buckets as pages, or a (16, H, W) ``.npy``.
+numbers read as numbers so ``b2`` comes before ``b10``), one multi-page TIFF holding the 16
+buckets as pages, or a (16, H, W) ``.npy``. ``wavelengths.txt`` (µm, laser order) in the
+wafer's folder, or beside the TIFF or ``.npy`` file, sets the lasers (optional; 4 lasers × 4
+steps = 16 buckets by default).
 
 ``--model``: the joint fringe-order search (``classical``, default), the best
 ``psi_pretrain`` run (``best``), a run ID (weights as safetensors; nothing is unpickled),
@@ -295,9 +297,11 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
         src = Path(p)
         if not src.exists():
             raise io.InputError(f"{src}: no such folder or file (a folder of bucket images, a multi-page TIFF or a .npy)")
-        found = io.read_wavelengths(src) if src.is_dir() else None
+        holder = src if src.is_dir() else src.parent  # beside the buckets, or beside the stack file
+        found = io.read_wavelengths(holder)
         if found and waves and found != waves:
-            raise io.InputError(f"{src / 'wavelengths.txt'}: {found} differs from --wavelengths {waves}")
+            raise io.InputError(f"{holder / 'wavelengths.txt'}: {found} differs from "
+                                f"{'--wavelengths' if args.wavelengths else 'another wafer'}'s {waves}")
         waves = waves or found
     if waves:
         cfg.wavelengths = waves

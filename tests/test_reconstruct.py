@@ -97,6 +97,30 @@ def test_unpadded_file_numbers_and_a_multi_page_tiff_give_the_folders_heights(tm
     assert len(err.strip().splitlines()) == 1 and "must hold 16 greyscale pages" in err, err
 
 
+def test_wavelengths_txt_beside_a_stack_file_sets_the_lasers(tmp_path, capsys):
+    """Three lasers (12 buckets) as a multi-page TIFF and as a .npy, wavelengths.txt in their
+    folder: both read as three lasers (without the file, 12 pages are refused)."""
+    import tifffile
+
+    from studies.reconstruct import main
+
+    waves = (5.0, 5.5, 6.05)
+    truth = tilted_wafer() / 3  # within three lasers' alias separation
+    buckets = physics.quantize(physics.render(truth, physics.PSIConfig(wavelengths=waves)), 16)
+    tifffile.imwrite(tmp_path / "w3.tif", buckets)
+    np.save(tmp_path / "w3n.npy", buckets)
+    assert main([str(tmp_path / "w3.tif"), "--out", str(tmp_path / "o"), "--no-track"]) == 2
+    assert "16 greyscale pages" in capsys.readouterr().err
+    (tmp_path / "wavelengths.txt").write_text("5.0 5.5 6.05\n")
+    for name in ("w3.tif", "w3n.npy"):
+        assert main([str(tmp_path / name), "--out", str(tmp_path / "o"), "--no-track"]) == 0, capsys.readouterr().err
+        height = np.load(tmp_path / "o" / Path(name).stem / "height.npy")
+        assert float(np.sqrt(np.mean((height - truth) ** 2))) <= 0.05
+    assert main([str(tmp_path / "w3.tif"), "--out", str(tmp_path / "o"), "--wavelengths", "5.0,5.5,6.6",
+                 "--no-track"]) == 2  # the file and the flag disagree: said, not guessed
+    assert "differs from --wavelengths" in capsys.readouterr().err
+
+
 def test_heights_outside_the_range_are_flagged_and_counted(tmp_path):
     wafer = write_bmp_buckets(tmp_path / "w", tilted_wafer())
     out = _run([wafer, "--out", tmp_path / "out", "--h-min", "0", "--h-max", "35", "--no-track"], tmp_path / "m")

@@ -192,7 +192,8 @@ def open_npy(path: Path, channels: int) -> np.ndarray:
 
 
 def read_wavelengths(folder: Path) -> tuple[float, ...] | None:
-    """Wavelengths (µm) from ``wavelengths.txt`` beside the buckets, if there is one."""
+    """Wavelengths (µm) from ``folder/wavelengths.txt`` (the buckets' folder, or the one
+    holding a stack file), if there is one."""
     path = folder / "wavelengths.txt"
     if not path.exists():
         return None
