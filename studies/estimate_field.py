@@ -15,8 +15,8 @@ the largest any snapshot of the family had (a faulty sensor, a flow unlike the s
 are warned about: the estimate is then an extrapolation.
 
 Writes FIELDS.npz (each field as (snapshots, ny, nx) or (snapshots, n), and ``points``) or,
-for one snapshot, FIELDS.vtu (the points as vertices, the fields as point data), under a
-temporary name first. Exit status: 0 done, 2 bad input (nothing written).
+for one snapshot, FIELDS.vtu (the fields as point data on the snapshots' own mesh and cells,
+or on bare points when they came without a mesh), under a temporary name first. Exit status: 0 done, 2 bad input (nothing written).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +38,39 @@ from cpikan.sensors.pod import Basis
 WARN_RESIDUAL = 2.0
 
 
-def load(folder: Path) -> tuple[Placement, dict[str, Basis], np.ndarray, tuple[int, ...], dict[str, float]]:
-    """(placement, basis per field, points, grid shape, the largest sensor residual among the
-    family's snapshots per field) from a place_sensors folder."""
+@dataclass(frozen=True)
+class Placed:
+    """What place_sensors left in its folder."""
+
+    placement: Placement
+    bases: dict[str, Basis]  # per field
+    points: np.ndarray  # (n, d) coordinates
+    grid: tuple[int, ...]  # (ny, nx) for images, () otherwise
+    family_residual: dict[str, float]  # per field, the largest sensor residual among the family's snapshots
+    mesh_points: np.ndarray | None  # (n, 3) and cells: the mesh the snapshots were on, if any
+    cells: list[tuple[str, np.ndarray]]
+
+
+def load(folder: Path) -> Placed:
     try:
         placement = Placement.from_json((folder / "placement.json").read_text())
         with np.load(folder / "basis.npz", allow_pickle=False) as z:
             names = [str(n) for n in z["fields"]]
             bases = {n: Basis(z[f"modes:{n}"], z[f"mean:{n}"], z[f"singular_values:{n}"], float("nan")) for n in names}
-            points, grid = z["points"], tuple(int(g) for g in z["grid"])
-            family_residual = {n: float(z[f"sensor_residual:{n}"]) for n in names}
+            cells = [(key.split(":", 2)[2], z[key]) for key in sorted(z.files, key=_cell_order) if key.startswith("cells:")]
+            placed = Placed(placement, bases, z["points"], tuple(int(g) for g in z["grid"]),
+                            {n: float(z[f"sensor_residual:{n}"]) for n in names},
+                            z["mesh_points"] if "mesh_points" in z.files else None, cells)
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
         raise SensorError(f"DIR: {folder} is not a folder place_sensors wrote ({exc})") from None
     for b in bases.values():
         placement.check(b)  # the basis file is the one the sensors were placed on
-    return placement, bases, points, grid, family_residual
+    return placed
+
+
+def _cell_order(key: str) -> tuple[int, str]:
+    parts = key.split(":")
+    return (int(parts[1]), key) if key.startswith("cells:") else (-1, key)
 
 
 def read_readings(path: Path, fields: list[str], k: int) -> np.ndarray:
@@ -109,19 +128,22 @@ def estimate(placement: Placement, bases: dict[str, Basis], readings: np.ndarray
     return out, worst
 
 
-def write(path: Path, fields: dict[str, np.ndarray], points: np.ndarray, grid: tuple[int, ...]) -> None:
+def write(path: Path, fields: dict[str, np.ndarray], placed: Placed) -> None:
+    """FIELDS.npz, or FIELDS.vtu on the snapshots' own mesh (points alone when they had none)."""
     tmp = path.with_name(path.name + ".part" + path.suffix)
     if path.suffix == ".vtu":
         import meshio
 
-        pts = np.zeros((len(points), 3))
-        pts[:, : points.shape[1]] = points
-        cells = [("vertex", np.arange(len(pts))[:, None])]
+        pts = placed.mesh_points
+        if pts is None:
+            pts = np.zeros((len(placed.points), 3))
+            pts[:, : placed.points.shape[1]] = placed.points
+        cells = placed.cells or [("vertex", np.arange(len(pts))[:, None])]
         meshio.write(tmp, meshio.Mesh(pts, cells, point_data={n: v[0] for n, v in fields.items()}))
     else:
-        shaped = {n: v.reshape(len(v), *grid) if grid else v for n, v in fields.items()}
+        shaped = {n: v.reshape(len(v), *placed.grid) if placed.grid else v for n, v in fields.items()}
         with tmp.open("wb") as f:
-            np.savez(f, points=points, **shaped)
+            np.savez(f, points=placed.points, **shaped)
     os.replace(tmp, path)
 
 
@@ -138,15 +160,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SensorError(f"--out: {out.name} should end in .npz or .vtu")
         if not out.parent.is_dir():
             raise SensorError(f"--out: the folder {out.parent} does not exist")
-        placement, bases, points, grid, family_residual = load(Path(args.folder))
-        readings = read_readings(Path(args.readings), list(bases), len(placement.indices))
+        placed = load(Path(args.folder))
+        placement = placed.placement
+        readings = read_readings(Path(args.readings), list(placed.bases), len(placement.indices))
         if out.suffix == ".vtu" and len(readings) > 1:
             raise SensorError(f"--out: {len(readings)} snapshots do not fit one .vtu; write .npz")
     except SensorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fields, residual = estimate(placement, bases, readings, family_residual)
-    write(out, fields, points, grid)
+    fields, residual = estimate(placement, placed.bases, readings, placed.family_residual)
+    write(out, fields, placed)
     print(f"{len(readings)} snapshot(s) of {', '.join(fields)} from {len(placement.indices)} sensors → {out}")
     if residual > WARN_RESIDUAL:
         print(f"warning: the readings lie {residual:.3g}× further from the family's modes at the sensors than "

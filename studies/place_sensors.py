@@ -111,6 +111,10 @@ def write_outputs(work: Path, family: Any, placement: Any, bases: list[Any], sum
         worst = float(residual(b, placement, np.asarray(snaps[:, idx], np.float64)).max())
         arrays |= {f"mean:{name}": b.mean, f"modes:{name}": b.modes, f"singular_values:{name}": b.singular_values,
                    f"sensor_residual:{name}": np.float64(worst)}
+    layout = family.layout
+    if layout.mesh_points is not None:  # estimate_field writes fields back onto the mesh
+        arrays["mesh_points"] = layout.mesh_points
+        arrays |= {f"cells:{i}:{kind}": conn for i, (kind, conn) in enumerate(layout.cells)}
     np.savez(work / "basis.npz", **arrays)
     (work / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     sensor_map(family, placement).write_html(work / "sensors.html", include_plotlyjs=True)  # opens offline

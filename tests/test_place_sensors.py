@@ -128,6 +128,28 @@ def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_s
     assert "further from the family's modes" in capsys.readouterr().err
 
 
+def test_fields_estimated_on_a_mesh_are_written_onto_that_mesh_and_its_plane_keeps_its_axis_names(tmp_path):
+    pts, tri = _mesh()
+    plane = pts[:, [2, 0, 1]] + [0.3, 0, 0]  # the same mesh in the plane x = 0.3: axes y, z
+    folder = tmp_path / "yz"
+    folder.mkdir()
+    for i in range(10):
+        meshio.write(folder / f"s{i}.vtu", meshio.Mesh(plane, [("triangle", tri)], point_data=_vortex(pts, i / 9)))
+    assert place_sensors.main([str(folder), "--k", "6", "--out", str(tmp_path / "s"), "--no-track"]) == 0
+    with (tmp_path / "s" / "sensors.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["sensor", "index", "y", "z"]
+    truth = _vortex(pts, 0.5)
+    lines = ["sensor,U[0],U[1],p"] + [",".join([r["sensor"], *(repr(float(v)) for v in (*truth["U"][int(r["index"]), :2],
+                                                                                      truth["p"][int(r["index"])]))])
+                                      for r in rows]
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    assert estimate_field.main([str(tmp_path / "s"), str(tmp_path / "r.csv"), "--out", str(tmp_path / "e.vtu")]) == 0
+    est = meshio.read(tmp_path / "e.vtu")
+    assert np.array_equal(est.points, plane) and [c.type for c in est.cells] == ["triangle"]
+    assert np.array_equal(est.cells[0].data, tri) and set(est.point_data) == {"U[0]", "U[1]", "p"}
+
+
 def test_uniform_placement_spreads_over_a_mesh_and_a_non_square_grid(vtu_family, rank3_family, tmp_path):
     folder, pts = vtu_family
     src, _ = rank3_family

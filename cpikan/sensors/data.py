@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,37 @@ from cpikan.sensors.placement import SensorError
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where a family's n values sit."""
+
+    points: np.ndarray | None = None  # (n, d) coordinates, flat axes dropped; None: a grid or the order
+    axis_names: tuple[str, ...] = ()  # of points' columns
+    grid: tuple[int, ...] | None = None  # (ny, nx) when the snapshots are images
+    mesh_points: np.ndarray | None = None  # (n, 3) as read, for writing fields back onto the mesh
+    cells: tuple[tuple[str, np.ndarray], ...] = ()  # the mesh's cells (type, connectivity), as read
+
+
+def _located(points: np.ndarray) -> Layout:
+    """Coordinates as read: axes along which every point is the same (a 2-D mesh stored in
+    3-D) dropped, the others named x, y, z by position."""
+    keep = [d for d in range(points.shape[1]) if np.ptp(points[:, d]) > 0] or [0]
+    return Layout(points[:, keep], tuple("xyz"[d] for d in keep), mesh_points=points)
+
+
+@dataclass(frozen=True)
 class Family:
     fields: dict[str, np.ndarray]  # name → (m, n) snapshots as rows
-    points: np.ndarray | None  # (n, d) coordinates; None: a grid (or points known only by order)
-    grid: tuple[int, int] | None  # (ny, nx) when the snapshots are images
+    layout: Layout
     files: tuple[Path, ...]
     notes: tuple[str, ...] = field(default=())  # what was left out, and why
+
+    @property
+    def points(self) -> np.ndarray | None:
+        return self.layout.points
+
+    @property
+    def grid(self) -> tuple[int, ...] | None:
+        return self.layout.grid
 
     @property
     def snapshots(self) -> int:
@@ -55,7 +80,7 @@ class Family:
     def axes(self) -> tuple[str, ...]:
         """Names of :meth:`coordinates`' columns."""
         if self.points is not None:
-            return ("x", "y", "z")[: self.points.shape[1]]
+            return self.layout.axis_names
         return ("row", "col") if self.grid is not None else ("index",)
 
 
@@ -123,24 +148,24 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
     vector's components, ``U[1]`` one), ``None`` takes every field that varies."""
     files = snapshot_files(inputs)
     if len(files) == 1 and files[0].suffix == ".npz":
-        raw, points, grid = _read_npz(files[0])
+        raw, layout = _read_npz(files[0])
     elif len(files) == 1 and files[0].suffix == ".npy":
         arr = _load_npy(files[0])
         if arr.ndim not in (2, 3):
             raise SensorError(f"snapshots: {files[0]} has shape {arr.shape}; expected (m, ny, nx) or (m, n)")
-        raw, points, grid = {files[0].stem: arr}, None, (arr.shape[1:] if arr.ndim == 3 else None)
+        raw, layout = {files[0].stem: arr}, Layout(grid=arr.shape[1:] if arr.ndim == 3 else None)
     elif all(f.suffix == ".npy" for f in files):
-        raw, points, grid = _stack_npy(files)
+        raw, layout = _stack_npy(files)
     elif all(f.suffix == ".csv" for f in files):
-        raw, points, grid = _stack_tables(files)
+        raw, layout = _stack_tables(files)
     else:
-        raw, points, grid = _stack_meshes(files)
+        raw, layout = _stack_meshes(files)
     m = next(iter(raw.values())).shape[0]
     if m < 2:
         raise SensorError(f"snapshots: {', '.join(f.name for f in files)} hold{'s' if len(files) == 1 else ''} "
                           f"{m} snapshot; a family needs at least 2")
     chosen, notes = _select(raw, fields, files)
-    return Family(chosen, points, tuple(grid) if grid else None, tuple(files), tuple(notes))
+    return Family(chosen, layout, tuple(files), tuple(notes))
 
 
 def _suffix(path: Path) -> str:
@@ -163,7 +188,7 @@ def _load_npy(path: Path) -> np.ndarray:
     return arr
 
 
-def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, tuple[int, ...] | None]:
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], Layout]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -187,10 +212,11 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None, tup
         points = np.asarray(points, np.float64)
         if points.ndim != 2 or points.shape[0] != n or not 1 <= points.shape[1] <= 3:
             raise SensorError(f"points: {path} has points of shape {points.shape}; expected ({n}, 1–3)")
-    return arrays, points, grid
+        return arrays, Layout(points, tuple("xyz"[: points.shape[1]]))
+    return arrays, Layout(grid=grid)
 
 
-def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], None, tuple[int, ...] | None]:
+def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
     first = _load_npy(files[0])
     if first.ndim not in (1, 2):
         raise SensorError(f"snapshots: {files[0]} has shape {first.shape}; one snapshot per file is (ny, nx) or (n,)")
@@ -201,14 +227,14 @@ def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], None, tuple[in
             raise SensorError(f"snapshots: {f} has shape {a.shape}, {files[0].name} has {first.shape}; "
                               "all must be on one grid")
         out[i] = a
-    return {"field": out}, None, (first.shape if first.ndim == 2 else None)
+    return {"field": out}, Layout(grid=first.shape if first.ndim == 2 else None)
 
 
 #: coordinate columns of a table: plain names, or ParaView's "Save Data" (Points:0, …)
 _AXES = (("x", "y", "z"), ("Points:0", "Points:1", "Points:2"), ("Points_0", "Points_1", "Points_2"))
 
 
-def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray | None, None]:
+def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
     """CSV files, one snapshot each: a row per point, a column per field (``U:0`` is ``U[0]``),
     coordinate columns optional (then the rows' order is the points')."""
     import pandas as pd
@@ -240,12 +266,10 @@ def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray 
             if table[col].dtype.kind not in "fiu":
                 raise SensorError(f"snapshots: {f}: column {col!r} is not numbers")
             stack[i] = table[col].to_numpy(np.float64)
-    if points is not None:
-        points = points[:, [d for d in range(points.shape[1]) if np.ptp(points[:, d]) > 0] or [0]]
-    return stacks, points, None
+    return stacks, _located(points) if points is not None else Layout()
 
 
-def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray, None]:
+def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
     import meshio
 
     points: np.ndarray | None = None
@@ -257,8 +281,7 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray,
             raise SensorError(f"snapshots: {f} is not a mesh meshio can read ({str(exc).splitlines()[0]})") from None
         pts = np.asarray(mesh.points, np.float64)
         if points is None:
-            points = pts
-            keep = [d for d in range(pts.shape[1]) if np.ptp(pts[:, d]) > 0] or [0]  # a 2-D mesh stored in 3-D
+            points, cells = pts, tuple((c.type, np.asarray(c.data)) for c in mesh.cells)
             stacks = {name: np.empty((len(files), *np.shape(v)), np.float64) for name, v in mesh.point_data.items()}
             if not stacks:
                 raise SensorError(f"snapshots: {f} has no point data (cell data is not read)")
@@ -280,7 +303,7 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray,
         else:
             for c in range(stack.shape[2]):
                 fields[f"{name}[{c}]"] = stack[:, :, c]
-    return fields, points[:, keep], None
+    return fields, replace(_located(points), cells=cells)
 
 
 def _select(raw: dict[str, np.ndarray], wanted: Sequence[str] | None,
