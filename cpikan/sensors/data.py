@@ -168,6 +168,13 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
     return Family(chosen, layout, tuple(files), tuple(notes))
 
 
+def _progress(files: list[Path]) -> Any:
+    """A progress bar over many files (on a terminal only)."""
+    from tqdm import tqdm
+
+    return tqdm(files, desc="snapshots", unit="file", disable=None if len(files) > 20 else True, mininterval=1)
+
+
 def _suffix(path: Path) -> str:
     return "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
 
@@ -241,7 +248,7 @@ def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
 
     first: Any = None
     stacks: dict[str, np.ndarray] = {}
-    for i, f in enumerate(files):
+    for i, f in enumerate(_progress(files)):
         try:
             table = pd.read_csv(f)
         except (ValueError, OSError, UnicodeDecodeError) as exc:
@@ -274,7 +281,7 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
 
     points: np.ndarray | None = None
     stacks: dict[str, np.ndarray] = {}
-    for i, f in enumerate(files):
+    for i, f in enumerate(_progress(files)):
         try:
             mesh = meshio.read(f)
         except Exception as exc:  # meshio raises many kinds; the cause goes to the user
@@ -282,7 +289,8 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
         pts = np.asarray(mesh.points, np.float64)
         if points is None:
             points, cells = pts, tuple((c.type, np.asarray(c.data)) for c in mesh.cells)
-            stacks = {name: np.empty((len(files), *np.shape(v)), np.float64) for name, v in mesh.point_data.items()}
+            stacks = {name: np.empty((len(files), *np.shape(v)), np.float32 if v.dtype == np.float32 else np.float64)
+                      for name, v in mesh.point_data.items()}  # float32 files stay float32: half the memory
             if not stacks:
                 raise SensorError(f"snapshots: {f} has no point data (cell data is not read)")
         elif pts.shape != points.shape or not np.allclose(pts, points, rtol=0, atol=1e-9 * (1 + np.abs(points).max())):
