@@ -49,6 +49,7 @@ class Placed:
     family_residual: dict[str, float]  # per field, the largest sensor residual among the family's snapshots
     mesh_points: np.ndarray | None  # (n, 3) and cells: the mesh the snapshots were on, if any
     cells: list[tuple[str, np.ndarray]]
+    on_cells: bool  # the fields are cell data
 
 
 def load(folder: Path) -> Placed:
@@ -60,7 +61,8 @@ def load(folder: Path) -> Placed:
             cells = [(key.split(":", 2)[2], z[key]) for key in sorted(z.files, key=_cell_order) if key.startswith("cells:")]
             placed = Placed(placement, bases, z["points"], tuple(int(g) for g in z["grid"]),
                             {n: float(z[f"sensor_residual:{n}"]) for n in names},
-                            z["mesh_points"] if "mesh_points" in z.files else None, cells)
+                            z["mesh_points"] if "mesh_points" in z.files else None, cells,
+                            bool(z["on_cells"]) if "on_cells" in z.files else False)
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
         raise SensorError(f"DIR: {folder} is not a folder place_sensors wrote ({exc})") from None
     for b in bases.values():
@@ -139,7 +141,12 @@ def write(path: Path, fields: dict[str, np.ndarray], placed: Placed) -> None:
             pts = np.zeros((len(placed.points), 3))
             pts[:, : placed.points.shape[1]] = placed.points
         cells = placed.cells or [("vertex", np.arange(len(pts))[:, None])]
-        meshio.write(tmp, meshio.Mesh(pts, cells, point_data={n: v[0] for n, v in fields.items()}))
+        if placed.on_cells:  # back into the cell blocks they were read from
+            ends = np.cumsum([len(c) for _, c in cells])[:-1]
+            data = {"cell_data": {n: np.split(v[0], ends) for n, v in fields.items()}}
+        else:
+            data = {"point_data": {n: v[0] for n, v in fields.items()}}
+        meshio.write(tmp, meshio.Mesh(pts, cells, **data))
     else:
         shaped = {n: v.reshape(len(v), *placed.grid) if placed.grid else v for n, v in fields.items()}
         with tmp.open("wb") as f:

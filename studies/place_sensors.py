@@ -8,8 +8,9 @@ SNAPSHOTS: one ``.npy`` (m, ny, nx) or (m, n); one ``.npz`` with an array per fi
 ``points``, (n, d), optional); or several files / a folder, one snapshot each in name
 order: ``.npy`` arrays, CSV tables with a row per point (ParaView's "Save Data":
 ``Points:0``, ``U:0``, …), or meshes meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) with
-the fields as point data (a vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``
-takes them all). Every sensor reads every field chosen; fields the same in every snapshot are
+the fields as point data, or as cell data only (a finite-volume solver's values: sensors
+then sit at cell centroids). A vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``
+takes them all. Every sensor reads every field chosen; fields the same in every snapshot are
 left out, with a note.
 
 ``--candidates``: where a sensor can be mounted (a wall, a probe's reach), as a CSV of point
@@ -114,6 +115,7 @@ def write_outputs(work: Path, family: Any, placement: Any, bases: list[Any], sum
     layout = family.layout
     if layout.mesh_points is not None:  # estimate_field writes fields back onto the mesh
         arrays["mesh_points"] = layout.mesh_points
+        arrays["on_cells"] = np.bool_(layout.on_cells)
         arrays |= {f"cells:{i}:{kind}": conn for i, (kind, conn) in enumerate(layout.cells)}
     np.savez(work / "basis.npz", **arrays)
     (work / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")

@@ -150,6 +150,36 @@ def test_fields_estimated_on_a_mesh_are_written_onto_that_mesh_and_its_plane_kee
     assert np.array_equal(est.cells[0].data, tri) and set(est.point_data) == {"U[0]", "U[1]", "p"}
 
 
+def test_cell_data_of_a_finite_volume_mesh_is_read_at_cell_centroids_and_written_back_as_cell_data(tmp_path):
+    pts, _ = _mesh()
+    nx, ny = 25, 13  # _mesh's grid: quads on the left half, triangles on the right (two cell blocks)
+    a = (np.arange(ny - 1)[:, None] * nx + np.arange(nx - 1)[None, :])
+    left, right = a[:, :12].ravel(), a[:, 12:].ravel()
+    quads = np.stack([left, left + 1, left + nx + 1, left + nx], 1)
+    tris = np.concatenate([np.stack([right, right + 1, right + nx + 1], 1), np.stack([right, right + nx + 1, right + nx], 1)])
+    blocks = [("quad", quads), ("triangle", tris)]
+    centres = np.concatenate([pts[quads].mean(axis=1), pts[tris].mean(axis=1)])
+    shapes = np.stack([np.sin(3 * centres[:, 0]) * centres[:, 1], np.exp(-((centres[:, 0] - 1) ** 2) * 4)])
+    coef = np.random.default_rng(1).normal(size=(13, 2))  # an exactly rank-2 family; the 13th kept back
+    folder = tmp_path / "fv"
+    folder.mkdir()
+    for i in range(12):
+        p = coef[i] @ shapes
+        meshio.write(folder / f"t{i}.vtu", meshio.Mesh(pts, blocks, cell_data={"p": [p[: len(quads)], p[len(quads):]]}))
+    assert place_sensors.main([str(folder), "--k", "4", "--rank", "2", "--out", str(tmp_path / "s"), "--no-track"]) == 0
+    with (tmp_path / "s" / "sensors.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # each sensor at a cell's centroid
+        assert np.allclose([float(r["x"]), float(r["y"])], centres[int(r["index"]), :2], atol=1e-8)
+    new = coef[12] @ shapes
+    (tmp_path / "r.csv").write_text("sensor,p\n" + "".join(f"{r['sensor']},{float(new[int(r['index'])])!r}\n" for r in rows))
+    assert estimate_field.main([str(tmp_path / "s"), str(tmp_path / "r.csv"), "--out", str(tmp_path / "e.vtu")]) == 0
+    est = meshio.read(tmp_path / "e.vtu")
+    assert not est.point_data and [len(b) for b in est.cell_data["p"]] == [len(quads), len(tris)]
+    assert [c.type for c in est.cells] == ["quad", "triangle"]
+    assert np.abs(np.concatenate(est.cell_data["p"]) - new).max() <= 1e-9 * np.abs(new).max()
+
+
 def test_uniform_placement_spreads_over_a_mesh_and_a_non_square_grid(vtu_family, rank3_family, tmp_path):
     folder, pts = vtu_family
     src, _ = rank3_family

@@ -7,7 +7,8 @@ A family is m snapshots of one or more fields on one set of n points, read from
   numbers, ``t2`` before ``t10``): ``.npy`` arrays of one shape; CSV tables with a row per
   point (ParaView's "Save Data": coordinates ``Points:0…`` or ``x, y, z``, components
   ``U:0``); or meshes that meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) on the same
-  points, fields from their point data. A vector field is split into its components,
+  points, fields from their point data (a mesh with cell data only, as a finite-volume
+  solver writes it: at the cells' centroids). A vector field is split into its components,
   ``U[0]``, ``U[1]``, ….
 A field that is the same in every snapshot holds nothing a sensor could tell, so it is left
 out with a note (or refused, when asked for by name). Every error names the file and the
@@ -36,6 +37,7 @@ class Layout:
     grid: tuple[int, ...] | None = None  # (ny, nx) when the snapshots are images
     mesh_points: np.ndarray | None = None  # (n, 3) as read, for writing fields back onto the mesh
     cells: tuple[tuple[str, np.ndarray], ...] = ()  # the mesh's cells (type, connectivity), as read
+    on_cells: bool = False  # values are cell data (points are the cells' centroids)
 
 
 def _located(points: np.ndarray) -> Layout:
@@ -277,10 +279,13 @@ def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
 
 
 def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
+    """Meshes on one set of points, their point data; a mesh with only cell data (a
+    finite-volume solver's own values) is read at its cells' centroids instead."""
     import meshio
 
     points: np.ndarray | None = None
     stacks: dict[str, np.ndarray] = {}
+    on_cells = False
     for i, f in enumerate(_progress(files)):
         try:
             mesh = meshio.read(f)
@@ -289,17 +294,20 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
         pts = np.asarray(mesh.points, np.float64)
         if points is None:
             points, cells = pts, tuple((c.type, np.asarray(c.data)) for c in mesh.cells)
+            on_cells = not mesh.point_data and bool(mesh.cell_data)
+            if not (mesh.point_data or mesh.cell_data):
+                raise SensorError(f"snapshots: {f} has neither point nor cell data")
             stacks = {name: np.empty((len(files), *np.shape(v)), np.float32 if v.dtype == np.float32 else np.float64)
-                      for name, v in mesh.point_data.items()}  # float32 files stay float32: half the memory
-            if not stacks:
-                raise SensorError(f"snapshots: {f} has no point data (cell data is not read)")
+                      for name, v in _values(mesh, on_cells).items()}  # float32 files stay float32: half the memory
         elif pts.shape != points.shape or not np.allclose(pts, points, rtol=0, atol=1e-9 * (1 + np.abs(points).max())):
             raise SensorError(f"snapshots: {f} is on other points than {files[0].name} "
                               f"({len(pts)} vs {len(points)}); every snapshot must be on one mesh")
+        values = _values(mesh, on_cells)
         for name, stack in stacks.items():
-            v = mesh.point_data.get(name)
+            v = values.get(name)
             if v is None:
-                raise SensorError(f"snapshots: {f} has no point data {name!r} (found {', '.join(mesh.point_data)})")
+                raise SensorError(f"snapshots: {f} has no {'cell' if on_cells else 'point'} data {name!r} "
+                                  f"(found {', '.join(values) or 'none'})")
             if np.shape(v) != stack.shape[1:]:
                 raise SensorError(f"snapshots: {f}: {name!r} has shape {np.shape(v)}, {files[0].name} has {stack.shape[1:]}")
             stack[i] = v
@@ -311,7 +319,24 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
         else:
             for c in range(stack.shape[2]):
                 fields[f"{name}[{c}]"] = stack[:, :, c]
-    return fields, replace(_located(points), cells=cells)
+    if not on_cells:
+        return fields, replace(_located(points), cells=cells)
+    centroids = np.concatenate([_centroids(points, kind, conn, files[0]) for kind, conn in cells])
+    return fields, replace(_located(centroids), mesh_points=points, cells=cells, on_cells=True)
+
+
+def _values(mesh: Any, on_cells: bool) -> dict[str, np.ndarray]:
+    """The mesh's point data, or its cell data with the cell blocks joined in order."""
+    if not on_cells:
+        return dict(mesh.point_data)
+    return {name: np.concatenate([np.asarray(b) for b in blocks]) for name, blocks in mesh.cell_data.items()}
+
+
+def _centroids(points: np.ndarray, kind: str, conn: np.ndarray, path: Path) -> np.ndarray:
+    if conn.dtype == object or conn.ndim != 2:
+        raise SensorError(f"snapshots: {path}: cell data on {kind} cells, whose centres are not read; "
+                          "export the fields as point data")
+    return points[conn].mean(axis=1)
 
 
 def _select(raw: dict[str, np.ndarray], wanted: Sequence[str] | None,
