@@ -11,8 +11,9 @@ reading of every field.
 The estimate is the linear one the placement was scored with: each field's POD modes
 fitted to the readings by least squares, added to the family's mean. With more sensors
 than modes the fit leaves a residual at the sensors; readings whose residual is over twice
-the largest any snapshot of the family had (a faulty sensor, a flow unlike the snapshots)
-are warned about: the estimate is then an extrapolation.
+what the family's own snapshots and the sensor noise (place_sensors' ``--noise``) explain
+(a faulty sensor, a flow unlike the snapshots) are warned about: the estimate is then an
+extrapolation.
 
 Writes FIELDS.npz (each field as (snapshots, ny, nx) or (snapshots, n), and ``points``) or,
 for one snapshot, FIELDS.vtu (the fields as point data on the snapshots' own mesh and cells,
@@ -34,7 +35,7 @@ import numpy as np
 from cpikan.sensors.placement import Placement, SensorError, reconstruct, residual
 from cpikan.sensors.pod import Basis
 
-#: warn when the readings' residual at the sensors exceeds the family's own largest this many times
+#: warn when the readings' residual at the sensors is this many times what the family and the noise explain
 WARN_RESIDUAL = 2.0
 
 
@@ -47,6 +48,7 @@ class Placed:
     points: np.ndarray  # (n, d) coordinates
     grid: tuple[int, ...]  # (ny, nx) for images, () otherwise
     family_residual: dict[str, float]  # per field, the largest sensor residual among the family's snapshots
+    noise_sd: dict[str, float]  # per field, the sensor noise place_sensors assumed (its --noise × the field's range)
     mesh_points: np.ndarray | None  # (n, 3) and cells: the mesh the snapshots were on, if any
     cells: list[tuple[str, np.ndarray]]
     on_cells: bool  # the fields are cell data
@@ -61,6 +63,7 @@ def load(folder: Path) -> Placed:
             cells = [(key.split(":", 2)[2], z[key]) for key in sorted(z.files, key=_cell_order) if key.startswith("cells:")]
             placed = Placed(placement, bases, z["points"], tuple(int(g) for g in z["grid"]),
                             {n: float(z[f"sensor_residual:{n}"]) for n in names},
+                            {n: float(z[f"noise_sd:{n}"]) for n in names},
                             z["mesh_points"] if "mesh_points" in z.files else None, cells,
                             bool(z["on_cells"]) if "on_cells" in z.files else False)
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
@@ -118,15 +121,17 @@ def read_readings(path: Path, fields: list[str], k: int) -> np.ndarray:
     return np.array([[[snap[s][i] for s in range(1, k + 1)] for i in range(len(fields))] for snap in snaps.values()])
 
 
-def estimate(placement: Placement, bases: dict[str, Basis], readings: np.ndarray,
-             family_residual: dict[str, float]) -> tuple[dict[str, np.ndarray], float]:
-    """(field → (snapshots, n) estimate, the worst sensor residual as a multiple of the largest
-    any of the family's own snapshots had)."""
+def estimate(placed: Placed, readings: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    """(field → (snapshots, n) estimate, the worst sensor residual as a multiple of what the
+    family and the sensor noise explain: √(family's largest² + σ²(K − r)), the second term
+    the expected residual of K noisy readings fitted with r modes)."""
     out, worst = {}, 0.0
-    for i, (name, basis) in enumerate(bases.items()):
-        out[name] = reconstruct(basis, placement, readings[:, i, :])
-        off = float(residual(basis, placement, readings[:, i, :]).max())
-        worst = max(worst, off / family_residual[name] if family_residual[name] > 0 else 0.0 if off == 0 else np.inf)
+    k = len(placed.placement.indices)
+    for i, (name, basis) in enumerate(placed.bases.items()):
+        out[name] = reconstruct(basis, placed.placement, readings[:, i, :])
+        off = float(residual(basis, placed.placement, readings[:, i, :]).max())
+        explained = np.hypot(placed.family_residual[name], placed.noise_sd[name] * np.sqrt(max(k - basis.rank, 0)))
+        worst = max(worst, off / explained if explained > 0 else 0.0 if off == 0 else np.inf)
     return out, worst
 
 
@@ -175,13 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     except SensorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fields, residual = estimate(placement, placed.bases, readings, placed.family_residual)
+    fields, residual = estimate(placed, readings)
     write(out, fields, placed)
     print(f"{len(readings)} snapshot(s) of {', '.join(fields)} from {len(placement.indices)} sensors → {out}")
     if residual > WARN_RESIDUAL:
         print(f"warning: the readings lie {residual:.3g}× further from the family's modes at the sensors than "
-              "any snapshot of the family did: a faulty sensor, or a flow unlike the snapshots the placement was "
-              "made on; the estimate may be far off", file=sys.stderr)
+              "the family's own snapshots and the sensor noise explain: a faulty sensor, or a flow unlike the "
+              "snapshots the placement was made on; the estimate may be far off", file=sys.stderr)
     return 0
 
 

@@ -111,7 +111,8 @@ def write_outputs(work: Path, family: Any, placement: Any, bases: list[Any], sum
     for (name, snaps), b in zip(family.fields.items(), bases):
         worst = float(residual(b, placement, np.asarray(snaps[:, idx], np.float64)).max())
         arrays |= {f"mean:{name}": b.mean, f"modes:{name}": b.modes, f"singular_values:{name}": b.singular_values,
-                   f"sensor_residual:{name}": np.float64(worst)}
+                   f"sensor_residual:{name}": np.float64(worst),
+                   f"noise_sd:{name}": np.float64(summary["noise"] * float(np.ptp(snaps)))}
     layout = family.layout
     if layout.mesh_points is not None:  # estimate_field writes fields back onto the mesh
         arrays["mesh_points"] = layout.mesh_points
