@@ -70,9 +70,8 @@ class PlaceSensorsConfig:
     candidates: str | None = None  # CSV of the points where a sensor may go (default: anywhere)
 
 
-def place_family(cfg: PlaceSensorsConfig) -> tuple[Any, Any, list[Any], dict[str, Any]]:
-    """(family, placement, bases, summary): the held-out scores, then ``cfg.method`` on all
-    snapshots with the rank its score used."""
+def read(cfg: PlaceSensorsConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """(family, candidate point indices or None, what every summary says of them)."""
     import numpy as np
 
     from cpikan.sensors import holdout
@@ -80,23 +79,34 @@ def place_family(cfg: PlaceSensorsConfig) -> tuple[Any, Any, list[Any], dict[str
 
     family = read_family(cfg.inputs, cfg.fields or None)
     cand = candidate_points(family, Path(cfg.candidates)) if cfg.candidates else None
+    return family, cand, {
+        "snapshots": family.snapshots, "points": family.size, "fields": list(family.fields), "k": cfg.k,
+        "rank_chosen": cfg.rank is None, "method": cfg.method, "noise": cfg.noise,
+        "held_out": len(holdout.split(family.snapshots, cfg.hold_out)[1]),
+        "candidates": family.size if cand is None else len(np.unique(cand)), "notes": list(family.notes)}
+
+
+def place_family(cfg: PlaceSensorsConfig) -> tuple[Any, Any, list[Any], dict[str, Any]]:
+    """(family, placement, bases, summary): the held-out scores, then ``cfg.method`` on all
+    snapshots with the rank its score used."""
+    from cpikan.sensors import holdout
+
+    family, cand, summary = read(cfg)
     t0 = time.perf_counter()
     scores = holdout.score(family, cfg.k, cfg.rank, METHODS, noise=cfg.noise, hold_out=cfg.hold_out, candidates=cand)
     rank = next(s.rank for s in scores if s.method == cfg.method)
     bases = holdout.bases(family, rank)
     placement = holdout.place_on(family, bases, cfg.k, cfg.method, candidates=cand)
-    summary = {"snapshots": family.snapshots, "points": family.size, "fields": list(family.fields),
-               "k": cfg.k, "rank": rank, "rank_chosen": cfg.rank is None, "method": cfg.method, "noise": cfg.noise,
-               "held_out": len(holdout.split(family.snapshots, cfg.hold_out)[1]),
-               "energy": {n: b.energy for n, b in zip(family.fields, bases)},
-               "held_out_error": {s.method: {"all": s.error, "rank": s.rank, **s.per_field} for s in scores},
-               "candidates": family.size if cand is None else len(np.unique(cand)),
-               "seconds": time.perf_counter() - t0, "notes": list(family.notes)}
-    return family, placement, bases, summary
+    return family, placement, bases, summary | {
+        "rank": rank, "energy": {n: b.energy for n, b in zip(family.fields, bases)},
+        "held_out_error": {s.method: {"all": s.error, "rank": s.rank, **s.per_field} for s in scores},
+        "seconds": time.perf_counter() - t0}
 
 
 def write_outputs(work: Path, family: Any, placement: Any, bases: list[Any], summary: dict[str, Any]) -> None:
     import numpy as np
+
+    from cpikan.sensors.placement import residual
 
     coords = family.coordinates()
     rows = [",".join(("sensor", "index", *family.axes()))]
@@ -105,8 +115,6 @@ def write_outputs(work: Path, family: Any, placement: Any, bases: list[Any], sum
     placement.save(work / "placement.json")
     arrays = {"fields": np.array(list(family.fields)), "points": coords,
               "grid": np.array(family.grid or (), np.int64)}
-    from cpikan.sensors.placement import residual
-
     idx = list(placement.indices)
     for (name, snaps), b in zip(family.fields.items(), bases):
         worst = float(residual(b, placement, np.asarray(snaps[:, idx], np.float64)).max())
@@ -125,24 +133,16 @@ def write_outputs(work: Path, family: Any, placement: Any, bases: list[Any], sum
 
 def sweep_family(cfg: PlaceSensorsConfig) -> dict[str, Any]:
     """The held-out check at every K of ``cfg.k`` (a list): how many sensors the family needs."""
-    import numpy as np
-
     from cpikan.sensors import holdout
-    from cpikan.sensors.data import candidate_points, read_family
 
     assert isinstance(cfg.k, list)
-    family = read_family(cfg.inputs, cfg.fields or None)
-    cand = candidate_points(family, Path(cfg.candidates)) if cfg.candidates else None
+    family, cand, summary = read(cfg)
     t0 = time.perf_counter()
     curve: dict[str, list[list[float]]] = {m: [] for m in METHODS}
     for k in cfg.k:
         for s in holdout.score(family, k, cfg.rank, METHODS, noise=cfg.noise, hold_out=cfg.hold_out, candidates=cand):
             curve[s.method].append([k, s.error, s.rank])
-    return {"snapshots": family.snapshots, "points": family.size, "fields": list(family.fields), "k": cfg.k,
-            "rank_chosen": cfg.rank is None, "noise": cfg.noise, "method": cfg.method,
-            "held_out": len(holdout.split(family.snapshots, cfg.hold_out)[1]), "sweep": curve,
-            "candidates": family.size if cand is None else len(np.unique(cand)),
-            "seconds": time.perf_counter() - t0, "notes": list(family.notes)}
+    return summary | {"sweep": curve, "seconds": time.perf_counter() - t0}
 
 
 def write_sweep(work: Path, summary: dict[str, Any]) -> None:
