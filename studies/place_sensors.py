@@ -99,6 +99,7 @@ def place_family(cfg: PlaceSensorsConfig) -> tuple[Any, Any, list[Any], dict[str
     placement = holdout.place_on(family, bases, cfg.k, cfg.method, candidates=cand)
     return family, placement, bases, summary | {
         "rank": rank, "energy": {n: b.energy for n, b in zip(family.fields, bases)},
+        "modes": {n: b.rank for n, b in zip(family.fields, bases)},
         "held_out_error": {s.method: {"all": s.error, "rank": s.rank, **s.per_field} for s in scores},
         "seconds": time.perf_counter() - t0}
 
@@ -328,6 +329,11 @@ def report(summary: dict[str, Any], out: Path) -> None:
     if error > red:
         print(f"warning: {summary['method']}'s held-out error {error:.3g} is over the guard's red line {red:g} "
               "(reconstruction_error): more sensors, or snapshots that cover the family better", file=sys.stderr)
+    fewer = {f: m for f, m in summary["modes"].items() if m < summary["rank"]}
+    if fewer:
+        print(f"note: the snapshots span fewer than {summary['rank']} directions in "
+              + ", ".join(f"{f} ({m})" for f, m in fewer.items()) + "; those fields use only as many modes",
+              file=sys.stderr)
     energy = min(summary["energy"].values())
     print(f"{summary['k']} sensors ({summary['method']}, {summary['rank']} modes fitted to all {summary['snapshots']} "
           f"snapshots, holding {100 * energy:.2f} % of the variance) → {out / 'sensors.csv'}")

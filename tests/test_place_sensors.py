@@ -81,6 +81,23 @@ def test_sensors_placed_on_a_mesh_family_are_mesh_points_and_qr_reads_it_best(vt
     assert len((out / "sensors.csv").read_text().splitlines()) == 6
 
 
+def test_modes_the_snapshots_do_not_span_are_not_fitted(rank3_family, tmp_path, capsys):
+    """A rank-3 family asked for 6 modes: modes 4–6 would be round-off (σ ~1e-8 σ₁) fitted
+    to noise; they are dropped, said, and the estimate from exact readings stays exact."""
+    src, new = rank3_family
+    out = tmp_path / "s"
+    assert place_sensors.main([str(src), "--k", "6", "--rank", "6", "--out", str(out), "--no-track"]) == 0
+    assert "span fewer than 6 directions in heat (3)" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["modes"] == {"heat": 3}
+    with (out / "sensors.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    (tmp_path / "r.csv").write_text("sensor,heat\n" + "".join(
+        f"{r['sensor']},{float(new[int(r['row']), int(r['col'])])!r}\n" for r in rows))
+    assert estimate_field.main([str(out), str(tmp_path / "r.csv"), "--out", str(tmp_path / "e.npz")]) == 0
+    with np.load(tmp_path / "e.npz") as z:
+        assert np.abs(z["heat"][0] - new).max() <= 1e-9 * np.abs(new).max()
+
+
 def test_paraview_csv_tables_give_the_same_sensors_as_the_meshes_they_were_saved_from(vtu_family, tmp_path):
     import pandas as pd
 

@@ -44,11 +44,13 @@ def split(m: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bases(family: Family, rank: int, rows: np.ndarray | None = None) -> list[Basis]:
-    """Each field's POD basis (of the snapshots in ``rows``, default all), ``rank`` modes."""
+    """Each field's POD basis (of the snapshots in ``rows``, default all): ``rank`` modes, or
+    fewer where the snapshots span fewer directions (:meth:`Basis.significant_rank`)."""
     use = np.arange(family.snapshots) if rows is None else rows
     if not 1 <= rank <= len(use):
         raise SensorError(f"rank: between 1 and the {len(use)} snapshots fitted, got {rank}")
-    return [pod_basis(np.asarray(a[use]), rank) for a in family.fields.values()]
+    fitted = [pod_basis(np.asarray(a[use]), rank) for a in family.fields.values()]
+    return [b.truncate(min(rank, b.significant_rank())) for b in fitted]
 
 
 def place_on(family: Family, fitted: Sequence[Basis], k: int, method: str, seed: int = 0,
@@ -77,8 +79,8 @@ def score(family: Family, k: int, rank: int | None = None, methods: Sequence[str
     scores = []
     for method in methods:
         best: Score | None = None
-        for r in [rank] if rank else range(1, top[0].rank + 1):
-            fitted = [b.truncate(r) for b in top]
+        for r in [rank] if rank else range(1, max(b.rank for b in top) + 1):
+            fitted = [b.truncate(min(r, b.rank)) for b in top]
             runs = [_errors(list(family.fields), fitted, held, place_on(family, fitted, k, method, seed, candidates), noise, draws)
                     for seed in range(seeds if method == "random" else 1)]
             runs.sort(key=lambda run: run[0])
@@ -105,11 +107,11 @@ class _Held:
 def _errors(names: Sequence[str], fitted: Sequence[Basis], held: Sequence[_Held], placement: Placement,
             noise: float, draws: int) -> tuple[float, dict[str, float]]:
     idx = np.asarray(placement.indices)
-    r = min(len(idx), fitted[0].rank)  # the modes reconstruct() fits
     per_field: dict[str, list[float]] = {name: [] for name in names}
     for draw in range(draws):
         rng = np.random.default_rng(1000 + draw)
         for name, basis, h in zip(names, fitted, held):
+            r = min(len(idx), basis.rank)  # the modes reconstruct() fits
             readings = h.deviation[:, idx] + noise * h.span * rng.standard_normal((len(h.squares), len(idx)))
             coef, *_ = scipy.linalg.lstsq(basis.modes[idx, :r].astype(np.float64), readings.T, check_finite=False)
             squares = h.squares.sum() - 2 * np.einsum("ri,ir->", coef, h.projection[:, :r]) + np.sum(coef * coef)

@@ -39,6 +39,13 @@ class Basis:
     def points(self) -> int:
         return int(self.modes.shape[0])
 
+    def significant_rank(self, rtol: float = 1e-6) -> int:
+        """Modes whose singular value is above ``rtol`` × the largest: the directions the
+        snapshots really span (the rest is round-off, ~1e-8 relative by the method of
+        snapshots, and would only fit noise)."""
+        s = self.singular_values
+        return max(1, int(np.count_nonzero(s > rtol * s[0]))) if len(s) and s[0] > 0 else 1
+
     def truncate(self, rank: int) -> Basis:
         """The leading ``rank`` modes (POD modes are nested: no refit needed)."""
         s2 = np.square(self.singular_values, dtype=np.float64)
