@@ -100,7 +100,7 @@ def place_family(cfg: PlaceSensorsConfig) -> tuple[Any, Any, list[Any], dict[str
     return family, placement, bases, summary | {
         "rank": rank, "energy": {n: b.energy for n, b in zip(family.fields, bases)},
         "modes": {n: b.rank for n, b in zip(family.fields, bases)},
-        "held_out_error": {s.method: {"all": s.error, "rank": s.rank, **s.per_field} for s in scores},
+        "held_out_error": {s.method: {"all": s.error, "rank": s.rank, "fields": s.per_field} for s in scores},
         "seconds": time.perf_counter() - t0}
 
 
@@ -319,7 +319,7 @@ def report(summary: dict[str, Any], out: Path) -> None:
     print(f"  {'method':<9}{'rank':>5}{'all':>10}" + "".join(f"{f:>10}" for f in fields))
     for method, e in summary["held_out_error"].items():
         extra = "  (median of 5 placements)" if method == "random" else ""
-        print(f"  {method:<9}{e['rank']:>5}{e['all']:>10.3g}" + "".join(f"{e[f]:>10.3g}" for f in fields) + extra)
+        print(f"  {method:<9}{e['rank']:>5}{e['all']:>10.3g}" + "".join(f"{e['fields'][f]:>10.3g}" for f in fields) + extra)
     if summary["rank_chosen"]:
         print("  (ranks chosen on these held-out snapshots: the figures are a little optimistic)")
     from cpikan.sensors.guard import load_thresholds
