@@ -147,6 +147,14 @@ def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_s
         write(np.asarray(exact) + 0.01 * spread * np.random.default_rng(seed).standard_normal(len(exact)))
         assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz")]) == 0
         assert "warning" not in capsys.readouterr().err
+    # several snapshots in one file, told apart by a snapshot column, each estimated on its own
+    other = 0.5 * new - 0.2 * np.load(src)[0]
+    readings.write_text("snapshot,sensor,heat\n" + "".join(
+        f"{t},{s['sensor']},{float(f[int(s['row']), int(s['col'])])!r}\n" for t, f in (("a", new), ("b", other))
+        for s in reversed(sensors)))
+    assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "both.npz")]) == 0
+    with np.load(tmp_path / "both.npz") as z:
+        assert z["heat"].shape == (2, 9, 14) and np.allclose(z["heat"], [new, other], rtol=0, atol=1e-9)
     # ... a sensor stuck high is
     write([v + (5.0 if i == 2 else 0.0) for i, v in enumerate(exact)])
     assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz")]) == 0
