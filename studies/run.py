@@ -213,6 +213,15 @@ def record_sampling(spec: WorkerSpec, study_def: registry.Study) -> None:
     study.set_user_attr("sampling", {**recorded, "workers_seeded_by": "study seed and worker index"})
 
 
+#: the commands beside the studies, shown under --list so they are found
+COMMANDS = (("studies.reconstruct", "wafers' bucket files → height maps (classical, a trained run, or your model)"),
+            ("studies.place_sensors", "K sensors on your snapshot family (npy, CSV, VTU…), scored on held-out snapshots"),
+            ("studies.estimate_field", "sensor readings → whole fields, on a placement made by place_sensors"),
+            ("cpikan.tiling check", "is your model exact when tiled? (receptive field, shift-equivariance)"),
+            ("tracking.replay RUN_ID", "run a past run again and compare every result"),
+            ("tracking.diff A B", "what differs between two runs"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.verbose)
@@ -220,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         width = max(map(len, registry.CATALOG))
         for name, entry in registry.CATALOG.items():
             print(f"{name:<{width}}  {entry.description}")
+        print("\nthe other commands (python -m COMMAND, --help for each):")
+        for module, what in COMMANDS:
+            print(f"  {module:<26}{what}")
         return 0
     try:
         study_def, base = prepare(args)

@@ -170,6 +170,13 @@ def test_list_names_every_study(tmp_path):
     assert out.returncode == 0
     for name in ("tiling_overlap_sweep", "scheduler_search", "init_search", "psi_pretrain", "poisson3d"):
         assert name in out.stdout
+    import importlib
+
+    from studies.run import COMMANDS
+
+    for module, _ in COMMANDS:  # the commands it points to exist
+        assert module in out.stdout
+        importlib.import_module(module.split()[0])
 
 
 def _random_study_configs(mlruns, monkeypatch, workers, steps):
