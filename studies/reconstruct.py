@@ -15,7 +15,8 @@ wafer's folder, or beside the TIFF or ``.npy`` file, sets the lasers (optional; 
 steps = 16 buckets by default).
 
 ``--model``: the joint fringe-order search (``classical``, default), the best
-``psi_pretrain`` run (``best``), a run ID (weights as safetensors; nothing is unpickled),
+``psi_pretrain`` run (``best``), a run ID (weights as safetensors; nothing is unpickled;
+fed the intensity units it was trained on: 16-bit counts / 256, 8-bit counts as they are),
 or your own model, ``mylab.models:make_unet`` or ``path/to/unet.py:make_unet``: a callable
 returning an ``nn.Module`` that maps (N, 16, H, W) float32 intensities (the files' counts, laser-major)
 to (N, K, H, W) with the height in µm in channel 0; ``--weights`` loads a safetensors state
@@ -163,13 +164,15 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         distributed.barrier()
         k = int(plan["out_channels"])
         out = np.load(work / "channels.npy", mmap_mode="r+") if k > 1 else height.reshape(1, h, w)
+        units = model_units(cfg, buckets.dtype)
         try:
             predict_tiled(model, buckets, tile_size=int(plan["tile"]), overlap=int(plan["overlap"]), mode=cfg.mode,
-                          batch_size=int(plan["batch_size"]), out=out, shard=shard, device=distributed.device())
+                          batch_size=int(plan["batch_size"]), out=out, shard=shard, device=distributed.device(),
+                          normalize=units)
         except ValueError as exc:
             raise io.InputError(str(exc).splitlines()[0]) from None
         if cfg.mode != "crop":
-            plan = {**plan, "blend_vs_full_um": blend_error(model, buckets, plan, cfg.mode)}
+            plan = {**plan, "blend_vs_full_um": blend_error(model, buckets, plan, cfg.mode, units)}
         if k > 1:  # channel 0 is the height; channels.npy keeps them all
             out.flush()
             distributed.barrier()
@@ -209,7 +212,21 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     return {**figures, **stats, "flagged_pixels": float(flagged), "valid_fraction": 1 - flagged / (h * w)}
 
 
-def blend_error(model: Any, buckets: Any, plan: dict[str, float], mode: str) -> float:
+def model_units(cfg: ReconstructConfig, dtype: Any) -> Any:
+    """What the model's input is multiplied by: the project's PSI models were trained on
+    intensity units (:func:`cpikan.psi.physics.dequantize`: 8-bit counts as they are, 16-bit
+    counts / 256), so 16-bit files are scaled for them; your own model gets the files' counts,
+    as its contract says. None: as read."""
+    from cpikan.psi.physics import counts_per_unit
+    from cpikan.tiling import factory
+
+    if factory.is_factory(cfg.model) or dtype.kind != "u":
+        return None
+    scale = 1.0 / counts_per_unit(8 * dtype.itemsize)
+    return None if scale == 1.0 else (lambda batch: batch * scale)
+
+
+def blend_error(model: Any, buckets: Any, plan: dict[str, float], mode: str, units: Any = None) -> float:
     """How far blended tiles are from whole-image inference, in µm of height, measured on
     this wafer: its central crop of one tile's side (whole-image inference of that fits the
     memory budget) cut into 2 × 2 tiles with the plan's overlap and window."""
@@ -228,8 +245,8 @@ def blend_error(model: Any, buckets: Any, plan: dict[str, float], mode: str) -> 
         return float("nan")
     y0, x0 = (h - side) // 2 // factor * factor, (w - side) // 2 // factor * factor
     crop = np.asarray(buckets[:, y0 : y0 + side, x0 : x0 + side], np.float32)
-    full = predict_full(model, crop)[0]
-    tiled = predict_tiled(model, crop, tile_size=tile, overlap=overlap, mode=mode)[0]
+    full = predict_full(model, crop, normalize=units)[0]
+    tiled = predict_tiled(model, crop, tile_size=tile, overlap=overlap, mode=mode, normalize=units)[0]
     return float(np.abs(tiled - full).max())
 
 

@@ -212,8 +212,25 @@ def test_model_reconstruction_equals_full_image_inference(tmp_path, model_store)
         from cpikan.tiling import predict_full
         from tracking import models
 
-        full = predict_full(models.load_model(run_id)[0], np.load(src))[0]
+        full = predict_full(models.load_model(run_id)[0], physics.dequantize(np.load(src)))[0]  # intensity units
     assert np.abs(height - full).max() <= 1e-5 * np.abs(full).max()
+
+
+def test_a_trained_model_reads_8_and_16_bit_files_of_the_same_light_alike(tmp_path, model_store):
+    """psi_pretrain's models learn on intensity units (16-bit counts / 256, as dequantize
+    reads them); the command gives them those units whatever the files' bit depth, so the
+    same light recorded at 8 and at 16 bits gives the same height."""
+    root, run_id, _ = model_store
+    b8 = physics.quantize(physics.add_noise(physics.render(tilted_wafer(96, 136)), 0.02), 8)
+    np.save(tmp_path / "w8.npy", b8)
+    np.save(tmp_path / "w16.npy", b8.astype(np.uint16) * 256)  # the same intensities, 16-bit counts
+    heights = []
+    for name in ("w8", "w16"):
+        out = _run([tmp_path / f"{name}.npy", "--out", tmp_path / "out", "--model", run_id, "--tile", "192",
+                    "--no-track"], root)
+        assert out.returncode == 0, out.stderr
+        heights.append(np.load(tmp_path / "out" / name / "height.npy"))
+    assert np.array_equal(heights[0], heights[1])
 
 
 def test_two_processes_under_torchrun_write_the_same_bytes(tmp_path, model_store):
