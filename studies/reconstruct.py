@@ -212,11 +212,16 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     return {**figures, **stats, "flagged_pixels": float(flagged), "valid_fraction": 1 - flagged / (h * w)}
 
 
+#: float intensities above this cannot be the 8-bit-scale units psi_pretrain models take
+FLOAT_UNITS_MAX = 512.0
+
+
 def model_units(cfg: ReconstructConfig, dtype: Any) -> Any:
     """What the model's input is multiplied by: the project's PSI models were trained on
     intensity units (:func:`cpikan.psi.physics.dequantize`: 8-bit counts as they are, 16-bit
-    counts / 256), so 16-bit files are scaled for them; your own model gets the files' counts,
-    as its contract says. None: as read."""
+    counts / 256), so 16-bit files are scaled for them (a float .npy is taken as those units:
+    :func:`check_units`); your own model gets the files' counts, as its contract says.
+    None: as read."""
     from cpikan.psi.physics import counts_per_unit
     from cpikan.tiling import factory
 
@@ -224,6 +229,25 @@ def model_units(cfg: ReconstructConfig, dtype: Any) -> Any:
         return None
     scale = 1.0 / counts_per_unit(8 * dtype.itemsize)
     return None if scale == 1.0 else (lambda batch: batch * scale)
+
+
+def check_units(src: Path, cfg: ReconstructConfig, channels: int) -> None:
+    """Refuse a float .npy whose values plainly are not intensity units for a project model
+    (16-bit counts saved as floats would reach it 256× too bright)."""
+    import numpy as np
+
+    from cpikan.tiling import factory
+
+    if cfg.model == "classical" or factory.is_factory(cfg.model) or src.suffix != ".npy":
+        return
+    arr = io.open_npy(src, channels)
+    if arr.dtype.kind != "f":
+        return
+    _, h, w = arr.shape
+    top = float(np.max(arr[:, :: max(1, h // 64), :: max(1, w // 64)]))  # a 64 × 64 sample of pixels
+    if top > FLOAT_UNITS_MAX:
+        raise io.InputError(f"{src}: float intensities reach {top:.0f}, but a psi_pretrain model takes intensity "
+                            "units (8-bit scale, 16-bit counts / 256): save the counts as uint16, or divide by 256")
 
 
 def blend_error(model: Any, buckets: Any, plan: dict[str, float], mode: str, units: Any = None) -> float:
@@ -325,6 +349,7 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
     channels = psi_config(cfg).channels
     for p in args.inputs:
         io.wafer_files(Path(p), channels, args.pattern)
+        check_units(Path(p), cfg, channels)
     io.check_writable(Path(args.out))
     return cfg
 

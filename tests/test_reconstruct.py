@@ -252,6 +252,7 @@ def test_two_processes_under_torchrun_write_the_same_bytes(tmp_path, model_store
 
 @pytest.mark.parametrize("case, message", [
     ("tile", "--tile: 64 px leaves no core"), ("channels", "the model expects 16 input channels"),
+    ("float counts", "float intensities reach"),
     ("not_psi", "not a PSI model run"),
 ])
 def test_bad_model_input_is_one_line_exit_2(tmp_path, model_store, case, message):
@@ -265,6 +266,8 @@ def test_bad_model_input_is_one_line_exit_2(tmp_path, model_store, case, message
         args += ["--wavelengths", "5.0,5.5,6.05"]
     elif case == "not_psi":
         args[4] = other_id
+    elif case == "float counts":  # 16-bit counts saved as floats: 256× the units the model learned on
+        np.save(src, np.load(src).astype(np.float32))
     res = _run(args, root)
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
