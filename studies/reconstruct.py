@@ -84,7 +84,19 @@ def prepare_model(cfg: ReconstructConfig) -> tuple[Any, str, dict[str, float]]:
     if cfg.model == "classical":
         return None, "", {}
     model, model_run = load_model(cfg.model, cfg.weights)
-    return model, model_run, tile_plan(model, psi_config(cfg).channels, cfg)
+    plan = tile_plan(model, psi_config(cfg).channels, cfg)
+    if hasattr(model, "search_range"):  # PSINet: its fringe-order search spans the command's heights
+        model.search_range = height_range(cfg)
+        plan["trained_h_max"] = float(model.h_max)  # its correction was learned on [0, h_max]
+    return model, model_run, plan
+
+
+def height_range(cfg: ReconstructConfig) -> tuple[float, float]:
+    """[--h-min, --h-max], by default ± the wavelengths' alias separation around zero."""
+    from cpikan.psi import classical
+
+    sep = classical.alias_separation(psi_config(cfg))
+    return (cfg.h_min if cfg.h_min is not None else -sep, cfg.h_max if cfg.h_max is not None else sep)
 
 
 def load_model(ref: str, weights: str | None = None) -> tuple[Any, str]:
@@ -152,9 +164,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     _, h, w = buckets.shape
     height = np.load(work / "height.npy", mmap_mode="r+")
     mask = np.load(work / "mask.npy", mmap_mode="r+")
-    sep = classical.alias_separation(pcfg)
-    h_min = cfg.h_min if cfg.h_min is not None else -sep
-    h_max = cfg.h_max if cfg.h_max is not None else sep
+    h_min, h_max = height_range(cfg)
     t0 = time.perf_counter()
     classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, shard=shard)
     if model is not None:  # the learned height; the classical pass gave the mask
@@ -202,7 +212,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         release_pages(height)
     n = h * w - flagged
     stats = {"height_mean_um": total / n, "height_rms_um": float(np.sqrt(max(squares / n - (total / n) ** 2, 0.0))),
-             "height_pv_um": hi - lo} if n else {}
+             "height_pv_um": hi - lo, "height_min_um": lo, "height_max_um": hi} if n else {}
     io.write_tiff(work / "height.tif", height)
     io.write_preview(work / "preview.png", height, mask, cfg.pixel_pitch_um)
     io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um)
@@ -444,6 +454,12 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
             print(f"  warning: --mode {cfg.mode} blends overlapping tiles: the height is close to, not equal to, "
                   f"whole-image inference (about {figures['blend_vs_full_um']:.2g} µm apart on a crop of this "
                   "wafer)", file=sys.stderr)
+        trained = figures.get("trained_h_max")
+        if trained is not None and "height_min_um" in figures and not (
+                0 <= figures["height_min_um"] and figures["height_max_um"] <= trained):
+            print(f"  note: heights span {figures['height_min_um']:.2f} … {figures['height_max_um']:.2f} µm; the model "
+                  f"learned its correction on 0 … {trained:g} µm, so outside that it is extrapolated (the fringe "
+                  "order is not: it is searched in the command's range, as for the classical pass)", file=sys.stderr)
         if flagged:
             print(f"  warning: {flagged} pixels ({100 * (1 - figures['valid_fraction']):.2f} %) flagged in mask.npy: "
                   f"low modulation, or a height outside [{figures['h_min']:g}, {figures['h_max']:g}] µm "
@@ -481,7 +497,8 @@ def reconstruct_logged(cfg: ReconstructConfig, run: Any, work: Path, model: Any,
     for f in own_model_files(cfg):  # the user's model: its code and weights, by content
         run.log_dataset(f, f.name, context="model")
     figures = reconstruct_one(src, work, cfg, model, plan)
-    results = ("flagged_pixels", "valid_fraction", "height_mean_um", "height_rms_um", "height_pv_um", "blend_vs_full_um")
+    results = ("flagged_pixels", "valid_fraction", "height_mean_um", "height_rms_um", "height_pv_um", "height_min_um",
+               "height_max_um", "blend_vs_full_um")
     run.log_results({"image_mpix": figures["mpix"], **{k: figures[k] for k in results if k in figures}},
                     {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb", "processes",
                                              "tile", "overlap", "batch_size")})

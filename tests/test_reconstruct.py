@@ -212,7 +212,11 @@ def test_model_reconstruction_equals_full_image_inference(tmp_path, model_store)
         from cpikan.tiling import predict_full
         from tracking import models
 
-        full = predict_full(models.load_model(run_id)[0], physics.dequantize(np.load(src)))[0]  # intensity units
+        from studies.reconstruct import ReconstructConfig, height_range
+
+        model = models.load_model(run_id)[0]
+        model.search_range = height_range(ReconstructConfig())  # as the command sets it
+        full = predict_full(model, physics.dequantize(np.load(src)))[0]  # intensity units
     assert np.abs(height - full).max() <= 1e-5 * np.abs(full).max()
 
 
@@ -231,6 +235,26 @@ def test_a_trained_model_reads_8_and_16_bit_files_of_the_same_light_alike(tmp_pa
         assert out.returncode == 0, out.stderr
         heights.append(np.load(tmp_path / "out" / name / "height.npy"))
     assert np.array_equal(heights[0], heights[1])
+
+
+def test_a_trained_model_searches_the_commands_height_range(tmp_path, model_store):
+    """A wafer partly below 0 µm, inside the command's default range (± the alias
+    separation): the model's fringe-order search spans that range too, so its height agrees
+    with the classical search's on every valid pixel, where its training range [0, 35] µm
+    would put the pixels below 0 a whole fringe order (~30 µm) off."""
+    root, run_id, _ = model_store
+    truth = tilted_wafer(96, 136) - 4.0  # -5.4 … 21.7 µm
+    np.save(tmp_path / "low.npy", physics.quantize(physics.render(truth), 16))
+    heights = {}
+    for model in ("classical", run_id):
+        out = _run([tmp_path / "low.npy", "--out", tmp_path / model, "--model", model, "--tile", "192", "--no-track"],
+                   root)
+        assert out.returncode == 0, out.stderr
+        assert ("extrapolated" in out.stderr) == (model == run_id)  # below the 0 … 35 µm it learned on: said
+        heights[model] = np.load(tmp_path / model / "low" / "height.npy")
+    valid = np.load(tmp_path / "classical" / "low" / "mask.npy")
+    assert valid.mean() > 0.99 and (truth[valid] < 0).sum() > 500
+    assert np.abs(heights[run_id] - heights["classical"])[valid].max() <= 0.05
 
 
 def test_two_processes_under_torchrun_write_the_same_bytes(tmp_path, model_store):

@@ -59,6 +59,10 @@ class PSINet(nn.Module):
                  cfg: PSIConfig = DEFAULT_PSI, h_max: float = 35.0) -> None:
         super().__init__()
         self.cfg, self.h_max, self.correction_um = cfg, h_max, correction_um
+        #: heights the fringe order is searched in; None: [0, h_max], the training wafers' range.
+        #: The reconstruct command sets its own (a wafer below 0 µm would otherwise alias by a
+        #: whole fringe order, ~30 µm); the U-Net's inputs keep the training normalisation.
+        self.search_range: tuple[float, float] | None = None
         self.in_channels, self.out_channels = cfg.channels, 1
         self.unet = UNet(cfg.channels + 2, 1, width=width, depth=depth)
         nn.init.zeros_(self.unet.head.weight)  # start exactly at the classical estimate
@@ -73,7 +77,7 @@ class PSINet(nn.Module):
         return self.unet.downsampling_factor
 
     def forward(self, x: Tensor) -> Tensor:
-        h0 = classical_height(x, self.cfg, 0.0, self.h_max)
+        h0 = classical_height(x, self.cfg, *(self.search_range or (0.0, self.h_max)))
         local = torch.nn.functional.avg_pool2d(h0, 5, stride=1, padding=2, count_include_pad=False)
         detail = ((h0 - local) / self.correction_um).clamp(-10, 10)
         feats = torch.cat([normalize_buckets(x, self.cfg), (h0 - self.h_max / 2) / self.h_max, detail], dim=1)
