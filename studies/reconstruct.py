@@ -84,6 +84,11 @@ def prepare_model(cfg: ReconstructConfig) -> tuple[Any, str, dict[str, float]]:
     if cfg.model == "classical":
         return None, "", {}
     model, model_run = load_model(cfg.model, cfg.weights)
+    trained = tuple(getattr(getattr(model, "cfg", None), "wavelengths", ()) or ())
+    if len(trained) == len(cfg.wavelengths) and trained != tuple(cfg.wavelengths):  # (counts: tile_plan says)
+        # as many lasers, other wavelengths: its fringe orders and features are for those
+        raise io.InputError(f"--model {cfg.model}: trained for wavelengths {trained} µm, the wafer's are "
+                            f"{tuple(cfg.wavelengths)}; use --model classical, or a model trained for these lasers")
     plan = tile_plan(model, psi_config(cfg).channels, cfg)
     if hasattr(model, "search_range"):  # PSINet: its fringe-order search spans the command's heights
         model.search_range = height_range(cfg)

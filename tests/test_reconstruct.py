@@ -210,9 +210,8 @@ def test_model_reconstruction_equals_full_image_inference(tmp_path, model_store)
         mp.setenv("CPIKAN_MLRUNS", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         from cpikan.tiling import predict_full
-        from tracking import models
-
         from studies.reconstruct import ReconstructConfig, height_range
+        from tracking import models
 
         model = models.load_model(run_id)[0]
         model.search_range = height_range(ReconstructConfig())  # as the command sets it
@@ -276,7 +275,7 @@ def test_two_processes_under_torchrun_write_the_same_bytes(tmp_path, model_store
 
 @pytest.mark.parametrize("case, message", [
     ("tile", "--tile: 64 px leaves no core"), ("channels", "the model expects 16 input channels"),
-    ("float counts", "float intensities reach"),
+    ("float counts", "float intensities reach"), ("other lasers", "trained for wavelengths (5.0, 5.5, 6.05, 6.655)"),
     ("not_psi", "not a PSI model run"),
 ])
 def test_bad_model_input_is_one_line_exit_2(tmp_path, model_store, case, message):
@@ -290,6 +289,8 @@ def test_bad_model_input_is_one_line_exit_2(tmp_path, model_store, case, message
         args += ["--wavelengths", "5.0,5.5,6.05"]
     elif case == "not_psi":
         args[4] = other_id
+    elif case == "other lasers":  # as many lasers, other wavelengths: the model's fringe orders would be wrong
+        args += ["--wavelengths", "5.1,5.6,6.1,6.7"]
     elif case == "float counts":  # 16-bit counts saved as floats: 256× the units the model learned on
         np.save(src, np.load(src).astype(np.float32))
     res = _run(args, root)
