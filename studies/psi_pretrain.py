@@ -13,6 +13,7 @@ from cpikan.config import ConfigError, bounded, choice, validate
 from cpikan.psi.curriculum import CurriculumConfig, level_patch, train_levels
 from cpikan.psi.data import open_memmap_dataset
 from cpikan.psi.model import PSINet
+from cpikan.psi.physics import DEFAULT_PSI, PSIConfig
 from cpikan.psi.synth import WaferSpec, write_dataset
 from cpikan.psi.train import LOSSES, PSITask, PSITrainSpec
 from cpikan.train import TrainConfig
@@ -42,10 +43,15 @@ class PSIPretrainConfig:
     #: factors, coarse to fine, and Adam steps at each; () trains at full resolution only
     curriculum_factors: tuple[int, ...] = (4, 2)
     curriculum_steps: tuple[int, ...] = (400, 200)
+    #: the lab's lasers (µm, laser order): the model reconstructs wafers measured with these only
+    wavelengths: tuple[float, ...] = DEFAULT_PSI.wavelengths
 
     def __post_init__(self) -> None:
         validate(self)
         self.noise_levels = tuple(float(v) for v in self.noise_levels)
+        self.wavelengths = tuple(float(v) for v in self.wavelengths)
+        if not self.wavelengths or any(not v > 0 for v in self.wavelengths):
+            raise ConfigError("wavelengths", f"positive numbers in µm, one per laser; got {self.wavelengths}")
         try:
             self.schedule()
         except ConfigError as e:
@@ -64,22 +70,39 @@ class PSIPretrainConfig:
         return cls(**d)
 
 
-def synthetic_dataset(spec: WaferSpec) -> Path:
+def synthetic_dataset(spec: WaferSpec, psi: PSIConfig = DEFAULT_PSI) -> Path:
     """A wafer written once under mlruns/data/psi/<spec hash>/ and reused afterwards."""
-    root = mlruns_dir() / "data" / "psi" / hashing.config_hash(asdict(spec))[:16]
+    key = asdict(spec) if psi == DEFAULT_PSI else {**asdict(spec), "psi": asdict(psi)}  # old caches stay valid
+    root = mlruns_dir() / "data" / "psi" / hashing.config_hash(key)[:16]
     if not (root / "buckets.npy").exists():
-        write_dataset(spec, root, progress=False)
+        write_dataset(spec, root, psi, progress=False)
     return root
+
+
+def psi_of(cfg: PSIPretrainConfig) -> PSIConfig:
+    return PSIConfig(wavelengths=tuple(cfg.wavelengths))
+
+
+def height_span(cfg: PSIPretrainConfig) -> float:
+    """The training wafers' height span (µm): 35 µm for the default lasers (1.17× their alias
+    separation, 30.0 µm), as much of the separation for other lasers, at most 35: lasers that
+    alias sooner (5.0/5.5/6.05: 27.3 µm → 31.8) get shallower wafers, since a wafer the lasers
+    cannot tell from a shifted one would teach wrong fringe orders."""
+    from cpikan.psi.classical import alias_separation
+
+    ratio = WaferSpec.h_max / alias_separation(DEFAULT_PSI)
+    return min(WaferSpec.h_max, round(ratio * alias_separation(psi_of(cfg)), 1))
 
 
 def build_model(cfg: PSIPretrainConfig) -> PSINet:
     torch.manual_seed(cfg.seed)
-    return PSINet(width=cfg.width, depth=cfg.depth)
+    return PSINet(width=cfg.width, depth=cfg.depth, cfg=psi_of(cfg), h_max=height_span(cfg))
 
 
 def run(config: PSIPretrainConfig, ctx: Any) -> dict[str, float]:
     schedule = config.schedule()
-    val_dir = synthetic_dataset(WaferSpec(config.val_size, config.val_size, seed=config.data_seed + 1))
+    psi, span = psi_of(config), height_span(config)
+    val_dir = synthetic_dataset(WaferSpec(config.val_size, config.val_size, seed=config.data_seed + 1, h_max=span), psi)
     ctx.log_dataset(val_dir / "buckets.npy", "val_buckets", context="validation")
     vb, vh = open_memmap_dataset(val_dir)
     model = build_model(config)
@@ -87,11 +110,11 @@ def run(config: PSIPretrainConfig, ctx: Any) -> dict[str, float]:
     for f in schedule.factors:  # the same wafer, f× coarser pixels (f = 1: the training wafer)
         patch = level_patch(config.patch, f, model.downsampling_factor) if f > 1 else config.patch
         size = max(config.train_size // f, patch)
-        train_dir = synthetic_dataset(WaferSpec(size, size, seed=config.data_seed))
+        train_dir = synthetic_dataset(WaferSpec(size, size, seed=config.data_seed, h_max=span), psi)
         ctx.log_dataset(train_dir / "buckets.npy", "train_buckets" if f == 1 else f"train_buckets_{f}x")
         spec = PSITrainSpec(loss=config.loss, patch=patch, batch_size=config.batch_size,
                             noise_levels=config.noise_levels, seed=config.seed)
-        tasks.append(PSITask(*open_memmap_dataset(train_dir), spec, (vb, vh)))
+        tasks.append(PSITask(*open_memmap_dataset(train_dir), spec, (vb, vh), psi))
     train_cfg = TrainConfig(adam_steps=1, lr=config.lr, clip_grad_norm=1.0, seed=config.seed,
                             nan_snapshot_every=50, eval_every=max(config.steps // 3, 1))
     t0 = time.perf_counter()

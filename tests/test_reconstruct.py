@@ -256,6 +256,32 @@ def test_a_trained_model_searches_the_commands_height_range(tmp_path, model_stor
     assert np.abs(heights[run_id] - heights["classical"])[valid].max() <= 0.05
 
 
+def test_a_model_trained_for_the_labs_lasers_reconstructs_their_wafers(tmp_path, monkeypatch):
+    """Three lasers: psi_pretrain --set wavelengths=… trains a 12-channel model on wafers
+    those lasers tell apart, and the command runs it on a wafer with that wavelengths.txt."""
+    from studies import psi_pretrain
+    from tracking.tracker import Tracker
+
+    monkeypatch.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    waves = (5.0, 5.5, 6.05)
+    pcfg = psi_pretrain.PSIPretrainConfig(steps=2, train_size=64, val_size=64, patch=32, batch_size=2,
+                                          curriculum_factors=(), curriculum_steps=(), wavelengths=waves)
+    with Tracker(psi_pretrain.EXPERIMENT, config=pcfg, entry_point="studies.psi_pretrain:run", seed=0) as run:
+        psi_pretrain.run(pcfg, run)
+    truth = tilted_wafer() * 0.8  # -1.1 … 20.6 µm
+    np.save(tmp_path / "w3.npy", physics.quantize(physics.render(truth, physics.PSIConfig(wavelengths=waves)), 16))
+    (tmp_path / "wavelengths.txt").write_text("5.0 5.5 6.05\n")
+    heights = {}
+    for model in ("classical", run.run_id):
+        out = _run([tmp_path / "w3.npy", "--out", tmp_path / model, "--model", model, "--tile", "192", "--no-track"],
+                   tmp_path / "mlruns")
+        assert out.returncode == 0, out.stderr
+        heights[model] = np.load(tmp_path / model / "w3" / "height.npy")
+    assert float(np.sqrt(np.mean((heights["classical"] - truth) ** 2))) <= 0.05
+    assert np.abs(heights[run.run_id] - heights["classical"]).max() <= 0.05
+
+
 def test_two_processes_under_torchrun_write_the_same_bytes(tmp_path, model_store):
     root, run_id, _ = model_store
     src = _model_input(tmp_path, 200, 136)
