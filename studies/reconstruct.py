@@ -15,7 +15,7 @@ wafer's folder, or beside the TIFF or ``.npy`` file, sets the lasers (optional; 
 steps = 16 buckets by default).
 
 ``--model``: the joint fringe-order search (``classical``, default), the best
-``psi_pretrain`` run (``best``), a run ID (weights as safetensors; nothing is unpickled;
+``psi_pretrain`` run trained for the wafer's wavelengths (``best``), a run ID (weights as safetensors; nothing is unpickled;
 fed the intensity units it was trained on: 16-bit counts / 256, 8-bit counts as they are),
 or your own model, ``mylab.models:make_unet`` or ``path/to/unet.py:make_unet``: a callable
 returning an ``nn.Module`` that maps (N, 16, H, W) float32 intensities (the files' counts, laser-major)
@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from cpikan.psi import io
+from cpikan.psi.physics import DEFAULT_PSI
 from tracking import logs
 
 EXPERIMENT = "reconstruct"
@@ -62,7 +63,7 @@ class ReconstructConfig:
     model: str = "classical"
     weights: str | None = None
     mode: str = "crop"
-    wavelengths: tuple[float, ...] = (5.0, 5.5, 6.05, 6.655)
+    wavelengths: tuple[float, ...] = DEFAULT_PSI.wavelengths
     h_min: float | None = None
     h_max: float | None = None
     pixel_pitch_um: float = 1.0
@@ -83,7 +84,7 @@ def prepare_model(cfg: ReconstructConfig) -> tuple[Any, str, dict[str, float]]:
     """(model, its run ID, tile plan), or (None, "", {}) for the classical search."""
     if cfg.model == "classical":
         return None, "", {}
-    model, model_run = load_model(cfg.model, cfg.weights)
+    model, model_run = load_model(cfg.model, cfg.weights, tuple(cfg.wavelengths))
     trained = tuple(getattr(getattr(model, "cfg", None), "wavelengths", ()) or ())
     if len(trained) == len(cfg.wavelengths) and trained != tuple(cfg.wavelengths):  # (counts: tile_plan says)
         # as many lasers, other wavelengths: its fringe orders and features are for those
@@ -104,9 +105,11 @@ def height_range(cfg: ReconstructConfig) -> tuple[float, float]:
     return (cfg.h_min if cfg.h_min is not None else -sep, cfg.h_max if cfg.h_max is not None else sep)
 
 
-def load_model(ref: str, weights: str | None = None) -> tuple[Any, str]:
-    """(model, run ID) for ``best``, a run ID, or (model, "") for the user's own
-    ``MODULE:FACTORY`` with ``weights``; refuses what is not a PSI model."""
+def load_model(ref: str, weights: str | None = None,
+               wavelengths: tuple[float, ...] = DEFAULT_PSI.wavelengths) -> tuple[Any, str]:
+    """(model, run ID) for ``best`` (the best run trained for ``wavelengths``), a run ID, or
+    (model, "") for the user's own ``MODULE:FACTORY`` with ``weights``; refuses what is not a
+    PSI model."""
     from cpikan.tiling import factory
     from tracking.store import TrackingError
 
@@ -116,25 +119,43 @@ def load_model(ref: str, weights: str | None = None) -> tuple[Any, str]:
         except ValueError as exc:
             raise io.InputError(f"--{exc}") from None  # 'model: …' or 'weights: …'
     try:
-        return _load_model(ref)
+        return _load_model(ref, wavelengths)
     except TrackingError as exc:
         raise io.InputError(f"--model {ref}: {exc}") from None
 
 
-def _load_model(ref: str) -> tuple[Any, str]:
+def _load_model(ref: str, wavelengths: tuple[float, ...]) -> tuple[Any, str]:
     from tracking import models, store
-    from tracking.links import best_run
 
     if ref == "best":
-        run = best_run("studies/psi_pretrain", "rmse_nm", "min")
-        if run is None:
-            raise io.InputError("--model best: no psi_pretrain run in the store (python -m studies.run psi_pretrain)")
-        ref = run.info.run_id
+        ref = best_model_run(wavelengths)
     run = store.get_run(store.client(must_exist=True), ref)
     if run.data.tags.get("cpikan.entry_point") != "studies.psi_pretrain:run":
         raise io.InputError(f"--model {ref}: not a PSI model run (entry point "
                             f"{run.data.tags.get('cpikan.entry_point', 'none')}); use a psi_pretrain run, best or classical")
     return models.load_model(ref)[0], ref
+
+
+def best_model_run(wavelengths: tuple[float, ...]) -> str:
+    """The finished psi_pretrain run with the lowest rmse_nm among those trained for
+    ``wavelengths`` (runs from before the option were trained for the default lasers)."""
+    import json
+
+    from tracking import store
+
+    client = store.client()
+    exp = client.get_experiment_by_name("studies/psi_pretrain")
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["metrics.`rmse_nm` ASC"], max_results=500)
+    runs = [r for r in runs if "rmse_nm" in r.data.metrics]
+    if not runs:
+        raise io.InputError("--model best: no psi_pretrain run in the store (python -m studies.run psi_pretrain)")
+    for r in runs:
+        trained = json.loads(r.data.params.get("wavelengths", "null")) or DEFAULT_PSI.wavelengths
+        if tuple(float(v) for v in trained) == tuple(wavelengths):
+            return r.info.run_id
+    raise io.InputError(f"--model best: no psi_pretrain run trained for wavelengths {tuple(wavelengths)} µm "
+                        f"(python -m studies.run psi_pretrain --set 'wavelengths=[{', '.join(map(str, wavelengths))}]')")
 
 
 def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, plan: dict[str, float]) -> dict[str, float]:

@@ -280,6 +280,16 @@ def test_a_model_trained_for_the_labs_lasers_reconstructs_their_wafers(tmp_path,
         heights[model] = np.load(tmp_path / model / "w3" / "height.npy")
     assert float(np.sqrt(np.mean((heights["classical"] - truth) ** 2))) <= 0.05
     assert np.abs(heights[run.run_id] - heights["classical"]).max() <= 0.05
+    # --model best picks the best run for the wafer's lasers, and says when there is none
+    out = _run([tmp_path / "w3.npy", "--out", tmp_path / "best", "--model", "best", "--tile", "192", "--no-track"],
+               tmp_path / "mlruns")
+    assert out.returncode == 0, out.stderr
+    assert np.array_equal(np.load(tmp_path / "best" / "w3" / "height.npy"), heights[run.run_id])
+    (tmp_path / "four").mkdir()
+    np.save(tmp_path / "four" / "w4.npy", physics.quantize(physics.render(truth), 16))
+    out = _run([tmp_path / "four" / "w4.npy", "--out", tmp_path / "best4", "--model", "best", "--no-track"],
+               tmp_path / "mlruns")
+    assert out.returncode == 2 and "no psi_pretrain run trained for wavelengths (5.0, 5.5, 6.05, 6.655)" in out.stderr
 
 
 def test_two_processes_under_torchrun_write_the_same_bytes(tmp_path, model_store):
