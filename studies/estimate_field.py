@@ -55,6 +55,7 @@ class Placed:
 
 
 def load(folder: Path) -> Placed:
+    """The placement and bases in ``folder``; refused unless the bases are the placement's."""
     try:
         placement = Placement.from_json((folder / "placement.json").read_text())
         with np.load(folder / "basis.npz", allow_pickle=False) as z:
@@ -82,10 +83,10 @@ def read_readings(path: Path, fields: list[str], k: int) -> np.ndarray:
     """(snapshots, fields, k) readings from the CSV; every error names the row or column."""
     try:
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows, header = list(reader), list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SensorError(f"readings: {path} cannot be read ({exc})") from None
-    header = list(rows[0]) if rows else []
     if "sensor" not in header:
         raise SensorError(f"readings: {path} needs a 'sensor' column (found {', '.join(header) or 'nothing'})")
     missing = [f for f in fields if f not in header]

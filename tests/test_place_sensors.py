@@ -342,7 +342,7 @@ def test_bad_snapshot_input_is_one_line_naming_the_field_and_writes_nothing(vtu_
 @pytest.mark.parametrize("case, message", [
     ("missing sensor", "no reading from sensor 4"), ("unknown column", "column 'q'"), ("not a number", "line 3"),
     ("twice", "sensor 2 read twice"), ("out of range", "sensors 1 to 4"), ("other basis", "placement: chosen on basis"),
-    ("suffix", "--out: est.csv"),
+    ("suffix", "--out: est.csv"), ("no rows", "has no rows"),
 ])
 def test_bad_readings_are_one_line_naming_the_field_and_write_nothing(rank3_family, tmp_path, capsys, case, message):
     src, _ = rank3_family
@@ -351,7 +351,7 @@ def test_bad_readings_are_one_line_naming_the_field_and_write_nothing(rank3_fami
     rows = ["sensor,heat", "1,0.5", "2,0.1", "3,0.2", "4,0.3"]
     rows = {"missing sensor": rows[:4], "unknown column": ["sensor,heat,q"] + [r + ",1" for r in rows[1:]],
             "not a number": [rows[0], rows[1], "2,warm", *rows[3:]], "twice": [*rows, "2,0.4"],
-            "out of range": [*rows, "5,0.1"]}.get(case, rows)
+            "out of range": [*rows, "5,0.1"], "no rows": rows[:1]}.get(case, rows)
     (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
     if case == "other basis":  # a basis file from another placement
         assert place_sensors.main([str(src), "--k", "4", "--rank", "2", "--out", str(tmp_path / "b"), "--no-track"]) == 0
