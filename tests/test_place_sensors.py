@@ -213,6 +213,18 @@ def test_cell_data_of_a_finite_volume_mesh_is_read_at_cell_centroids_and_written
     assert np.abs(np.concatenate(est.cell_data["p"]) - new).max() <= 1e-9 * np.abs(new).max()
 
 
+def test_an_npz_family_with_coordinates_reads_like_its_mesh(vtu_family, tmp_path):
+    folder, pts = vtu_family
+    meshes = [meshio.read(folder / f"flow_{i}.vtu") for i in range(16)]
+    np.savez(tmp_path / "fam.npz", points=pts, p=np.stack([m.point_data["p"] for m in meshes]),
+             u=np.stack([m.point_data["U"][:, 0] for m in meshes]))
+    for name, src, fields in (("npz", tmp_path / "fam.npz", "u,p"), ("mesh", folder, "U[0],p")):
+        assert place_sensors.main([str(src), "--k", "5", "--fields", fields, "--out", str(tmp_path / name),
+                                   "--no-track"]) == 0
+    npz, mesh = ((tmp_path / n / "sensors.csv").read_text() for n in ("npz", "mesh"))
+    assert npz.splitlines()[0] == "sensor,index,x,y" and npz == mesh  # the flat z axis dropped, the same sensors
+
+
 def test_uniform_placement_spreads_over_a_mesh_and_a_non_square_grid(vtu_family, rank3_family, tmp_path):
     folder, pts = vtu_family
     src, _ = rank3_family

@@ -221,7 +221,8 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], Layout]:
         points = np.asarray(points, np.float64)
         if points.ndim != 2 or points.shape[0] != n or not 1 <= points.shape[1] <= 3:
             raise SensorError(f"points: {path} has points of shape {points.shape}; expected ({n}, 1–3)")
-        return arrays, Layout(points, tuple("xyz"[: points.shape[1]]))
+        located = _located(points)
+        return arrays, replace(located, mesh_points=None)  # an .npz has no mesh to write back onto
     return arrays, Layout(grid=grid)
 
 
