@@ -5,7 +5,8 @@
         [--method qr|random|uniform] [--noise 0.01] [--hold-out 0.2] [--candidates WHERE.csv] [--no-track]
 
 SNAPSHOTS: one ``.npy`` (m, ny, nx) or (m, n); one ``.npz`` with an array per field (and
-``points``, (n, d), optional); or several files / a folder, one snapshot each in name
+``points``, (n, d), optional); one XDMF time series (a step per snapshot, as FEniCS writes
+them); or several files / a folder, one snapshot each in name
 order: ``.npy`` arrays, CSV tables with a row per point (ParaView's "Save Data":
 ``Points:0``, ``U:0``, …), or meshes meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) with
 the fields as point data, or as cell data only (a finite-volume solver's values: sensors

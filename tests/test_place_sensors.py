@@ -213,6 +213,22 @@ def test_cell_data_of_a_finite_volume_mesh_is_read_at_cell_centroids_and_written
     assert np.abs(np.concatenate(est.cell_data["p"]) - new).max() <= 1e-9 * np.abs(new).max()
 
 
+def test_an_xdmf_time_series_is_a_family_of_its_time_steps(vtu_family, tmp_path):
+    """One XDMF file with a time step per snapshot (as FEniCS writes them), which meshio.read
+    refuses ("only supports one grid"): the same sensors as the VTU files of those steps."""
+    folder, pts = vtu_family
+    _, tri = _mesh()
+    with meshio.xdmf.TimeSeriesWriter(tmp_path / "run.xdmf", data_format="XML") as writer:
+        writer.write_points_cells(pts, [("triangle", tri)])
+        for i in range(16):
+            writer.write_data(i / 15, point_data=meshio.read(folder / f"flow_{i}.vtu").point_data)
+    for name, src in (("xdmf", tmp_path / "run.xdmf"), ("vtu", folder)):
+        assert place_sensors.main([str(src), "--k", "6", "--out", str(tmp_path / name), "--no-track"]) == 0
+    series = json.loads((tmp_path / "xdmf" / "summary.json").read_text())
+    assert series["snapshots"] == 16 and series["fields"] == ["U[0]", "U[1]", "p"]
+    assert (tmp_path / "xdmf" / "sensors.csv").read_text() == (tmp_path / "vtu" / "sensors.csv").read_text()
+
+
 def test_an_npz_family_with_coordinates_reads_like_its_mesh(vtu_family, tmp_path):
     folder, pts = vtu_family
     meshes = [meshio.read(folder / f"flow_{i}.vtu") for i in range(16)]

@@ -3,6 +3,7 @@
 A family is m snapshots of one or more fields on one set of n points, read from
 - one ``.npy``: (m, ny, nx) images on a grid, or (m, n) fields on points in a fixed order;
 - one ``.npz``: one such array per field, and optionally ``points`` (n, d), their coordinates;
+- one XDMF time series (``.xdmf``, a time step per snapshot, as FEniCS writes them);
 - several files (or a folder of them), one snapshot each, in name order (numbers read as
   numbers, ``t2`` before ``t10``): ``.npy`` arrays of one shape; CSV tables with a row per
   point (ParaView's "Save Data": coordinates ``Points:0…`` or ``x, y, z``, components
@@ -280,28 +281,26 @@ def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
 
 
 def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
-    """Meshes on one set of points, their point data; a mesh with only cell data (a
-    finite-volume solver's own values) is read at its cells' centroids instead."""
-    import meshio
-
+    """Meshes on one set of points (a file each, or the time steps of one XDMF time series,
+    as FEniCS writes them), their point data; a mesh with only cell data (a finite-volume
+    solver's own values) is read at its cells' centroids instead."""
+    series = _xdmf_series(files[0]) if len(files) == 1 and files[0].suffix in (".xdmf", ".xmf") else None
+    meshes = series if series is not None else ((f.name, _read_mesh(f)) for f in _progress(files))
+    count, first = (len(series), f"{files[0].name} {series[0][0]}") if series is not None else (len(files), files[0].name)
     points: np.ndarray | None = None
     stacks: dict[str, np.ndarray] = {}
     on_cells = False
-    for i, f in enumerate(_progress(files)):
-        try:
-            mesh = meshio.read(f)
-        except Exception as exc:  # meshio raises many kinds; the cause goes to the user
-            raise SensorError(f"snapshots: {f} is not a mesh meshio can read ({str(exc).splitlines()[0]})") from None
+    for i, (f, mesh) in enumerate(meshes):
         pts = np.asarray(mesh.points, np.float64)
         if points is None:
             points, cells = pts, tuple((c.type, np.asarray(c.data)) for c in mesh.cells)
             on_cells = not mesh.point_data and bool(mesh.cell_data)
             if not (mesh.point_data or mesh.cell_data):
                 raise SensorError(f"snapshots: {f} has neither point nor cell data")
-            stacks = {name: np.empty((len(files), *np.shape(v)), np.float32 if v.dtype == np.float32 else np.float64)
+            stacks = {name: np.empty((count, *np.shape(v)), np.float32 if v.dtype == np.float32 else np.float64)
                       for name, v in _values(mesh, on_cells).items()}  # float32 files stay float32: half the memory
         elif pts.shape != points.shape or not np.allclose(pts, points, rtol=0, atol=1e-9 * (1 + np.abs(points).max())):
-            raise SensorError(f"snapshots: {f} is on other points than {files[0].name} "
+            raise SensorError(f"snapshots: {f} is on other points than {first} "
                               f"({len(pts)} vs {len(points)}); every snapshot must be on one mesh")
         values = _values(mesh, on_cells)
         for name, stack in stacks.items():
@@ -310,7 +309,7 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
                 raise SensorError(f"snapshots: {f} has no {'cell' if on_cells else 'point'} data {name!r} "
                                   f"(found {', '.join(values) or 'none'})")
             if np.shape(v) != stack.shape[1:]:
-                raise SensorError(f"snapshots: {f}: {name!r} has shape {np.shape(v)}, {files[0].name} has {stack.shape[1:]}")
+                raise SensorError(f"snapshots: {f}: {name!r} has shape {np.shape(v)}, {first} has {stack.shape[1:]}")
             stack[i] = v
     assert points is not None
     fields: dict[str, np.ndarray] = {}
@@ -324,6 +323,31 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
         return fields, replace(_located(points), cells=cells)
     centroids = np.concatenate([_centroids(points, kind, conn, files[0]) for kind, conn in cells])
     return fields, replace(_located(centroids), mesh_points=points, cells=cells, on_cells=True)
+
+
+def _read_mesh(path: Path) -> Any:
+    import meshio
+
+    try:
+        return meshio.read(path)
+    except Exception as exc:  # meshio raises many kinds; the cause goes to the user
+        raise SensorError(f"snapshots: {path} is not a mesh meshio can read ({str(exc).splitlines()[0]})") from None
+
+
+def _xdmf_series(path: Path) -> list[tuple[str, Any]] | None:
+    """The time steps of an XDMF time series as meshes ("t=…", mesh), or None when the
+    file is a single mesh (meshio.read takes that)."""
+    import meshio
+
+    try:
+        with meshio.xdmf.TimeSeriesReader(path) as reader:
+            points, cells = reader.read_points_cells()
+            steps = [reader.read_data(k) for k in range(reader.num_steps)]
+    except Exception:  # noqa: BLE001 — not a time series: read as one mesh, which says what is wrong
+        return None
+    if len(steps) < 2:
+        return None
+    return [(f"t={t:g}", meshio.Mesh(points, cells, point_data=pd, cell_data=cd)) for t, pd, cd in steps]
 
 
 def _values(mesh: Any, on_cells: bool) -> dict[str, np.ndarray]:
