@@ -169,8 +169,7 @@ def run(cfg: PlaceSensorsConfig, ctx: Any, work: Path | None = None) -> dict[str
 
     from cpikan.sensors.data import snapshot_files
 
-    for f in snapshot_files(cfg.inputs):
-        ctx.log_dataset(f, f.name, context="snapshots")
+    ctx.log_datasets({f.name: f for f in snapshot_files(cfg.inputs)}, context="snapshots")
     if cfg.candidates:
         ctx.log_dataset(cfg.candidates, Path(cfg.candidates).name, context="candidates")
     if isinstance(cfg.k, list):

@@ -314,6 +314,34 @@ def test_a_tracked_placement_records_its_files_and_replays(vtu_family, tmp_path,
     assert ok, message
 
 
+def test_a_run_over_many_snapshot_files_records_and_checks_every_one(tmp_path, mlruns):
+    """90 files' paths and hashes outgrow an MLflow tag (8000 characters, truncated past
+    that: the run failed at ~50 files); the map goes to an artifact, and replay still checks
+    each file."""
+    import mlflow
+
+    from tracking import replay, tracker
+
+    pts, tri = _mesh(9, 5)
+    folder = tmp_path / "a_long_folder_name_as_a_cfd_case_directory_has"
+    folder.mkdir()
+    for i in range(90):
+        meshio.write(folder / f"snapshot_of_the_channel_case_{i:04d}.vtu",
+                     meshio.Mesh(pts, [("triangle", tri)], point_data=_vortex(pts, i / 89)))
+    assert place_sensors.main([str(folder), "--k", "4", "--out", str(tmp_path / "s")]) == 0
+    mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["place_sensors"], output_format="list")
+    recorded = tracker.recorded_datasets(mlflow.MlflowClient(), run)
+    assert len(recorded) == 90 and "@artifact" in json.loads(run.data.tags["cpikan.datasets"])
+    assert recorded["snapshot_of_the_channel_case_0042.vtu"]["path"].endswith("_0042.vtu")
+    ok, message = replay.replay(run.info.run_id)
+    assert ok, message
+    with (folder / "snapshot_of_the_channel_case_0077.vtu").open("a") as f:
+        f.write(" ")
+    with pytest.raises(Exception, match="snapshot_of_the_channel_case_0077.vtu.*changed since the run"):
+        replay.replay(run.info.run_id)
+
+
 def _bad(case: str, tmp_path, folder, pts, tri):
     """The command line for ``case``, after planting its fault under tmp_path."""
     out = ["--out", str(tmp_path / "out")]

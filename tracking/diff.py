@@ -61,7 +61,7 @@ def describe(client: Any, run: Any, measurements: bool = False) -> dict[str, dic
             results[f"best {key}"] = min(m.value for m in history)
     prov: dict[str, Any] = {k: tags[k] for k in PROVENANCE_TAGS if k in tags}
     prov.update({k: v for k, v in tags.items() if k.startswith("version.")})
-    for name, info in json.loads(tags.get(tracker.TAG_DATASETS, "{}")).items():
+    for name, info in tracker.recorded_datasets(client, run).items():
         prov[f"dataset {name}"] = info.get("sha256")
     prov["uncommitted diff"] = _dirty_diff(client, run)
     return {"config": dict(run.data.params), "results": results, "provenance": prov}

@@ -78,10 +78,10 @@ def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, flo
     return config, fn
 
 
-def check_datasets(run: Any, force: bool) -> list[str]:
+def check_datasets(run: Any, force: bool, client: Any = None) -> list[str]:
     """Refuse (unless ``force``) when a recorded dataset's content changed or vanished."""
     warnings = []
-    for name, info in json.loads(run.data.tags.get(tracker.TAG_DATASETS, "{}")).items():
+    for name, info in tracker.recorded_datasets(client or store.client(), run).items():
         path = Path(info["path"])
         problem = None
         if not path.exists():
@@ -152,7 +152,7 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
     config, fn = load_config(client, run)
-    for w in check_datasets(run, force) + code_warnings(run, client):
+    for w in check_datasets(run, force, client) + code_warnings(run, client):
         print(f"warning: {w}", file=sys.stderr)
     tags = run.data.tags
     if tags.get("torch.threads"):

@@ -32,6 +32,20 @@ TAG_RESULTS = "cpikan.result_metrics"
 TAG_MEASUREMENTS = "cpikan.measurement_metrics"
 TAG_DATASETS = "cpikan.datasets"
 CONFIG_ARTIFACT = "config.json"
+#: where the datasets' map goes when it outgrows a tag (MLflow truncates tag values at 8000
+#: characters, which ~50 files' paths and hashes reach); the tag then points to it
+DATASETS_ARTIFACT = "provenance/datasets.json"
+_TAG_LIMIT = 7000
+
+
+def recorded_datasets(client: Any, run: Any) -> dict[str, dict[str, str]]:
+    """{name: {"path", "sha256"}} of the files a run read, from its tag or, for many files,
+    the artifact the tag points to."""
+    recorded = json.loads(run.data.tags.get(TAG_DATASETS, "{}"))
+    if "@artifact" not in recorded:
+        return recorded
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run.info.run_id, recorded["@artifact"], tmp)).read_text())
 
 
 class Tracker:
@@ -202,21 +216,33 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dataset(self, path: str | os.PathLike[str], name: str, context: str = "training") -> str:
-        """Full-content sha256 of a file, logged with ``log_inputs`` and kept in a tag that
-        replay checks. MLflow caps dataset digests at 36 characters, so the digest field
-        holds the first 32 hex digits and the tag the whole hash."""
+        """Full-content sha256 of a file, logged with ``log_inputs`` and kept where replay
+        checks it (:func:`recorded_datasets`). MLflow caps dataset digests at 36 characters,
+        so the digest field holds the first 32 hex digits and the map the whole hash."""
+        return self.log_datasets({name: path}, context)[name]
+
+    def log_datasets(self, files: Mapping[str, str | os.PathLike[str]], context: str = "training") -> dict[str, str]:
+        """:meth:`log_dataset` for many files at once ({name: path} → {name: sha256}): one
+        ``log_inputs`` call, and the map written once (to an artifact when it outgrows a tag)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        path = Path(path).resolve()
-        sha = hashing.file_sha256(path)
-        ds = Dataset(name=name, digest=sha[:32], source_type="local",
-                     source=json.dumps({"uri": path.as_uri()}),
-                     profile=json.dumps({"sha256": sha, "bytes": path.stat().st_size}))
-        self.client.log_inputs(self.run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
-        known = json.loads(self._tag(TAG_DATASETS) or "{}")
-        known[name] = {"path": str(path), "sha256": sha}
-        self.client.set_tag(self.run_id, TAG_DATASETS, json.dumps(known, sort_keys=True))
-        return sha
+        shas, inputs = {}, []
+        known = recorded_datasets(self.client, self.client.get_run(self.run_id))
+        for name, p in files.items():
+            path = Path(p).resolve()
+            sha = shas[name] = hashing.file_sha256(path)
+            ds = Dataset(name=name, digest=sha[:32], source_type="local",
+                         source=json.dumps({"uri": path.as_uri()}),
+                         profile=json.dumps({"sha256": sha, "bytes": path.stat().st_size}))
+            inputs.append(DatasetInput(ds, [InputTag("mlflow.data.context", context)]))
+            known[name] = {"path": str(path), "sha256": sha}
+        self.client.log_inputs(self.run_id, inputs)
+        text = json.dumps(known, sort_keys=True)
+        if len(text) > _TAG_LIMIT:
+            self.log_text(text, DATASETS_ARTIFACT)
+            text = json.dumps({"@artifact": DATASETS_ARTIFACT, "files": len(known)})
+        self.client.set_tag(self.run_id, TAG_DATASETS, text)
+        return shas
 
     def _tag(self, key: str) -> str | None:
         return self.client.get_run(self.run_id).data.tags.get(key)
