@@ -94,8 +94,7 @@ def prepare_model(cfg: ReconstructConfig) -> tuple[Any, str, dict[str, float]]:
         raise io.InputError(f"--model {cfg.model}: trained for wavelengths {trained} µm, the wafer's are "
                             f"{tuple(cfg.wavelengths)}; use --model classical, or a model trained for these lasers")
     plan = tile_plan(model, psi_config(cfg).channels, cfg)
-    if hasattr(model, "search_range"):  # PSINet: its fringe-order search spans the command's heights
-        model.search_range = height_range(cfg)
+    if hasattr(model, "search_range"):  # PSINet: reconstruct_one sets the span it searches, per wafer
         plan["trained_h_max"] = float(model.h_max)  # its correction was learned on [0, h_max]
     return model, model_run, plan
 

@@ -57,21 +57,19 @@ def best_model_run(wavelengths: tuple[float, ...]) -> str:
     ``wavelengths`` (runs from before the option were trained for the default lasers)."""
     import json
 
-    from tracking import store
+    from tracking.links import best_run
 
-    client = store.client()
-    exp = client.get_experiment_by_name("studies/psi_pretrain")
-    runs = [] if exp is None else client.search_runs(
-        [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["metrics.`rmse_nm` ASC"], max_results=500)
-    runs = [r for r in runs if "rmse_nm" in r.data.metrics]
-    if not runs:
+    def for_these_lasers(run: Any) -> bool:
+        trained = json.loads(run.data.params.get("wavelengths", "null")) or DEFAULT_PSI.wavelengths
+        return tuple(float(v) for v in trained) == tuple(wavelengths)
+
+    if best_run("studies/psi_pretrain", "rmse_nm") is None:
         raise io.InputError("--model best: no psi_pretrain run in the store (python -m studies.run psi_pretrain)")
-    for r in runs:
-        trained = json.loads(r.data.params.get("wavelengths", "null")) or DEFAULT_PSI.wavelengths
-        if tuple(float(v) for v in trained) == tuple(wavelengths):
-            return r.info.run_id
-    raise io.InputError(f"--model best: no psi_pretrain run trained for wavelengths {tuple(wavelengths)} µm "
-                        f"(python -m studies.run psi_pretrain --set 'wavelengths=[{', '.join(map(str, wavelengths))}]')")
+    run = best_run("studies/psi_pretrain", "rmse_nm", accept=for_these_lasers)
+    if run is None:
+        raise io.InputError(f"--model best: no psi_pretrain run trained for wavelengths {tuple(wavelengths)} µm "
+                            f"(python -m studies.run psi_pretrain --set 'wavelengths=[{', '.join(map(str, wavelengths))}]')")
+    return run.info.run_id
 
 
 #: float intensities above this cannot be the 8-bit-scale units psi_pretrain models take

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tracking import store
@@ -14,8 +15,10 @@ from tracking import store
 DIRECTIONS = ("min", "max")
 
 
-def best_run(experiment: str, metric: str, direction: str = "min", filter_string: str = "") -> Any | None:
-    """The finished run of ``experiment`` with the best ``metric``, or None when there is none."""
+def best_run(experiment: str, metric: str, direction: str = "min", filter_string: str = "",
+             accept: Callable[[Any], bool] | None = None) -> Any | None:
+    """The finished run of ``experiment`` with the best ``metric`` (among those ``accept``
+    takes, when given: a condition a filter string cannot say), or None when there is none."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction: unknown {direction!r}; allowed: {', '.join(DIRECTIONS)}")
     client = store.client()
@@ -25,8 +28,8 @@ def best_run(experiment: str, metric: str, direction: str = "min", filter_string
     flt = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
     order = "ASC" if direction == "min" else "DESC"
     runs = client.search_runs([exp.experiment_id], filter_string=flt,
-                              order_by=[f"metrics.`{metric}` {order}"], max_results=1)
-    runs = [r for r in runs if metric in r.data.metrics]
+                              order_by=[f"metrics.`{metric}` {order}"], max_results=1 if accept is None else 1000)
+    runs = [r for r in runs if metric in r.data.metrics and (accept is None or accept(r))]
     return runs[0] if runs else None
 
 

@@ -244,9 +244,6 @@ class Tracker:
         self.client.set_tag(self.run_id, TAG_DATASETS, text)
         return shas
 
-    def _tag(self, key: str) -> str | None:
-        return self.client.get_run(self.run_id).data.tags.get(key)
-
     def log_figure(self, fig: Any, artifact_file: str) -> None:
         """A plotly figure as a standalone HTML artifact (plotly.js inlined: opens offline)."""
         with tempfile.TemporaryDirectory() as tmp:

@@ -242,6 +242,9 @@ def residual(basis: Basis, placement: Placement, readings: np.ndarray) -> np.nda
     """Per row of ``readings`` ((batch, K)), how far they lie from the closest the modes can
     come at the sensors (the least-squares residual's norm; 0 when K ≤ rank): readings the
     family cannot explain stand out here."""
+    placement.check(basis)
     idx = np.asarray(placement.indices)
-    y = np.atleast_2d(np.asarray(readings, np.float64))
-    return np.linalg.norm(reconstruct(basis, placement, y)[:, idx] - y, axis=1)
+    theta = basis.modes[idx, : min(len(idx), basis.rank)].astype(np.float64)  # the fit reconstruct() makes,
+    d = (np.atleast_2d(np.asarray(readings, np.float64)) - basis.mean[idx]).T  # at the K sensors only
+    coef, *_ = scipy.linalg.lstsq(theta, d, check_finite=False)
+    return np.linalg.norm(theta @ coef - d, axis=0)
