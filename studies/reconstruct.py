@@ -8,9 +8,10 @@
         across N processes, gloo on the CPU, NCCL on GPUs; output identical to one process
         with the same threads per process: oneDNN rounds differently with another count)
 
-WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit, laser-major in name order,
-numbers read as numbers so ``b2`` comes before ``b10``), one multi-page TIFF holding the 16
-buckets as pages, or a (16, H, W) ``.npy``. ``wavelengths.txt`` (µm, laser order) in the
+WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit or float TIFF, laser-major in
+name order, numbers read as numbers so ``b2`` comes before ``b10``), one multi-page TIFF holding
+the 16 buckets as pages in file order (an ImageJ hyperstack too), or a (16, H, W) ``.npy``;
+either byte order, any TIFF compression. ``wavelengths.txt`` (µm, laser order) in the
 wafer's folder, or beside the TIFF or ``.npy`` file, sets the lasers (optional; 4 lasers × 4
 steps = 16 buckets by default).
 
@@ -27,9 +28,10 @@ the run logs how far, ``blend_vs_full_um``, measured on a crop of the wafer).
 
 Heights are searched in [--h-min, --h-max], by default ± the wavelengths' alias separation
 around zero (≈ ±30 µm); pixels whose residual says no height in that range fits are flagged
-in the mask, counted, and warned about: never a silent micrometre error.
+in the mask, counted, and warned about: never a silent micrometre error. So are pixels whose
+fringes are under 6× the buckets' own noise, clipped, or absent (flags.npy says which).
 
-Writes DIR/NAME/: height.npy (float32 memmap), height.tif, mask.npy, preview.png (µm colour
+Writes DIR/NAME/: height.npy (float32 memmap), height.tif, mask.npy, flags.npy, preview.png (µm colour
 bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), channels.npy (every output
 channel, when the model has more than one), into DIR/NAME.part first and renamed when
 complete. Each wafer is one MLflow run (experiment ``reconstruct``) with the input files'
@@ -120,7 +122,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
 
     pcfg = psi_config(cfg)
     shard = distributed.current()
-    stacked = src if src.suffix == ".npy" else work / "buckets.npy"
+    stacked = io.stacked_path(src, work / "buckets.npy")
     failure: io.InputError | None = None
     if shard.leader:
         try:
@@ -128,6 +130,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
             _, h, w = np.load(stacked, mmap_mode="r").shape
             np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
             np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()
+            np.lib.format.open_memmap(work / "flags.npy", mode="w+", dtype=np.uint8, shape=(h, w)).flush()
             if plan.get("out_channels", 1) > 1:
                 np.lib.format.open_memmap(work / "channels.npy", mode="w+", dtype=np.float32,
                                           shape=(int(plan["out_channels"]), h, w)).flush()
@@ -139,9 +142,11 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     _, h, w = buckets.shape
     height = np.load(work / "height.npy", mmap_mode="r+")
     mask = np.load(work / "mask.npy", mmap_mode="r+")
+    flags = np.load(work / "flags.npy", mmap_mode="r+")
     h_min, h_max = height_range(cfg)
     t0 = time.perf_counter()
-    classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, shard=shard)
+    classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, flags_out=flags,
+                          shard=shard)
     if model is not None:  # the learned height; the classical pass gave the mask
         # every process's classical rows are in before any tile overwrites them: the two
         # passes split the image differently (rows vs tile bands), so a late classical chunk
@@ -168,8 +173,8 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
                     height[r0 : r0 + 1024] = out[0, r0 : r0 + 1024]
                     release_pages(out)
             del out
-    height.flush()
-    mask.flush()
+    for arr in (height, mask, flags):
+        arr.flush()
     distributed.barrier()
     seconds = time.perf_counter() - t0
     figures = {"mpix": h * w / 1e6, "seconds": seconds, "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
@@ -178,15 +183,19 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     if not shard.leader:
         return figures
     flagged, total, squares, lo, hi = 0, 0.0, 0.0, np.inf, -np.inf
+    causes = dict.fromkeys(classical.FLAG_NAMES, 0)
     for r0 in range(0, h, 1024):  # row blocks, pages released: the mask is 268 MB at 16384²
         valid = mask[r0 : r0 + 1024]
         flagged += int(valid.size - np.count_nonzero(valid))
+        why = flags[r0 : r0 + 1024]
+        for bit in causes:
+            causes[bit] += int(np.count_nonzero(why & bit))
         hv = np.asarray(height[r0 : r0 + 1024], np.float64)[valid]
         if hv.size:
             total, squares = total + hv.sum(), squares + np.square(hv).sum()
             lo, hi = min(lo, float(hv.min())), max(hi, float(hv.max()))
-        release_pages(mask)
-        release_pages(height)
+        for arr in (mask, flags, height):
+            release_pages(arr)
     n = h * w - flagged
     stats = {"height_mean_um": total / n, "height_rms_um": float(np.sqrt(max(squares / n - (total / n) ** 2, 0.0))),
              "height_pv_um": hi - lo, "height_min_um": lo, "height_max_um": hi} if n else {}
@@ -196,7 +205,8 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     del buckets
     if stacked != src:
         stacked.unlink()  # the stacked input: a scratch file
-    return {**figures, **stats, "flagged_pixels": float(flagged), "valid_fraction": 1 - flagged / (h * w)}
+    return {**figures, **stats, "flagged_pixels": float(flagged), "valid_fraction": 1 - flagged / (h * w),
+            **{f"flagged_{classical.FLAG_NAMES[bit]}": float(n) for bit, n in causes.items()}}
 
 
 def valid_span(height: Any, mask: Any, h_min: float, h_max: float, margin: float = 1.0) -> tuple[float, float]:
@@ -264,7 +274,7 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
     channels = psi_config(cfg).channels
     for p in args.inputs:
         io.wafer_files(Path(p), channels, args.pattern)
-        check_units(Path(p), cfg, channels)
+        check_units(Path(p), cfg, channels, args.pattern)
     io.check_writable(Path(args.out))
     return cfg
 
@@ -366,10 +376,23 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
                   f"learned its correction on 0 … {trained:g} µm, so outside that it is extrapolated (the fringe "
                   "order is not: it is searched in the command's range, as for the classical pass)", file=sys.stderr)
         if flagged:
-            print(f"  warning: {flagged} pixels ({100 * (1 - figures['valid_fraction']):.2f} %) flagged in mask.npy: "
-                  f"low modulation, or a height outside [{figures['h_min']:g}, {figures['h_max']:g}] µm "
-                  "(widen --h-min/--h-max if the wafer is taller)", file=sys.stderr)
+            print(f"  warning: {flagged} pixels ({100 * (1 - figures['valid_fraction']):.2f} %) flagged in mask.npy "
+                  f"(why: flags.npy): {flag_causes(figures)}", file=sys.stderr)
     return 0
+
+
+def flag_causes(figures: dict[str, float]) -> str:
+    """Why pixels were flagged (the run's ``flagged_<cause>`` figures: a pixel can have
+    several causes), most first, each with what to do about it."""
+    from cpikan.psi.classical import MIN_SNR
+
+    advice = {"low_contrast": "no fringes there (background, dust, a dark or diffuse spot)",
+              "noisy": f"fringes under {MIN_SNR:g}× the noise the buckets show (longer exposure or averaging)",
+              "saturated": "a bucket at the file's maximum count (lower the exposure)",
+              "no_height": f"no height in [{figures['h_min']:g}, {figures['h_max']:g}] µm fits every laser "
+                           "(widen --h-min/--h-max if the wafer is taller)"}
+    counts = sorted(((int(figures.get(f"flagged_{k}", 0)), k) for k in advice), reverse=True)
+    return "; ".join(f"{n} {advice[k]}" for n, k in counts if n)
 
 
 def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, plan: dict[str, float], model_run: str,
@@ -391,7 +414,7 @@ def track(src: Path, work: Path, cfg: ReconstructConfig, model: Any, plan: dict[
 def reconstruct_logged(cfg: ReconstructConfig, run: Any, work: Path, model: Any, plan: dict[str, float],
                        model_run: str) -> dict[str, float]:
     """``cfg``'s one wafer into ``work``, logged on ``run``: input and model files by sha256,
-    the model's run linked, results (flagged pixels, height statistics) and measurements."""
+    the model's run linked, results (flagged pixels and why, height statistics) and measurements."""
     from tracking.links import auto_link
 
     src = Path(cfg.inputs[0])
@@ -404,7 +427,8 @@ def reconstruct_logged(cfg: ReconstructConfig, run: Any, work: Path, model: Any,
     figures = reconstruct_one(src, work, cfg, model, plan)
     results = ("flagged_pixels", "valid_fraction", "height_mean_um", "height_rms_um", "height_pv_um", "height_min_um",
                "height_max_um", "blend_vs_full_um")
-    run.log_results({"image_mpix": figures["mpix"], **{k: figures[k] for k in results if k in figures}},
+    causes = {k: v for k, v in figures.items() if k.startswith("flagged_") and k != "flagged_pixels"}
+    run.log_results({"image_mpix": figures["mpix"], **{k: figures[k] for k in results if k in figures}, **causes},
                     {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb", "processes",
                                              "tile", "overlap", "batch_size")})
     if (work / "channels.npy").exists():

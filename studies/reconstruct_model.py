@@ -91,20 +91,19 @@ def model_units(cfg: Any, dtype: Any) -> Any:
     return None if scale == 1.0 else (lambda batch: batch * scale)
 
 
-def check_units(src: Path, cfg: Any, channels: int) -> None:
-    """Refuse a float .npy whose values plainly are not intensity units for a project model
+def check_units(src: Path, cfg: Any, channels: int, pattern: str | None = None) -> None:
+    """Refuse float intensities that plainly are not intensity units for a project model
     (16-bit counts saved as floats would reach it 256× too bright)."""
     import numpy as np
 
     from cpikan.tiling import factory
 
-    if cfg.model == "classical" or factory.is_factory(cfg.model) or src.suffix != ".npy":
+    if cfg.model == "classical" or factory.is_factory(cfg.model):
         return
-    arr = io.open_npy(src, channels)
-    if arr.dtype.kind != "f":
+    sample = io.first_channel(src, channels, pattern)
+    if sample.dtype.kind != "f":
         return
-    _, h, w = arr.shape
-    top = float(np.max(arr[:, :: max(1, h // 64), :: max(1, w // 64)]))  # a 64 × 64 sample of pixels
+    top = float(np.max(sample))
     if top > FLOAT_UNITS_MAX:
         raise io.InputError(f"{src}: float intensities reach {top:.0f}, but a psi_pretrain model takes intensity "
                             "units (8-bit scale, 16-bit counts / 256): save the counts as uint16, or divide by 256")

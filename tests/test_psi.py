@@ -65,6 +65,49 @@ def test_classical_masks_low_modulation():
     assert not mask[:, :2].any() and mask[:, 2:].all()
 
 
+def _exposed(h, A, B, bits, noise, rng):
+    """Buckets of ``h`` at mean A and fringe amplitude B (counts), Gaussian noise of σ =
+    ``noise`` counts plus shot noise, stored as ``bits``-bit counts as they are."""
+    I = physics.render(h, physics.PSIConfig(A=A, B=B)).astype(np.float64)
+    I += rng.standard_normal(I.shape) * np.sqrt(noise**2 + (I if bits == 16 else 0))
+    return np.clip(np.rint(I), 0, (1 << bits) - 1).astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def test_the_mask_does_not_depend_on_exposure_or_bit_depth():
+    """A 12-bit camera in a 16-bit file and a dim 8-bit exposure: good fringes, all valid
+    (the mask compared B with the nominal 128 intensity units and flagged every pixel)."""
+    rng = np.random.default_rng(0)
+    h = rng.uniform(-25, 25, size=(60, 60))
+    for A, B, bits, noise in ((2000, 1000, 16, 2.0), (40, 10, 8, 0.5)):
+        flags = np.zeros(h.shape, np.uint8)
+        est, mask = classical.reconstruct(_exposed(h, A, B, bits, noise, rng), h_min=-30, h_max=30,
+                                          flags_out=flags)
+        assert mask.mean() > 0.99 and np.array_equal(mask, flags == 0), (A, B, np.unique(flags))
+        assert float(np.sqrt(np.mean((est - h)[mask] ** 2))) < 0.02
+
+
+def test_the_mask_flags_noise_and_clipping_by_cause():
+    """Fringes barely above the noise (B/σ ≈ 2: the residual alone keeps pixels a fringe
+    order off) and a saturated exposure are flagged, each with its own bit; no pixel a
+    fringe order off is kept."""
+    rng = np.random.default_rng(1)
+    h = rng.uniform(-25, 25, size=(100, 100))
+    noisy = _exposed(h, 2000, 100, 16, 2.0, rng)  # B/σ ≈ 100/45
+    phi, _ = classical.phase_and_modulation(noisy)
+    res = np.empty(h.shape)
+    alone = classical.height_from_phase(phi, h_min=-30, h_max=30, residual=res)
+    assert ((np.abs(alone - h) > 1) & (res <= classical.MAX_RESIDUAL)).sum() > 100  # what the residual lets through
+    flags = np.zeros(h.shape, np.uint8)
+    est, mask = classical.reconstruct(noisy, h_min=-30, h_max=30, flags_out=flags)
+    assert (flags & classical.NOISY).all() and not mask.any()
+    clipped = _exposed(h, 200, 100, 8, 0.5, rng)  # A + B > 255
+    flags = np.zeros(h.shape, np.uint8)
+    _, mask = classical.reconstruct(clipped, h_min=-30, h_max=30, flags_out=flags)
+    at_max = (clipped == 255).any(axis=0)
+    assert at_max.mean() > 0.5 and np.array_equal(flags & classical.SATURATED > 0, at_max)
+    assert not (flags[at_max] & classical.NOISY).any()  # clipping is said once, as itself
+
+
 def test_classical_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="channels: expected 16"):
         classical.reconstruct(np.zeros((12, 4, 4)))

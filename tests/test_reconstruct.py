@@ -47,8 +47,8 @@ def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path):
     out = _run([wafer, "--out", tmp_path / "out", "--pixel-pitch", "3.5"], tmp_path / "mlruns")
     assert out.returncode == 0, out.stderr
     res = tmp_path / "out" / "wafer_07"
-    assert sorted(p.name for p in res.iterdir()) == ["height.npy", "height.tif", "mask.npy", "preview.png",
-                                                     "surface.vtu"]
+    assert sorted(p.name for p in res.iterdir()) == ["flags.npy", "height.npy", "height.tif", "mask.npy",
+                                                     "preview.png", "surface.vtu"]
     height, mask = np.load(res / "height.npy"), np.load(res / "mask.npy")
     assert mask.mean() > 0.99
     assert float(np.sqrt(np.mean((height - truth)[mask] ** 2))) <= 0.05
@@ -97,6 +97,52 @@ def test_unpadded_file_numbers_and_a_multi_page_tiff_give_the_folders_heights(tm
     assert len(err.strip().splitlines()) == 1 and "must hold 16 greyscale pages" in err, err
 
 
+def _layout(root: Path, case: str, buckets: np.ndarray) -> Path:
+    """The same 16-bit buckets as a lab's software saves them."""
+    import tifffile
+
+    folder = root / case
+    if case.endswith("npy"):
+        arr = buckets.astype(">u2") if case == "big_endian_npy" else buckets.astype(np.float64) / 256
+        np.save(root / f"{case}.npy", arr)
+        return root / f"{case}.npy"
+    if case == "hyperstack":  # ImageJ: 4 lasers (Z) × 4 buckets (C), big-endian
+        tifffile.imwrite(root / "hyper.tif", buckets.reshape(4, 4, *buckets.shape[1:]), imagej=True,
+                         metadata={"axes": "ZCYX"}, byteorder=">")
+        return root / "hyper.tif"
+    folder.mkdir()
+    for i, b in enumerate(buckets):
+        path = folder / f"b{i:02d}.tif"
+        if case == "imagej":  # ImageJ's File › Save As › Tiff: big-endian
+            tifffile.imwrite(path, b, imagej=True, byteorder=">")
+        elif case == "lzw":  # OpenCV's and Pillow's default compression
+            tifffile.imwrite(path, b, compression="lzw")
+        elif case == "sample_axis":  # (H, W, 1)
+            tifffile.imwrite(path, b[..., None], photometric="minisblack")
+        elif case == "float32":  # ImageJ's 32-bit type after a flat-field division, in intensity units
+            tifffile.imwrite(path, b.astype(np.float32) / 256)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["imagej", "lzw", "sample_axis", "float32", "hyperstack", "big_endian_npy",
+                                  "float64_npy"])
+def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
+    """Big-endian, LZW-compressed, (H, W, 1), float TIFFs, an ImageJ hyperstack, big-endian
+    and float64 arrays: each read as the plain 16-bit files are (all but the hyperstack and
+    the .npy were refused, LZW as 'unreadable or truncated'), to the same bytes."""
+    from studies.reconstruct import main
+
+    buckets = physics.quantize(physics.add_noise(physics.render(tilted_wafer()), 0.005), 16)
+    np.save(tmp_path / "plain.npy", buckets)
+    src = _layout(tmp_path, case, buckets)
+    for wafer in (tmp_path / "plain.npy", src):
+        assert main([str(wafer), "--out", str(tmp_path / "out"), "--no-track"]) == 0, capsys.readouterr().err
+    plain, other = (np.load(tmp_path / "out" / name / "height.npy") for name in ("plain", src.stem))
+    assert np.array_equal(plain, other)
+    assert sorted(p.name for p in (tmp_path / "out" / src.stem).iterdir()) == [
+        "flags.npy", "height.npy", "height.tif", "mask.npy", "preview.png", "surface.vtu"]
+
+
 def test_wavelengths_txt_beside_a_stack_file_sets_the_lasers(tmp_path, capsys):
     """Three lasers (12 buckets) as a multi-page TIFF and as a .npy, wavelengths.txt in their
     folder: both read as three lasers (without the file, 12 pages are refused)."""
@@ -126,6 +172,30 @@ def test_heights_outside_the_range_are_flagged_and_counted(tmp_path):
     out = _run([wafer, "--out", tmp_path / "out", "--h-min", "0", "--h-max", "35", "--no-track"], tmp_path / "m")
     assert out.returncode == 0, out.stderr
     assert "pixels" in out.stderr and "flagged" in out.stderr and "--h-min" in out.stderr
+    flags = np.load(tmp_path / "out" / "w" / "flags.npy")
+    mask = np.load(tmp_path / "out" / "w" / "mask.npy")
+    assert np.array_equal(mask, flags == 0) and np.count_nonzero(flags & 8) == (~mask).sum() > 0  # no height fits
+
+
+def test_a_saturated_exposure_is_flagged_with_what_to_do(tmp_path):
+    """Buckets clipped at 255 bias the phase (6–15 nm at 8 bits) without a high residual:
+    each such pixel is flagged and the warning names the cause, and the run counts it."""
+    cfg = physics.PSIConfig(A=180.0, B=100.0)
+    buckets = physics.quantize(physics.add_noise(physics.render(tilted_wafer(), cfg), 0.005, cfg=cfg), 8)
+    np.save(tmp_path / "bright.npy", buckets)
+    out = _run([tmp_path / "bright.npy", "--out", tmp_path / "out"], tmp_path / "mlruns")
+    assert out.returncode == 0, out.stderr
+    assert "a bucket at the file's maximum count (lower the exposure)" in out.stderr, out.stderr
+    clipped = (buckets == 255).any(axis=0)
+    assert clipped.mean() > 0.5 and np.array_equal(np.load(tmp_path / "out" / "bright" / "mask.npy"), ~clipped)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        from tracking import store
+
+        c = store.client()
+        run = c.search_runs([c.get_experiment_by_name("reconstruct").experiment_id])[0]
+        assert run.data.metrics["flagged_saturated"] == clipped.sum()
 
 
 def _bad(tmp_path, case):

@@ -1,10 +1,13 @@
 """Bucket images in, height maps out, in bounded memory.
 
-Inputs: a folder of bucket images (TIFF, PNG, BMP; 8- or 16-bit greyscale; one file per
-channel, laser-major in name order with numbers read as numbers, a ``*.tif``-style pattern
-selecting them), one multi-page TIFF holding the buckets as pages, or a (C, H, W) ``.npy``
-array (opened as a memmap). A folder is stacked channel by channel into
-a (C, H, W) memmap next to the outputs, so no more than one channel is in memory at once.
+Inputs: a folder of bucket images (TIFF, PNG, BMP; 8- or 16-bit greyscale, or float TIFFs;
+one file per channel, laser-major in name order with numbers read as numbers, a
+``*.tif``-style pattern selecting them), one multi-page TIFF holding the buckets as pages
+in file order (an ImageJ hyperstack too), or a (C, H, W) ``.npy`` array (opened as a
+memmap). TIFFs in either byte order (ImageJ writes big-endian) and any compression
+(LZW, Deflate, Zstd, JPEG: ``imagecodecs``). A folder or stack is copied channel by channel
+into a (C, H, W) memmap of native uint8, uint16 or float32 next to the outputs, so no more
+than one channel is in memory at once; a ``.npy`` already in one of those is read as it is.
 ``wavelengths.txt`` beside the buckets (numbers in µm, one per laser) overrides the
 default wavelengths.
 
@@ -13,6 +16,7 @@ Every problem with the input is a :class:`InputError` naming the file and what i
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -23,7 +27,22 @@ import numpy as np
 from cpikan.memory import release_pages
 
 SUFFIXES = (".tif", ".tiff", ".png", ".bmp")
-DTYPES = (np.uint8, np.uint16)
+ALLOWED = "8- or 16-bit unsigned integers, or floats"
+
+
+def pixel_type(dtype: np.dtype) -> np.dtype | None:
+    """The type a file's pixels are read as (native byte order; floats as float32), or
+    None when they are not intensities a reconstruction can read."""
+    d = np.dtype(dtype)
+    if d.kind == "u" and d.itemsize in (1, 2):
+        return d.newbyteorder("=")
+    if d.kind == "f" and d.itemsize in (2, 4, 8):
+        return np.dtype(np.float32)
+    return None
+
+
+def _depth(dtype: np.dtype) -> str:
+    return "float" if dtype.kind == "f" else f"{dtype.itemsize * 8}-bit"
 
 
 class InputError(ValueError):
@@ -58,13 +77,20 @@ def wafer_files(src: Path, channels: int, pattern: str | None = None) -> list[Pa
 
 
 def stack_wafer(src: Path, channels: int, pattern: str | None, dest: Path) -> None:
-    """Check the wafer and stack its images into a (C, H, W) memmap at ``dest`` (a ``.npy``
-    wafer is read as it is)."""
+    """Check the wafer and copy its images into a (C, H, W) memmap at ``dest`` (a ``.npy``
+    wafer is read as it is when :func:`read_as_is`)."""
     files = wafer_files(src, channels, pattern)
     if src.is_dir():
         stack_buckets(files, dest)
     elif src.suffix != ".npy":
         stack_tiff(src, channels, dest)
+    elif not read_as_is(src):
+        arr = open_npy(src, channels)
+        out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(arr.dtype), shape=arr.shape)
+        for i in range(arr.shape[0]):
+            out[i] = arr[i]
+            release_pages(out)
+            release_pages(arr)
 
 
 def name_order(path: Path) -> tuple[object, ...]:
@@ -75,23 +101,27 @@ def name_order(path: Path) -> tuple[object, ...]:
 
 def tiff_stack(path: Path, channels: int) -> tuple[int, ...]:
     """Check that ``path`` is one TIFF holding the ``channels`` buckets as pages of one size
-    and bit depth (laser-major); returns (C, H, W)."""
+    and pixel type (laser-major in file order; an ImageJ hyperstack's 4 × 4 pages too);
+    returns (C, H, W)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
             pages = len(tif.pages)
     except Exception as exc:  # noqa: BLE001 — any reader failure means an unreadable file
         raise InputError(f"{path}: unreadable or truncated TIFF ({type(exc).__name__}: {exc})") from None
-    if len(shape) != 3 or shape[0] != channels:
+    if "S" in axes and shape[axes.index("S")] > 1:
+        raise InputError(f"{path}: colour pages ({shape[axes.index('S')]} samples); bucket images are greyscale")
+    dims = [n for n in shape if n != 1]  # singleton axes (ImageJ's T, a trailing sample) say nothing
+    if len(dims) < 3 or math.prod(dims[:-2]) != channels:
         raise InputError(f"{path}: holds {pages} page(s) of shape {shape[-2:] if len(shape) >= 2 else shape} "
                          f"(series shape {shape}); a TIFF stack must hold {channels} greyscale pages of one size "
                          "(lasers × buckets, laser-major)")
-    if dtype not in DTYPES:
-        raise InputError(f"{path}: pixel type {dtype}; allowed: 8-bit or 16-bit unsigned integers")
-    return shape
+    if pixel_type(dtype) is None:
+        raise InputError(f"{path}: pixel type {dtype}; allowed: {ALLOWED}")
+    return (channels, *dims[-2:])
 
 
 def stack_tiff(path: Path, channels: int, dest: Path) -> np.ndarray:
@@ -101,10 +131,10 @@ def stack_tiff(path: Path, channels: int, dest: Path) -> np.ndarray:
     c, h, w = tiff_stack(path, channels)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        out = np.lib.format.open_memmap(dest, mode="w+", dtype=series.dtype, shape=(c, h, w))
+        out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(series.dtype), shape=(c, h, w))
         for i in range(c):
             try:
-                out[i] = series.asarray(key=i)
+                out[i] = series.asarray(key=i).reshape(h, w)
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"{path}: page {i} unreadable or truncated ({type(exc).__name__}: {exc})") from None
             release_pages(out)
@@ -126,7 +156,8 @@ def _tiff_memmap(path: Path) -> np.ndarray | None:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """One greyscale 8- or 16-bit image (H, W); uncompressed TIFFs as read-only memmaps."""
+    """One greyscale image (H, W) of a :func:`pixel_type` (a singleton sample or page axis
+    dropped); uncompressed TIFFs as read-only memmaps."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -148,10 +179,12 @@ def read_image(path: Path) -> np.ndarray:
         raise InputError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})") from None
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         raise InputError(f"{path}: a colour image ({arr.shape[-1]} channels); bucket images are greyscale")
+    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+        arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:-1])
     if arr.ndim != 2:
         raise InputError(f"{path}: expected a 2-D greyscale image, got shape {arr.shape}")
-    if arr.dtype not in DTYPES:
-        raise InputError(f"{path}: pixel type {arr.dtype}; allowed: 8-bit or 16-bit unsigned integers")
+    if pixel_type(arr.dtype) is None:
+        raise InputError(f"{path}: pixel type {arr.dtype}; allowed: {ALLOWED}")
     return arr
 
 
@@ -159,7 +192,7 @@ def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
     """The images as one (C, H, W) memmap at ``dest`` (one channel in memory at a time);
     all must share size and bit depth."""
     first = read_image(files[0])
-    shape, dtype = first.shape, first.dtype
+    shape, dtype = first.shape, pixel_type(first.dtype)
     out = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=(len(files), *shape))
     rows = max(1, (32 << 20) // max(shape[1] * dtype.itemsize, 1))  # ~32 MB strips
     for i, path in enumerate(files):
@@ -167,9 +200,9 @@ def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
         if arr.shape != shape:
             raise InputError(f"{path}: size {arr.shape[1]} × {arr.shape[0]}, but {files[0].name} is "
                              f"{shape[1]} × {shape[0]}; all bucket images must have one size")
-        if arr.dtype != dtype:
-            raise InputError(f"{path}: {arr.dtype.itemsize * 8}-bit, but {files[0].name} is "
-                             f"{dtype.itemsize * 8}-bit; all bucket images must have one bit depth")
+        if pixel_type(arr.dtype) != dtype:
+            raise InputError(f"{path}: {_depth(arr.dtype)}, but {files[0].name} is {_depth(dtype)}; "
+                             "all bucket images must have one bit depth")
         for r0 in range(0, shape[0], rows):  # written and read pages leave RSS strip by strip
             out[i, r0 : r0 + rows] = arr[r0 : r0 + rows]
             release_pages(out)
@@ -179,16 +212,47 @@ def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
 
 
 def open_npy(path: Path, channels: int) -> np.ndarray:
-    """A (C, H, W) array file as a read-only memmap."""
+    """A (C, H, W) array file as a read-only memmap (in the file's own type)."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
     if arr.ndim != 3 or arr.shape[0] != channels:
         raise InputError(f"{path}: shape {arr.shape}, expected ({channels}, H, W) buckets, laser-major")
-    if arr.dtype not in (*DTYPES, np.float32):
-        raise InputError(f"{path}: dtype {arr.dtype}; allowed: uint8, uint16 or float32 intensities")
+    if pixel_type(arr.dtype) is None:
+        raise InputError(f"{path}: dtype {arr.dtype}; allowed: {ALLOWED}")
     return arr
+
+
+def read_as_is(src: Path) -> bool:
+    """Whether a wafer is read where it lies: a ``.npy`` already of its :func:`pixel_type`
+    (else it is copied, converted, like a folder or a TIFF)."""
+    if src.suffix != ".npy":
+        return False
+    dtype = np.load(src, mmap_mode="r", allow_pickle=False).dtype
+    return dtype == pixel_type(dtype)
+
+
+def stacked_path(src: Path, scratch: Path) -> Path:
+    """Where the wafer's (C, H, W) buckets are read from: ``src`` itself or ``scratch``."""
+    return src if read_as_is(src) else scratch
+
+
+def first_channel(src: Path, channels: int, pattern: str | None = None, n: int = 64) -> np.ndarray:
+    """About ``n`` × ``n`` evenly spread pixels of the wafer's first bucket image, in the
+    file's type (to judge its units before anything is written)."""
+    import tifffile
+
+    if src.is_dir():
+        img = read_image(bucket_files(src, channels, pattern)[0])
+    elif src.suffix == ".npy":
+        img = open_npy(src, channels)[0]
+    else:
+        with tifffile.TiffFile(src) as tif:
+            img = tif.series[0].asarray(key=0)
+        img = img.reshape(img.shape[-2:] if img.shape[-1] != 1 else img.shape[-3:-1])
+    h, w = img.shape
+    return np.asarray(img[:: max(1, h // n), :: max(1, w // n)])
 
 
 def read_wavelengths(folder: Path) -> tuple[float, ...] | None:
