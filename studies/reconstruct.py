@@ -21,7 +21,7 @@ fed the intensity units it was trained on: 16-bit counts / 256, 8-bit counts as 
 or your own model, ``mylab.models:make_unet`` or ``path/to/unet.py:make_unet``: a callable
 returning an ``nn.Module`` that maps (N, 16, H, W) float32 intensities (the files' counts, laser-major)
 to (N, K, H, W) with the height in µm in channel 0; ``--weights`` loads a safetensors state
-dict into it (a ``module.`` prefix from DistributedDataParallel is dropped). Tiles are
+dict into it (a prefix every key shares, ``module.`` or ``net.``, is dropped). Tiles are
 exact (crop mode) for a shift-equivariant model; one that is not is refused with the cause
 unless ``--mode hann`` (blended tiles, close to but not equal to whole-image inference;
 the run logs how far, ``blend_vs_full_um``, measured on a crop of the wafer).

@@ -443,6 +443,22 @@ def build_wide():
 
 def build_corners():
     return TwoHeadUNet(corners=True)
+
+
+class WithAux(TwoHeadUNet):
+    def forward(self, x):  # torchvision's segmentation models answer a dict like this one
+        y = super().forward(x)
+        return {"out": y[:, :1], "aux": y[:, 1:]}
+
+
+def build_aux():
+    return WithAux()
+
+
+class Lit(nn.Module):  # a Lightning module holding the network: its state dict says net.…
+    def __init__(self):
+        super().__init__()
+        self.net = TwoHeadUNet()
 '''
 
 
@@ -514,10 +530,36 @@ def test_your_own_model_from_a_file_reconstructs_exactly_and_is_recorded(tmp_pat
     assert res.returncode == 2 and "'w.safetensors'" in res.stderr and "changed" in res.stderr, res.stderr
 
 
+def test_weights_under_any_wrappers_prefix_load(user_model):
+    """A Lightning module's net.…, DDP's module.… over it: every key shares the prefix, so
+    it is dropped; a state dict holding two networks (net.…, ema.…) is refused, not guessed."""
+    import importlib.util
+
+    import torch
+    from safetensors.torch import save_file
+
+    from cpikan.tiling import factory
+
+    root, model = user_model
+    spec = importlib.util.spec_from_file_location("mylab_unet_lit", root / "unet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lit = mod.Lit()
+    lit.net.load_state_dict(model.state_dict())
+    save_file({f"module.{k}": v.contiguous() for k, v in lit.state_dict().items()}, str(root / "lit.safetensors"))
+    loaded = factory.build(f"{root / 'unet.py'}:build", root / "lit.safetensors")
+    x = torch.rand(1, 16, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    both = {**{f"net.{k}": v for k, v in model.state_dict().items()}, **{f"ema.{k}": v.clone() for k, v in model.state_dict().items()}}
+    save_file({k: v.contiguous() for k, v in both.items()}, str(root / "two.safetensors"))
+    with pytest.raises(ValueError, match="does not fit TwoHeadUNet: missing"):
+        factory.build(f"{root / 'unet.py'}:build", root / "two.safetensors")
+
+
 @pytest.mark.parametrize("case, message", [
     ("wrong weights", "--weights: "), ("pickle", "looks like a pickle"), ("no such callable", "cannot be imported"),
     ("not equivariant", "not shift-equivariant"), ("weights without a factory", "--weights: only with"),
-    ("bad mode", "--mode: unknown 'blend'"),
+    ("bad mode", "--mode: unknown 'blend'"), ("dict output", "returns a dict ('out': (1, 1, 256, 256), 'aux'"),
 ])
 def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, case, message):
     from studies.reconstruct import main
@@ -537,6 +579,8 @@ def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, ca
         model = "classical"
     elif case == "bad mode":
         extra = ["--mode", "blend"]
+    elif case == "dict output":
+        model = f"{root / 'unet.py'}:build_aux"
     code = main([str(src), "--out", str(tmp_path / "out"), "--model", model, "--weights", str(weights),
                  "--no-track", *extra])
     err = capsys.readouterr().err

@@ -16,9 +16,6 @@ from typing import Any
 
 from torch import nn
 
-#: what a state dict saved by a wrapper carries before the module's own keys
-#: (DistributedDataParallel / DataParallel; this project's model artifacts)
-WRAPPER_PREFIXES = ("module.", "model.")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
@@ -71,8 +68,9 @@ def build(ref: str, weights: str | Path | None = None, field: str = "model") -> 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a safetensors state dict into ``model``, exactly (every key, every shape).
 
-    A wrapper's prefix (``module.`` from DistributedDataParallel, ``model.`` from this
-    project's artifacts) is dropped when that is what makes the keys match."""
+    A wrapper's prefix shared by every key (``module.`` from DistributedDataParallel,
+    ``model.`` from this project's artifacts, ``net.`` from a Lightning module holding the
+    network, or several of them) is dropped when that is what makes the keys match."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -86,11 +84,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     except (OSError, SafetensorError) as exc:
         raise ValueError(f"weights: {path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
     own = set(model.state_dict())
-    for prefix in WRAPPER_PREFIXES:
-        if set(state) != own and all(k.startswith(prefix) for k in state):
-            stripped = {k[len(prefix):]: v for k, v in state.items()}
-            if set(stripped) == own:
-                state = stripped
+    stripped = state
+    while set(stripped) != own and stripped and all("." in k for k in stripped):
+        first = {k.split(".", 1)[0] for k in stripped}
+        if len(first) != 1:
+            break
+        stripped = {k.split(".", 1)[1]: v for k, v in stripped.items()}
+    if set(stripped) == own:
+        state = stripped
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
         def few(keys: list[str]) -> str:

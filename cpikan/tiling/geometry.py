@@ -87,10 +87,25 @@ def suspected_cause(model: nn.Module) -> str:
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
+    if not isinstance(out, torch.Tensor):  # (main, aux), {"out": …}: which is the height is the user's to say
+        raise ValueError(f"model: returns {describe_output(out)}; tiled inference needs one (N, K, H, W) tensor: "
+                         "have the factory return a module whose forward picks it (e.g. return self.net(x)['out'])")
     if out.dim() != 4 or out.shape[-2:] != x.shape[-2:]:
         raise ValueError(f"model: maps (N, C, {x.shape[-2]}, {x.shape[-1]}) to {tuple(out.shape)}; tiled "
                          "inference needs an output of the input's height and width (N, K, H, W)")
     return out
+
+
+def describe_output(out: object) -> str:
+    """A model's non-tensor output, briefly: 'a tuple of 2 ((1, 1, 64, 64), (1, 1, 64, 64))'."""
+    def shape(v: object) -> str:
+        return str(tuple(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__
+
+    if isinstance(out, dict):
+        return f"a dict ({', '.join(f'{k!r}: {shape(v)}' for k, v in list(out.items())[:4])})"
+    if isinstance(out, tuple | list):
+        return f"a {type(out).__name__} of {len(out)} ({', '.join(shape(v) for v in out[:4])})"
+    return f"a {type(out).__name__}"
 
 
 def _shift_error(model: nn.Module, big: torch.Tensor, size: int, shift: int, base: torch.Tensor) -> float:
