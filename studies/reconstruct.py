@@ -259,6 +259,7 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
             waves = tuple(float(v) for v in args.wavelengths.split(","))
         except ValueError:
             raise io.InputError(f"--wavelengths: expected numbers in µm like 5.0,5.5,6.05,6.655, got {args.wavelengths!r}") from None
+        io.check_wavelengths(waves, "--wavelengths")
     for p in args.inputs:
         src = Path(p)
         if not src.exists():

@@ -137,7 +137,7 @@ def tile_plan(model: Any, channels: int, cfg: Any) -> dict[str, float]:
     """Tile size (the largest within --max-memory unless --tile), the smallest exact
     overlap (unless --overlap), a batch size that keeps within the budget and the model's
     output channels; refuses crop mode for a model no crop-and-stitch can be exact for."""
-    from cpikan.tiling import resolve
+    from cpikan.tiling import plan_tiles, resolve
     from cpikan.tiling.check import parse_bytes
 
     expected = getattr(model, "in_channels", None)
@@ -154,10 +154,20 @@ def tile_plan(model: Any, channels: int, cfg: Any) -> dict[str, float]:
                             "the run measures how far)")
     budget = parse_bytes(cfg.max_memory)
     overlap = cfg.overlap if cfg.overlap is not None else 2 * (-(-geo.radius // geo.factor) * geo.factor)
-    tile = cfg.tile or max(geo.largest_tile(channels, budget), overlap + 2 * geo.factor)
+    need = overlap + 2 * geo.factor  # the smallest tile with a core beside the overlap
+    if cfg.tile is None and geo.tile_bytes(need, channels) > budget:
+        mb = max(1, -(-geo.tile_bytes(need, channels) // 2**20))
+        raise io.InputError(f"--max-memory {cfg.max_memory}: the smallest tile with the {overlap} px overlap, "
+                            f"{need} px, needs {mb} MB; allow that much or more, or give --tile (and --overlap)")
+    tile = cfg.tile or geo.largest_tile(channels, budget)
     if tile <= overlap:
         raise io.InputError(f"--tile: {tile} px leaves no core beside the overlap {overlap} px "
                             f"(the model's exact minimum); use --tile ≥ {overlap + 2 * geo.factor}")
+    try:  # the tiler's own checks (the overlap a crop needs for this model), before any wafer is read
+        plan_tiles(tile, tile, tile_size=tile, overlap=overlap, mode=cfg.mode,
+                   radius=geo.radius if cfg.mode == "crop" else 0, factor=geo.factor)
+    except ValueError as exc:
+        raise io.InputError(str(exc).replace("overlap:", "--overlap:", 1).replace("tile_size:", "--tile:", 1)) from None
     batch = max(1, min(4, budget // max(geo.tile_bytes(tile, channels), 1)))
     return {"tile": float(tile), "overlap": float(overlap), "batch_size": float(batch),
             "out_channels": float(geo.out_channels)}

@@ -223,6 +223,8 @@ def _bad(tmp_path, case):
         args = [tmp_path / "x.npy"]
     elif case == "model":
         args = [w, "--model", "0123456789abcdef"]
+    elif case == "nm":  # a HeNe laser's 632.8 nm written as it is on the laser
+        (w / "wavelengths.txt").write_text("632.8 543.5 611.9 594.1\n")
     elif case == "out":
         (tmp_path / "file").write_text("")
         return args, tmp_path / "file" / "sub"
@@ -234,6 +236,7 @@ def _bad(tmp_path, case):
     ("depth", "all bucket images must have one bit depth"), ("truncated", "unreadable or truncated"),
     ("colour", "colour image"), ("npy_shape", "expected (16, H, W)"), ("npy_dtype", "dtype int64"),
     ("model", "--model 0123456789abcdef: "), ("out", "cannot create it"),
+    ("nm", "632.8 is not an optical wavelength in µm (0.1 … 30) (in nm? 632.8 nm is 0.6328 µm)"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case, message):
     args, out_dir = _bad(tmp_path, case)
@@ -560,6 +563,8 @@ def test_weights_under_any_wrappers_prefix_load(user_model):
     ("wrong weights", "--weights: "), ("pickle", "looks like a pickle"), ("no such callable", "cannot be imported"),
     ("not equivariant", "not shift-equivariant"), ("weights without a factory", "--weights: only with"),
     ("bad mode", "--mode: unknown 'blend'"), ("dict output", "returns a dict ('out': (1, 1, 256, 256), 'aux'"),
+    ("tiny budget", "--max-memory 1KB: the smallest tile with the"),
+    ("short overlap", "--overlap: crop mode needs overlap/2 ≥ the receptive-field radius"),
 ])
 def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, case, message):
     from studies.reconstruct import main
@@ -581,6 +586,10 @@ def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, ca
         extra = ["--mode", "blend"]
     elif case == "dict output":
         model = f"{root / 'unet.py'}:build_aux"
+    elif case == "tiny budget":  # tiles of a few pixels would take hours and still pass the budget
+        extra = ["--max-memory", "1KB"]
+    elif case == "short overlap":  # seams: refused before any wafer is read
+        extra = ["--overlap", "0", "--tile", "32"]
     code = main([str(src), "--out", str(tmp_path / "out"), "--model", model, "--weights", str(weights),
                  "--no-track", *extra])
     err = capsys.readouterr().err

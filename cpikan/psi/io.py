@@ -265,8 +265,25 @@ def read_wavelengths(folder: Path) -> tuple[float, ...] | None:
         values = tuple(float(v) for v in path.read_text().replace(",", " ").split())
     except ValueError:
         raise InputError(f"{path}: expected numbers (µm), one per laser") from None
+    return check_wavelengths(values, str(path))
+
+
+#: optical interferometry, deep UV to far infrared (µm): a value outside is in other units
+WAVELENGTH_RANGE_UM = (0.1, 30.0)
+
+
+def check_wavelengths(values: tuple[float, ...], field: str) -> tuple[float, ...]:
+    """``values`` if they are wavelengths in µm; InputError naming ``field`` otherwise (a
+    file in nm, 632.8 for a HeNe laser, would be searched as 632.8 µm and flag every pixel)."""
+    lo, hi = WAVELENGTH_RANGE_UM
     if not values or any(not v > 0 for v in values):
-        raise InputError(f"{path}: wavelengths must be positive numbers (µm), got {values}")
+        raise InputError(f"{field}: wavelengths must be positive numbers (µm), got {values}")
+    odd = [v for v in values if not lo <= v <= hi]
+    if odd:
+        hint = f" (in nm? {odd[0]:g} nm is {odd[0] / 1000:g} µm)" if odd[0] > hi else ""
+        raise InputError(f"{field}: {odd[0]:g} is not an optical wavelength in µm ({lo:g} … {hi:g}){hint}")
+    if len(set(values)) != len(values):
+        raise InputError(f"{field}: a wavelength appears twice in {values}; each laser needs its own")
     return values
 
 
