@@ -241,3 +241,12 @@ def test_models_round_trip_as_safetensors_and_pickles_are_refused(mlruns):
     converted, _, _ = models.load_model(run.run_id)
     assert torch.equal(converted(x), model(x))
     assert "model/model.safetensors" in {a.path for a in c.list_artifacts(run.run_id, "model")}
+
+
+def test_replay_counts_a_result_added_since_as_new_and_a_lost_one_as_different():
+    from tracking.replay import compare
+
+    ok, rows = compare({"rmse": 1.0}, {"rmse": 1.0, "flagged_noisy": 0.0}, [], 0.0)
+    assert ok and ("flagged_noisy", None, 0.0, "", "new") in rows
+    ok, rows = compare({"rmse": 1.0, "flagged_noisy": 0.0}, {"rmse": 1.0}, [], 0.0)
+    assert not ok and rows[0][-1] == "DIFFERENT"

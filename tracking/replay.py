@@ -117,12 +117,16 @@ def code_warnings(run: Any, client: Any) -> list[str]:
 def compare(
     old: dict[str, float], new: dict[str, float], measurements: list[str], rtol: float
 ) -> tuple[bool, list[tuple]]:
-    """Every metric but the machine measurements must agree (last values of step metrics too)."""
+    """Every metric of the original but the machine measurements must agree (last values of
+    step metrics too); one only the replay has (a result added since) is shown as new."""
     rows, ok = [], True
     for name in sorted(set(old) | set(new)):
         a, b = old.get(name), new.get(name)
         if name in measurements:
             rows.append((name, a, b, "", "not compared"))
+            continue
+        if a is None:  # a result newer code adds: nothing of the original is contradicted
+            rows.append((name, a, b, "", "new"))
             continue
         if a is None or b is None:
             same = False
