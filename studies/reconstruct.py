@@ -18,7 +18,8 @@ steps = 16 buckets by default).
 ``--model``: the joint fringe-order search (``classical``, default), the best
 ``psi_pretrain`` run trained for the wafer's wavelengths (``best``), a run ID (weights as safetensors; nothing is unpickled;
 fed the intensity units it was trained on: 16-bit counts / 256, 8-bit counts as they are),
-or your own model, ``mylab.models:make_unet`` or ``path/to/unet.py:make_unet``: a callable
+or your own model, ``mylab.models:make_unet`` or ``path/to/unet.py:make_unet`` (or a class with
+literal arguments, ``unet.py:UNet(in_channels=16)``): a callable
 returning an ``nn.Module`` that maps (N, 16, H, W) float32 intensities (the files' counts, laser-major)
 to (N, K, H, W) with the height in µm in channel 0; ``--weights`` loads a safetensors state
 dict into it (a prefix every key shares, ``module.`` or ``net.``, is dropped). Tiles are

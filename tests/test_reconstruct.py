@@ -559,11 +559,31 @@ def test_weights_under_any_wrappers_prefix_load(user_model):
         factory.build(f"{root / 'unet.py'}:build", root / "two.safetensors")
 
 
+def test_a_class_named_with_its_arguments_is_built_as_the_factory_would(tmp_path, user_model):
+    """``unet.py:TwoHeadUNet(width=12)`` is ``build_wide()``: a network class that needs
+    arguments (MONAI's, say) runs without a wrapper file; the run records the call."""
+    import torch
+    from safetensors.torch import save_file
+
+    from cpikan.tiling import factory
+
+    root, _ = user_model
+    torch.manual_seed(5)
+    wide = factory.build(f"{root / 'unet.py'}:build_wide")
+    save_file(wide.state_dict(), str(tmp_path / "wide.safetensors"))
+    named = factory.build(f"{root / 'unet.py'}:TwoHeadUNet(width=12)", tmp_path / "wide.safetensors")
+    x = torch.rand(1, 16, 24, 24)
+    assert torch.equal(named(x), wide(x))
+    with pytest.raises(ValueError, match=r"TwoHeadUNet\(8, False, 3\) failed \(TypeError"):
+        factory.build(f"{root / 'unet.py'}:TwoHeadUNet(8, False, 3)")
+
+
 @pytest.mark.parametrize("case, message", [
     ("wrong weights", "--weights: "), ("pickle", "looks like a pickle"), ("no such callable", "cannot be imported"),
     ("not equivariant", "not shift-equivariant"), ("weights without a factory", "--weights: only with"),
     ("bad mode", "--mode: unknown 'blend'"), ("dict output", "returns a dict ('out': (1, 1, 256, 256), 'aux'"),
     ("tiny budget", "--max-memory 1KB: the smallest tile with the"),
+    ("non-literal argument", "arguments must be literals"),
     ("short overlap", "--overlap: crop mode needs overlap/2 ≥ the receptive-field radius"),
 ])
 def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, case, message):
@@ -586,6 +606,8 @@ def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, ca
         extra = ["--mode", "blend"]
     elif case == "dict output":
         model = f"{root / 'unet.py'}:build_aux"
+    elif case == "non-literal argument":  # read, never evaluated
+        model = f"{root / 'unet.py'}:TwoHeadUNet(width=__import__('os').getpid())"
     elif case == "tiny budget":  # tiles of a few pixels would take hours and still pass the budget
         extra = ["--max-memory", "1KB"]
     elif case == "short overlap":  # seams: refused before any wafer is read

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m cpikan.tiling check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("factory", help="MODULE:CALLABLE or FILE.py:CALLABLE returning the model")
+    ap.add_argument("factory", help="MODULE:CALLABLE or FILE.py:CALLABLE returning the model; "
+                    "literal arguments may follow: 'unet.py:UNet(in_channels=16)'")
     ap.add_argument("--weights", default=None, help="a safetensors state dict to load into it first")
     ap.add_argument("--channels", type=int, required=True, help="input channels (16 for PSI buckets)")
     ap.add_argument("--max-memory", default="1.5GB", help="budget for one batch of tiles (default 1.5GB)")

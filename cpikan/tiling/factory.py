@@ -1,5 +1,10 @@
 """A model the user brings: ``MODULE:CALLABLE`` or ``path/to/file.py:CALLABLE``, plus weights.
 
+The callable may be given literal arguments, so a class that needs them is named as it is
+built: ``monai.networks.nets:BasicUNet(spatial_dims=2, in_channels=16, out_channels=1)``.
+Only literals (numbers, strings, tuples, lists, dicts, True/False/None) are read, never
+evaluated; the reference string is what a run records, so a replay builds the same model.
+
 The callable is the user's own code, named on their own command line, so importing it is no
 more than running their script. Weights come as safetensors (a flat, typed format whose
 reading cannot run code), never as a pickle. Models stored in MLflow stay restricted to the
@@ -8,8 +13,10 @@ project's own builders (:mod:`tracking.models`): a shared store must not run cod
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,11 +31,35 @@ def is_factory(ref: str) -> bool:
     return ":" in ref
 
 
-def import_factory(ref: str, field: str = "model") -> Any:
-    """The callable ``ref`` names; ValueError naming ``field``, ``ref`` and the cause otherwise."""
-    where, _, name = ref.rpartition(":")
-    if not where or not name:
+#: WHERE:NAME or WHERE:NAME(ARGS); WHERE takes the last ':' that leaves a name (and a call) after it
+REF = re.compile(r"(.+):([A-Za-z_][\w.]*)\s*(\(.*\))?\s*", re.DOTALL)
+
+
+def split_ref(ref: str, field: str = "model") -> tuple[str, str, tuple, dict]:
+    """``'unet.py:UNet(16, out_channels=1)'`` → ('unet.py', 'UNet', (16,), {'out_channels': 1})."""
+    m = REF.fullmatch(ref)
+    if not m:
         raise ValueError(f"{field}: expected MODULE:CALLABLE or FILE.py:CALLABLE, got {ref!r}")
+    where, name, args = m.group(1), m.group(2), m.group(3)
+    if args is None:
+        return where, name, (), {}
+    try:
+        call = ast.parse(f"f{args}", mode="eval").body
+        assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+        values = tuple(ast.literal_eval(a) for a in call.args)
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+        if len(kwargs) != len(call.keywords):
+            raise ValueError("**")
+    except (SyntaxError, ValueError, AssertionError):
+        raise ValueError(f"{field}: {ref!r}: arguments must be literals (numbers, strings, tuples, lists, dicts, "
+                         "True/False/None), as in UNet(in_channels=16, features=(32, 64))") from None
+    return where, name, values, kwargs
+
+
+def import_factory(ref: str, field: str = "model") -> Any:
+    """The callable ``ref`` names (arguments aside); ValueError naming ``field``, ``ref``
+    and the cause otherwise."""
+    where, name, _, _ = split_ref(ref, field)
     try:
         if where.endswith(".py"):
             path = Path(where).resolve()
@@ -51,15 +82,18 @@ def import_factory(ref: str, field: str = "model") -> Any:
 
 
 def build(ref: str, weights: str | Path | None = None, field: str = "model") -> nn.Module:
-    """Call the factory ``ref`` names, load ``weights`` (safetensors) into its result, eval mode."""
+    """Call the factory ``ref`` names with its literal arguments, load ``weights``
+    (safetensors) into its result, eval mode."""
     factory = import_factory(ref, field)
+    _, name, args, kwargs = split_ref(ref, field)
     try:
-        model = factory()
+        model = factory(*args, **kwargs)
     except Exception as exc:  # the user's code: whatever it raises, say where it came from
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ValueError(f"{field}: {ref}() failed ({type(exc).__name__}: {first})") from None
+        raise ValueError(f"{field}: {ref} failed ({type(exc).__name__}: {first})"
+                         + ("" if args or kwargs else f"; give its arguments: {name}(in_channels=16, …)")) from None
     if not isinstance(model, nn.Module):
-        raise ValueError(f"{field}: {ref}() returned a {type(model).__name__}; expected a torch.nn.Module")
+        raise ValueError(f"{field}: {ref} returned a {type(model).__name__}; expected a torch.nn.Module")
     if weights is not None:
         load_weights(model, weights)
     return model.eval()
@@ -109,7 +143,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 def source_file(ref: str) -> Path | None:
     """The file that defines the factory (for provenance), when there is one."""
-    where = ref.rpartition(":")[0]
+    where = split_ref(ref)[0]
     if where.endswith(".py"):
         return Path(where).resolve()
     spec = importlib.util.find_spec(where)
