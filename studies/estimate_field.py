@@ -52,6 +52,7 @@ class Placed:
     mesh_points: np.ndarray | None  # (n, 3) and cells: the mesh the snapshots were on, if any
     cells: list[tuple[str, np.ndarray]]
     on_cells: bool  # the fields are cell data
+    outside: np.ndarray | None = None  # (n,) bool: points outside the flow (NaN in every snapshot)
 
 
 def load(folder: Path) -> Placed:
@@ -66,7 +67,8 @@ def load(folder: Path) -> Placed:
                             {n: float(z[f"sensor_residual:{n}"]) for n in names},
                             {n: float(z[f"noise_sd:{n}"]) for n in names},
                             z["mesh_points"] if "mesh_points" in z.files else None, cells,
-                            bool(z["on_cells"]) if "on_cells" in z.files else False)
+                            bool(z["on_cells"]) if "on_cells" in z.files else False,
+                            z["outside"] if "outside" in z.files else None)
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
         raise SensorError(f"DIR: {folder} is not a folder place_sensors wrote ({exc})") from None
     for b in bases.values():
@@ -130,6 +132,8 @@ def estimate(placed: Placed, readings: np.ndarray) -> tuple[dict[str, np.ndarray
     k = len(placed.placement.indices)
     for i, (name, basis) in enumerate(placed.bases.items()):
         out[name] = reconstruct(basis, placed.placement, readings[:, i, :])
+        if placed.outside is not None:
+            out[name][:, placed.outside] = np.nan  # not in the flow, as in the snapshots
         off = float(residual(basis, placed.placement, readings[:, i, :]).max())
         explained = np.hypot(placed.family_residual[name], placed.noise_sd[name] * np.sqrt(max(k - basis.rank, 0)))
         worst = max(worst, off / explained if explained > 0 else 0.0 if off == 0 else np.inf)

@@ -12,7 +12,8 @@ order: ``.npy`` arrays, CSV tables with a row per point (ParaView's "Save Data":
 the fields as point data, or as cell data only (a finite-volume solver's values: sensors
 then sit at cell centroids). A vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``
 takes them all. Every sensor reads every field chosen; fields the same in every snapshot are
-left out, with a note.
+left out, with a note. Points NaN in every snapshot (a solid, a PIV mask) are outside the
+flow: no sensor goes there, estimate_field answers NaN there.
 
 ``--candidates``: where a sensor can be mounted (a wall, a probe's reach), as a CSV of point
 indices (``index``) or coordinates (``x, y`` / ``row, col``, each one of the snapshots'
@@ -77,9 +78,16 @@ def read(cfg: PlaceSensorsConfig) -> tuple[Any, Any, dict[str, Any]]:
 
     from cpikan.sensors import holdout
     from cpikan.sensors.data import candidate_points, read_family
+    from cpikan.sensors.placement import SensorError
 
     family = read_family(cfg.inputs, cfg.fields or None)
     cand = candidate_points(family, Path(cfg.candidates)) if cfg.candidates else None
+    if family.outside is not None:  # no sensor inside a solid
+        if cand is not None and family.outside[cand].any():
+            bad = cand[family.outside[cand]]
+            raise SensorError(f"candidates: {cfg.candidates}: point {bad[0]} is outside the flow (NaN in every "
+                              f"snapshot); {len(bad)} such")
+        cand = np.flatnonzero(~family.outside) if cand is None else cand
     return family, cand, {
         "snapshots": family.snapshots, "points": family.size, "fields": list(family.fields), "k": cfg.k,
         "rank_chosen": cfg.rank is None, "method": cfg.method, "noise": cfg.noise,
@@ -117,6 +125,8 @@ def write_outputs(work: Path, family: Any, placement: Any, bases: list[Any], sum
     placement.save(work / "placement.json")
     arrays = {"fields": np.array(list(family.fields)), "points": coords,
               "grid": np.array(family.grid or (), np.int64)}
+    if family.outside is not None:
+        arrays["outside"] = family.outside
     idx = list(placement.indices)
     for (name, snaps), b in zip(family.fields.items(), bases):
         worst = float(residual(b, placement, np.asarray(snaps[:, idx], np.float64)).max())

@@ -342,6 +342,35 @@ def test_a_run_over_many_snapshot_files_records_and_checks_every_one(tmp_path, m
         replay.replay(run.info.run_id)
 
 
+def test_points_nan_in_every_snapshot_are_outside_the_flow(rank3_family, tmp_path, capsys):
+    """A solid body (or a PIV mask) exported as NaN at the same points in every snapshot: no
+    sensor goes there, estimates are NaN there and exact elsewhere; a candidate inside it
+    is refused by name (every NaN was refused before)."""
+    src, new = rank3_family
+    snaps = np.load(src)
+    solid = np.zeros(new.shape, bool)
+    solid[3:6, 4:8] = True
+    snaps[:, solid] = np.nan
+    np.save(tmp_path / "solid.npy", snaps)
+    out = tmp_path / "sensors"
+    assert place_sensors.main([str(tmp_path / "solid.npy"), "--k", "6", "--rank", "3", "--out", str(out),
+                               "--no-track"]) == 0
+    assert "12 point(s) NaN in every snapshot are outside the flow" in capsys.readouterr().err
+    with (out / "sensors.csv").open() as f:
+        sensors = list(csv.DictReader(f))
+    assert len(sensors) == 6 and not any(solid[int(s["row"]), int(s["col"])] for s in sensors)
+    (tmp_path / "r.csv").write_text("sensor,solid\n" + "".join(
+        f"{s['sensor']},{float(new[int(s['row']), int(s['col'])])!r}\n" for s in sensors))
+    assert estimate_field.main([str(out), str(tmp_path / "r.csv"), "--out", str(tmp_path / "est.npz")]) == 0
+    with np.load(tmp_path / "est.npz") as z:
+        est = z["solid"][0]
+    assert np.isnan(est[solid]).all() and np.abs(est[~solid] - new[~solid]).max() <= 1e-9 * np.abs(new).max()
+    (tmp_path / "c.csv").write_text("row,col\n0,0\n4,5\n8,13\n1,1\n2,2\n7,7\n6,12\n")
+    assert place_sensors.main([str(tmp_path / "solid.npy"), "--k", "4", "--candidates", str(tmp_path / "c.csv"),
+                               "--out", str(tmp_path / "o2"), "--no-track"]) == 2
+    assert "is outside the flow (NaN in every snapshot); 1 such" in capsys.readouterr().err
+
+
 def _bad(case: str, tmp_path, folder, pts, tri):
     """The command line for ``case``, after planting its fault under tmp_path."""
     out = ["--out", str(tmp_path / "out")]

@@ -12,7 +12,8 @@ A family is m snapshots of one or more fields on one set of n points, read from
   solver writes it: at the cells' centroids). A vector field is split into its components,
   ``U[0]``, ``U[1]``, ….
 A field that is the same in every snapshot holds nothing a sensor could tell, so it is left
-out with a note (or refused, when asked for by name). Every error names the file and the
+out with a note (or refused, when asked for by name). Points NaN in every snapshot are
+outside the flow (:attr:`Family.outside`); a NaN in some snapshots only is refused. Every error names the file and the
 field; nothing is unpickled.
 """
 
@@ -54,6 +55,7 @@ class Family:
     layout: Layout
     files: tuple[Path, ...]
     notes: tuple[str, ...] = field(default=())  # what was left out, and why
+    outside: np.ndarray | None = None  # (n,) bool: points NaN in every snapshot (a solid, a mask), set to 0
 
     @property
     def points(self) -> np.ndarray | None:
@@ -168,7 +170,8 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
         raise SensorError(f"snapshots: {', '.join(f.name for f in files)} hold{'s' if len(files) == 1 else ''} "
                           f"{m} snapshot; a family needs at least 2")
     chosen, notes = _select(raw, fields, files)
-    return Family(chosen, layout, tuple(files), tuple(notes))
+    chosen, outside, more = _outside(chosen, files)
+    return Family(chosen, layout, tuple(files), tuple(notes + more), outside)
 
 
 def _progress(files: list[Path]) -> Any:
@@ -357,6 +360,24 @@ def _values(mesh: Any, on_cells: bool) -> dict[str, np.ndarray]:
     return {name: np.concatenate([np.asarray(b) for b in blocks]) for name, blocks in mesh.cell_data.items()}
 
 
+def _outside(fields: dict[str, np.ndarray], files: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray | None,
+                                                                     list[str]]:
+    """Points NaN in every snapshot of some field (a solid body, a PIV mask) are outside the
+    flow: every field is set to 0 there (no variation: no mode reaches them, no sensor goes
+    there) and they are returned as a mask, so estimates can be NaN there again."""
+    outside = np.zeros(next(iter(fields.values())).shape[1], bool)
+    for a in fields.values():
+        if a.dtype.kind == "f":
+            outside |= ~np.isfinite(a[0])  # NaN in one snapshot means in all (checked by _select)
+    if not outside.any():
+        return fields, None, []
+    if outside.all():
+        raise SensorError(f"snapshots: every point is NaN in every snapshot ({files[0].name})")
+    filled = {k: np.where(outside, 0, a).astype(a.dtype, copy=False) for k, a in fields.items()}
+    return filled, outside, [f"{int(outside.sum())} point(s) NaN in every snapshot are outside the flow (a solid, "
+                             "a mask): no sensor goes there, and estimated fields are NaN there"]
+
+
 def _centroids(points: np.ndarray, kind: str, conn: np.ndarray, path: Path) -> np.ndarray:
     if conn.dtype == object or conn.ndim != 2:
         raise SensorError(f"snapshots: {path}: cell data on {kind} cells, whose centres are not read; "
@@ -381,11 +402,16 @@ def _select(raw: dict[str, np.ndarray], wanted: Sequence[str] | None,
         chosen, explicit = dict(flat), set()
     out: dict[str, np.ndarray] = {}
     for k, a in chosen.items():
-        bad = np.flatnonzero(~np.isfinite(a).all(1)) if a.dtype.kind == "f" else []
-        if len(bad):
-            where = files[bad[0]].name if len(files) > 1 else f"{files[0].name}, snapshot {bad[0]}"
-            raise SensorError(f"snapshots: field {k!r} has NaN or Inf ({where})")
-        if np.all(a == a[:1]):
+        if a.dtype.kind == "f":
+            finite = np.isfinite(a)
+            partly = np.flatnonzero(~finite.all(0) & finite.any(0))  # points NaN in some snapshots only
+            if len(partly):
+                bad = int(np.flatnonzero(~finite[:, partly[0]])[0])
+                where = files[bad].name if len(files) > 1 else f"{files[0].name}, snapshot {bad}"
+                raise SensorError(f"snapshots: field {k!r} has NaN or Inf at {len(partly)} point(s) in some snapshots "
+                                  f"only (first: point {partly[0]}, {where}); a point outside the flow is NaN in "
+                                  "every snapshot: fill the gaps or leave those snapshots out")
+        if np.array_equal(a, np.broadcast_to(a[:1], a.shape), equal_nan=a.dtype.kind == "f"):
             why = f"{k} is the same in every snapshot: no sensor reading of it can tell the snapshots apart"
             if k in explicit:
                 raise SensorError(f"fields: {why}")
