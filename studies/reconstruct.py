@@ -190,7 +190,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         flagged += int(valid.size - np.count_nonzero(valid))
         why = flags[r0 : r0 + 1024]
         for bit in causes:
-            causes[bit] += int(np.count_nonzero(why & bit))
+            causes[bit] += int(np.count_nonzero(why == bit))
         hv = np.asarray(height[r0 : r0 + 1024], np.float64)[valid]
         if hv.size:
             total, squares = total + hv.sum(), squares + np.square(hv).sum()
@@ -384,8 +384,8 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
 
 
 def flag_causes(figures: dict[str, float]) -> str:
-    """Why pixels were flagged (the run's ``flagged_<cause>`` figures: a pixel can have
-    several causes), most first, each with what to do about it."""
+    """Why pixels were flagged (the run's ``flagged_<cause>`` figures, one cause per pixel:
+    they add up to flagged_pixels), most first, each with what to do about it."""
     from cpikan.psi.classical import MIN_SNR
 
     advice = {"low_contrast": "no fringes there (background, dust, a dark or diffuse spot)",

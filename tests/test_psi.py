@@ -88,7 +88,7 @@ def test_the_mask_does_not_depend_on_exposure_or_bit_depth():
 
 def test_the_mask_flags_noise_and_clipping_by_cause():
     """Fringes barely above the noise (B/σ ≈ 2: the residual alone keeps pixels a fringe
-    order off) and a saturated exposure are flagged, each with its own bit; no pixel a
+    order off) and a saturated exposure are flagged, each as its own cause; no pixel a
     fringe order off is kept."""
     rng = np.random.default_rng(1)
     h = rng.uniform(-25, 25, size=(100, 100))
@@ -99,13 +99,14 @@ def test_the_mask_flags_noise_and_clipping_by_cause():
     assert ((np.abs(alone - h) > 1) & (res <= classical.MAX_RESIDUAL)).sum() > 100  # what the residual lets through
     flags = np.zeros(h.shape, np.uint8)
     est, mask = classical.reconstruct(noisy, h_min=-30, h_max=30, flags_out=flags)
-    assert (flags & classical.NOISY).all() and not mask.any()
+    assert not mask.any() and (flags == classical.NOISY).mean() > 0.9  # the rest: B/A under 2 % by chance
+    assert set(np.unique(flags)) <= {classical.NOISY, classical.LOW_CONTRAST}
     clipped = _exposed(h, 200, 100, 8, 0.5, rng)  # A + B > 255
     flags = np.zeros(h.shape, np.uint8)
     _, mask = classical.reconstruct(clipped, h_min=-30, h_max=30, flags_out=flags)
     at_max = (clipped == 255).any(axis=0)
-    assert at_max.mean() > 0.5 and np.array_equal(flags & classical.SATURATED > 0, at_max)
-    assert not (flags[at_max] & classical.NOISY).any()  # clipping is said once, as itself
+    assert at_max.mean() > 0.5 and np.array_equal(flags == classical.SATURATED, at_max)  # said as itself,
+    assert set(np.unique(flags)) <= {0, classical.SATURATED}  # not as the noise or residual it causes
 
 
 def test_classical_rejects_wrong_channel_count():

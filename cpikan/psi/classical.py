@@ -50,7 +50,7 @@ def fringes(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> tuple[np.ndarr
     return np.arctan2(s, c), 0.5 * np.sqrt(s * s + c * c), I.mean(axis=1), closure
 
 
-#: why a pixel is flagged (bits of ``flags_out``; 0 = valid)
+#: why a pixel is flagged (the value of ``flags_out``: the first cause found; 0 = valid)
 LOW_CONTRAST, NOISY, SATURATED, NO_HEIGHT = 1, 2, 4, 8
 FLAG_NAMES = {LOW_CONTRAST: "low_contrast", NOISY: "noisy", SATURATED: "saturated", NO_HEIGHT: "no_height"}
 MIN_SNR = 6.0  # B/σ: phase noise ≤ 0.12 rad per laser, where the joint residual still tells orders apart
@@ -67,20 +67,21 @@ def noise_level(closure: np.ndarray, usable: np.ndarray) -> float:
 
 def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.ndarray, residual: np.ndarray,
                 min_modulation: float, max_residual: float, min_snr: float = MIN_SNR) -> np.ndarray:
-    """Why each pixel of a (C, h, w) block of buckets cannot be trusted (uint8 bits, 0 = valid),
-    from its :func:`fringes` and joint-search residual:
+    """Why each pixel of a (C, h, w) block of buckets cannot be trusted (uint8, 0 = valid),
+    from its :func:`fringes` and joint-search residual; the first cause that applies, in
+    this order (a later one follows from an earlier, and would send the user the wrong way):
+    a bucket at the integer type's maximum (clipped: the phase is biased, 6–15 nm at 8 bits);
     fringe contrast B/A under ``min_modulation`` for a laser (A, B the pixel's own: the test
     does not depend on exposure or bit depth); B under ``min_snr`` × the block's noise σ
-    (the phase is then noise); a bucket at the integer type's maximum (clipped: the phase is
-    biased, 6–15 nm at 8 bits); a joint residual over ``max_residual``."""
+    (the phase is then noise); a joint residual over ``max_residual``."""
     flags = np.zeros(raw.shape[1:], np.uint8)
     if raw.dtype.kind == "u":
-        flags[(raw == np.iinfo(raw.dtype).max).any(axis=0)] |= SATURATED
+        flags[(raw == np.iinfo(raw.dtype).max).any(axis=0)] = SATURATED
     contrast = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0)
-    flags[contrast < min_modulation] |= LOW_CONTRAST
-    clean = (flags & SATURATED) == 0  # clipping breaks the closure: not noise, and flagged already
-    flags[clean & (mod.min(axis=0) < min_snr * noise_level(closure, clean))] |= NOISY
-    flags[~(residual <= max_residual)] |= NO_HEIGHT
+    flags[(flags == 0) & (contrast < min_modulation)] = LOW_CONTRAST
+    clean = flags != SATURATED  # clipping breaks the closure: it is not noise
+    flags[(flags == 0) & (mod.min(axis=0) < min_snr * noise_level(closure, clean))] = NOISY
+    flags[(flags == 0) & ~(residual <= max_residual)] = NO_HEIGHT
     return flags
 
 
