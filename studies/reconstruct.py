@@ -123,7 +123,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
 
     pcfg = psi_config(cfg)
     shard = distributed.current()
-    stacked = io.stacked_path(src, work / "buckets.npy")
+    stacked = src if io.read_as_is(src) else work / "buckets.npy"
     failure: io.InputError | None = None
     if shard.leader:
         try:

@@ -84,13 +84,15 @@ def stack_wafer(src: Path, channels: int, pattern: str | None, dest: Path) -> No
         stack_buckets(files, dest)
     elif src.suffix != ".npy":
         stack_tiff(src, channels, dest)
-    elif not read_as_is(src):
+    elif not read_as_is(src):  # big-endian, float64 …: converted strip by strip
         arr = open_npy(src, channels)
         out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(arr.dtype), shape=arr.shape)
+        rows = max(1, (32 << 20) // max(arr.shape[2] * arr.dtype.itemsize, 1))
         for i in range(arr.shape[0]):
-            out[i] = arr[i]
-            release_pages(out)
-            release_pages(arr)
+            for r0 in range(0, arr.shape[1], rows):
+                out[i, r0 : r0 + rows] = arr[i, r0 : r0 + rows]
+                release_pages(out)
+                release_pages(arr)
 
 
 def name_order(path: Path) -> tuple[object, ...]:
@@ -233,11 +235,6 @@ def read_as_is(src: Path) -> bool:
     return dtype == pixel_type(dtype)
 
 
-def stacked_path(src: Path, scratch: Path) -> Path:
-    """Where the wafer's (C, H, W) buckets are read from: ``src`` itself or ``scratch``."""
-    return src if read_as_is(src) else scratch
-
-
 def first_channel(src: Path, channels: int, pattern: str | None = None, n: int = 64) -> np.ndarray:
     """About ``n`` × ``n`` evenly spread pixels of the wafer's first bucket image, in the
     file's type (to judge its units before anything is written)."""
@@ -248,9 +245,9 @@ def first_channel(src: Path, channels: int, pattern: str | None = None, n: int =
     elif src.suffix == ".npy":
         img = open_npy(src, channels)[0]
     else:
+        _, h, w = tiff_stack(src, channels)
         with tifffile.TiffFile(src) as tif:
-            img = tif.series[0].asarray(key=0)
-        img = img.reshape(img.shape[-2:] if img.shape[-1] != 1 else img.shape[-3:-1])
+            img = tif.series[0].asarray(key=0).reshape(h, w)
     h, w = img.shape
     return np.asarray(img[:: max(1, h // n), :: max(1, w // n)])
 

@@ -13,8 +13,8 @@ A family is m snapshots of one or more fields on one set of n points, read from
   ``U[0]``, ``U[1]``, ….
 A field that is the same in every snapshot holds nothing a sensor could tell, so it is left
 out with a note (or refused, when asked for by name). Points NaN in every snapshot are
-outside the flow (:attr:`Family.outside`); a NaN in some snapshots only is refused. Every error names the file and the
-field; nothing is unpickled.
+outside the flow (:attr:`Family.outside`); a NaN in some snapshots only is refused. Every
+error names the file and the field; nothing is unpickled.
 """
 
 from __future__ import annotations
