@@ -384,7 +384,8 @@ def test_two_processes_under_torchrun_write_the_same_bytes(tmp_path, model_store
 
 @pytest.mark.parametrize("case, message", [
     ("tile", "--tile: 64 px leaves no core"), ("channels", "the model expects 16 input channels"),
-    ("float counts", "float intensities reach"), ("other lasers", "trained for wavelengths (5.0, 5.5, 6.05, 6.655)"),
+    ("float counts", "float intensities reach"), ("float tiff counts", "float intensities reach"),
+    ("other lasers", "trained for wavelengths (5.0, 5.5, 6.05, 6.655)"),
     ("not_psi", "not a PSI model run"),
 ])
 def test_bad_model_input_is_one_line_exit_2(tmp_path, model_store, case, message):
@@ -402,6 +403,13 @@ def test_bad_model_input_is_one_line_exit_2(tmp_path, model_store, case, message
         args += ["--wavelengths", "5.1,5.6,6.1,6.7"]
     elif case == "float counts":  # 16-bit counts saved as floats: 256× the units the model learned on
         np.save(src, np.load(src).astype(np.float32))
+    elif case == "float tiff counts":  # the same as ImageJ's 32-bit TIFFs, one per bucket
+        import tifffile
+
+        (tmp_path / "w").mkdir()
+        for i, b in enumerate(np.load(src)):
+            tifffile.imwrite(tmp_path / "w" / f"b{i:02d}.tif", b.astype(np.float32))
+        args[0] = tmp_path / "w"
     res = _run(args, root)
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
