@@ -147,7 +147,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     h_min, h_max = height_range(cfg)
     t0 = time.perf_counter()
     classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, flags_out=flags,
-                          shard=shard)
+                          saturation=classical.saturation_level(buckets), shard=shard)
     if model is not None:  # the learned height; the classical pass gave the mask
         # every process's classical rows are in before any tile overwrites them: the two
         # passes split the image differently (rows vs tile bands), so a late classical chunk
@@ -390,7 +390,7 @@ def flag_causes(figures: dict[str, float]) -> str:
 
     advice = {"low_contrast": "no fringes there (background, dust, a dark or diffuse spot)",
               "noisy": f"fringes under {MIN_SNR:g}× the noise the buckets show (longer exposure or averaging)",
-              "saturated": "a bucket at the file's maximum count (lower the exposure)",
+              "saturated": "a bucket at the camera's maximum count (lower the exposure)",
               "no_height": f"no height in [{figures['h_min']:g}, {figures['h_max']:g}] µm fits every laser "
                            "(widen --h-min/--h-max if the wafer is taller)"}
     counts = sorted(((int(figures.get(f"flagged_{k}", 0)), k) for k in advice), reverse=True)

@@ -109,6 +109,26 @@ def test_the_mask_flags_noise_and_clipping_by_cause():
     assert set(np.unique(flags)) <= {0, classical.SATURATED}  # not as the noise or residual it causes
 
 
+def test_a_12_bit_cameras_clipped_counts_are_saturated_in_a_16_bit_file():
+    """4095 (or, left-justified, 65520) as the wafer's largest count is where a 12-bit
+    camera clipped: those pixels are flagged; a wafer that stops short of it flags none."""
+    rng = np.random.default_rng(2)
+    h = rng.uniform(-25, 25, size=(60, 60))
+    fine = _exposed(h, 2000, 1000, 16, 2.0, rng)
+    assert classical.saturation_level(fine) == 65535
+    over = np.minimum(_exposed(h, 3000, 1500, 16, 2.0, rng), 4095)  # A + B = 4500: clipped by the camera
+    for shift in (0, 4):  # as it is, and left-justified (× 16)
+        counts = over << shift
+        level = classical.saturation_level(counts)
+        assert level == 4095 << shift
+        flags = np.zeros(h.shape, np.uint8)
+        _, mask = classical.reconstruct(counts, h_min=-30, h_max=30, flags_out=flags, saturation=level)
+        clipped = (over == 4095).any(axis=0)
+        assert clipped.mean() > 0.5 and np.array_equal(flags == classical.SATURATED, clipped)
+    _, mask = classical.reconstruct(fine, h_min=-30, h_max=30, saturation=classical.saturation_level(fine))
+    assert mask.mean() > 0.99
+
+
 def test_classical_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="channels: expected 16"):
         classical.reconstruct(np.zeros((12, 4, 4)))

@@ -185,7 +185,7 @@ def test_a_saturated_exposure_is_flagged_with_what_to_do(tmp_path):
     np.save(tmp_path / "bright.npy", buckets)
     out = _run([tmp_path / "bright.npy", "--out", tmp_path / "out"], tmp_path / "mlruns")
     assert out.returncode == 0, out.stderr
-    assert "a bucket at the file's maximum count (lower the exposure)" in out.stderr, out.stderr
+    assert "a bucket at the camera's maximum count (lower the exposure)" in out.stderr, out.stderr
     clipped = (buckets == 255).any(axis=0)
     assert clipped.mean() > 0.5 and np.array_equal(np.load(tmp_path / "out" / "bright" / "mask.npy"), ~clipped)
     with pytest.MonkeyPatch.context() as mp:

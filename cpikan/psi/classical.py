@@ -66,23 +66,42 @@ def noise_level(closure: np.ndarray, usable: np.ndarray) -> float:
 
 
 def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.ndarray, residual: np.ndarray,
-                min_modulation: float, max_residual: float, min_snr: float = MIN_SNR) -> np.ndarray:
+                min_modulation: float, max_residual: float, min_snr: float = MIN_SNR,
+                saturation: int | None = None) -> np.ndarray:
     """Why each pixel of a (C, h, w) block of buckets cannot be trusted (uint8, 0 = valid),
     from its :func:`fringes` and joint-search residual; the first cause that applies, in
     this order (a later one follows from an earlier, and would send the user the wrong way):
-    a bucket at the integer type's maximum (clipped: the phase is biased, 6–15 nm at 8 bits);
+    a bucket at ``saturation`` (default: the integer type's maximum; clipped: the phase is
+    biased, 6–15 nm at 8 bits);
     fringe contrast B/A under ``min_modulation`` for a laser (A, B the pixel's own: the test
     does not depend on exposure or bit depth); B under ``min_snr`` × the block's noise σ
     (the phase is then noise); a joint residual over ``max_residual``."""
     flags = np.zeros(raw.shape[1:], np.uint8)
     if raw.dtype.kind == "u":
-        flags[(raw == np.iinfo(raw.dtype).max).any(axis=0)] = SATURATED
+        level = np.iinfo(raw.dtype).max if saturation is None else saturation
+        flags[(raw >= level).any(axis=0)] = SATURATED
     contrast = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0)
     flags[(flags == 0) & (contrast < min_modulation)] = LOW_CONTRAST
     clean = flags != SATURATED  # clipping breaks the closure: it is not noise
     flags[(flags == 0) & (mod.min(axis=0) < min_snr * noise_level(closure, clean))] = NOISY
     flags[(flags == 0) & ~(residual <= max_residual)] = NO_HEIGHT
     return flags
+
+
+def saturation_level(buckets: np.ndarray, rows: int = 256) -> int | None:
+    """The count at which the camera clipped these integer buckets: a k-bit camera's
+    2ᵏ − 1 (12-bit in a 16-bit file: 4095; or left-justified, 65520) when that is the
+    largest count in the whole wafer (unclipped light does not stop at exactly such a
+    value), else the type's maximum; None for float buckets. One pass over the data."""
+    if buckets.dtype.kind != "u":
+        return None
+    top = 0
+    for r0 in range(0, buckets.shape[1], rows):
+        top = max(top, int(np.max(buckets[:, r0 : r0 + rows])))
+        release_pages(buckets)
+    bits = 8 * buckets.dtype.itemsize
+    cameras = {(1 << k) - 1 for k in range(8, bits)} | {((1 << k) - 1) << (bits - k) for k in range(8, bits)}
+    return top if top in cameras else (1 << bits) - 1
 
 
 MAX_RESIDUAL = 0.1  # rad², Σ over lasers: between noise (~1e-3) and the nearest alias (~0.5)
@@ -141,6 +160,7 @@ def reconstruct(
     out: np.ndarray | None = None,
     mask_out: np.ndarray | None = None,
     flags_out: np.ndarray | None = None,
+    saturation: int | None = None,
     shard: Shard | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Height (H, W) float32 and a validity mask: the pixel's fringes are visible (B/A ≥
@@ -148,7 +168,8 @@ def reconstruct(
     and above the noise, unclipped, and its joint-search residual is
     ≤ ``max_residual`` (above it there is no consistent height in [h_min, h_max]: usually
     it lies outside the range). ``flags_out`` (uint8, H × W) receives why each pixel was
-    flagged (:data:`FLAG_NAMES`). ``shard``: compute only this process's chunks of rows
+    flagged (:data:`FLAG_NAMES`). ``saturation``: the count at which the camera clips
+    (:func:`saturation_level`; default the integer type's maximum). ``shard``: compute only this process's chunks of rows
     (``cpikan.distributed``); the noise is estimated per chunk, so the result does not
     depend on how many processes share the rows."""
     if buckets.ndim != 3:
@@ -165,7 +186,7 @@ def reconstruct(
         phi, mod, mean, closure = fringes(block, cfg)
         res = np.empty(phi.shape[1:])
         out[rows] = height_from_phase(phi, cfg, h_min, h_max, res)
-        flags = flag_pixels(block, mod, mean, closure, res, min_modulation, max_residual)
+        flags = flag_pixels(block, mod, mean, closure, res, min_modulation, max_residual, saturation=saturation)
         mask_out[rows] = flags == 0
         if flags_out is not None:
             flags_out[rows] = flags
