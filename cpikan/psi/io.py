@@ -54,7 +54,7 @@ def bucket_files(folder: Path, channels: int, pattern: str | None = None) -> lis
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder of bucket images (or a .npy file)")
     found = folder.glob(pattern) if pattern else (p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
-    files = sorted(found, key=name_order)
+    files = sorted((p for p in found if not p.name.startswith(".")), key=name_order)  # macOS's ._b00.tif twins
     if len(files) != channels:
         allowed = pattern or "*" + "|*".join(SUFFIXES)
         raise InputError(f"{folder}: {len(files)} bucket images match {allowed}, expected {channels} "
