@@ -61,6 +61,7 @@ def rank3_family(tmp_path):
 def test_sensors_placed_on_a_mesh_family_are_mesh_points_and_qr_reads_it_best(vtu_family, tmp_path, capsys):
     folder, pts = vtu_family
     out = tmp_path / "sensors"
+    (folder / "._flow_1.vtu").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # a Mac's hidden twin: not a snapshot
     assert place_sensors.main([str(folder), "--k", "10", "--out", str(out), "--no-track"]) == 0
     printed = capsys.readouterr()
     assert "left out U[2] is the same in every snapshot" in printed.err

@@ -130,7 +130,8 @@ def snapshot_files(inputs: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, inputs):
         if p.is_dir():
-            inside = sorted((f for f in p.iterdir() if f.is_file() and _suffix(f) in suffixes), key=name_order)
+            inside = sorted((f for f in p.iterdir()  # not hidden: macOS's ._flow_1.vtu twins
+                             if f.is_file() and _suffix(f) in suffixes and not f.name.startswith(".")), key=name_order)
             if not inside:
                 raise SensorError(f"snapshots: {p} holds no .npy, .csv or mesh files (.vtu, .vtk, .xdmf, …)")
             files += inside
