@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         print(f"error: --port: must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
+    from tracking.ui import address_error
+
+    taken = address_error(args.host, args.port)
+    if taken:
+        print(f"error: {taken}", file=sys.stderr)
+        return 2
     url = args.storage or storage.default_storage()
     try:
         opened = storage.open_storage(url)

@@ -250,3 +250,22 @@ def test_replay_counts_a_result_added_since_as_new_and_a_lost_one_as_different()
     assert ok and ("flagged_noisy", None, 0.0, "", "new") in rows
     ok, rows = compare({"rmse": 1.0, "flagged_noisy": 0.0}, {"rmse": 1.0}, [], 0.0)
     assert not ok and rows[0][-1] == "DIFFERENT"
+
+
+def test_a_ui_on_a_port_in_use_is_one_line_exit_2(capsys):
+    """The MLflow UI and optuna-dashboard say the port is taken (their servers would log it
+    among their start-up lines and exit) and start nothing."""
+    import socket
+
+    from studies import dashboard
+    from tracking import ui
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for main in (ui.main, dashboard.main):
+            assert main(["--port", str(port)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"error: --port {port}: 127.0.0.1:{port} is in use (a UI already running? open "
+                           f"http://127.0.0.1:{port}); or give another, --port {port + 1}"]

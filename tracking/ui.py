@@ -40,6 +40,25 @@ def experiment_links(base: str) -> list[tuple[str, str]]:
     return out
 
 
+def address_error(host: str, port: int) -> str | None:
+    """Why a server could not listen on host:port, or None. Checked first: the server itself
+    would log 'Address already in use' among its start-up lines and exit."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except socket.gaierror:
+            return f"--host {host}: not a known address"
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (f"--port {port}: {host}:{port} is in use (a UI already running? open http://{host}:{port}); "
+                        f"or give another, --port {port + 1}")
+            return f"--host {host}: cannot listen there ({exc.strerror})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tracking.ui", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(store.ENV_URI, "").startswith("http"):
         print(f"The team server already serves the UI: {os.environ[store.ENV_URI]}")
         return 0
+    taken = address_error(args.host, args.port)
+    if taken:
+        print(f"error: {taken}", file=sys.stderr)
+        return 2
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base}  (store: {store.tracking_uri()}; Ctrl-C stops it)")
     links = experiment_links(base)
