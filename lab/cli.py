@@ -2,6 +2,9 @@
 
     cpikan-lab study NAME …       run a named study           (python -m studies.run)
     cpikan-lab reconstruct WAFER… height maps from buckets    (python -m studies.reconstruct)
+    cpikan-lab check-model REF    is your model exact tiled?  (python -m cpikan.tiling check)
+    cpikan-lab place-sensors SNAP K sensors on your snapshots (python -m studies.place_sensors)
+    cpikan-lab estimate-field D R readings → whole fields     (python -m studies.estimate_field)
     cpikan-lab replay RUN_ID      re-run a past run, compare  (python -m tracking.replay)
     cpikan-lab diff RUN_A RUN_B   what differs between runs   (python -m tracking.diff)
     cpikan-lab report             the weekly KPI report       (python -m reports.kpi)
@@ -22,6 +25,9 @@ import sys
 COMMANDS = {
     "study": "studies.run",
     "reconstruct": "studies.reconstruct",
+    "check-model": "cpikan.tiling.check",
+    "place-sensors": "studies.place_sensors",
+    "estimate-field": "studies.estimate_field",
     "replay": "tracking.replay",
     "diff": "tracking.diff",
     "report": "reports.kpi",

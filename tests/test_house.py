@@ -41,7 +41,9 @@ def _lab(*args):
 def test_console_entry_point_dispatches_with_one_error_policy():
     out = _lab("study", "--list")
     assert out.returncode == 0 and "tiling_overlap_sweep" in out.stdout
-    for args, message in [(("nonsense",), "error: unknown command 'nonsense'; allowed: study, reconstruct, replay"),
+    for args, message in [(("nonsense",), "error: unknown command 'nonsense'; allowed: study, reconstruct, check-model"),
+                          (("place-sensors", "nowhere.npy", "--k", "4", "--out", "x"), "nowhere.npy: no such file or folder"),
+                          (("check-model", "nowhere.py:build", "--channels", "16"), "error: factory: nowhere.py: no such"),
                           (("study", "helmholtz1d", "--set", "train.amp=fp8"), "error: train.amp: unknown 'fp8'"),
                           (("study", "helmholtz1d", "--set", "model.dtype=float16"), "allowed: float32, float64")]:
         out = _lab(*args)
