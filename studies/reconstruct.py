@@ -146,8 +146,9 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     flags = np.load(work / "flags.npy", mmap_mode="r+")
     h_min, h_max = height_range(cfg)
     t0 = time.perf_counter()
+    steps = classical.step_error(buckets, pcfg)
     classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, flags_out=flags,
-                          saturation=classical.saturation_level(buckets), shard=shard)
+                          saturation=classical.saturation_level(buckets), steps=steps, shard=shard)
     if model is not None:  # the learned height; the classical pass gave the mask
         # every process's classical rows are in before any tile overwrites them: the two
         # passes split the image differently (rows vs tile bands), so a late classical chunk
@@ -178,7 +179,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         arr.flush()
     distributed.barrier()
     seconds = time.perf_counter() - t0
-    figures = {"mpix": h * w / 1e6, "seconds": seconds, "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
+    figures = {"mpix": h * w / 1e6, "seconds": seconds, **step_figures(steps, pcfg), "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
                "peak_rss_gb": peak_rss_mb() / 1024, "h_min": h_min, "h_max": h_max,
                "processes": float(shard.world), "tile": 0.0, "overlap": 0.0, "batch_size": 0.0, **plan}
     if not shard.leader:
@@ -377,10 +378,36 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
             print(f"  note: heights span {figures['height_min_um']:.2f} … {figures['height_max_um']:.2f} µm; the model "
                   f"learned its correction on 0 … {trained:g} µm, so outside that it is extrapolated (the fringe "
                   "order is not: it is searched in the command's range, as for the classical pass)", file=sys.stderr)
+        if figures.get("step_error_nm", 0) > STEP_WARN_NM:
+            print(f"  warning: the phase steps are off π/2 (the closure follows the phase: up to "
+                  f"{figures['step_error_deg']:.1f}° for laser {int(figures['step_error_laser'])}), which puts about "
+                  f"{figures['step_error_nm']:.0f} nm of systematic error into the heights; recalibrate the phase "
+                  "shifter", file=sys.stderr)
         if flagged:
             print(f"  warning: {flagged} pixels ({100 * (1 - figures['valid_fraction']):.2f} %) flagged in mask.npy "
                   f"(why: flags.npy): {flag_causes(figures)}", file=sys.stderr)
     return 0
+
+
+#: a phase shifter error that puts more than this into the heights is warned about
+STEP_WARN_NM = 2.0
+
+
+def step_figures(steps: Any, pcfg: Any) -> dict[str, float]:
+    """The phase shifter's error as the wafer shows it (classical.step_error): the largest
+    per laser, in degrees, and the systematic height error it puts in, λ/4π · |(p, q)|
+    averaged over lasers (measured: 10.4 predicted for 10.7 nm RMS at 1 % off π/2)."""
+    import math
+
+    import numpy as np
+
+    size = np.hypot(steps[:, 0], steps[:, 1])
+    if np.isnan(size).all():  # a flat wafer: the phases do not spread enough to tell
+        return {}
+    worst = int(np.nanargmax(size))
+    lam = np.asarray(pcfg.wavelengths, np.float64)
+    return {"step_error_deg": math.degrees(float(size[worst])), "step_error_laser": float(worst + 1),
+            "step_error_nm": 1000 * float(np.nanmean(lam / (4 * math.pi) * size))}
 
 
 def flag_causes(figures: dict[str, float]) -> str:
@@ -389,10 +416,14 @@ def flag_causes(figures: dict[str, float]) -> str:
     from cpikan.psi.classical import MIN_SNR
 
     advice = {"low_contrast": "no fringes there (background, dust, a dark or diffuse spot)",
-              "noisy": f"fringes under {MIN_SNR:g}× the noise the buckets show (longer exposure or averaging)",
+              "noisy": f"fringes under {MIN_SNR:g}× the noise the buckets show (longer exposure or averaging"
+                       + ("; so many that the buckets may be out of order: laser-major, each laser's steps in "
+                          "turn?)" if figures.get("flagged_noisy", 0) > 0.5 * figures["mpix"] * 1e6 else ")"),
               "saturated": "a bucket at the camera's maximum count (lower the exposure)",
               "no_height": f"no height in [{figures['h_min']:g}, {figures['h_max']:g}] µm fits every laser "
-                           "(widen --h-min/--h-max if the wafer is taller)"}
+                           "(widen --h-min/--h-max if the wafer is taller"
+                           + ("; so many that the wavelengths may not be the files' lasers, in their order)"
+                              if figures.get("flagged_no_height", 0) > 0.5 * figures["mpix"] * 1e6 else ")")}
     counts = sorted(((int(figures.get(f"flagged_{k}", 0)), k) for k in advice), reverse=True)
     return "; ".join(f"{n} {advice[k]}" for n, k in counts if n)
 
@@ -428,7 +459,7 @@ def reconstruct_logged(cfg: ReconstructConfig, run: Any, work: Path, model: Any,
         run.log_dataset(f, f.name, context="model")
     figures = reconstruct_one(src, work, cfg, model, plan)
     results = ("flagged_pixels", "valid_fraction", "height_mean_um", "height_rms_um", "height_pv_um", "height_min_um",
-               "height_max_um", "blend_vs_full_um")
+               "height_max_um", "blend_vs_full_um", "step_error_deg", "step_error_laser", "step_error_nm")
     causes = {k: v for k, v in figures.items() if k.startswith("flagged_") and k != "flagged_pixels"}
     run.log_results({"image_mpix": figures["mpix"], **{k: figures[k] for k in results if k in figures}, **causes},
                     {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb", "processes",

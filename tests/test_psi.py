@@ -129,6 +129,30 @@ def test_a_12_bit_cameras_clipped_counts_are_saturated_in_a_16_bit_file():
     assert mask.mean() > 0.99
 
 
+def test_a_phase_shifter_off_pi_over_2_is_measured_not_taken_for_noise():
+    """Steps 10 % long (99° apart): the four-bucket heights carry ~107 nm of systematic
+    error that no residual shows; step_error measures it (λ/4π·|(p, q)| within 15 % of the
+    true RMS error at 2 % and 10 %), and the mask no longer calls every pixel noisy once it
+    is taken out. A flat wafer cannot tell: NaN."""
+    import math
+
+    yy, xx = np.mgrid[0:160, 0:160]
+    h = -1.4 + 27.1 * (0.6 * xx / 159 + 0.4 * yy / 159)
+    lam = np.asarray(physics.DEFAULT_PSI.wavelengths)
+    for err in (0.02, 0.10):
+        cfg = physics.PSIConfig(steps=tuple(k * math.pi / 2 * (1 + err) for k in range(4)))
+        b = physics.quantize(physics.add_noise(physics.render(h, cfg), 0.005, cfg=cfg), 16)
+        pq = classical.step_error(b)
+        est, mask = classical.reconstruct(b, h_min=-30, h_max=30, steps=pq)
+        true_nm = 1000 * float(np.sqrt(np.mean((est - h) ** 2)))
+        predicted_nm = 1000 * float(np.mean(lam / (4 * math.pi) * np.hypot(pq[:, 0], pq[:, 1])))
+        assert abs(predicted_nm / true_nm - 1) < 0.15, (err, predicted_nm, true_nm)
+        assert mask.mean() > 0.99
+    _, mask = classical.reconstruct(b, h_min=-30, h_max=30)  # 10 %: the closure alone reads it as noise
+    assert mask.mean() < 0.01
+    assert np.isnan(classical.step_error(physics.quantize(physics.render(np.full((64, 64), 3.0)), 16))).all()
+
+
 def test_classical_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="channels: expected 16"):
         classical.reconstruct(np.zeros((12, 4, 4)))

@@ -4,6 +4,7 @@ out, one MLflow run per wafer; bad input is one line, exit 2, nothing written.""
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,26 @@ def test_heights_outside_the_range_are_flagged_and_counted(tmp_path):
     flags = np.load(tmp_path / "out" / "w" / "flags.npy")
     mask = np.load(tmp_path / "out" / "w" / "mask.npy")
     assert np.array_equal(mask, flags == 0) and np.count_nonzero(flags == 8) == (~mask).sum() > 0  # no height fits
+
+
+def test_a_miscalibrated_phase_shifter_is_warned_about_with_its_height_error(tmp_path, capsys):
+    """Steps 2 % long: heights ~21 nm off everywhere, no pixel flagged; the command says so
+    and the run records it. The project's own synthetic wafers (exact steps) get no warning."""
+    import math
+
+    from studies.reconstruct import main
+
+    cfg = physics.PSIConfig(steps=tuple(k * math.pi / 2 * 1.02 for k in range(4)))
+    np.save(tmp_path / "skewed.npy", physics.quantize(physics.add_noise(physics.render(tilted_wafer(), cfg), 0.005,
+                                                                          cfg=cfg), 16))
+    np.save(tmp_path / "exact.npy", physics.quantize(physics.add_noise(physics.render(tilted_wafer()), 0.005), 16))
+    assert main([str(tmp_path / "skewed.npy"), "--out", str(tmp_path / "out"), "--no-track"]) == 0
+    err = capsys.readouterr().err
+    nm = float(re.search(r"about (\d+) nm of systematic error", err).group(1))
+    truth = 1000 * float(np.sqrt(np.mean((np.load(tmp_path / "out" / "skewed" / "height.npy") - tilted_wafer()) ** 2)))
+    assert "the phase steps are off π/2" in err and abs(nm / truth - 1) < 0.2, (nm, truth, err)
+    assert main([str(tmp_path / "exact.npy"), "--out", str(tmp_path / "out"), "--no-track"]) == 0
+    assert "phase steps" not in capsys.readouterr().err
 
 
 def test_a_saturated_exposure_is_flagged_with_what_to_do(tmp_path):
