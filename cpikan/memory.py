@@ -13,6 +13,8 @@ import mmap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def peak_rss_mb() -> float:
     """Peak RSS (MiB) since start or since the last :func:`reset_peak_rss`; NaN off Linux."""
@@ -108,3 +110,19 @@ def release_pages(arr: Any) -> None:
         base._mmap.madvise(mmap.MADV_DONTNEED)
     except (AttributeError, OSError, ValueError):
         pass
+
+
+def strided_sample(buckets: np.ndarray, sample: int = 256) -> np.ndarray:
+    """About ``sample`` × ``sample`` evenly spread pixels of (C, H, W) buckets, read row by
+    row with the memmap's pages released (one strided read faulted the whole 2 GB of a
+    9344 × 7000 wafer into RSS through readahead)."""
+    C, H, W = buckets.shape
+    ys = range(0, H, max(1, H // sample))
+    sx = max(1, W // sample)
+    out = np.empty((C, len(ys), len(range(0, W, sx))), buckets.dtype)
+    for i, y in enumerate(ys):
+        out[:, i] = buckets[:, y, ::sx]
+        if i % 16 == 15:
+            release_pages(buckets)
+    release_pages(buckets)
+    return out

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from cpikan.distributed import Shard
-from cpikan.memory import release_pages
+from cpikan.memory import release_pages, strided_sample
 from cpikan.psi.physics import DEFAULT_PSI, PSIConfig, dequantize
 
 TWO_PI = 2 * math.pi
@@ -63,22 +63,6 @@ def noise_level(closure: np.ndarray, usable: np.ndarray) -> float:
     e2 = np.mean(closure**2, axis=0)
     pick = e2[usable] if usable.any() else e2.ravel()
     return float(np.sqrt(np.median(pick) / CHI2_4_MEDIAN)) if pick.size else 0.0
-
-
-def strided_sample(buckets: np.ndarray, sample: int = 256) -> np.ndarray:
-    """About ``sample`` × ``sample`` evenly spread pixels of (C, H, W) buckets, read row by
-    row with the memmap's pages released (one strided read faulted the whole 2 GB of a
-    9344 × 7000 wafer into RSS through readahead)."""
-    C, H, W = buckets.shape
-    ys = range(0, H, max(1, H // sample))
-    sx = max(1, W // sample)
-    out = np.empty((C, len(ys), len(range(0, W, sx))), buckets.dtype)
-    for i, y in enumerate(ys):
-        out[:, i] = buckets[:, y, ::sx]
-        if i % 16 == 15:
-            release_pages(buckets)
-    release_pages(buckets)
-    return out
 
 
 def step_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 256,
