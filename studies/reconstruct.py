@@ -146,9 +146,9 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     flags = np.load(work / "flags.npy", mmap_mode="r+")
     h_min, h_max = height_range(cfg)
     t0 = time.perf_counter()
-    steps = classical.step_error(buckets, pcfg)
+    shifter = classical.step_error(buckets, pcfg)
     classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, flags_out=flags,
-                          saturation=classical.saturation_level(buckets), steps=steps, shard=shard)
+                          saturation=classical.saturation_level(buckets), shifter_error=shifter, shard=shard)
     if model is not None:  # the learned height; the classical pass gave the mask
         # every process's classical rows are in before any tile overwrites them: the two
         # passes split the image differently (rows vs tile bands), so a late classical chunk
@@ -179,9 +179,10 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         arr.flush()
     distributed.barrier()
     seconds = time.perf_counter() - t0
-    figures = {"mpix": h * w / 1e6, "seconds": seconds, **step_figures(steps, pcfg), "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
+    figures = {"mpix": h * w / 1e6, "seconds": seconds, "mpix_per_s": h * w / 1e6 / max(seconds, 1e-9),
                "peak_rss_gb": peak_rss_mb() / 1024, "h_min": h_min, "h_max": h_max,
-               "processes": float(shard.world), "tile": 0.0, "overlap": 0.0, "batch_size": 0.0, **plan}
+               "processes": float(shard.world), "tile": 0.0, "overlap": 0.0, "batch_size": 0.0, **plan,
+               **step_figures(shifter, pcfg)}
     if not shard.leader:
         return figures
     flagged, total, squares, lo, hi = 0, 0.0, 0.0, np.inf, -np.inf

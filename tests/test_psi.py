@@ -143,7 +143,7 @@ def test_a_phase_shifter_off_pi_over_2_is_measured_not_taken_for_noise():
         cfg = physics.PSIConfig(steps=tuple(k * math.pi / 2 * (1 + err) for k in range(4)))
         b = physics.quantize(physics.add_noise(physics.render(h, cfg), 0.005, cfg=cfg), 16)
         pq = classical.step_error(b)
-        est, mask = classical.reconstruct(b, h_min=-30, h_max=30, steps=pq)
+        est, mask = classical.reconstruct(b, h_min=-30, h_max=30, shifter_error=pq)
         true_nm = 1000 * float(np.sqrt(np.mean((est - h) ** 2)))
         predicted_nm = 1000 * float(np.mean(lam / (4 * math.pi) * np.hypot(pq[:, 0], pq[:, 1])))
         assert abs(predicted_nm / true_nm - 1) < 0.15, (err, predicted_nm, true_nm)

@@ -90,7 +90,7 @@ def step_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 
 def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.ndarray, residual: np.ndarray,
                 min_modulation: float, max_residual: float, min_snr: float = MIN_SNR,
                 saturation: int | None = None, phi: np.ndarray | None = None,
-                steps: np.ndarray | None = None) -> np.ndarray:
+                shifter_error: np.ndarray | None = None) -> np.ndarray:
     """Why each pixel of a (C, h, w) block of buckets cannot be trusted (uint8, 0 = valid),
     from its :func:`fringes` and joint-search residual; the first cause that applies, in
     this order (a later one follows from an earlier, and would send the user the wrong way):
@@ -98,8 +98,8 @@ def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.
     biased, 6–15 nm at 8 bits);
     fringe contrast B/A under ``min_modulation`` for a laser (A, B the pixel's own: the test
     does not depend on exposure or bit depth); B under ``min_snr`` × the block's noise σ
-    (the phase is then noise: the closure's part that ``steps``, :func:`step_error` at the
-    phases ``phi``, explains is not noise and is taken out first); a joint residual over
+    (the phase is then noise: the closure's part that ``shifter_error``, :func:`step_error`
+    at the phases ``phi``, explains is not noise and is taken out first); a joint residual over
     ``max_residual``."""
     flags = np.zeros(raw.shape[1:], np.uint8)
     if raw.dtype.kind == "u":
@@ -108,8 +108,8 @@ def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.
     contrast = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0)
     flags[(flags == 0) & (contrast < min_modulation)] = LOW_CONTRAST
     clean = flags != SATURATED  # clipping breaks the closure: it is not noise
-    if steps is not None and phi is not None:
-        pq = np.nan_to_num(steps)[:, :, None, None]
+    if shifter_error is not None and phi is not None:
+        pq = np.nan_to_num(shifter_error)[:, :, None, None]
         closure = closure - mod * (pq[:, 0] * np.sin(phi) + pq[:, 1] * np.cos(phi))
     flags[(flags == 0) & (mod.min(axis=0) < min_snr * noise_level(closure, clean))] = NOISY
     flags[(flags == 0) & ~(residual <= max_residual)] = NO_HEIGHT
@@ -189,7 +189,7 @@ def reconstruct(
     mask_out: np.ndarray | None = None,
     flags_out: np.ndarray | None = None,
     saturation: int | None = None,
-    steps: np.ndarray | None = None,
+    shifter_error: np.ndarray | None = None,
     shard: Shard | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Height (H, W) float32 and a validity mask: the pixel's fringes are visible (B/A ≥
@@ -198,10 +198,10 @@ def reconstruct(
     ≤ ``max_residual`` (above it there is no consistent height in [h_min, h_max]: usually
     it lies outside the range). ``flags_out`` (uint8, H × W) receives why each pixel was
     flagged (:data:`FLAG_NAMES`). ``saturation``: the count at which the camera clips
-    (:func:`saturation_level`; default the integer type's maximum). ``steps``: the
-    phase shifter's error (:func:`step_error`), so that it is not taken for noise. ``shard``: compute only this process's chunks of rows
-    (``cpikan.distributed``); the noise is estimated per chunk, so the result does not
-    depend on how many processes share the rows."""
+    (:func:`saturation_level`; default the integer type's maximum). ``shifter_error``:
+    :func:`step_error`, so that a phase shifter off π/2 is not taken for noise. ``shard``:
+    compute only this process's chunks of rows (``cpikan.distributed``); the noise is
+    estimated per chunk, so the result does not depend on how many processes share them."""
     if buckets.ndim != 3:
         raise ValueError(f"buckets: expected (C, H, W), got shape {buckets.shape}")
     cfg.check_channels(buckets.shape[0])
@@ -217,7 +217,7 @@ def reconstruct(
         res = np.empty(phi.shape[1:])
         out[rows] = height_from_phase(phi, cfg, h_min, h_max, res)
         flags = flag_pixels(block, mod, mean, closure, res, min_modulation, max_residual, saturation=saturation,
-                            phi=phi, steps=steps)
+                            phi=phi, shifter_error=shifter_error)
         mask_out[rows] = flags == 0
         if flags_out is not None:
             flags_out[rows] = flags
