@@ -12,6 +12,9 @@ Measured (2 cores, channels_last tiles, 2026-12-04): 9344 × 7000 mpix_per_s=0.1
 peak_rss_gb=1.07 tiling_efficiency=2.28; 16384 × 16384 (45 min, beside a one-thread job)
 mpix_per_s=0.100 peak_rss_gb=1.33 tiling_efficiency=1.09; max_rel_err_vs_full=0.0 both.
 RSS is VmHWM in GiB. (rmse_um=0.047 is the model's: a short psi_pretrain run trained first.)
+2026-12-06, after the mask's noise, clipping and phase-shifter tests: 9344 × 7000
+mpix_per_s=0.162 peak_rss_gb=1.14 tiling_efficiency=2.26 max_rel_err_vs_full=0.0 (model);
+--model classical mpix_per_s=0.379 peak_rss_gb=0.86 valid=0.9569.
 
     .venv/bin/python bench/reconstruct.py [--height 9344 --width 7000] [--model best|RUN_ID|classical]
 """
