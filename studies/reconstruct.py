@@ -204,7 +204,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
              "height_pv_um": hi - lo, "height_min_um": lo, "height_max_um": hi} if n else {}
     io.write_tiff(work / "height.tif", height)
     io.write_preview(work / "preview.png", height, mask, cfg.pixel_pitch_um)
-    io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um)
+    io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um, flags=flags)
     del buckets
     if stacked != src:
         stacked.unlink()  # the stacked input: a scratch file

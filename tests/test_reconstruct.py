@@ -59,6 +59,7 @@ def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path):
     mesh = meshio.read(res / "surface.vtu")
     assert mesh.points[:, 0].max() == pytest.approx(79 * 3.5)  # the pixel pitch in µm
     assert np.allclose(mesh.point_data["height_um"], height.ravel(), atol=1e-5)
+    assert np.array_equal(mesh.point_data["flag"], np.load(res / "flags.npy").ravel())  # ParaView colours by cause
     # one run, with the 16 input files' hashes
     with pytest.MonkeyPatch.context() as mp:  # another test's MLflow may have set MLFLOW_TRACKING_URI
         mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))

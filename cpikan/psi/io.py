@@ -337,20 +337,22 @@ def write_preview(path: Path, height: np.ndarray, mask: np.ndarray, pitch_um: fl
     os.replace(tmp, path)
 
 
-def write_vtk(path: Path, height: np.ndarray, mask: np.ndarray, pitch_um: float, max_px: int = 1024) -> None:
+def write_vtk(path: Path, height: np.ndarray, mask: np.ndarray, pitch_um: float, max_px: int = 1024,
+              flags: np.ndarray | None = None) -> None:
     """The surface as a VTK structured grid (ParaView), pixel pitch in µm, at most
-    ``max_px`` points on its long side."""
+    ``max_px`` points on its long side; ``flags`` (why a pixel is invalid) as point data too."""
     import meshio
 
     step = max(1, -(-max(height.shape) // max_px))
     h = np.asarray(height[::step, ::step], np.float64)
     m = np.asarray(mask[::step, ::step], np.float64)
+    extra = {} if flags is None else {"flag": np.asarray(flags[::step, ::step], np.float64).ravel()}
     ny, nx = h.shape
     yy, xx = np.mgrid[0:ny, 0:nx] * (step * pitch_um)
     points = np.column_stack([xx.ravel(), yy.ravel(), h.ravel()])
     idx = np.arange(ny * nx).reshape(ny, nx)
     quads = np.column_stack([idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, 1:].ravel(), idx[1:, :-1].ravel()])
-    mesh = meshio.Mesh(points, [("quad", quads)], point_data={"height_um": h.ravel(), "valid": m.ravel()})
+    mesh = meshio.Mesh(points, [("quad", quads)], point_data={"height_um": h.ravel(), "valid": m.ravel(), **extra})
     tmp = path.with_name(path.name + ".part.vtu")
     mesh.write(tmp)
     os.replace(tmp, path)
