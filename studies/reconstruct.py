@@ -146,9 +146,10 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     flags = np.load(work / "flags.npy", mmap_mode="r+")
     h_min, h_max = height_range(cfg)
     t0 = time.perf_counter()
-    shifter = classical.step_error(buckets, pcfg)
+    clip = classical.saturation_level(buckets)
+    shifter = classical.step_error(buckets, pcfg, saturation=clip)
     classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, flags_out=flags,
-                          saturation=classical.saturation_level(buckets), shifter_error=shifter, shard=shard)
+                          saturation=clip, shifter_error=shifter, shard=shard)
     if model is not None:  # the learned height; the classical pass gave the mask
         # every process's classical rows are in before any tile overwrites them: the two
         # passes split the image differently (rows vs tile bands), so a late classical chunk
@@ -416,15 +417,18 @@ def flag_causes(figures: dict[str, float]) -> str:
     they add up to flagged_pixels), most first, each with what to do about it."""
     from cpikan.psi.classical import MIN_SNR
 
+    def most(cause: str) -> bool:  # then the files, not the wafer, are the likelier cause
+        return figures.get(f"flagged_{cause}", 0) > 0.5 * figures["mpix"] * 1e6
+
     advice = {"low_contrast": "no fringes there (background, dust, a dark or diffuse spot)",
               "noisy": f"fringes under {MIN_SNR:g}× the noise the buckets show (longer exposure or averaging"
                        + ("; so many that the buckets may be out of order: laser-major, each laser's steps in "
-                          "turn?)" if figures.get("flagged_noisy", 0) > 0.5 * figures["mpix"] * 1e6 else ")"),
+                          "turn?)" if most("noisy") else ")"),
               "saturated": "a bucket at the camera's maximum count (lower the exposure)",
               "no_height": f"no height in [{figures['h_min']:g}, {figures['h_max']:g}] µm fits every laser "
                            "(widen --h-min/--h-max if the wafer is taller"
                            + ("; so many that the wavelengths may not be the files' lasers, in their order)"
-                              if figures.get("flagged_no_height", 0) > 0.5 * figures["mpix"] * 1e6 else ")")}
+                              if most("no_height") else ")")}
     counts = sorted(((int(figures.get(f"flagged_{k}", 0)), k) for k in advice), reverse=True)
     return "; ".join(f"{n} {advice[k]}" for n, k in counts if n)
 

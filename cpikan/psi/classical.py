@@ -65,17 +65,26 @@ def noise_level(closure: np.ndarray, usable: np.ndarray) -> float:
     return float(np.sqrt(np.median(pick) / CHI2_4_MEDIAN)) if pick.size else 0.0
 
 
+def clipped(raw: np.ndarray, saturation: int | None = None) -> np.ndarray:
+    """Pixels of (C, h, w) integer buckets with a bucket at ``saturation`` (default: the
+    type's maximum); none for floats."""
+    if raw.dtype.kind != "u":
+        return np.zeros(raw.shape[1:], bool)
+    return (raw >= (np.iinfo(raw.dtype).max if saturation is None else saturation)).any(axis=0)
+
+
 def step_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 256,
-               min_spread: float = 0.2) -> np.ndarray:
+               min_spread: float = 0.2, saturation: int | None = None) -> np.ndarray:
     """(L, 2) per laser: how the closure follows the phase, e ≈ B (p sin φ + q cos φ), in
     radians, measured on a strided ``sample`` × ``sample`` of the wafer (the same in every
     process). Steps δ_k exactly kπ/2 give 0; otherwise p = (δ₂ − δ₀ − π)/2 and q =
     (δ₁ − δ₃ + π)/2 to first order: a phase shifter off π/2 puts a systematic error of about
     λ/4π · |(p, q)| into the height (1 % off: 11 nm RMS here), which noise cannot. NaN
-    for a laser whose phases do not spread around the circle enough to tell (a flat wafer)."""
+    for a laser whose phases do not spread around the circle enough to tell (a flat wafer).
+    Clipped pixels (at ``saturation``) are left out of the fit."""
     raw = strided_sample(buckets, sample)
     phi, mod, _, closure = fringes(raw, cfg)
-    usable = ~(raw >= np.iinfo(raw.dtype).max).any(axis=0) if raw.dtype.kind == "u" else np.ones(phi.shape[1:], bool)
+    usable = ~clipped(raw, saturation)
     usable &= (mod > 0.1 * np.median(mod, axis=(1, 2), keepdims=True)).all(axis=0)
     out = np.full((len(phi), 2), np.nan)
     for lam in range(len(phi)):
@@ -102,9 +111,7 @@ def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.
     at the phases ``phi``, explains is not noise and is taken out first); a joint residual over
     ``max_residual``."""
     flags = np.zeros(raw.shape[1:], np.uint8)
-    if raw.dtype.kind == "u":
-        level = np.iinfo(raw.dtype).max if saturation is None else saturation
-        flags[(raw >= level).any(axis=0)] = SATURATED
+    flags[clipped(raw, saturation)] = SATURATED
     contrast = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0)
     flags[(flags == 0) & (contrast < min_modulation)] = LOW_CONTRAST
     clean = flags != SATURATED  # clipping breaks the closure: it is not noise

@@ -56,10 +56,9 @@ def split_ref(ref: str, field: str = "model") -> tuple[str, str, tuple, dict]:
     return where, name, values, kwargs
 
 
-def import_factory(ref: str, field: str = "model") -> Any:
-    """The callable ``ref`` names (arguments aside); ValueError naming ``field``, ``ref``
-    and the cause otherwise."""
-    where, name, _, _ = split_ref(ref, field)
+def _import(where: str, name: str, ref: str, field: str) -> Any:
+    """The callable ``name`` in ``where`` (a module or a .py file); ValueError naming
+    ``field``, ``ref`` and the cause otherwise."""
     try:
         if where.endswith(".py"):
             path = Path(where).resolve()
@@ -84,8 +83,8 @@ def import_factory(ref: str, field: str = "model") -> Any:
 def build(ref: str, weights: str | Path | None = None, field: str = "model") -> nn.Module:
     """Call the factory ``ref`` names with its literal arguments, load ``weights``
     (safetensors) into its result, eval mode."""
-    factory = import_factory(ref, field)
-    _, name, args, kwargs = split_ref(ref, field)
+    where, name, args, kwargs = split_ref(ref, field)
+    factory = _import(where, name, ref, field)
     try:
         model = factory(*args, **kwargs)
     except Exception as exc:  # the user's code: whatever it raises, say where it came from
