@@ -109,6 +109,28 @@ def test_the_mask_flags_noise_and_clipping_by_cause():
     assert set(np.unique(flags)) <= {0, classical.SATURATED}  # not as the noise or residual it causes
 
 
+def test_the_noise_is_judged_at_each_pixels_own_brightness():
+    """Shot noise grows with the light. A bright low-contrast region (A 3000, B 150: B/σ ≈ 2.7)
+    beside a dark majority (A 200, B 150: B/σ ≈ 10) is flagged as noise, not judged by the
+    dark pixels' σ (which kept ~16 % of it, some a fringe order off); a dark minority beside
+    a bright majority (A 3000, B 600) is kept, not judged by the bright pixels' σ (all flagged)."""
+    rng = np.random.default_rng(3)
+    h = rng.uniform(-25, 25, size=(100, 100))
+    dark = _exposed(h, 200, 150, 16, 2.0, rng)
+    for bright_b, first_bright_col, bright_valid in ((150, 80, False), (600, 20, True)):
+        counts = dark.copy()
+        counts[..., first_bright_col:] = _exposed(h, 3000, bright_b, 16, 2.0, rng)[..., first_bright_col:]
+        flags = np.zeros(h.shape, np.uint8)
+        est, mask = classical.reconstruct(counts, h_min=-30, h_max=30, flags_out=flags)
+        assert mask[:, :first_bright_col].mean() > 0.95, bright_b
+        if bright_valid:
+            assert mask[:, first_bright_col:].mean() > 0.95
+        else:
+            assert mask[:, first_bright_col:].mean() < 0.01
+            assert (flags[:, first_bright_col:] == classical.NOISY).mean() > 0.9
+        assert (np.abs(est - h)[mask] < 0.2).all()
+
+
 def test_a_12_bit_cameras_clipped_counts_are_saturated_in_a_16_bit_file():
     """4095 (or, left-justified, 65520) as the wafer's largest count is where a 12-bit
     camera clipped: those pixels are flagged; a wafer that stops short of it flags none."""

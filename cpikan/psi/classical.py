@@ -10,14 +10,15 @@ inside it: its best score stays high (the nearest alias of the default wavelengt
 are flagged invalid in the mask instead of silently answering a wrong fringe order. The
 residual alone lets noise through when the fringes barely stand above it (a 12-bit camera
 at B/σ = 2.2: 17 % of the pixels it passes are a fringe order off), so the mask also asks
-for visible fringes, B/σ ≥ 6 against the noise the buckets themselves show, and no clipped
-bucket. Vectorised over pixels and chunked over rows, so a 9344 × 7000 image runs in
+for visible fringes, B/σ ≥ 6 against the noise the buckets themselves show (σ at the pixel's
+own intensity: shot noise grows with the light), and no clipped bucket. Vectorised over pixels and chunked over rows, so a 9344 × 7000 image runs in
 bounded memory.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,15 +55,48 @@ def fringes(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> tuple[np.ndarr
 LOW_CONTRAST, NOISY, SATURATED, NO_HEIGHT = 1, 2, 4, 8
 FLAG_NAMES = {LOW_CONTRAST: "low_contrast", NOISY: "noisy", SATURATED: "saturated", NO_HEIGHT: "no_height"}
 MIN_SNR = 6.0  # B/σ: phase noise ≤ 0.12 rad per laser, where the joint residual still tells orders apart
-CHI2_4_MEDIAN = 0.8392  # median of χ²₄ / 4: the mean of four squared closures, noise only
+CHI2_1_MEDIAN = 0.4549  # median of χ²₁: one squared closure over its variance, noise only
+NOISE_BINS = 16  # intensity bins of the noise fit (each needs enough closures for its median)
+NOISE_SAMPLE = 1 << 16  # closures per block the fit looks at
 
 
-def noise_level(closure: np.ndarray, usable: np.ndarray) -> float:
-    """One bucket's noise σ (intensity units) from a block's closures: the median over its
-    usable pixels of their mean square over lasers (robust to the few odd pixels)."""
-    e2 = np.mean(closure**2, axis=0)
-    pick = e2[usable] if usable.any() else e2.ravel()
-    return float(np.sqrt(np.median(pick) / CHI2_4_MEDIAN)) if pick.size else 0.0
+class Noise(NamedTuple):
+    """One bucket's noise variance σ²(A) = a + b·A at mean intensity A (b ≥ 0), fitted over
+    A ≥ ``low``: below that it is not extrapolated (a < 0 is a camera's dark offset)."""
+
+    a: float
+    b: float
+    low: float = 0.0
+
+    def sigma(self, mean: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.maximum(self.a + self.b * np.maximum(mean, self.low), 0.0))
+
+
+def noise_model(mean: np.ndarray, closure: np.ndarray, usable: np.ndarray) -> Noise:
+    """A camera's noise from a block's (L, h, w) mean intensities and closures.
+
+    A camera's noise grows with the light (shot noise, variance ∝ intensity, on top of the
+    read noise: the Poisson–Gaussian model), and a laser's four-bucket closure has one
+    bucket's variance at the pixel's mean intensity A. Closures of ``usable`` pixels are
+    binned by A; each bin's variance is its median square over χ²₁'s (robust to the few
+    odd pixels); a + b·A is fitted to them. One σ for the whole block took a bright
+    region's noise for the dark majority's, and kept pixels there a fringe order off."""
+    pixels = np.flatnonzero(usable) if usable.any() else np.arange(usable.size)
+    pixels = pixels[:: max(1, len(pixels) * len(mean) // NOISE_SAMPLE)]  # a strided sample: sorting all is slow
+    A = mean.reshape(len(mean), -1)[:, pixels].ravel()
+    e2 = closure.reshape(len(closure), -1)[:, pixels].ravel() ** 2
+    if A.size == 0:
+        return Noise(0.0, 0.0)
+    bins = min(NOISE_BINS, max(1, A.size // 256))
+    groups = np.array_split(np.argsort(A, kind="stable"), bins)
+    a_bin = np.array([np.median(A[g]) for g in groups])
+    v_bin = np.array([np.median(e2[g]) / CHI2_1_MEDIAN for g in groups])
+    if bins >= 2 and a_bin[-1] > 1.2 * a_bin[0] and v_bin.min() > 0:
+        w = 1.0 / v_bin  # relative errors: each bin's median is as good as its count, whatever its value
+        a, b = np.linalg.lstsq(np.column_stack([w, a_bin * w]), np.ones(bins), rcond=None)[0]
+        if b > 0 and a + b * a_bin[0] > 0:
+            return Noise(float(a), float(b), float(a_bin[0]))
+    return Noise(float(np.median(e2) / CHI2_1_MEDIAN), 0.0)
 
 
 def clipped(raw: np.ndarray, saturation: int | None = None) -> np.ndarray:
@@ -106,8 +140,8 @@ def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.
     a bucket at ``saturation`` (default: the integer type's maximum; clipped: the phase is
     biased, 6–15 nm at 8 bits);
     fringe contrast B/A under ``min_modulation`` for a laser (A, B the pixel's own: the test
-    does not depend on exposure or bit depth); B under ``min_snr`` × the block's noise σ
-    (the phase is then noise: the closure's part that ``shifter_error``, :func:`step_error`
+    does not depend on exposure or bit depth); B under ``min_snr`` × the noise σ at the
+    pixel's intensity (:func:`noise_model`, fitted per block; the phase is then noise: the closure's part that ``shifter_error``, :func:`step_error`
     at the phases ``phi``, explains is not noise and is taken out first); a joint residual over
     ``max_residual``."""
     flags = np.zeros(raw.shape[1:], np.uint8)
@@ -118,7 +152,8 @@ def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.
     if shifter_error is not None and phi is not None:
         pq = np.nan_to_num(shifter_error)[:, :, None, None]
         closure = closure - mod * (pq[:, 0] * np.sin(phi) + pq[:, 1] * np.cos(phi))
-    flags[(flags == 0) & (mod.min(axis=0) < min_snr * noise_level(closure, clean))] = NOISY
+    sigma = noise_model(mean, closure, clean).sigma(mean)
+    flags[(flags == 0) & (mod < min_snr * sigma).any(axis=0)] = NOISY
     flags[(flags == 0) & ~(residual <= max_residual)] = NO_HEIGHT
     return flags
 
