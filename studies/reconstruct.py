@@ -2,7 +2,7 @@
 
     python -m studies.reconstruct WAFER... --out DIR [--model classical|best|RUN_ID|MODULE:FACTORY]
         [--weights W.safetensors] [--mode crop|hann|gaussian|constant]
-        [--pattern '*.tif'] [--wavelengths 5.0,5.5,6.05,6.655] [--h-min UM --h-max UM]
+        [--pattern '*.tif'] [--order laser-major|bucket-major] [--wavelengths 5.0,5.5,6.05,6.655] [--h-min UM --h-max UM]
         [--pixel-pitch UM] [--tile N | --max-memory 512MB] [--overlap N] [--no-track]
     torchrun --standalone --nproc-per-node N -m studies.reconstruct …   (one image's rows and tiles split
         across N processes, gloo on the CPU, NCCL on GPUs; output identical to one process
@@ -10,7 +10,9 @@
 
 WAFER: a folder of 16 bucket images (TIFF/PNG/BMP, 8- or 16-bit or float TIFF, laser-major in
 name order, numbers read as numbers so ``b2`` comes before ``b10``), one multi-page TIFF holding
-the 16 buckets as pages in file order (an ImageJ hyperstack too), or a (16, H, W) ``.npy``;
+the 16 buckets as pages in file order (an ImageJ hyperstack too), or a (16, H, W) ``.npy``
+(``--order bucket-major`` when the files hold one phase step's lasers together: a wafer plainly
+in the other order is refused, naming it);
 either byte order, any TIFF compression. ``wavelengths.txt`` (µm, laser order) in the
 wafer's folder, or beside the TIFF or ``.npy`` file, sets the lasers (optional; 4 lasers × 4
 steps = 16 buckets by default).
@@ -83,6 +85,7 @@ class ReconstructConfig:
     overlap: int | None = None
     max_memory: str = "512MB"
     pattern: str | None = None
+    order: str = "laser-major"  # or bucket-major: how the files order the channels (io.ORDERS)
     inputs: list[str] = field(default_factory=list)
 
 
@@ -115,6 +118,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     process computes its share of rows and tiles into the same memmaps; the leader prepares
     them and writes the outputs."""
     import numpy as np
+    import torch
 
     from cpikan import distributed
     from cpikan.memory import peak_rss_mb, release_pages
@@ -123,11 +127,13 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
 
     pcfg = psi_config(cfg)
     shard = distributed.current()
-    stacked = src if io.read_as_is(src) else work / "buckets.npy"
+    order = io.channel_order(cfg.order, len(pcfg.wavelengths), len(pcfg.steps))
+    stacked = src if io.read_as_is(src, order) else work / "buckets.npy"
     failure: io.InputError | None = None
     if shard.leader:
         try:
-            io.stack_wafer(src, pcfg.channels, cfg.pattern, stacked)
+            io.stack_wafer(src, pcfg.channels, cfg.pattern, stacked, order)
+            check_order(np.load(stacked, mmap_mode="r"), pcfg, cfg.order, src)
             _, h, w = np.load(stacked, mmap_mode="r").shape
             np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
             np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()
@@ -149,7 +155,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     clip = classical.saturation_level(buckets)
     shifter = classical.step_error(buckets, pcfg, saturation=clip)
     classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, flags_out=flags,
-                          saturation=clip, shifter_error=shifter, shard=shard)
+                          saturation=clip, shifter_error=shifter, shard=shard, workers=torch.get_num_threads())
     if model is not None:  # the learned height; the classical pass gave the mask
         # every process's classical rows are in before any tile overwrites them: the two
         # passes split the image differently (rows vs tile bands), so a late classical chunk
@@ -213,6 +219,33 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
             **{f"flagged_{classical.FLAG_NAMES[bit]}": float(n) for bit, n in causes.items()}}
 
 
+#: a closure this large a part of the fringes' power, as the files are read, is not noise
+ORDER_RATIO = 0.05
+
+
+def check_order(buckets: Any, pcfg: Any, order: str, src: Path) -> None:
+    """Refuse a wafer plainly in the other channel order: read as ``order`` its fringes are
+    noise (:func:`classical.closure_ratio` over ``ORDER_RATIO``), read the other way ten
+    times less so. Files named step first, or an ImageJ hyperstack with the lasers as its
+    channels, are bucket-major; said before any height is computed, not as every pixel
+    flagged noisy after it."""
+    import numpy as np
+
+    from cpikan.memory import strided_sample
+    from cpikan.psi import classical
+
+    sample = strided_sample(buckets, 128)
+    lasers, steps = len(pcfg.wavelengths), len(pcfg.steps)
+    other = next(o for o in io.ORDERS if o != order)
+    read_back = np.argsort(io.channel_order(order, lasers, steps))  # file channel → stacked channel
+    as_read = classical.closure_ratio(sample, pcfg)
+    other_way = classical.closure_ratio(sample[read_back[io.channel_order(other, lasers, steps)]], pcfg)
+    if as_read > ORDER_RATIO and other_way * 10 < as_read:
+        raise io.InputError(f"--order: {src.name} read {order} does not look like fringes (closure {as_read:.2f} of "
+                            f"the fringes' power, noise is under 0.01; read {other}: {other_way:.3f}); if its files "
+                            f"hold one phase step's lasers together, pass --order {other}")
+
+
 def valid_span(height: Any, mask: Any, h_min: float, h_max: float, margin: float = 1.0) -> tuple[float, float]:
     """[lowest, highest] classical height over valid pixels, ± ``margin`` µm, within [h_min,
     h_max]. The model's own fringe-order search over this span finds the classical order at
@@ -237,6 +270,7 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
     """Everything checkable before anything is written; InputError otherwise."""
     cfg = ReconstructConfig(model=args.model, weights=args.weights, mode=args.mode, pixel_pitch_um=args.pixel_pitch, tile=args.tile,
                             overlap=args.overlap, max_memory=args.max_memory, pattern=args.pattern, h_min=args.h_min, h_max=args.h_max,
+                            order=args.order,
                             inputs=[str(Path(p).resolve()) for p in args.inputs])
     if not args.pixel_pitch > 0:
         raise io.InputError(f"--pixel-pitch: must be > 0 µm, got {args.pixel_pitch}")
@@ -247,6 +281,7 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
                             f"got --model {args.model}")
     if args.mode not in MODES:
         raise io.InputError(f"--mode: unknown {args.mode!r}; allowed: {', '.join(MODES)}")
+    io.channel_order(args.order, 1)  # a known order, or the one-line error
     if args.tile is not None and args.tile < 16:
         raise io.InputError(f"--tile: must be ≥ 16 pixels, got {args.tile}")
     from cpikan.tiling.check import parse_bytes
@@ -295,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="crop", help="crop (default: exact for a shift-equivariant model) or a blending "
                     "window (hann, gaussian, constant) for a model that is not")
     ap.add_argument("--pattern", default=None, help="glob selecting the bucket files (default: every image)")
+    ap.add_argument("--order", default="laser-major", help="how the files order the channels: laser-major (default: "
+                    "a laser's buckets together) or bucket-major (a phase step's lasers together)")
     ap.add_argument("--wavelengths", default=None, help="µm, laser order (default: wavelengths.txt or 5.0,5.5,6.05,6.655)")
     ap.add_argument("--h-min", type=float, default=None, help="lowest height searched, µm")
     ap.add_argument("--h-max", type=float, default=None, help="highest height searched, µm")
@@ -423,7 +460,7 @@ def flag_causes(figures: dict[str, float]) -> str:
     advice = {"low_contrast": "no fringes there (background, dust, a dark or diffuse spot)",
               "noisy": f"fringes under {MIN_SNR:g}× the noise the buckets show (longer exposure or averaging"
                        + ("; so many that the buckets may be out of order: laser-major, each laser's steps in "
-                          "turn?)" if most("noisy") else ")"),
+                          "turn, or --order bucket-major?)" if most("noisy") else ")"),
               "saturated": "a bucket at the camera's maximum count (lower the exposure)",
               "no_height": f"no height in [{figures['h_min']:g}, {figures['h_max']:g}] µm fits every laser "
                            "(widen --h-min/--h-max if the wafer is taller"

@@ -148,6 +148,43 @@ def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
         "flags.npy", "height.npy", "height.tif", "mask.npy", "preview.png", "surface.vtu"]
 
 
+@pytest.mark.parametrize("case", ["steps_first_names", "hyperstack_lasers_as_channels", "npy"])
+def test_buckets_saved_step_first_are_refused_then_read_with_order(tmp_path, capsys, case):
+    """One phase step's four lasers together (files named step first, an ImageJ hyperstack
+    with the lasers as its channels, a .npy): read laser-major its fringes are noise, so the
+    command refuses before computing, naming --order (it flagged every pixel noisy);
+    with --order bucket-major, the same bytes as the laser-major file."""
+    import tifffile
+
+    from studies.reconstruct import main
+
+    buckets = physics.quantize(physics.add_noise(physics.render(tilted_wafer()), 0.005), 16)
+    np.save(tmp_path / "plain.npy", buckets)
+    step_first = buckets.reshape(4, 4, *buckets.shape[1:]).swapaxes(0, 1)  # (step, laser, H, W)
+    if case == "steps_first_names":
+        src = tmp_path / "wafer"
+        src.mkdir()
+        for k in range(4):
+            for lam in range(4):
+                tifffile.imwrite(src / f"phase{k}_laser{lam}.tif", step_first[k, lam])
+    elif case == "npy":
+        src = tmp_path / "wafer.npy"
+        np.save(src, step_first.reshape(buckets.shape))
+    else:
+        src = tmp_path / "wafer.tif"
+        tifffile.imwrite(src, step_first, imagej=True, metadata={"axes": "ZCYX"})
+    out = tmp_path / "out"
+    assert main([str(src), "--out", str(out), "--no-track"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--order" in err and "bucket-major" in err, err
+    assert not (out / "wafer").exists() and not (out / "wafer.part").exists()
+    for wafer, extra in ((tmp_path / "plain.npy", []), (src, ["--order", "bucket-major"])):
+        assert main([str(wafer), "--out", str(out), "--no-track", *extra]) == 0, capsys.readouterr().err
+    assert np.array_equal(np.load(out / "plain" / "height.npy"), np.load(out / "wafer" / "height.npy"))
+    assert main([str(src), "--out", str(out), "--order", "laser-first", "--no-track"]) == 2
+    assert "--order: unknown 'laser-first'; allowed: laser-major, bucket-major" in capsys.readouterr().err
+
+
 def test_wavelengths_txt_beside_a_stack_file_sets_the_lasers(tmp_path, capsys):
     """Three lasers (12 buckets) as a multi-page TIFF and as a .npy, wavelengths.txt in their
     folder: both read as three lasers (without the file, 12 pages are refused)."""

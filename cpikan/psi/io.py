@@ -76,21 +76,37 @@ def wafer_files(src: Path, channels: int, pattern: str | None = None) -> list[Pa
     return [src]
 
 
-def stack_wafer(src: Path, channels: int, pattern: str | None, dest: Path) -> None:
-    """Check the wafer and copy its images into a (C, H, W) memmap at ``dest`` (a ``.npy``
-    wafer is read as it is when :func:`read_as_is`)."""
+#: how a wafer's files order its channels: laser-major (channel = laser · buckets + bucket, the
+#: default) or bucket-major (channel = bucket · lasers + laser: files named step first)
+ORDERS = ("laser-major", "bucket-major")
+
+
+def channel_order(order: str, lasers: int, buckets: int = 4) -> list[int]:
+    """For each laser-major channel (laser · buckets + bucket), the file channel holding it."""
+    if order not in ORDERS:
+        raise InputError(f"--order: unknown {order!r}; allowed: {', '.join(ORDERS)}")
+    if order == "laser-major":
+        return list(range(lasers * buckets))
+    return [k * lasers + l for l in range(lasers) for k in range(buckets)]
+
+
+def stack_wafer(src: Path, channels: int, pattern: str | None, dest: Path, order: list[int] | None = None) -> None:
+    """Check the wafer and copy its images into a (C, H, W) memmap at ``dest``, channel c
+    from file channel ``order[c]`` (default: as they are; a ``.npy`` wafer in laser-major
+    order is read as it is when :func:`read_as_is`)."""
+    order = list(range(channels)) if order is None else order
     files = wafer_files(src, channels, pattern)
     if src.is_dir():
-        stack_buckets(files, dest)
+        stack_buckets([files[i] for i in order], dest)
     elif src.suffix != ".npy":
-        stack_tiff(src, channels, dest)
-    elif not read_as_is(src):  # big-endian, float64 …: converted strip by strip
+        stack_tiff(src, channels, dest, order)
+    elif not read_as_is(src, order):  # big-endian, float64, another order …: converted strip by strip
         arr = open_npy(src, channels)
         out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(arr.dtype), shape=arr.shape)
         rows = max(1, (32 << 20) // max(arr.shape[2] * arr.dtype.itemsize, 1))
-        for i in range(arr.shape[0]):
+        for i, j in enumerate(order):
             for r0 in range(0, arr.shape[1], rows):
-                out[i, r0 : r0 + rows] = arr[i, r0 : r0 + rows]
+                out[i, r0 : r0 + rows] = arr[j, r0 : r0 + rows]
                 release_pages(out)
                 release_pages(arr)
 
@@ -126,19 +142,20 @@ def tiff_stack(path: Path, channels: int) -> tuple[int, ...]:
     return (channels, *dims[-2:])
 
 
-def stack_tiff(path: Path, channels: int, dest: Path) -> np.ndarray:
-    """A multi-page TIFF's buckets as one (C, H, W) memmap at ``dest``, a page at a time."""
+def stack_tiff(path: Path, channels: int, dest: Path, order: list[int] | None = None) -> np.ndarray:
+    """A multi-page TIFF's buckets as one (C, H, W) memmap at ``dest``, a page at a time
+    (channel c from page ``order[c]``)."""
     import tifffile
 
     c, h, w = tiff_stack(path, channels)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(series.dtype), shape=(c, h, w))
-        for i in range(c):
+        for i, j in enumerate(range(c) if order is None else order):
             try:
-                out[i] = series.asarray(key=i).reshape(h, w)
+                out[i] = series.asarray(key=j).reshape(h, w)
             except Exception as exc:  # noqa: BLE001
-                raise InputError(f"{path}: page {i} unreadable or truncated ({type(exc).__name__}: {exc})") from None
+                raise InputError(f"{path}: page {j} unreadable or truncated ({type(exc).__name__}: {exc})") from None
             release_pages(out)
     return out
 
@@ -226,10 +243,10 @@ def open_npy(path: Path, channels: int) -> np.ndarray:
     return arr
 
 
-def read_as_is(src: Path) -> bool:
+def read_as_is(src: Path, order: list[int] | None = None) -> bool:
     """Whether a wafer is read where it lies: a ``.npy`` already of its :func:`pixel_type`
-    (else it is copied, converted, like a folder or a TIFF)."""
-    if src.suffix != ".npy":
+    and laser-major (else it is copied, converted, like a folder or a TIFF)."""
+    if src.suffix != ".npy" or (order is not None and order != sorted(order)):
         return False
     dtype = np.load(src, mmap_mode="r", allow_pickle=False).dtype
     return dtype == pixel_type(dtype)
