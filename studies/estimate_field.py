@@ -1,19 +1,22 @@
 """Whole fields from the sensors' readings, on a placement made by ``studies.place_sensors``.
 
-    python -m studies.estimate_field DIR READINGS.csv --out FIELDS.npz|FIELDS.vtu
+    python -m studies.estimate_field DIR READINGS.csv --out FIELDS.npz|FIELDS.vtu [--without 3,7]
 
 DIR: the folder ``place_sensors`` wrote (placement.json, basis.npz). READINGS.csv: a header
 ``sensor`` and the fields the sensors were placed for (DIR/summary.json lists them, e.g.
 ``U[0],U[1],p``), then a row per sensor (numbered as in DIR/sensors.csv); with a
 ``snapshot`` column, several snapshots, each estimated on its own. Every sensor needs a
-reading of every field.
+reading of every field, but those ``--without`` names (a faulty or missing sensor): the
+estimate is then made from the others.
 
 The estimate is the linear one the placement was scored with: each field's POD modes
 fitted to the readings by least squares, added to the family's mean. With more sensors
 than modes the fit leaves a residual at the sensors; readings whose residual is over twice
 what the family's own snapshots and the sensor noise (place_sensors' ``--noise``) explain
 (a faulty sensor, a flow unlike the snapshots) are warned about: the estimate is then an
-extrapolation.
+extrapolation. The warning names the sensor whose reading alone explains it (with that one
+left out, the others fit the family), so ``--without N`` gives the estimate without it;
+with no more sensors than modes left, the others cannot tell, and it says so.
 
 Writes FIELDS.npz (each field as (snapshots, ny, nx) or (snapshots, n), and ``points``) or,
 for one snapshot, FIELDS.vtu (the fields as point data on the snapshots' own mesh and cells,
@@ -27,7 +30,7 @@ import csv
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +84,9 @@ def _cell_order(key: str) -> tuple[int, str]:
     return (int(parts[1]), key) if key.startswith("cells:") else (-1, key)
 
 
-def read_readings(path: Path, fields: list[str], k: int) -> np.ndarray:
-    """(snapshots, fields, k) readings from the CSV; every error names the row or column."""
+def read_readings(path: Path, fields: list[str], k: int, without: frozenset[int] = frozenset()) -> np.ndarray:
+    """(snapshots, fields, sensors) readings from the CSV, sensors 1 … k but those ``without``
+    (their rows, if any, are not read); every error names the row or column."""
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
@@ -107,37 +111,76 @@ def read_readings(path: Path, fields: list[str], k: int) -> np.ndarray:
             raise SensorError(f"readings: {path} line {line}: expected a sensor number and numbers, got {row}") from None
         if not 1 <= s <= k:
             raise SensorError(f"readings: {path} line {line}: sensor {s}; the placement has sensors 1 to {k}")
+        if s in without:
+            continue
         if not np.isfinite(values).all():
-            raise SensorError(f"readings: {path} line {line}: sensor {s} reads NaN or Inf")
+            raise SensorError(f"readings: {path} line {line}: sensor {s} reads NaN or Inf "
+                              f"(leave it out: --without {s})")
         snap = snaps.setdefault(row.get("snapshot") or "", {})
         if s in snap:
             raise SensorError(f"readings: {path} line {line}: sensor {s} read twice"
                               + (f" in snapshot {row['snapshot']}" if row.get("snapshot") else ""))
         snap[s] = values
+    used = [s for s in range(1, k + 1) if s not in without]
     for name, snap in snaps.items():
-        absent = sorted(set(range(1, k + 1)) - set(snap))
+        absent = [s for s in used if s not in snap]
         if absent:
             where = f" in snapshot {name}" if name else ""
-            raise SensorError(f"readings: {path}: no reading from sensor {absent[0]}{where} ({len(absent)} missing)")
+            raise SensorError(f"readings: {path}: no reading from sensor {absent[0]}{where} ({len(absent)} missing; "
+                              f"to estimate without it: --without {absent[0]})")
     if not snaps:
         raise SensorError(f"readings: {path} has no rows")
-    return np.array([[[snap[s][i] for s in range(1, k + 1)] for i in range(len(fields))] for snap in snaps.values()])
+    return np.array([[[snap[s][i] for s in used] for i in range(len(fields))] for snap in snaps.values()])
 
 
-def estimate(placed: Placed, readings: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-    """(field → (snapshots, n) estimate, the worst sensor residual as a multiple of what the
-    family and the sensor noise explain: √(family's largest² + σ²(K − r)), the second term
-    the expected residual of K noisy readings fitted with r modes)."""
-    out, worst = {}, 0.0
+def sensors_used(placed: Placed, without: frozenset[int]) -> Placement:
+    """The placement without the sensors numbered in ``without`` (1 … K, as in sensors.csv)."""
     k = len(placed.placement.indices)
+    bad = sorted(s for s in without if not 1 <= s <= k)
+    if bad:
+        raise SensorError(f"--without: sensor {bad[0]}; the placement has sensors 1 to {k}")
+    if len(without) == k:
+        raise SensorError(f"--without: leaves no sensor of the {k}")
+    return replace(placed.placement, indices=tuple(i for s, i in enumerate(placed.placement.indices, 1)
+                                                   if s not in without))
+
+
+def misfit(placed: Placed, placement: Placement, readings: np.ndarray) -> float:
+    """The worst sensor residual as a multiple of what the family and the sensor noise
+    explain: √(family's largest² + σ²(K − r)), the second term the expected residual of K
+    noisy readings fitted with r modes (0 with no more sensors than modes: nothing to tell)."""
+    worst, k = 0.0, len(placement.indices)
     for i, (name, basis) in enumerate(placed.bases.items()):
-        out[name] = reconstruct(basis, placed.placement, readings[:, i, :])
-        if placed.outside is not None:
-            out[name][:, placed.outside] = np.nan  # not in the flow, as in the snapshots
-        off = float(residual(basis, placed.placement, readings[:, i, :]).max())
+        off = float(residual(basis, placement, readings[:, i, :]).max())
         explained = np.hypot(placed.family_residual[name], placed.noise_sd[name] * np.sqrt(max(k - basis.rank, 0)))
         worst = max(worst, off / explained if explained > 0 else 0.0 if off == 0 else np.inf)
-    return out, worst
+    return worst
+
+
+def estimate(placed: Placed, placement: Placement, readings: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
+    """(field → (snapshots, n) estimate from ``placement``'s sensors, their :func:`misfit`)."""
+    out = {}
+    for i, (name, basis) in enumerate(placed.bases.items()):
+        out[name] = reconstruct(basis, placement, readings[:, i, :])
+        if placed.outside is not None:
+            out[name][:, placed.outside] = np.nan  # not in the flow, as in the snapshots
+    return out, misfit(placed, placement, readings)
+
+
+def culprits(placed: Placed, placement: Placement, readings: np.ndarray, numbers: list[int]) -> list[tuple[int, float]]:
+    """The sensors (by number) whose reading alone explains a misfit: with that one left
+    out, the others fit the family (misfit ≤ WARN_RESIDUAL), and what they then fit to.
+    Empty when none does, or when one fewer sensor leaves no more readings than modes (the
+    others then fit anything: a sensor cannot be told from its neighbours)."""
+    if len(numbers) - 1 <= max(b.rank for b in placed.bases.values()):
+        return []
+    found = []
+    for j, s in enumerate(numbers):
+        rest = replace(placement, indices=placement.indices[:j] + placement.indices[j + 1:])
+        left = misfit(placed, rest, np.delete(readings, j, axis=2))
+        if left <= WARN_RESIDUAL:
+            found.append((s, left))
+    return found
 
 
 def write(path: Path, fields: dict[str, np.ndarray], placed: Placed) -> None:
@@ -170,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folder", metavar="DIR", help="a folder written by python -m studies.place_sensors")
     ap.add_argument("readings", metavar="READINGS.csv")
     ap.add_argument("--out", required=True, help="FIELDS.npz, or FIELDS.vtu for one snapshot")
+    ap.add_argument("--without", default="", metavar="N,…", help="sensors (numbers as in sensors.csv) to leave out: "
+                    "faulty or not read; the estimate is made from the others")
     args = ap.parse_args(argv)
     out = Path(args.out)
     try:
@@ -177,21 +222,40 @@ def main(argv: list[str] | None = None) -> int:
             raise SensorError(f"--out: {out.name} should end in .npz or .vtu")
         if not out.parent.is_dir():
             raise SensorError(f"--out: the folder {out.parent} does not exist")
+        try:
+            without = frozenset(int(s) for s in args.without.split(",") if s.strip())
+        except ValueError:
+            raise SensorError(f"--without: expected sensor numbers like 3,7, got {args.without!r}") from None
         placed = load(Path(args.folder))
-        placement = placed.placement
-        readings = read_readings(Path(args.readings), list(placed.bases), len(placement.indices))
+        placement = sensors_used(placed, without)
+        numbers = [s for s in range(1, len(placed.placement.indices) + 1) if s not in without]
+        readings = read_readings(Path(args.readings), list(placed.bases), len(placed.placement.indices), without)
         if out.suffix == ".vtu" and len(readings) > 1:
             raise SensorError(f"--out: {len(readings)} snapshots do not fit one .vtu; write .npz")
     except SensorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fields, residual = estimate(placed, readings)
+    fields, worst = estimate(placed, placement, readings)
     write(out, fields, placed)
-    print(f"{len(readings)} snapshot(s) of {', '.join(fields)} from {len(placement.indices)} sensors → {out}")
-    if residual > WARN_RESIDUAL:
-        print(f"warning: the readings lie {residual:.3g}× further from the family's modes at the sensors than "
-              "the family's own snapshots and the sensor noise explain: a faulty sensor, or a flow unlike the "
-              "snapshots the placement was made on; the estimate may be far off", file=sys.stderr)
+    left_out = f" (without {', '.join(map(str, sorted(without)))})" if without else ""
+    print(f"{len(readings)} snapshot(s) of {', '.join(fields)} from {len(placement.indices)} sensors{left_out} → {out}")
+    if worst > WARN_RESIDUAL:
+        found = culprits(placed, placement, readings, numbers)
+        if len(found) == 1:
+            (s, left), = found
+            why = (f"sensor {s} alone explains it (without it the others lie {left:.2g}× off: as the family does); "
+                   f"to estimate without it: --without {','.join(map(str, sorted(without | {s})))}")
+        elif found:
+            ranks = max(b.rank for b in placed.bases.values())
+            why = (f"any one of sensors {', '.join(str(s) for s, _ in sorted(found, key=lambda f: f[1]))} (best "
+                   f"fit without it first) explains it; {len(numbers)} sensors for {ranks} modes cannot tell which")
+        elif len(numbers) - 1 <= max(b.rank for b in placed.bases.values()):
+            why = "too few sensors beside the modes to tell whether one of them is at fault"
+        else:
+            why = "no single sensor explains it: a flow unlike the snapshots the placement was made on, or several faults"
+        print(f"warning: the readings lie {worst:.3g}× further from the family's modes at the sensors than "
+              f"the family's own snapshots and the sensor noise explain; {why}; the estimate may be far off",
+              file=sys.stderr)
     return 0
 
 

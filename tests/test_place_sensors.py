@@ -156,10 +156,29 @@ def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_s
     assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "both.npz")]) == 0
     with np.load(tmp_path / "both.npz") as z:
         assert z["heat"].shape == (2, 9, 14) and np.allclose(z["heat"], [new, other], rtol=0, atol=1e-9)
-    # ... a sensor stuck high is
+    # ... a sensor stuck high is, by its number; left out, the others give the exact field
     write([v + (5.0 if i == 2 else 0.0) for i, v in enumerate(exact)])
     assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz")]) == 0
-    assert "further from the family's modes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "further from the family's modes" in err and "sensor 3 alone explains it" in err, err
+    assert "--without 3" in err
+    assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz"), "--without", "3"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    with np.load(tmp_path / "est.npz") as z:
+        assert np.abs(z["heat"][0] - new).max() <= 1e-9 * np.abs(new).max()
+    # a sensor that did not read: named with the way to go on; its row may be absent then
+    readings.write_text("sensor,heat\n" + "".join(f"{s['sensor']},{float(v)!r}\n" for s, v in zip(sensors, exact)
+                                                  if s["sensor"] != "5"))
+    assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz")]) == 2
+    assert "no reading from sensor 5" in capsys.readouterr().err
+    assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz"), "--without", "5"]) == 0
+    with np.load(tmp_path / "est.npz") as z:
+        assert np.abs(z["heat"][0] - new).max() <= 1e-9 * np.abs(new).max()
+    for bad, message in (("9", "--without: sensor 9; the placement has sensors 1 to 6"),
+                         ("1,2,3,4,5,6", "--without: leaves no sensor of the 6"), ("x", "--without: expected")):
+        assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "e2.npz"), "--without", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "e2.npz").exists()
 
 
 def test_fields_estimated_on_a_mesh_are_written_onto_that_mesh_and_its_plane_keeps_its_axis_names(tmp_path):
