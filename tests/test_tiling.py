@@ -122,3 +122,34 @@ def test_blend_weights_normalise_exactly(mode):
     img = np.random.default_rng(4).normal(size=(16, 530, 371)).astype(np.float32)
     out = predict_tiled(pointwise, img, tile_size=128, overlap=48, mode=mode)
     assert _rel(out, predict_full(pointwise, img)) <= 1e-5
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=1, stride=2), dict(kernel_size=5, padding=4, dilation=2),
+                                dict(kernel_size=4, padding="same"), dict(kernel_size=3, padding=1, padding_mode="reflect"),
+                                dict(kernel_size=(3, 5), padding=(1, 2), padding_mode="circular", groups=4)])
+def test_the_probes_banded_float64_convolution_is_the_convolution(kw, monkeypatch):
+    """The probe convolves in float64 by bands of rows (the unfolded input of a 64-feature
+    U-Net's 576² probe took 3 GB): the same numbers, to the bit, for any padding, stride,
+    dilation and groups; the layer's own forward comes back afterwards."""
+    from cpikan.tiling import geometry
+
+    monkeypatch.setattr(geometry, "BAND_BYTES", 1 << 14)  # a few rows per band
+    conv = torch.nn.Conv2d(8, 12, **kw).double()
+    x = torch.randn(2, 8, 61, 47, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = conv(x)
+        with geometry._banded_convs(conv):
+            banded = conv(x)
+    assert "forward" not in vars(conv) and torch.equal(whole, banded)
+
+
+def test_the_probe_measures_the_same_geometry_in_bands(monkeypatch):
+    from cpikan.tiling import geometry
+
+    def model():
+        torch.manual_seed(0)
+        return UNet(width=8, depth=3).eval()
+
+    plain = geometry.probe(model(), 16)
+    monkeypatch.setattr(geometry, "BAND_BYTES", 1 << 16)  # one row per band
+    assert geometry.probe(model(), 16) == plain
