@@ -648,6 +648,21 @@ def test_a_class_named_with_its_arguments_is_built_as_the_factory_would(tmp_path
         factory.build(f"{root / 'unet.py'}:TwoHeadUNet(8, False, 3)")
 
 
+def test_a_model_built_without_weights_is_the_same_every_time(user_model):
+    """A factory that initialises at random (no --weights: its own, or none) builds the same
+    network every time, so a replay gives the same heights; torch's generator is left as it was."""
+    import torch
+
+    from cpikan.tiling import factory
+
+    root, _ = user_model
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first, second = (factory.build(f"{root / 'unet.py'}:build_wide").state_dict() for _ in range(2))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 @pytest.mark.parametrize("case, message", [
     ("wrong weights", "--weights: "), ("pickle", "looks like a pickle"), ("no such callable", "cannot be imported"),
     ("not equivariant", "not shift-equivariant"), ("weights without a factory", "--weights: only with"),

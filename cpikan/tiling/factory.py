@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
@@ -82,11 +83,15 @@ def _import(where: str, name: str, ref: str, field: str) -> Any:
 
 def build(ref: str, weights: str | Path | None = None, field: str = "model") -> nn.Module:
     """Call the factory ``ref`` names with its literal arguments, load ``weights``
-    (safetensors) into its result, eval mode."""
+    (safetensors) into its result, eval mode. The call is seeded (torch's global generator
+    as it was, afterwards): whatever it initialises at random, every build (a replay's too)
+    gets the same."""
     where, name, args, kwargs = split_ref(ref, field)
     factory = _import(where, name, ref, field)
     try:
-        model = factory(*args, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = factory(*args, **kwargs)
     except Exception as exc:  # the user's code: whatever it raises, say where it came from
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(f"{field}: {ref} failed ({type(exc).__name__}: {first})"
