@@ -462,6 +462,7 @@ def flag_causes(figures: dict[str, float]) -> str:
                        + ("; so many that the buckets may be out of order: laser-major, each laser's steps in "
                           "turn, or --order bucket-major?)" if most("noisy") else ")"),
               "saturated": "a bucket at the camera's maximum count (lower the exposure)",
+              "not_finite": "a bucket that is NaN or infinite (a flat-field division by zero in the float files?)",
               "no_height": f"no height in [{figures['h_min']:g}, {figures['h_max']:g}] µm fits every laser "
                            "(widen --h-min/--h-max if the wafer is taller"
                            + ("; so many that the wavelengths may not be the files' lasers, in their order)"

@@ -131,6 +131,28 @@ def test_the_noise_is_judged_at_each_pixels_own_brightness():
         assert (np.abs(est - h)[mask] < 0.2).all()
 
 
+def test_nan_and_inf_buckets_are_flagged_as_such_and_leave_the_other_tests_on():
+    """A float file's NaN or Inf (a flat-field division by zero): flagged ``not_finite``
+    (an Inf pixel was kept as valid), and the rest of its rows still get the noise test and
+    the phase-shifter fit (one NaN made the noise model NaN: no pixel flagged noisy)."""
+    rng = np.random.default_rng(5)
+    h = rng.uniform(-25, 25, size=(60, 60))
+    counts = _exposed(h, 3000, 100, 16, 2.0, rng).astype(np.float32) / 16  # B/σ ≈ 1.8: noise
+    counts[:, :, :40] = _exposed(h, 2000, 1000, 16, 2.0, rng)[:, :, :40] / 16  # good fringes
+    bad = [(3, 10, 10, np.nan), (5, 30, 20, np.inf), (0, 45, 5, -np.inf)]
+    for c, y, x, v in bad:
+        counts[c, y, x] = v
+    flags = np.zeros(h.shape, np.uint8)
+    est, mask = classical.reconstruct(counts, h_min=-30, h_max=30, flags_out=flags)
+    not_finite = np.zeros(h.shape, bool)
+    for _, y, x, _ in bad:
+        not_finite[y, x] = True
+    assert np.array_equal(flags == classical.NOT_FINITE, not_finite)
+    assert (flags[:, 40:] == classical.NOISY).mean() > 0.5 and not mask[:, 40:].any()  # the rest: B/A < 2 %
+    assert mask[:, :40].sum() == 60 * 40 - 3
+    assert np.isfinite(classical.step_error(counts)).all()
+
+
 def test_chunks_side_by_side_give_the_same_wafer():
     """Threads over row chunks (the command uses one per core): height, mask and flags the
     same to the bit as one chunk after another, noise included (fitted per chunk)."""

@@ -53,8 +53,9 @@ def fringes(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> tuple[np.ndarr
 
 
 #: why a pixel is flagged (the value of ``flags_out``: the first cause found; 0 = valid)
-LOW_CONTRAST, NOISY, SATURATED, NO_HEIGHT = 1, 2, 4, 8
-FLAG_NAMES = {LOW_CONTRAST: "low_contrast", NOISY: "noisy", SATURATED: "saturated", NO_HEIGHT: "no_height"}
+LOW_CONTRAST, NOISY, SATURATED, NO_HEIGHT, NOT_FINITE = 1, 2, 4, 8, 16
+FLAG_NAMES = {LOW_CONTRAST: "low_contrast", NOISY: "noisy", SATURATED: "saturated", NO_HEIGHT: "no_height",
+              NOT_FINITE: "not_finite"}
 MIN_SNR = 6.0  # B/σ: phase noise ≤ 0.12 rad per laser, where the joint residual still tells orders apart
 CHI2_1_MEDIAN = 0.4549  # median of χ²₁: one squared closure over its variance, noise only
 NOISE_BINS = 16  # intensity bins of the noise fit (each needs enough closures for its median)
@@ -111,6 +112,14 @@ def closure_ratio(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> float:
     return float(np.median(num[ok] / den[ok])) if ok.any() else 0.0
 
 
+def finite(raw: np.ndarray) -> np.ndarray:
+    """Pixels of (C, h, w) buckets whose every bucket is a number (float files can hold NaN
+    or ±Inf: a flat-field division by zero); all of them for integer buckets."""
+    if raw.dtype.kind != "f":
+        return np.ones(raw.shape[1:], bool)
+    return np.isfinite(raw).all(axis=0)
+
+
 def clipped(raw: np.ndarray, saturation: int | None = None) -> np.ndarray:
     """Pixels of (C, h, w) integer buckets with a bucket at ``saturation`` (default: the
     type's maximum); none for floats."""
@@ -130,8 +139,8 @@ def step_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 
     Clipped pixels (at ``saturation``) are left out of the fit."""
     raw = strided_sample(buckets, sample)
     phi, mod, _, closure = fringes(raw, cfg)
-    usable = ~clipped(raw, saturation)
-    usable &= (mod > 0.1 * np.median(mod, axis=(1, 2), keepdims=True)).all(axis=0)
+    usable = ~clipped(raw, saturation) & finite(raw)
+    usable &= (mod > 0.1 * np.nanmedian(np.where(usable, mod, np.nan), axis=(1, 2), keepdims=True)).all(axis=0)
     out = np.full((len(phi), 2), np.nan)
     for lam in range(len(phi)):
         X = np.column_stack([(mod[lam] * np.sin(phi[lam])).ravel(), (mod[lam] * np.cos(phi[lam])).ravel()])
@@ -149,18 +158,19 @@ def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.
     """Why each pixel of a (C, h, w) block of buckets cannot be trusted (uint8, 0 = valid),
     from its :func:`fringes` and joint-search residual; the first cause that applies, in
     this order (a later one follows from an earlier, and would send the user the wrong way):
-    a bucket at ``saturation`` (default: the integer type's maximum; clipped: the phase is
-    biased, 6–15 nm at 8 bits);
+    a bucket that is not a number (NaN, ±Inf in a float file); a bucket at ``saturation``
+    (default: the integer type's maximum; clipped: the phase is biased, 6–15 nm at 8 bits);
     fringe contrast B/A under ``min_modulation`` for a laser (A, B the pixel's own: the test
     does not depend on exposure or bit depth); B under ``min_snr`` × the noise σ at the
-    pixel's intensity (:func:`noise_model`, fitted per block; the phase is then noise: the closure's part that ``shifter_error``, :func:`step_error`
-    at the phases ``phi``, explains is not noise and is taken out first); a joint residual over
-    ``max_residual``."""
+    pixel's intensity (:func:`noise_model`, fitted per block; the phase is then noise: the
+    closure's part that ``shifter_error``, :func:`step_error` at the phases ``phi``,
+    explains is not noise and is taken out first); a joint residual over ``max_residual``."""
     flags = np.zeros(raw.shape[1:], np.uint8)
     flags[clipped(raw, saturation)] = SATURATED
+    flags[~finite(raw)] = NOT_FINITE
     contrast = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0)
     flags[(flags == 0) & (contrast < min_modulation)] = LOW_CONTRAST
-    clean = flags != SATURATED  # clipping breaks the closure: it is not noise
+    clean = (flags != SATURATED) & (flags != NOT_FINITE)  # clipping breaks the closure: it is not noise
     if shifter_error is not None and phi is not None:
         pq = np.nan_to_num(shifter_error)[:, :, None, None]
         closure = closure - mod * (pq[:, 0] * np.sin(phi) + pq[:, 1] * np.cos(phi))
@@ -269,6 +279,10 @@ def reconstruct(
         rows_per_chunk = max(1, (1 << 19) // W)
 
     def chunk(r0: int) -> None:
+        with np.errstate(invalid="ignore", divide="ignore"):  # a NaN bucket: flagged, not warned about per chunk
+            compute(r0)
+
+    def compute(r0: int) -> None:
         block = np.asarray(buckets[:, r0 : r0 + rows_per_chunk])
         rows = slice(r0, r0 + block.shape[1])
         phi, mod, mean, closure = fringes(block, cfg)
