@@ -108,7 +108,7 @@ def closure_ratio(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> float:
     steps: the closure then holds the fringes themselves)."""
     _, mod, _, closure = fringes(buckets, cfg)
     num, den = (closure**2).sum(axis=0), (mod**2).sum(axis=0)
-    ok = den > 0
+    ok = (den > 0) & np.isfinite(den) & np.isfinite(num)  # a NaN bucket says nothing of the order
     return float(np.median(num[ok] / den[ok])) if ok.any() else 0.0
 
 
