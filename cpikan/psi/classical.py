@@ -11,8 +11,9 @@ are flagged invalid in the mask instead of silently answering a wrong fringe ord
 residual alone lets noise through when the fringes barely stand above it (a 12-bit camera
 at B/σ = 2.2: 17 % of the pixels it passes are a fringe order off), so the mask also asks
 for visible fringes, B/σ ≥ 6 against the noise the buckets themselves show (σ at the pixel's
-own intensity: shot noise grows with the light), and no clipped bucket. Vectorised over pixels and chunked over rows, so a 9344 × 7000 image runs in
-bounded memory.
+own intensity: shot noise grows with the light), and no clipped or non-finite bucket.
+Vectorised over pixels and chunked over rows (side by side in threads), so a 9344 × 7000
+image runs in bounded memory.
 """
 
 from __future__ import annotations
@@ -275,14 +276,14 @@ def reconstruct(
     _, H, W = buckets.shape
     out = np.empty((H, W), np.float32) if out is None else out
     mask_out = np.empty((H, W), bool) if mask_out is None else mask_out
-    if rows_per_chunk is None:  # ½ Mpixel per chunk, whatever the workers: ~0.28 GB of work arrays each
+    if rows_per_chunk is None:  # ½ Mpixel, whatever the workers: two in flight peak as one 1-Mpixel chunk did
         rows_per_chunk = max(1, (1 << 19) // W)
 
     def chunk(r0: int) -> None:
         with np.errstate(invalid="ignore", divide="ignore"):  # a NaN bucket: flagged, not warned about per chunk
-            compute(r0)
+            _chunk(r0)
 
-    def compute(r0: int) -> None:
+    def _chunk(r0: int) -> None:
         block = np.asarray(buckets[:, r0 : r0 + rows_per_chunk])
         rows = slice(r0, r0 + block.shape[1])
         phi, mod, mean, closure = fringes(block, cfg)
