@@ -134,6 +134,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         try:
             io.stack_wafer(src, pcfg.channels, cfg.pattern, stacked, order)
             check_order(np.load(stacked, mmap_mode="r"), pcfg, cfg.order, src)
+            check_lasers(np.load(stacked, mmap_mode="r"), pcfg, height_range(cfg), src)
             _, h, w = np.load(stacked, mmap_mode="r").shape
             np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
             np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()
@@ -244,6 +245,45 @@ def check_order(buckets: Any, pcfg: Any, order: str, src: Path) -> None:
         raise io.InputError(f"--order: {src.name} read {order} does not look like fringes (closure {as_read:.2f} of "
                             f"the fringes' power, noise is under 0.01; read {other}: {other_way:.3f}); if its files "
                             f"hold one phase step's lasers together, pass --order {other}")
+
+
+def check_lasers(buckets: Any, pcfg: Any, span: tuple[float, float], src: Path) -> None:
+    """Refuse a wafer whose lasers are plainly in another order than its wavelengths: as
+    given, most pixels of a sample fit no height in ``span`` (median joint residual over
+    ``MAX_RESIDUAL``), while with the wavelengths in some other order they fit (a quarter of
+    it). Said before any height is computed, naming the order that fits, not as every pixel
+    flagged ``no_height`` after it."""
+    import itertools
+
+    import numpy as np
+
+    from cpikan.memory import strided_sample
+    from cpikan.psi import classical
+
+    sample = strided_sample(buckets, 64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phi, mod, mean, _ = classical.fringes(sample, pcfg)
+        seen = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0) >= 0.02
+    seen &= classical.finite(sample)
+    if seen.sum() < 64:  # too few fringes to judge
+        return
+    phi = phi[:, seen]
+    given = tuple(pcfg.wavelengths)
+
+    def misfit(waves: tuple[float, ...]) -> float:
+        res = np.empty(phi.shape[1:])
+        classical.height_from_phase(phi, replace(pcfg, wavelengths=waves), *span, residual=res)
+        return float(np.median(res))
+
+    as_given = misfit(given)
+    if as_given <= classical.MAX_RESIDUAL:
+        return
+    best = min(itertools.permutations(given), key=misfit)
+    if best != given and misfit(best) <= classical.MAX_RESIDUAL / 4:
+        raise io.InputError(f"--wavelengths: {src.name}'s lasers are not in the order {', '.join(map(str, given))} µm "
+                            f"(most pixels fit no height: median residual {as_given:.2f} rad²); in the order "
+                            f"{', '.join(map(str, best))} µm they fit ({misfit(best):.3f}): give the wavelengths in the "
+                            "files' laser order (--wavelengths, or wavelengths.txt)")
 
 
 def valid_span(height: Any, mask: Any, h_min: float, h_max: float, margin: float = 1.0) -> tuple[float, float]:

@@ -185,6 +185,25 @@ def test_buckets_saved_step_first_are_refused_then_read_with_order(tmp_path, cap
     assert "--order: unknown 'laser-first'; allowed: laser-major, bucket-major" in capsys.readouterr().err
 
 
+def test_lasers_in_another_order_than_the_wavelengths_are_refused_naming_the_order_that_fits(tmp_path, capsys):
+    """The files hold the lasers as 6.05, 5.5, 5.0, 6.655 µm: read with the default order,
+    every pixel fit no height (flagged, after the whole wafer); now refused at once, naming
+    the order that fits, and with that order given, the height is the wafer's."""
+    from studies.reconstruct import main
+
+    truth = tilted_wafer()
+    buckets = physics.quantize(physics.add_noise(physics.render(truth), 0.005), 16)
+    np.save(tmp_path / "wafer.npy", buckets.reshape(4, 4, *truth.shape)[[2, 1, 0, 3]].reshape(buckets.shape))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "wafer.npy"), "--out", str(out), "--no-track"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "in the order 6.05, 5.5, 5.0, 6.655 µm they fit" in err, err
+    assert not (out / "wafer").exists() and not (out / "wafer.part").exists()
+    assert main([str(tmp_path / "wafer.npy"), "--out", str(out), "--no-track", "--wavelengths", "6.05,5.5,5.0,6.655"]) == 0
+    height, mask = np.load(out / "wafer" / "height.npy"), np.load(out / "wafer" / "mask.npy")
+    assert mask.mean() > 0.99 and float(np.sqrt(np.mean((height - truth)[mask] ** 2))) <= 0.05
+
+
 def test_wavelengths_txt_beside_a_stack_file_sets_the_lasers(tmp_path, capsys):
     """Three lasers (12 buckets) as a multi-page TIFF and as a .npy, wavelengths.txt in their
     folder: both read as three lasers (without the file, 12 pages are refused)."""
