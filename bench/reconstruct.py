@@ -16,7 +16,8 @@ RSS is VmHWM in GiB. (rmse_um=0.047 is the model's: a short psi_pretrain run tra
 mpix_per_s=0.162 peak_rss_gb=1.14 tiling_efficiency=2.26 max_rel_err_vs_full=0.0 (model);
 --model classical mpix_per_s=0.379 peak_rss_gb=0.86 valid=0.9569. With the noise judged at each
 pixel's brightness and the row chunks side by side on both cores: --model classical
-mpix_per_s=0.507 peak_rss_gb=0.80 valid=0.9569 rmse_um=0.0016 (the command alone 0.57 Mpix/s, 115 s).
+mpix_per_s=0.507 peak_rss_gb=0.80 valid=0.9569 rmse_um=0.0016 (the command alone 0.57 Mpix/s, 115 s);
+with a model mpix_per_s=0.201 (was 0.162) peak_rss_gb=1.14 tiling_efficiency=1.99 max_rel_err_vs_full=0.0.
 
     .venv/bin/python bench/reconstruct.py [--height 9344 --width 7000] [--model best|RUN_ID|classical]
 """
