@@ -18,7 +18,10 @@ extrapolation. The warning names the sensor whose reading alone explains it (wit
 left out, the others fit the family), so ``--without N`` gives the estimate without it;
 with no more sensors than modes left, the others cannot tell, and it says so.
 
-Writes FIELDS.npz (each field as (snapshots, ny, nx) or (snapshots, n), and ``points``) or,
+Each field's standard error from the sensor noise place_sensors assumed (σ√(φᵀ(ΘᵀΘ)⁻¹φ):
+where the sensors pin the field and where they amplify the noise; truncation not counted)
+is written beside it as FIELD_sd. Writes FIELDS.npz (each field as (snapshots, ny, nx) or
+(snapshots, n), FIELD_sd as (ny, nx) or (n,), and ``points``) or,
 for one snapshot, FIELDS.vtu (the fields as point data on the snapshots' own mesh and cells,
 or on bare points when they came without a mesh), under a temporary name first. Exit status: 0 done, 2 bad input (nothing written).
 """
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpikan.sensors.placement import Placement, SensorError, reconstruct, residual
+from cpikan.sensors.placement import Placement, SensorError, reconstruct, residual, standard_error
 from cpikan.sensors.pod import Basis
 
 #: warn when the readings' residual at the sensors is this many times what the family and the noise explain
@@ -157,14 +160,18 @@ def misfit(placed: Placed, placement: Placement, readings: np.ndarray) -> float:
     return worst
 
 
-def estimate(placed: Placed, placement: Placement, readings: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
-    """(field → (snapshots, n) estimate from ``placement``'s sensors, their :func:`misfit`)."""
-    out = {}
+def estimate(placed: Placed, placement: Placement,
+             readings: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    """(field → (snapshots, n) estimate from ``placement``'s sensors, field → (n,) its
+    standard error from the sensor noise place_sensors assumed, their :func:`misfit`)."""
+    out, sd = {}, {}
     for i, (name, basis) in enumerate(placed.bases.items()):
         out[name] = reconstruct(basis, placement, readings[:, i, :])
+        sd[name] = standard_error(basis, placement, placed.noise_sd[name])
         if placed.outside is not None:
             out[name][:, placed.outside] = np.nan  # not in the flow, as in the snapshots
-    return out, misfit(placed, placement, readings)
+            sd[name][placed.outside] = np.nan
+    return out, sd, misfit(placed, placement, readings)
 
 
 def culprits(placed: Placed, placement: Placement, readings: np.ndarray, numbers: list[int]) -> list[tuple[int, float]]:
@@ -183,8 +190,10 @@ def culprits(placed: Placed, placement: Placement, readings: np.ndarray, numbers
     return found
 
 
-def write(path: Path, fields: dict[str, np.ndarray], placed: Placed) -> None:
-    """FIELDS.npz, or FIELDS.vtu on the snapshots' own mesh (points alone when they had none)."""
+def write(path: Path, fields: dict[str, np.ndarray], placed: Placed, sd: dict[str, np.ndarray] | None = None) -> None:
+    """FIELDS.npz, or FIELDS.vtu on the snapshots' own mesh (points alone when they had none);
+    each field's standard error ``sd`` beside it as FIELD_sd."""
+    fields = {**fields, **{f"{n}_sd": v[None] for n, v in (sd or {}).items()}}
     tmp = path.with_name(path.name + ".part" + path.suffix)
     if path.suffix == ".vtu":
         import meshio
@@ -202,6 +211,7 @@ def write(path: Path, fields: dict[str, np.ndarray], placed: Placed) -> None:
         meshio.write(tmp, meshio.Mesh(pts, cells, **data))
     else:
         shaped = {n: v.reshape(len(v), *placed.grid) if placed.grid else v for n, v in fields.items()}
+        shaped.update({n: v[0] for n, v in shaped.items() if n.endswith("_sd") and n[:-3] in placed.bases})
         with tmp.open("wb") as f:
             np.savez(f, points=placed.points, **shaped)
     os.replace(tmp, path)
@@ -235,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     except SensorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fields, worst = estimate(placed, placement, readings)
-    write(out, fields, placed)
+    fields, sd, worst = estimate(placed, placement, readings)
+    write(out, fields, placed, sd)
     left_out = f" (without {', '.join(map(str, sorted(without)))})" if without else ""
     print(f"{len(readings)} snapshot(s) of {', '.join(fields)} from {len(placement.indices)} sensors{left_out} → {out}")
+    print("  standard error from the sensor noise place_sensors assumed (FIELD_sd in the output): " + "; ".join(
+        f"{n} median {np.nanmedian(v):.3g}, largest {np.nanmax(v):.3g}" for n, v in sd.items()))
     if worst > WARN_RESIDUAL:
         found = culprits(placed, placement, readings, numbers)
         if len(found) == 1:

@@ -162,10 +162,14 @@ def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_s
     err = capsys.readouterr().err
     assert "further from the family's modes" in err and "sensor 3 alone explains it" in err, err
     assert "--without 3" in err
+    with np.load(tmp_path / "est.npz") as z:
+        all_six = z["heat_sd"]
+    assert all_six.shape == (9, 14) and (all_six >= 0).all()
     assert estimate_field.main([str(out), str(readings), "--out", str(tmp_path / "est.npz"), "--without", "3"]) == 0
     assert "warning" not in capsys.readouterr().err
     with np.load(tmp_path / "est.npz") as z:
         assert np.abs(z["heat"][0] - new).max() <= 1e-9 * np.abs(new).max()
+        assert z["heat_sd"].max() > all_six.max()  # five sensors pin the field less well than six
     # a sensor that did not read: named with the way to go on; its row may be absent then
     readings.write_text("sensor,heat\n" + "".join(f"{s['sensor']},{float(v)!r}\n" for s, v in zip(sensors, exact)
                                                   if s["sensor"] != "5"))
@@ -200,7 +204,7 @@ def test_fields_estimated_on_a_mesh_are_written_onto_that_mesh_and_its_plane_kee
     assert estimate_field.main([str(tmp_path / "s"), str(tmp_path / "r.csv"), "--out", str(tmp_path / "e.vtu")]) == 0
     est = meshio.read(tmp_path / "e.vtu")
     assert np.array_equal(est.points, plane) and [c.type for c in est.cells] == ["triangle"]
-    assert np.array_equal(est.cells[0].data, tri) and set(est.point_data) == {"U[0]", "U[1]", "p"}
+    assert np.array_equal(est.cells[0].data, tri) and set(est.point_data) == {"U[0]", "U[1]", "p", "U[0]_sd", "U[1]_sd", "p_sd"}
 
 
 def test_cell_data_of_a_finite_volume_mesh_is_read_at_cell_centroids_and_written_back_as_cell_data(tmp_path):

@@ -248,3 +248,19 @@ def residual(basis: Basis, placement: Placement, readings: np.ndarray) -> np.nda
     d = (np.atleast_2d(np.asarray(readings, np.float64)) - basis.mean[idx]).T  # at the K sensors only
     coef, *_ = scipy.linalg.lstsq(theta, d, check_finite=False)
     return np.linalg.norm(theta @ coef - d, axis=0)
+
+
+def standard_error(basis: Basis, placement: Placement, noise_sd: float) -> np.ndarray:
+    """(n,) the estimate's standard error at every point from independent sensor noise of
+    ``noise_sd``: the fit's coefficients have covariance σ²(ΘᵀΘ)⁻¹ (Θ the fitted modes at
+    the sensors), so a point's variance is σ² φ(x)ᵀ(ΘᵀΘ)⁻¹φ(x). It says where the
+    placement pins the field and where the noise is amplified (near-parallel rows of Θ);
+    the modes left out (truncation) add to it and are not counted."""
+    placement.check(basis)
+    idx = np.asarray(placement.indices)
+    r = min(len(idx), basis.rank)
+    _, R = scipy.linalg.qr(basis.modes[idx, :r].astype(np.float64), mode="economic")
+    if not np.all(np.abs(np.diag(R)) > 1e-12 * max(float(np.abs(R).max()), 1e-300)):
+        return np.full(basis.points, np.inf)  # a mode the sensors cannot see: unbounded
+    scaled = scipy.linalg.solve_triangular(R, basis.modes[:, :r].astype(np.float64).T, trans="T")  # R⁻ᵀφ(x)
+    return noise_sd * np.sqrt(np.einsum("ij,ij->j", scaled, scaled))
