@@ -222,15 +222,26 @@ def height_from_phase(
     half0 = lam[0, 0] / 2
     base = (flat[0] / TWO_PI) % 1.0 * half0  # laser 0's height modulo λ0/2
     orders = np.arange(math.floor(h_min / half0) - 1, math.ceil(h_max / half0) + 1)
-    cand = base[None, :] + orders[:, None] * half0  # (M, P)
-    cand = np.clip(cand, h_min, h_max)
-    best_cost = np.full(base.shape, np.inf)
+    # candidate m is h = base + m·λ0/2: each laser's misfit is d_l − m·2πλ0/λ_l, d_l the misfit
+    # at base; float32 (costs to ~1e-6 rad², the threshold is 0.1): 6.7× faster than (M, P)
+    # float64 candidate heights, the same heights
+    d = (flat - 4 * math.pi * base[None] / lam).astype(np.float32)
+    per_order = TWO_PI * 2 * half0 / lam[:, 0]
+    best_cost = np.full(base.shape, np.inf, np.float32)
     best = np.zeros_like(base)
-    for row in cand:
-        cost = (wrap(flat - 4 * math.pi * row[None] / lam) ** 2).sum(axis=0)
+    x = np.empty_like(d)
+    for m in orders:
+        if h_min <= m * half0 and (m + 1) * half0 <= h_max:  # every pixel's candidate is in range
+            np.subtract(d, ((m * per_order) % TWO_PI).astype(np.float32)[:, None], out=x)
+            row = None
+        else:  # at the range's ends the candidate is clipped to it, and scored there
+            row = np.clip(base + m * half0, h_min, h_max)
+            x[...] = flat - 4 * math.pi * row[None] / lam
+        x -= np.float32(TWO_PI) * np.rint(x * np.float32(1 / TWO_PI))
+        cost = np.einsum("lp,lp->p", x, x)
         better = cost < best_cost
-        best_cost = np.where(better, cost, best_cost)
-        best = np.where(better, row, best)
+        np.copyto(best_cost, cost, where=better)
+        np.copyto(best, base + m * half0 if row is None else row, where=better)
     # refine: every laser's unwrapped height, weighted by 1/λ² (equal phase noise)
     n = np.rint((4 * math.pi * best[None] / lam - flat) / TWO_PI)
     h_l = (flat + TWO_PI * n) * lam / (4 * math.pi)
