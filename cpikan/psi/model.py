@@ -21,10 +21,6 @@ from cpikan.psi.physics import DEFAULT_PSI, PSIConfig
 TWO_PI = 2 * math.pi
 
 
-def _wrap(phi: Tensor) -> Tensor:
-    return torch.remainder(phi + math.pi, TWO_PI) - math.pi
-
-
 @torch.no_grad()
 def classical_height(x: Tensor, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0, h_max: float = 35.0) -> Tensor:
     """(N, 16, H, W) intensities → (N, 1, H, W) heights: the numpy baseline, in torch."""
@@ -35,10 +31,21 @@ def classical_height(x: Tensor, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0
     half0 = cfg.wavelengths[0] / 2
     base = torch.remainder(phi[:, 0] / TWO_PI, 1.0) * half0
     best = torch.zeros_like(base)
-    best_cost = torch.full_like(base, math.inf)
+    best_cost = torch.full_like(base, math.inf, dtype=torch.float32)
+    # as cpikan.psi.classical.height_from_phase: candidate m scored from the misfit at base,
+    # shifted by m·2πλ0/λ_l, in float32; at the range's ends the clipped candidate
+    d = (phi - 4 * math.pi * base[:, None] / lam).float()
+    per_order = [TWO_PI * 2 * half0 / v for v in cfg.wavelengths]
     for order in range(math.floor(h_min / half0) - 1, math.ceil(h_max / half0) + 1):
-        cand = (base + order * half0).clamp(h_min, h_max)
-        cost = _wrap(phi - 4 * math.pi * cand[:, None] / lam).square().sum(1)
+        if h_min <= order * half0 and (order + 1) * half0 <= h_max:
+            shift = torch.tensor([(order * p) % TWO_PI for p in per_order], dtype=torch.float32, device=x.device)
+            x_ = d - shift[None, :, None, None]
+            cand = base + order * half0
+        else:
+            cand = (base + order * half0).clamp(h_min, h_max)
+            x_ = (phi - 4 * math.pi * cand[:, None] / lam).float()
+        x_ = x_ - TWO_PI * torch.round(x_ * (1 / TWO_PI))
+        cost = x_.square().sum(1)
         better = cost < best_cost
         best_cost = torch.where(better, cost, best_cost)
         best = torch.where(better, cand, best)
