@@ -174,13 +174,14 @@ def estimate(placed: Placed, placement: Placement,
     return out, sd, misfit(placed, placement, readings)
 
 
-def culprits(placed: Placed, placement: Placement, readings: np.ndarray, numbers: list[int]) -> list[tuple[int, float]]:
+def culprits(placed: Placed, placement: Placement, readings: np.ndarray,
+             numbers: list[int]) -> list[tuple[int, float]] | None:
     """The sensors (by number) whose reading alone explains a misfit: with that one left
-    out, the others fit the family (misfit ≤ WARN_RESIDUAL), and what they then fit to.
-    Empty when none does, or when one fewer sensor leaves no more readings than modes (the
+    out, the others fit the family (misfit ≤ WARN_RESIDUAL), and what they then fit to;
+    empty when none does. None when one fewer sensor leaves no more readings than modes (the
     others then fit anything: a sensor cannot be told from its neighbours)."""
     if len(numbers) - 1 <= max(b.rank for b in placed.bases.values()):
-        return []
+        return None
     found = []
     for j, s in enumerate(numbers):
         rest = replace(placement, indices=placement.indices[:j] + placement.indices[j + 1:])
@@ -253,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{n} median {np.nanmedian(v):.3g}, largest {np.nanmax(v):.3g}" for n, v in sd.items()))
     if worst > WARN_RESIDUAL:
         found = culprits(placed, placement, readings, numbers)
-        if len(found) == 1:
+        if found is None:
+            why = "too few sensors beside the modes to tell whether one of them is at fault"
+        elif len(found) == 1:
             (s, left), = found
             why = (f"sensor {s} alone explains it (without it the others lie {left:.2g}× off: as the family does); "
                    f"to estimate without it: --without {','.join(map(str, sorted(without | {s})))}")
@@ -261,8 +264,6 @@ def main(argv: list[str] | None = None) -> int:
             ranks = max(b.rank for b in placed.bases.values())
             why = (f"any one of sensors {', '.join(str(s) for s, _ in sorted(found, key=lambda f: f[1]))} (best "
                    f"fit without it first) explains it; {len(numbers)} sensors for {ranks} modes cannot tell which")
-        elif len(numbers) - 1 <= max(b.rank for b in placed.bases.values()):
-            why = "too few sensors beside the modes to tell whether one of them is at fault"
         else:
             why = "no single sensor explains it: a flow unlike the snapshots the placement was made on, or several faults"
         print(f"warning: the readings lie {worst:.3g}× further from the family's modes at the sensors than "
