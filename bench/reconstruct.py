@@ -19,7 +19,9 @@ pixel's brightness and the row chunks side by side on both cores: --model classi
 mpix_per_s=0.507 peak_rss_gb=0.80 valid=0.9569 rmse_um=0.0016 (the command alone 0.57 Mpix/s, 115 s);
 with a model mpix_per_s=0.201 (was 0.162) peak_rss_gb=1.14 tiling_efficiency=1.99 max_rel_err_vs_full=0.0.
 With the joint search scored in float32 from laser 0's base misfit: --model classical
-mpix_per_s=1.231 peak_rss_gb=0.71 valid=0.9569 rmse_um=0.0016 (the command alone 1.66 Mpix/s, 39.5 s).
+mpix_per_s=1.231 peak_rss_gb=0.71 valid=0.9569 rmse_um=0.0016 (the command alone 1.66 Mpix/s, 39.5 s);
+with a model (PSINet's search too) mpix_per_s=0.330 peak_rss_gb=1.15 tiling_efficiency=1.52
+max_rel_err_vs_full=0.0 (the command alone 178.8 s).
 
     .venv/bin/python bench/reconstruct.py [--height 9344 --width 7000] [--model best|RUN_ID|classical]
 """
