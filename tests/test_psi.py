@@ -153,21 +153,29 @@ def test_nan_and_inf_buckets_are_flagged_as_such_and_leave_the_other_tests_on():
     assert np.isfinite(classical.step_error(counts)).all()
 
 
-def test_chunks_side_by_side_give_the_same_wafer():
+def test_chunks_side_by_side_give_the_same_wafer(tmp_path):
     """Threads over row chunks (the command uses one per core): height, mask and flags the
-    same to the bit as one chunk after another, noise included (fitted per chunk)."""
+    same to the bit as one chunk after another, noise included (fitted per chunk), also
+    between memmaps whose pages each chunk releases while the others are in flight."""
     rng = np.random.default_rng(4)
     h = rng.uniform(-25, 25, size=(64, 48))
     counts = _exposed(h, 2000, 300, 16, 2.0, rng)
+    np.save(tmp_path / "b.npy", counts)
     runs = []
-    for workers in (1, 3):
-        flags = np.zeros(h.shape, np.uint8)
-        est, mask = classical.reconstruct(counts, h_min=-30, h_max=30, rows_per_chunk=7, flags_out=flags,
-                                          workers=workers)
-        runs.append((est, mask, flags))
+    for workers, on_disk in ((1, False), (3, False), (3, True)):
+        if on_disk:
+            src = np.load(tmp_path / "b.npy", mmap_mode="r")
+            outs = [np.lib.format.open_memmap(tmp_path / f"{n}.npy", mode="w+", dtype=t, shape=h.shape)
+                    for n, t in (("h", np.float32), ("m", bool), ("f", np.uint8))]
+        else:
+            src, outs = counts, [np.zeros(h.shape, t) for t in (np.float32, bool, np.uint8)]
+        classical.reconstruct(src, h_min=-30, h_max=30, rows_per_chunk=7, out=outs[0], mask_out=outs[1],
+                              flags_out=outs[2], workers=workers)
+        runs.append(tuple(np.array(o) for o in outs))
     assert 0 < runs[0][1].mean() < 1  # some pixels flagged, so the flags are compared too
-    for a, b in zip(*runs):
-        assert np.array_equal(a, b)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)
 
 
 def test_a_12_bit_cameras_clipped_counts_are_saturated_in_a_16_bit_file():
