@@ -32,7 +32,8 @@ the run logs how far, ``blend_vs_full_um``, measured on a crop of the wafer).
 Heights are searched in [--h-min, --h-max], by default ± the wavelengths' alias separation
 around zero (≈ ±30 µm); pixels whose residual says no height in that range fits are flagged
 in the mask, counted, and warned about: never a silent micrometre error. So are pixels whose
-fringes are under 6× the buckets' own noise, clipped, or absent (flags.npy says which).
+fringes are under 6× the buckets' own noise (at the pixel's brightness), clipped, absent, or whose
+buckets are not numbers (NaN, Inf in a float file); flags.npy says which.
 
 Writes DIR/NAME/: height.npy (float32 memmap), height.tif, mask.npy, flags.npy, preview.png (µm colour
 bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), channels.npy (every output
