@@ -286,3 +286,42 @@ def test_heights_outside_the_search_range_are_flagged_not_silently_wrong():
     assert err.max() < 0.05, err.max()  # no micrometre errors among the pixels it keeps
     est, mask = classical.reconstruct(buckets, h_min=-5.0, h_max=30.0)  # the right range: all valid
     assert mask.mean() > 0.99 and float(np.sqrt(np.mean((est - h)[mask] ** 2))) < 0.05
+
+
+def _plain_joint_search(phi, cfg, h_min, h_max):
+    """The joint search written out: every candidate height (clipped to the range) scored in float64."""
+    import math
+
+    lam = np.asarray(cfg.wavelengths, np.float64)[:, None]
+    flat = phi.reshape(len(lam), -1)
+    half0 = lam[0, 0] / 2
+    base = (flat[0] / (2 * math.pi)) % 1.0 * half0
+    best, best_cost = np.zeros_like(base), np.full(base.shape, np.inf)
+    for m in range(math.floor(h_min / half0) - 1, math.ceil(h_max / half0) + 1):
+        cand = np.clip(base + m * half0, h_min, h_max)
+        cost = (classical.wrap(flat - 4 * math.pi * cand / lam) ** 2).sum(axis=0)
+        best, best_cost = np.where(cost < best_cost, cand, best), np.minimum(cost, best_cost)
+    return best, best_cost
+
+
+@pytest.mark.parametrize("waves, h_min, h_max", [((0.6328, 0.6118), -3.3, 4.1), ((5.0, 5.5, 6.05), -12.3, 17.7),
+                                                 ((1.55, 1.31, 0.98, 0.85, 0.63), -2.2, 2.9)])
+def test_the_fast_joint_search_is_the_plain_one(waves, h_min, h_max):
+    """The search scores candidates in float32 from laser 0's base misfit: the same fringe
+    order as the plain float64 search everywhere (heights past both ends of the range too),
+    residuals to 1e-4 rad² (the mask's threshold is 0.1)."""
+    import math
+
+    cfg = physics.PSIConfig(wavelengths=waves)
+    rng = np.random.default_rng(6)
+    h = rng.uniform(h_min - 1, h_max + 1, size=(32, 256))
+    phi, *_ = classical.fringes(physics.add_noise(physics.render(h, cfg), 0.02, cfg=cfg, rng=rng), cfg)
+    best, cost = _plain_joint_search(phi, cfg, h_min, h_max)
+    res = np.empty(h.shape)
+    fast = classical.height_from_phase(phi, cfg, h_min, h_max, res)
+    lam = np.asarray(waves)[:, None]
+    flat = phi.reshape(len(waves), -1)
+    n = np.rint((4 * math.pi * best[None] / lam - flat) / (2 * math.pi))  # each laser's order, as the plain search has it
+    w = 1.0 / lam**2
+    plain = (w * ((flat + 2 * math.pi * n) * lam / (4 * math.pi))).sum(axis=0) / w.sum()
+    assert np.array_equal(fast.ravel(), plain) and np.abs(res.ravel() - cost).max() < 1e-4
