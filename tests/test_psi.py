@@ -325,3 +325,19 @@ def test_the_fast_joint_search_is_the_plain_one(waves, h_min, h_max):
     w = 1.0 / lam**2
     plain = (w * ((flat + 2 * math.pi * n) * lam / (4 * math.pi))).sum(axis=0) / w.sum()
     assert np.array_equal(fast.ravel(), plain) and np.abs(res.ravel() - cost).max() < 1e-4
+
+
+def test_a_laser_off_its_stated_wavelength_is_measured():
+    """Laser 3 at 6.05 µm × (1 + ε): every pixel stays valid, yet the heights carry ~11 nm at
+    ε = 0.5 %; wavelength_error reads ε back (to 0.02 %) for that laser and ~0 for the others,
+    0 everywhere when the wavelengths are right, NaN when the heights span too little."""
+    yy, xx = np.mgrid[0:160, 0:160] / 160
+    h = -20 + 45 * (0.6 * xx + 0.4 * yy)
+    rng = np.random.default_rng(7)
+    for eps in (0.0, 0.005, -0.01):
+        true = physics.PSIConfig(wavelengths=(5.0, 5.5, 6.05 * (1 + eps), 6.655))
+        b = physics.quantize(physics.add_noise(physics.render(h, true), 0.005, cfg=true, rng=rng), 16)
+        got = classical.wavelength_error(b, h_min=-30, h_max=30)
+        assert np.abs(got - [0, 0, eps, 0]).max() < 2e-4, (eps, got)
+    flat = physics.quantize(physics.render(np.full((64, 64), 3.0) + 0.1 * xx[:64, :64]), 16)
+    assert np.isnan(classical.wavelength_error(flat, h_min=-30, h_max=30)).all()

@@ -254,8 +254,28 @@ def test_a_miscalibrated_phase_shifter_is_warned_about_with_its_height_error(tmp
     nm = float(re.search(r"about (\d+) nm of systematic error", err).group(1))
     truth = 1000 * float(np.sqrt(np.mean((np.load(tmp_path / "out" / "skewed" / "height.npy") - tilted_wafer()) ** 2)))
     assert "the phase steps are off π/2" in err and abs(nm / truth - 1) < 0.2, (nm, truth, err)
+    assert "wavelength looks" not in err  # a shifter's error is not taken for a laser's
     assert main([str(tmp_path / "exact.npy"), "--out", str(tmp_path / "out"), "--no-track"]) == 0
-    assert "phase steps" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "phase steps" not in err and "wavelength looks" not in err
+
+
+def test_a_laser_off_its_wavelength_is_warned_about_with_its_height_error(tmp_path, capsys):
+    """Laser 3 is 0.5 % longer than wavelengths.txt says: every pixel stays valid and the
+    heights are ~11 nm off; the command names the laser, the error and the nm it costs."""
+    from studies.reconstruct import main
+
+    yy, xx = np.mgrid[0:120, 0:150] / 120
+    truth = -20 + 45 * (0.5 * xx + 0.4 * yy)
+    true = physics.PSIConfig(wavelengths=(5.0, 5.5, 6.05 * 1.005, 6.655))
+    np.save(tmp_path / "w.npy", physics.quantize(physics.add_noise(physics.render(truth, true), 0.005, cfg=true), 16))
+    assert main([str(tmp_path / "w.npy"), "--out", str(tmp_path / "out"), "--no-track"]) == 0
+    err = capsys.readouterr().err
+    height, mask = np.load(tmp_path / "out" / "w" / "height.npy"), np.load(tmp_path / "out" / "w" / "mask.npy")
+    measured = 1000 * float(np.sqrt(np.mean((height - truth) ** 2)))
+    said = float(re.search(r"puts about (\d+) nm of error", err).group(1))
+    assert mask.all() and measured > 5 and "laser 3's wavelength looks +0.50 % off the given 6.05 µm" in err, err
+    assert abs(said / measured - 1) < 0.2, (said, measured)
 
 
 def test_a_saturated_exposure_is_flagged_with_what_to_do(tmp_path):
