@@ -39,13 +39,13 @@ def classical_height(x: Tensor, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0
     for order in range(math.floor(h_min / half0) - 1, math.ceil(h_max / half0) + 1):
         if h_min <= order * half0 and (order + 1) * half0 <= h_max:
             shift = torch.tensor([(order * p) % TWO_PI for p in per_order], dtype=torch.float32, device=x.device)
-            x_ = d - shift[None, :, None, None]
+            misfit = d - shift[None, :, None, None]
             cand = base + order * half0
         else:
             cand = (base + order * half0).clamp(h_min, h_max)
-            x_ = (phi - 4 * math.pi * cand[:, None] / lam).float()
-        x_ = x_ - TWO_PI * torch.round(x_ * (1 / TWO_PI))
-        cost = x_.square().sum(1)
+            misfit = (phi - 4 * math.pi * cand[:, None] / lam).float()
+        misfit = misfit - TWO_PI * torch.round(misfit * (1 / TWO_PI))
+        cost = misfit.square().sum(1)
         better = cost < best_cost
         best_cost = torch.where(better, cost, best_cost)
         best = torch.where(better, cand, best)
