@@ -214,6 +214,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     if n:
         lasers = classical.wavelength_error(buckets, pcfg, h_min, h_max, saturation=clip)
         stats.update(wavelength_figures(lasers, pcfg, float(np.sqrt(squares / n))))
+    stats["fringe_snr"] = classical.fringe_snr(buckets, pcfg, saturation=clip)
     io.write_tiff(work / "height.tif", height)
     io.write_preview(work / "preview.png", height, mask, cfg.pixel_pitch_um)
     io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um, flags=flags)
@@ -568,7 +569,7 @@ def reconstruct_logged(cfg: ReconstructConfig, run: Any, work: Path, model: Any,
     figures = reconstruct_one(src, work, cfg, model, plan)
     results = ("flagged_pixels", "valid_fraction", "height_mean_um", "height_rms_um", "height_pv_um", "height_min_um",
                "height_max_um", "blend_vs_full_um", "step_error_deg", "step_error_laser", "step_error_nm",
-               "wavelength_error_pct", "wavelength_error_laser", "wavelength_error_nm")
+               "wavelength_error_pct", "wavelength_error_laser", "wavelength_error_nm", "fringe_snr")
     causes = {k: v for k, v in figures.items() if k.startswith("flagged_") and k != "flagged_pixels"}
     run.log_results({"image_mpix": figures["mpix"], **{k: figures[k] for k in results if k in figures}, **causes},
                     {k: figures[k] for k in ("seconds", "mpix_per_s", "peak_rss_gb", "processes",

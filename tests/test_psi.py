@@ -341,3 +341,14 @@ def test_a_laser_off_its_stated_wavelength_is_measured():
         assert np.abs(got - [0, 0, eps, 0]).max() < 2e-4, (eps, got)
     flat = physics.quantize(physics.render(np.full((64, 64), 3.0) + 0.1 * xx[:64, :64]), 16)
     assert np.isnan(classical.wavelength_error(flat, h_min=-30, h_max=30)).all()
+
+
+def test_the_wafers_fringe_to_noise_ratio_is_measured():
+    """One figure for the exposure: the median over pixels of the worst laser's B/σ, within
+    10 % of the true ratio from 100 down to 15 (the min of four noisy estimates reads low)."""
+    rng = np.random.default_rng(8)
+    h = rng.uniform(-25, 25, size=(120, 120))
+    for A, B, sigma in ((2000, 1000, 10.0), (2000, 300, 20.0)):
+        I = physics.render(h, physics.PSIConfig(A=A, B=B)).astype(np.float64) + rng.standard_normal((16, 120, 120)) * sigma
+        counts = np.clip(np.rint(I), 0, 65535).astype(np.uint16)
+        assert abs(classical.fringe_snr(counts) / (B / sigma) - 1) < 0.1

@@ -152,6 +152,19 @@ def step_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 
     return out
 
 
+def fringe_snr(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 256,
+               saturation: int | None = None) -> float:
+    """The wafer's median fringe-to-noise ratio, min over lasers of B/σ(A) (:func:`noise_model`
+    on a strided ``sample``): one figure for how good the exposure was (the mask wants ≥ 6 per
+    pixel; 40 leaves room, 8 does not). NaN when no pixel is usable."""
+    raw = strided_sample(buckets, sample)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        _, mod, mean, closure = fringes(raw, cfg)
+        usable = finite(raw) & ~clipped(raw, saturation)
+        snr = (mod / noise_model(mean, closure, usable).sigma(mean)).min(axis=0)
+    return float(np.median(snr[usable])) if usable.any() else float("nan")
+
+
 def wavelength_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0, h_max: float = 35.0,
                      sample: int = 256, saturation: int | None = None) -> np.ndarray:
     """(L,) per laser, how much longer than given its wavelength looks beside the others' (a
