@@ -122,7 +122,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     import torch
 
     from cpikan import distributed
-    from cpikan.memory import peak_rss_mb, release_pages
+    from cpikan.memory import peak_rss_mb, release_pages, strided_sample
     from cpikan.psi import classical
     from cpikan.tiling import predict_tiled
 
@@ -131,11 +131,13 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     order = io.channel_order(cfg.order, len(pcfg.wavelengths), len(pcfg.steps))
     stacked = src if io.read_as_is(src, order) else work / "buckets.npy"
     failure: io.InputError | None = None
+    sample = None
     if shard.leader:
         try:
             io.stack_wafer(src, pcfg.channels, cfg.pattern, stacked, order)
-            check_order(np.load(stacked, mmap_mode="r"), pcfg, cfg.order, src)
-            check_lasers(np.load(stacked, mmap_mode="r"), pcfg, height_range(cfg), src)
+            sample = strided_sample(np.load(stacked, mmap_mode="r"), classical.SAMPLE)
+            check_order(sample, pcfg, cfg.order, src)
+            check_lasers(sample, pcfg, height_range(cfg), src)
             _, h, w = np.load(stacked, mmap_mode="r").shape
             np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
             np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()
@@ -154,8 +156,10 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     flags = np.load(work / "flags.npy", mmap_mode="r+")
     h_min, h_max = height_range(cfg)
     t0 = time.perf_counter()
+    if sample is None:  # the leader read it to check the order; one read per process
+        sample = strided_sample(buckets, classical.SAMPLE)
     clip = classical.saturation_level(buckets)
-    shifter = classical.step_error(buckets, pcfg, saturation=clip)
+    shifter = classical.step_error(sample, pcfg, saturation=clip)
     classical.reconstruct(buckets, pcfg, h_min=h_min, h_max=h_max, out=height, mask_out=mask, flags_out=flags,
                           saturation=clip, shifter_error=shifter, shard=shard, workers=torch.get_num_threads())
     if model is not None:  # the learned height; the classical pass gave the mask
@@ -212,9 +216,9 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     stats = {"height_mean_um": total / n, "height_rms_um": float(np.sqrt(max(squares / n - (total / n) ** 2, 0.0))),
              "height_pv_um": hi - lo, "height_min_um": lo, "height_max_um": hi} if n else {}
     if n:
-        lasers = classical.wavelength_error(buckets, pcfg, h_min, h_max, saturation=clip)
+        lasers = classical.wavelength_error(sample, pcfg, h_min, h_max, saturation=clip)
         stats.update(wavelength_figures(lasers, pcfg, float(np.sqrt(squares / n))))
-    stats["fringe_snr"] = classical.fringe_snr(buckets, pcfg, saturation=clip)
+    stats["fringe_snr"] = classical.fringe_snr(sample, pcfg, saturation=clip)
     io.write_tiff(work / "height.tif", height)
     io.write_preview(work / "preview.png", height, mask, cfg.pixel_pitch_um)
     io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um, flags=flags)
@@ -229,7 +233,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
 ORDER_RATIO = 0.05
 
 
-def check_order(buckets: Any, pcfg: Any, order: str, src: Path) -> None:
+def check_order(sample: Any, pcfg: Any, order: str, src: Path) -> None:
     """Refuse a wafer plainly in the other channel order: read as ``order`` its fringes are
     noise (:func:`classical.closure_ratio` over ``ORDER_RATIO``), read the other way ten
     times less so. Files named step first, or an ImageJ hyperstack with the lasers as its
@@ -237,10 +241,8 @@ def check_order(buckets: Any, pcfg: Any, order: str, src: Path) -> None:
     flagged noisy after it."""
     import numpy as np
 
-    from cpikan.memory import strided_sample
     from cpikan.psi import classical
 
-    sample = strided_sample(buckets, 128)
     lasers, steps = len(pcfg.wavelengths), len(pcfg.steps)
     other = next(o for o in io.ORDERS if o != order)
     read_back = np.argsort(io.channel_order(order, lasers, steps))  # file channel → stacked channel
@@ -252,7 +254,7 @@ def check_order(buckets: Any, pcfg: Any, order: str, src: Path) -> None:
                             f"hold one phase step's lasers together, pass --order {other}")
 
 
-def check_lasers(buckets: Any, pcfg: Any, span: tuple[float, float], src: Path) -> None:
+def check_lasers(sample: Any, pcfg: Any, span: tuple[float, float], src: Path) -> None:
     """Refuse a wafer whose lasers are plainly in another order than its wavelengths: as
     given, most pixels of a sample fit no height in ``span`` (median joint residual over
     ``MAX_RESIDUAL``), while with the wavelengths in some other order they fit (a quarter of
@@ -262,13 +264,11 @@ def check_lasers(buckets: Any, pcfg: Any, span: tuple[float, float], src: Path) 
 
     import numpy as np
 
-    from cpikan.memory import strided_sample
     from cpikan.psi import classical
 
-    sample = strided_sample(buckets, 64)
     with np.errstate(invalid="ignore", divide="ignore"):
         phi, mod, mean, _ = classical.fringes(sample, pcfg)
-        seen = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0) >= 0.02
+        seen = classical.contrast(mod, mean) >= 0.02
     seen &= classical.finite(sample)
     if seen.sum() < 64:  # too few fringes to judge
         return
@@ -462,12 +462,12 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
             print(f"  note: heights span {figures['height_min_um']:.2f} … {figures['height_max_um']:.2f} µm; the model "
                   f"learned its correction on 0 … {trained:g} µm, so outside that it is extrapolated (the fringe "
                   "order is not: it is searched in the command's range, as for the classical pass)", file=sys.stderr)
-        if figures.get("step_error_nm", 0) > STEP_WARN_NM:
+        if figures.get("step_error_nm", 0) > WARN_NM:
             print(f"  warning: the phase steps are off π/2 (the closure follows the phase: up to "
                   f"{figures['step_error_deg']:.1f}° for laser {int(figures['step_error_laser'])}), which puts about "
                   f"{figures['step_error_nm']:.0f} nm of systematic error into the heights; recalibrate the phase "
                   "shifter", file=sys.stderr)
-        if figures.get("wavelength_error_nm", 0) > STEP_WARN_NM:
+        if figures.get("wavelength_error_nm", 0) > WARN_NM:
             k = int(figures["wavelength_error_laser"])
             print(f"  warning: laser {k}'s wavelength looks {figures['wavelength_error_pct']:+.2f} % off the given "
                   f"{cfg.wavelengths[k - 1]:g} µm beside the other lasers (its phase drifts with the height), which "
@@ -479,8 +479,8 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
     return 0
 
 
-#: a phase shifter error that puts more than this into the heights is warned about
-STEP_WARN_NM = 2.0
+#: a systematic height error (phase shifter, a laser off its wavelength) above this is warned about
+WARN_NM = 2.0
 
 
 def step_figures(steps: Any, pcfg: Any) -> dict[str, float]:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cpikan.distributed import Shard
-from cpikan.memory import release_pages, strided_sample
+from cpikan.memory import release_pages
 from cpikan.psi.physics import DEFAULT_PSI, PSIConfig, dequantize
 
 TWO_PI = 2 * math.pi
@@ -61,6 +61,7 @@ MIN_SNR = 6.0  # B/σ: phase noise ≤ 0.12 rad per laser, where the joint resid
 CHI2_1_MEDIAN = 0.4549  # median of χ²₁: one squared closure over its variance, noise only
 NOISE_BINS = 16  # intensity bins of the noise fit (each needs enough closures for its median)
 NOISE_SAMPLE = 1 << 16  # closures per block the fit looks at
+SAMPLE = 256  # the whole-wafer figures (steps, wavelengths, SNR, order checks) read about SAMPLE² pixels
 
 
 class Noise(NamedTuple):
@@ -113,6 +114,11 @@ def closure_ratio(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> float:
     return float(np.median(num[ok] / den[ok])) if ok.any() else 0.0
 
 
+def contrast(mod: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Each pixel's fringe contrast, the smallest over lasers of B/A (0 where A ≤ 0)."""
+    return np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0)
+
+
 def finite(raw: np.ndarray) -> np.ndarray:
     """Pixels of (C, h, w) buckets whose every bucket is a number (float files can hold NaN
     or ±Inf: a flat-field division by zero); all of them for integer buckets."""
@@ -129,16 +135,15 @@ def clipped(raw: np.ndarray, saturation: int | None = None) -> np.ndarray:
     return (raw >= (np.iinfo(raw.dtype).max if saturation is None else saturation)).any(axis=0)
 
 
-def step_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 256,
-               min_spread: float = 0.2, saturation: int | None = None) -> np.ndarray:
+def step_error(raw: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, min_spread: float = 0.2,
+               saturation: int | None = None) -> np.ndarray:
     """(L, 2) per laser: how the closure follows the phase, e ≈ B (p sin φ + q cos φ), in
-    radians, measured on a strided ``sample`` × ``sample`` of the wafer (the same in every
-    process). Steps δ_k exactly kπ/2 give 0; otherwise p = (δ₂ − δ₀ − π)/2 and q =
+    radians, measured on the (C, h, w) buckets ``raw`` (the command passes one strided sample
+    of the wafer, :data:`SAMPLE`, to this and every other whole-wafer figure). Steps δ_k exactly kπ/2 give 0; otherwise p = (δ₂ − δ₀ − π)/2 and q =
     (δ₁ − δ₃ + π)/2 to first order: a phase shifter off π/2 puts a systematic error of about
     λ/4π · |(p, q)| into the height (1 % off: 11 nm RMS here), which noise cannot. NaN
     for a laser whose phases do not spread around the circle enough to tell (a flat wafer).
     Clipped pixels (at ``saturation``) are left out of the fit."""
-    raw = strided_sample(buckets, sample)
     phi, mod, _, closure = fringes(raw, cfg)
     usable = ~clipped(raw, saturation) & finite(raw)
     usable &= (mod > 0.1 * np.nanmedian(np.where(usable, mod, np.nan), axis=(1, 2), keepdims=True)).all(axis=0)
@@ -152,12 +157,10 @@ def step_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 
     return out
 
 
-def fringe_snr(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 256,
-               saturation: int | None = None) -> float:
+def fringe_snr(raw: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, saturation: int | None = None) -> float:
     """The wafer's median fringe-to-noise ratio, min over lasers of B/σ(A) (:func:`noise_model`
-    on a strided ``sample``): one figure for how good the exposure was (the mask wants ≥ 6 per
+    on the buckets ``raw``, a sample of the wafer): one figure for how good the exposure was (the mask wants ≥ 6 per
     pixel; 40 leaves room, 8 does not). NaN when no pixel is usable."""
-    raw = strided_sample(buckets, sample)
     with np.errstate(invalid="ignore", divide="ignore"):
         _, mod, mean, closure = fringes(raw, cfg)
         usable = finite(raw) & ~clipped(raw, saturation)
@@ -165,22 +168,21 @@ def fringe_snr(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, sample: int = 
     return float(np.median(snr[usable])) if usable.any() else float("nan")
 
 
-def wavelength_error(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0, h_max: float = 35.0,
-                     sample: int = 256, saturation: int | None = None) -> np.ndarray:
+def wavelength_error(raw: np.ndarray, cfg: PSIConfig = DEFAULT_PSI, h_min: float = 0.0, h_max: float = 35.0,
+                     saturation: int | None = None) -> np.ndarray:
     """(L,) per laser, how much longer than given its wavelength looks beside the others' (a
-    fraction), from a strided ``sample`` of the wafer: a laser whose true wavelength is λ(1 + ε)
+    fraction), from the buckets ``raw`` (a sample of the wafer): a laser whose true wavelength is λ(1 + ε)
     leaves a phase misfit −ε·4πh/λ that grows with the height, which the joint search keeps
     (0.5 % off: every pixel valid, 11 nm RMS of height error). Each laser's misfit is fitted
     against 4πh/λ over the sample's valid pixels; ε is its slope's deviation from the lasers'
     median (a common scale of every wavelength cannot be seen: the heights just scale). NaN
     when the sample's heights span less than the longest wavelength (too little leverage)."""
-    raw = strided_sample(buckets, sample)
     with np.errstate(invalid="ignore", divide="ignore"):
         phi, mod, mean, _ = fringes(raw, cfg)
         res = np.empty(phi.shape[1:])
         h = height_from_phase(phi, cfg, h_min, h_max, res)
-        contrast = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0)
-    usable = finite(raw) & ~clipped(raw, saturation) & (res <= MAX_RESIDUAL) & (contrast >= 0.02)
+        visible = contrast(mod, mean) >= 0.02
+    usable = finite(raw) & ~clipped(raw, saturation) & (res <= MAX_RESIDUAL) & visible
     lam = np.asarray(cfg.wavelengths, np.float64)
     if usable.sum() < 64 or np.ptp(h[usable]) < lam.max():
         return np.full(len(lam), np.nan)
@@ -211,8 +213,7 @@ def flag_pixels(raw: np.ndarray, mod: np.ndarray, mean: np.ndarray, closure: np.
     flags = np.zeros(raw.shape[1:], np.uint8)
     flags[clipped(raw, saturation)] = SATURATED
     flags[~finite(raw)] = NOT_FINITE
-    contrast = np.divide(mod, mean, out=np.zeros_like(mod), where=mean > 0).min(axis=0)
-    flags[(flags == 0) & (contrast < min_modulation)] = LOW_CONTRAST
+    flags[(flags == 0) & (contrast(mod, mean) < min_modulation)] = LOW_CONTRAST
     clean = (flags != SATURATED) & (flags != NOT_FINITE)  # clipping breaks the closure: it is not noise
     if shifter_error is not None and phi is not None:
         pq = np.nan_to_num(shifter_error)[:, :, None, None]
