@@ -22,6 +22,8 @@ With the joint search scored in float32 from laser 0's base misfit: --model clas
 mpix_per_s=1.231 peak_rss_gb=0.71 valid=0.9569 rmse_um=0.0016 (the command alone 1.66 Mpix/s, 39.5 s);
 with a model (PSINet's search too) mpix_per_s=0.330 peak_rss_gb=1.15 tiling_efficiency=1.52
 max_rel_err_vs_full=0.0 (the command alone 178.8 s).
+One sample shared by every whole-wafer figure: --model classical mpix_per_s=1.198 peak_rss_gb=0.59
+valid=0.9569 rmse_um=0.0016 (the command alone 41.2 s).
 
     .venv/bin/python bench/reconstruct.py [--height 9344 --width 7000] [--model best|RUN_ID|classical]
 """
