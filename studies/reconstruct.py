@@ -65,6 +65,7 @@ from studies.reconstruct_model import (
     model_units,
     own_model_files,
     psi_config,
+    quiet_edges,
     tile_plan,
 )
 from tracking import logs
@@ -173,9 +174,10 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         out = np.load(work / "channels.npy", mmap_mode="r+") if k > 1 else height.reshape(1, h, w)
         units = model_units(cfg, buckets.dtype)
         try:
-            predict_tiled(model, buckets, tile_size=int(plan["tile"]), overlap=int(plan["overlap"]), mode=cfg.mode,
-                          batch_size=int(plan["batch_size"]), out=out, shard=shard, device=distributed.device(),
-                          normalize=units)
+            with quiet_edges():  # blended: the run measures how far from whole-image inference, edges included
+                predict_tiled(model, buckets, tile_size=int(plan["tile"]), overlap=int(plan["overlap"]),
+                              mode=cfg.mode, batch_size=int(plan["batch_size"]), out=out, shard=shard,
+                              device=distributed.device(), normalize=units)
         except ValueError as exc:
             raise io.InputError(str(exc).splitlines()[0]) from None
         if cfg.mode != "crop":

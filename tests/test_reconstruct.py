@@ -557,6 +557,14 @@ def build_corners():
     return TwoHeadUNet(corners=True)
 
 
+def build_circular():  # periodic padding: the wafer's far side wraps into its edges
+    model = TwoHeadUNet()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.padding != (0, 0):
+            m.padding_mode = "circular"
+    return model
+
+
 class WithAux(TwoHeadUNet):
     def forward(self, x):  # torchvision's segmentation models answer a dict like this one
         y = super().forward(x)
@@ -705,6 +713,7 @@ def test_a_model_built_without_weights_is_the_same_every_time(user_model):
 @pytest.mark.parametrize("case, message", [
     ("wrong weights", "--weights: "), ("pickle", "looks like a pickle"), ("no such callable", "cannot be imported"),
     ("not equivariant", "not shift-equivariant"), ("weights without a factory", "--weights: only with"),
+    ("circular padding", "output at the wafer's edges depends on its far side (suspected: circular padding (enc1.0"),
     ("bad mode", "--mode: unknown 'blend'"), ("dict output", "returns a dict ('out': (1, 1, 256, 256), 'aux'"),
     ("tiny budget", "--max-memory 1KB: the smallest tile with the"),
     ("non-literal argument", "arguments must be literals"),
@@ -724,6 +733,8 @@ def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, ca
         model = f"{root / 'unet.py'}:make_unet"
     elif case == "not equivariant":
         model = f"{root / 'unet.py'}:build_corners"
+    elif case == "circular padding":
+        model = f"{root / 'unet.py'}:build_circular"
     elif case == "weights without a factory":
         model = "classical"
     elif case == "bad mode":
@@ -741,7 +752,7 @@ def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, ca
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    if case == "not equivariant":  # the way out it names works, and says it is not exact
+    if case in ("not equivariant", "circular padding"):  # the way out it names works, and says it is not exact
         code = main([str(src), "--out", str(tmp_path / "out"), "--model", model, "--weights", str(weights),
                      "--no-track", "--mode", "hann", "--tile", "32"])
         assert code == 0 and "µm apart on a crop of this wafer" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """Tiled inference with models written the way public code writes them (none declares its
 geometry): shift-equivariant ones tile exactly; the others are refused, naming the cause."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,43 @@ class FlatteningCNN(nn.Module):
         return self.b(y.view(n, c * h * w).view(n, c, h, w))
 
 
+def padded(model, mode):
+    """``model`` with every padded convolution padding by ``mode`` instead of zeros."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.padding != (0, 0):
+            m.padding_mode = mode
+    return model
+
+
+class Rolled(nn.Module):
+    """Each pixel beside its right-hand neighbour by ``torch.roll``: local inside, wrapped at the edges."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = block(C, 4), nn.Conv2d(8, 1, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(torch.cat([y, torch.roll(y, -1, dims=-1)], 1))
+
+
+class Fourier(nn.Module):
+    """One Fourier-neural-operator layer: complex spectral weights (registered first) on the
+    lowest modes of the whole image's FFT."""
+
+    def __init__(self, modes=6):
+        super().__init__()
+        self.spectral = nn.Parameter(0.1 * torch.randn(4, 4, modes, modes, dtype=torch.cfloat))
+        self.lift, self.out = nn.Conv2d(C, 4, 1), nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        h = self.lift(x)
+        f, m = torch.fft.rfft2(h), self.spectral.shape[-1]
+        g = torch.zeros_like(f)
+        g[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", f[:, :, :m, :m], self.spectral)
+        return self.out(F.gelu(h + torch.fft.irfft2(g, s=h.shape[-2:])))
+
+
 def _build(factory, seed=0):
     torch.manual_seed(seed)
     model = factory()
@@ -100,6 +139,13 @@ EQUIVARIANT = {
     "odd kernels and dilations": (DilatedCNN, 1, 1),
     "activations reshaped with .view": (FlatteningCNN, 1, 1),
     "nearest upsampling with BatchNorm, 2 outputs": (lambda: UNet(2, out=2, norm="bn"), 4, 2),
+    "reflect padding": (lambda: padded(UNet(2), "reflect"), 4, 1),  # tiles meet the edges where the image does
+    "replicate padding": (lambda: padded(DilatedCNN(), "replicate"), 1, 1),
+}
+#: shift-equivariant, but the far side of the image wraps into its edges, which no tile holds
+WRAPPING = {
+    "circular padding": (lambda: padded(UNet(2), "circular"), "circular padding (down.0.0: Conv2d)"),
+    "torch.roll": (Rolled, "torch.roll (wraps around)"),
 }
 NOT_EQUIVARIANT = {
     "InstanceNorm": (lambda: UNet(2, norm="in"), "per-image normalisation"),
@@ -160,6 +206,37 @@ def test_other_models_are_refused_with_the_cause(name, image):
     assert np.abs(blended - full).max() <= 0.05 * np.abs(full).max()
     with pytest.warns(RuntimeWarning, match="running anyway"):
         predict_tiled(model, image, tile_size=192, overlap=128, strict=False)
+
+
+@pytest.mark.parametrize("name", list(WRAPPING))
+def test_models_that_wrap_the_far_side_into_the_edges_are_refused(name, image):
+    factory, cause = WRAPPING[name]
+    model = _build(factory)
+    geo = probe(model, C)
+    assert geo.equivariant and not geo.exact and cause in geo.edges and geo.edge_error > 1e-6, geo
+    overlap = 2 * (geo.radius + geo.factor)
+    with pytest.raises(ValueError, match=f"edges depends on the far side .*{re.escape(cause)}"):
+        predict_tiled(model, image, tile_size=overlap + 64, overlap=overlap)
+    with pytest.warns(RuntimeWarning, match="within .* px of the edges; running anyway"):
+        tiled = predict_tiled(model, image, tile_size=overlap + 64, overlap=overlap, strict=False)
+    full = predict_full(model, image)
+    scale = np.abs(full).max()
+    r = geo.radius + geo.factor
+    inner = (slice(None), slice(r, -r), slice(r, -r))
+    assert np.abs(tiled - full).max() > 1e-3 * scale  # off at the edges, as said ...
+    assert np.abs(tiled[inner] - full[inner]).max() <= 1e-5 * scale  # ... and only there
+
+
+def test_a_fourier_layer_is_probed_and_named(image):
+    """Complex weights come first in its parameters: the probe computes in float64 and
+    complex128 alike (Module.double() leaves complex weights as they are), and names the FFT."""
+    model = _build(Fourier)
+    geo = probe(model, C)
+    assert not geo.equivariant and "Fourier layer" in geo.cause, geo
+    assert model.spectral.dtype == torch.cfloat and model.lift.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="not shift-equivariant .*Fourier layer"):
+        predict_tiled(model, image)
+    assert predict_full(model, image).shape == (1, 333, 290)
 
 
 def test_a_declaration_the_probe_contradicts_is_an_error(image):

@@ -9,6 +9,9 @@
   position-dependent layers); :func:`probe` says so with the suspected cause.
 - **Receptive-field radius**: the reach of the input gradient of an f × f block of output
   pixels (every stride phase at once), over a few random inputs so dead ReLUs hide nothing.
+- **Edges**: a tile that ends where the image ends must see what the whole image sees
+  there. Zero, reflect or replicate padding do; circular padding, ``torch.roll`` or an FFT
+  wrap the far side of the image into its edges, which no tile holds (:func:`_edge_error`).
 - **Output channels**: from the probe's output.
 - **Activation elements per pixel**: the larger of every module's outputs summed over one
   forward pass and the peak of live tensors during it, per input pixel, so a tile size can
@@ -48,6 +51,13 @@ class Geometry:
     cause: str = ""  # why the model is not shift-equivariant ('' when it is)
     equivariance_error: float = 0.0  # the probe's best relative mismatch over the shifts
     activations_per_pixel: float = 0.0  # Σ module output elements / input pixels (one forward)
+    edges: str = ""  # why the output at the image's edges depends on its far side ('' when it does not)
+    edge_error: float = 0.0  # the edge test's relative mismatch
+
+    @property
+    def exact(self) -> bool:
+        """Whether crop-and-stitch tiles can equal whole-image inference."""
+        return self.equivariant and not self.edges
 
     def tile_bytes(self, tile: int, channels: int, batch_size: int = 1, bytes_per: int = 4) -> int:
         """Upper bound on the bytes one batch of ``tile`` × ``tile`` tiles holds: the input,
@@ -66,14 +76,49 @@ class Geometry:
         return tile
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    p = next(model.parameters(), None)
+def param_dtype(model: nn.Module) -> torch.dtype:
+    """The floating type the model computes in: its first real floating-point parameter's
+    (a Fourier layer's complex weights come first in some models)."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
     return p.dtype if p is not None else torch.float32
 
 
-def suspected_cause(model: nn.Module) -> str:
-    """The layers that usually break shift-equivariance, by name, for the error message."""
+class _Ops(TorchDispatchMode):
+    """The names of the aten operators one forward pass runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.names.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def _wrapping_ops(model: nn.Module, channels: int, size: int) -> list[str]:
+    """The operators of one forward pass that see the whole image or wrap around it."""
+    x = torch.zeros(1, channels, size, size, dtype=param_dtype(model))
+    try:
+        with torch.no_grad(), _Ops() as ops:
+            model(x)
+    except Exception:  # noqa: BLE001 — only for the message: a model the mode cannot follow names nothing
+        return []
     found = []
+    if any(n.startswith("_fft") for n in ops.names):
+        found.append("a Fourier layer (torch.fft: global and periodic)")
+    if "roll" in ops.names:
+        found.append("torch.roll (wraps around)")
+    return found
+
+
+def _circular_padding(model: nn.Module) -> list[str]:
+    return [f"circular padding ({name}: {type(m).__name__})" for name, m in model.named_modules()
+            if getattr(m, "padding_mode", None) == "circular" or "Circular" in type(m).__name__]
+
+
+def suspected_cause(model: nn.Module, channels: int = 0, size: int = 64) -> str:
+    """The layers that usually break shift-equivariance, by name, for the error message."""
+    found = _wrapping_ops(model, channels, size) if channels else []
     for name, m in model.named_modules():
         if isinstance(m, nn.InstanceNorm1d | nn.InstanceNorm2d | nn.InstanceNorm3d | nn.GroupNorm | nn.LayerNorm):
             found.append(f"per-image normalisation ({name}: {type(m).__name__})")
@@ -81,10 +126,31 @@ def suspected_cause(model: nn.Module) -> str:
             found.append(f"per-batch normalisation ({name}: BatchNorm without running statistics)")
         elif isinstance(m, nn.Upsample) and m.align_corners:
             found.append(f"align_corners=True resampling ({name})")
+    found += _circular_padding(model)
     if found:
         return "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
     return ("a layer that depends on absolute position or on the image size (align_corners=True "
             "interpolation, coordinate channels, global pooling or statistics)")
+
+
+def _copy_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model`` computing in ``dtype``: real floating tensors cast to it, complex
+    ones to its complex twin (``Module.to(float64)`` would drop a Fourier layer's imaginary
+    parts); the model itself when it cannot be copied."""
+    try:
+        model = copy.deepcopy(model)
+    except (RuntimeError, TypeError):  # a model that cannot be copied: probe it as it is
+        return model
+    complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    with torch.no_grad():
+        for m in model.modules():
+            for p in m.parameters(recurse=False):
+                if p.is_floating_point() or p.is_complex():
+                    p.data = p.data.to(complex_dtype if p.is_complex() else dtype)
+            for name, b in m.named_buffers(recurse=False):
+                if b is not None and (b.is_floating_point() or b.is_complex()):
+                    setattr(m, name, b.to(complex_dtype if b.is_complex() else dtype))
+    return model
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -121,6 +187,26 @@ def _shift_error(model: nn.Module, big: torch.Tensor, size: int, shift: int, bas
     b = moved[:, :, m : size - m - shift, m : size - m - shift]
     scale = float(base.amax() - base.amin()) or 1.0
     return float((a - b).abs().max()) / scale
+
+
+def _edge_error(model: nn.Module, image: torch.Tensor, base: torch.Tensor, margin: int) -> float:
+    """How far the output near an image's edges moves when the image ends half way down and
+    across, or begins there (the top-left and bottom-right tiles of a 2 × 2 split), relative
+    to the output's range, ``margin`` px (radius + factor) clear of the split. Tiles meet the image's edges where it does, so padding that repeats the edge
+    (zeros, reflect, replicate) gives 0; anything that wraps the far side in does not."""
+    size = image.shape[-1]
+    half = size // 2
+    top = _forward(model, image[:, :, :half, :half])
+    bottom = _forward(model, image[:, :, half:, half:])
+    scale = float(base.amax() - base.amin()) or 1.0
+    return max(float((top - base[:, :, :half, :half])[:, :, : half - margin, : half - margin].abs().max()),
+               float((bottom - base[:, :, half:, half:])[:, :, margin:, margin:].abs().max())) / scale
+
+
+def edge_cause(model: nn.Module, channels: int) -> str:
+    """Why a model's output at the image's edges depends on the image's far side."""
+    found = _circular_padding(model) + _wrapping_ops(model, channels, 64)
+    return "; ".join(found[:3]) or "something that wraps the image around (circular F.pad, torch.roll, an FFT)"
 
 
 #: the most bytes a float64 convolution's unfolded input may take in the probe (see _banded_convs)
@@ -178,11 +264,8 @@ def _radius(model: nn.Module, channels: int, size: int, factor: int, probes: int
 
 def _reach(model: nn.Module, channels: int, size: int, factor: int, probes: int) -> tuple[int, bool]:
     """(radius, whether the reach touched the input's border: then it may go further)."""
-    try:
-        model = copy.deepcopy(model).float()
-    except (RuntimeError, TypeError):  # a model that cannot be copied or cast: probe as it is
-        pass
-    dtype = _dtype(model)
+    model = _copy_as(model, torch.float32)
+    dtype = param_dtype(model)
     reach = torch.zeros(size, size)
     gen = torch.Generator().manual_seed(1)
     c = size // 2 - (size // 2) % factor
@@ -239,7 +322,7 @@ def _activations_per_pixel(model: nn.Module, channels: int, factor: int) -> floa
                 total += t.numel()
 
     size = max(64, -(-64 // factor) * factor)
-    x = torch.zeros(1, channels, size, size, dtype=_dtype(model))
+    x = torch.zeros(1, channels, size, size, dtype=param_dtype(model))
     leaves = [m for m in model.modules() if not list(m.children())]  # containers would count twice
     handles = [m.register_forward_hook(count) for m in leaves]
     try:
@@ -266,14 +349,11 @@ def probe(model: nn.Module, channels: int) -> Geometry:
     known = _cache.setdefault(model, {})
     if channels in known:
         return known[channels]
-    try:
-        model = copy.deepcopy(model).double()  # rounding far below any model effect
-    except (RuntimeError, TypeError):  # a model that cannot be copied or cast: probe as it is
-        pass
+    model = _copy_as(model, torch.float64)  # rounding far below any model effect
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(0)
-    dtype = _dtype(model)
+    dtype = param_dtype(model)
     tolerance = TOLERANCE.get(dtype, 1e-3)
     best, factor, nearest, radius, size = float("inf"), 0, 1, 0, 256
     try:
@@ -303,15 +383,25 @@ def probe(model: nn.Module, channels: int) -> Geometry:
                 if radius < size // 4:
                     break
         out_channels = int(base.shape[1])
+        edge_error = 0.0
         if factor:
             radius = _radius(model, channels, size, factor)
+            margin = radius + factor
+            if margin >= size // 2:  # the corner tiles need room beside the halo: a larger image
+                size = -(-4 * margin // SHIFTS[-1]) * SHIFTS[-1]
+                big = torch.randn(1, channels, size, size, generator=gen).to(dtype)
+                with torch.no_grad(), _banded_convs(model):
+                    base = _forward(model, big)
+            with torch.no_grad(), _banded_convs(model):
+                edge_error = _edge_error(model, big[:, :, :size, :size], base, margin)
         activations = _activations_per_pixel(model, channels, factor or nearest)
     finally:
         model.train(was_training)
+    edges = edge_cause(model, channels) if edge_error > tolerance else ""
     if factor:
-        geo = Geometry(factor, radius, out_channels, True, "", best, activations)
+        geo = Geometry(factor, radius, out_channels, True, "", best, activations, edges, edge_error)
     else:
-        geo = Geometry(nearest, radius, out_channels, False, suspected_cause(model), best, activations)
+        geo = Geometry(nearest, radius, out_channels, False, suspected_cause(model, channels), best, activations)
     known[channels] = geo
     return geo
 
@@ -332,4 +422,5 @@ def resolve(model: nn.Module, channels: int) -> Geometry:
                          f"pixels {geo.radius} away (measured): fix or remove the declaration")
     return Geometry(int(factor) if geo.equivariant and factor is not None else geo.factor,
                     int(radius) if radius is not None else geo.radius,
-                    geo.out_channels, geo.equivariant, geo.cause, geo.equivariance_error, geo.activations_per_pixel)
+                    geo.out_channels, geo.equivariant, geo.cause, geo.equivariance_error, geo.activations_per_pixel,
+                    geo.edges, geo.edge_error)

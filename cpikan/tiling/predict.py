@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from cpikan.distributed import Shard
 from cpikan.memory import release_pages
-from cpikan.tiling.geometry import Geometry, resolve
+from cpikan.tiling.geometry import Geometry, param_dtype, resolve
 
 MODES = ("crop", "hann", "gaussian", "constant")
 
@@ -38,11 +38,6 @@ def model_geometry(model: nn.Module, channels: int) -> tuple[int, int]:
     """(receptive-field radius, downsampling factor), measured (cpikan.tiling.geometry)."""
     geo = resolve(model, channels)
     return geo.radius, geo.factor
-
-
-def _dtype(model: nn.Module) -> torch.dtype:
-    p = next(model.parameters(), None)
-    return p.dtype if p is not None else torch.float32
 
 
 def _forward(model: nn.Module) -> Any:
@@ -255,8 +250,8 @@ def predict_tiled(
         raise ValueError(f"channels: model expects {expected} input channels, image has {c}")
     geo = resolve(model, c)
     radius = geo.radius
-    if mode == "crop" and not geo.equivariant:
-        _refuse_or_warn(model, geo, strict)
+    if geo.edges or (mode == "crop" and not geo.equivariant):
+        _refuse_or_warn(model, geo, strict and mode == "crop")
         radius = min(radius, overlap // 2)  # inexact anyway (warned): the halo cannot make it exact
     plan = plan_tiles(h, w, tile_size=tile_size, overlap=overlap, mode=mode, radius=radius, factor=geo.factor)
     tiles = plan.tiles
@@ -274,7 +269,7 @@ def predict_tiled(
     elif mode != "crop":
         out[...] = 0
     device = torch.device(device)
-    dtype = _dtype(model)
+    dtype = param_dtype(model)
     win_cache: dict[tuple[int, int], np.ndarray] = {}
     was_training = model.training
     model.eval()
@@ -319,13 +314,23 @@ def predict_tiled(
 
 
 def _refuse_or_warn(model: nn.Module, geo: Geometry, strict: bool) -> None:
-    message = (f"crop mode: {type(model).__name__} is not shift-equivariant (measured mismatch "
+    """Refuse (``strict``) or warn: tiles cannot equal full-image inference for this model."""
+    import warnings
+
+    name = type(model).__name__
+    if geo.edges:  # blending cannot help: no tile holds the far side
+        message = (f"{name}'s output at the image's edges depends on the far side of the image (measured "
+                   f"mismatch {geo.edge_error:.1e} of its output range; suspected: {geo.edges}), so tiles cannot "
+                   f"equal full-image inference within {geo.radius} px of the edges")
+        if strict:
+            raise ValueError("crop mode: " + message + ": strict=False (or a blending mode) runs anyway")
+        warnings.warn(message + "; running anyway", RuntimeWarning, stacklevel=3)
+        return
+    message = (f"crop mode: {name} is not shift-equivariant (measured mismatch "
                f"{geo.equivariance_error:.1e} of its output range for every shift up to 64 pixels; suspected: "
                f"{geo.cause}), so tiles cannot equal full-image inference")
     if strict:
         raise ValueError(message + ": use a blending mode (mode='hann') or strict=False to run anyway")
-    import warnings
-
     warnings.warn(message + "; running anyway (strict=False): expect seams of about that size",
                   RuntimeWarning, stacklevel=3)
 
@@ -343,7 +348,7 @@ def predict_full(model: nn.Module, image: Any, device: str | torch.device = "cpu
     model.eval()
     try:
         with torch.inference_mode():
-            y = _forward(model)(batch.to(device=device, dtype=_dtype(model))).float().cpu().numpy()[0]
+            y = _forward(model)(batch.to(device=device, dtype=param_dtype(model))).float().cpu().numpy()[0]
     finally:
         model.train(was_training)
     return y[:, :h, :w]
