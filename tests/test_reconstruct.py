@@ -651,8 +651,9 @@ def test_your_own_model_from_a_file_reconstructs_exactly_and_is_recorded(tmp_pat
 
 
 def test_weights_under_any_wrappers_prefix_load(user_model):
-    """A Lightning module's net.…, DDP's module.… over it: every key shares the prefix, so
-    it is dropped; a state dict holding two networks (net.…, ema.…) is refused, not guessed."""
+    """A Lightning module's net.…, DDP's module.… over it, torch's AveragedModel (EMA:
+    module.… beside its n_averaged): the keys under the prefix are the model's, so it is
+    dropped; a state dict holding two networks (net.…, ema.…) is refused, not guessed."""
     import importlib.util
 
     import torch
@@ -672,8 +673,20 @@ def test_weights_under_any_wrappers_prefix_load(user_model):
     assert torch.equal(loaded(x), model(x))
     both = {**{f"net.{k}": v for k, v in model.state_dict().items()}, **{f"ema.{k}": v.clone() for k, v in model.state_dict().items()}}
     save_file({k: v.contiguous() for k, v in both.items()}, str(root / "two.safetensors"))
-    with pytest.raises(ValueError, match="does not fit TwoHeadUNet: missing"):
+    with pytest.raises(ValueError, match=r"holds the network 2 times \(under ema\., net\.\); save the copy"):
         factory.build(f"{root / 'unet.py'}:build", root / "two.safetensors")
+    ema = torch.optim.swa_utils.AveragedModel(model)  # weights as averaged during training
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(0.5)
+    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(root / "ema.safetensors"))
+    assert "n_averaged" in ema.state_dict()
+    loaded = factory.build(f"{root / 'unet.py'}:build", root / "ema.safetensors")
+    assert torch.equal(loaded(x), ema.module.eval()(x))
+    extra = {**{k: v.contiguous() for k, v in model.state_dict().items()}, "loss.weight": torch.ones(3)}
+    save_file(extra, str(root / "extra.safetensors"))  # keys beside the model's with no prefix: not guessed
+    with pytest.raises(ValueError, match="does not fit TwoHeadUNet: unexpected loss.weight"):
+        factory.build(f"{root / 'unet.py'}:build", root / "extra.safetensors")
 
 
 def test_a_class_named_with_its_arguments_is_built_as_the_factory_would(tmp_path, user_model):

@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,12 @@ def build(ref: str, weights: str | Path | None = None, field: str = "model") -> 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a safetensors state dict into ``model``, exactly (every key, every shape).
 
-    A wrapper's prefix shared by every key (``module.`` from DistributedDataParallel,
-    ``model.`` from this project's artifacts, ``net.`` from a Lightning module holding the
-    network, or several of them) is dropped when that is what makes the keys match."""
+    A wrapper's prefix (``module.`` from DistributedDataParallel, ``model.`` from this
+    project's artifacts, ``net.`` from a Lightning module holding the network, or several of
+    them) is dropped when the keys under it are exactly the model's; keys beside them are
+    then the wrapper's own (``n_averaged`` of an ``AveragedModel``, a loss's weights). Two
+    copies of the network in one file (``net.`` and ``ema.``) are refused: which one is meant
+    is the user's to say."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -122,14 +126,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     except (OSError, SafetensorError) as exc:
         raise ValueError(f"weights: {path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
     own = set(model.state_dict())
-    stripped = state
-    while set(stripped) != own and stripped and all("." in k for k in stripped):
-        first = {k.split(".", 1)[0] for k in stripped}
-        if len(first) != 1:
-            break
-        stripped = {k.split(".", 1)[1]: v for k, v in stripped.items()}
-    if set(stripped) == own:
-        state = stripped
+    state = _under_prefix(state, own, path)
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
         def few(keys: list[str]) -> str:
@@ -143,6 +140,26 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             raise ValueError(f"weights: {path}: {k} has shape {tuple(v.shape)}, "
                              f"{type(model).__name__} expects {tuple(mine[k].shape)}")
     model.load_state_dict(state, strict=True)
+
+
+def _under_prefix(state: dict[str, Any], own: set[str], path: Path) -> dict[str, Any]:
+    """``state`` itself if its keys are the model's, else the one prefix under which they are."""
+    if set(state) == own:
+        return state
+    counts: Counter[str] = Counter()
+    for k in state:
+        parts = k.split(".")
+        counts.update(".".join(parts[:i]) + "." for i in range(1, len(parts)))
+    found = []
+    for prefix, n in counts.items():
+        if n >= len(own):
+            under = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if set(under) == own:
+                found.append((prefix, under))
+    if len(found) > 1:
+        raise ValueError(f"weights: {path} holds the network {len(found)} times (under "
+                         f"{', '.join(sorted(p for p, _ in found))}); save the copy to use on its own")
+    return found[0][1] if found else state
 
 
 def source_file(ref: str) -> Path | None:
