@@ -123,6 +123,56 @@ class Fourier(nn.Module):
         return self.out(F.gelu(h + torch.fft.irfft2(g, s=h.shape[-2:])))
 
 
+class SqueezeExcite(nn.Module):
+    """Channel weights from a mean over the whole image (SE blocks, written with x.mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc, self.out = block(C, 4), nn.Linear(4, 4), nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.out(y * torch.sigmoid(self.fc(y.mean((2, 3))))[:, :, None, None])
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet's context: adaptive pooling to 2 × 2 cells, whatever the image size."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.pool = block(C, 4), nn.AdaptiveAvgPool2d(2)
+
+    def forward(self, x):
+        y = self.a(x)
+        return (y + F.interpolate(self.pool(y), size=y.shape[-2:])).sum(1, keepdim=True)
+
+
+class CornersByFunction(nn.Module):
+    """align_corners=True through F.interpolate: no module to find by type."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(C, 1, 3, padding=1)
+
+    def forward(self, x):
+        return F.interpolate(F.avg_pool2d(self.a(x), 2), size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+
+class TokenAttention(nn.Module):
+    """Patches of 8 px as tokens, one scaled_dot_product_attention across all of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.out = nn.Conv2d(C, 4, 8, stride=8), nn.Conv2d(4, 1, 1)
+
+    def forward(self, x):
+        h = self.embed(x)
+        n, c, hh, ww = h.shape
+        t = h.flatten(2).transpose(1, 2)
+        t = F.scaled_dot_product_attention(t, t, t)
+        return self.out(F.interpolate(t.transpose(1, 2).reshape(n, c, hh, ww), scale_factor=8))
+
+
 def _build(factory, seed=0):
     torch.manual_seed(seed)
     model = factory()
@@ -225,6 +275,25 @@ def test_models_that_wrap_the_far_side_into_the_edges_are_refused(name, image):
     inner = (slice(None), slice(r, -r), slice(r, -r))
     assert np.abs(tiled - full).max() > 1e-3 * scale  # off at the edges, as said ...
     assert np.abs(tiled[inner] - full[inner]).max() <= 1e-5 * scale  # ... and only there
+
+
+SEES_THE_WHOLE_IMAGE = {
+    "squeeze-and-excitation": (SqueezeExcite, "a mean over the whole image"),
+    "pyramid pooling": (PyramidPooling, "adaptive pooling (pool: AdaptiveAvgPool2d"),
+    "align_corners=True by function": (CornersByFunction, "align_corners=True resampling (F.interpolate)"),
+    "attention across patches": (TokenAttention, "attention across the image"),
+}
+
+
+@pytest.mark.parametrize("name", list(SEES_THE_WHOLE_IMAGE))
+def test_the_refusal_names_what_sees_the_whole_image(name, image):
+    """Found by module type where there is one, else by the operators one forward pass runs."""
+    factory, cause = SEES_THE_WHOLE_IMAGE[name]
+    model = _build(factory)
+    geo = probe(model, C)
+    assert not geo.equivariant and cause in geo.cause, geo
+    with pytest.raises(ValueError, match=f"not shift-equivariant .*{re.escape(cause)}"):
+        predict_tiled(model, image)
 
 
 def test_a_fourier_layer_is_probed_and_named(image):
