@@ -5,7 +5,7 @@
         [--method qr|random|uniform] [--noise 0.01] [--hold-out 0.2] [--candidates WHERE.csv] [--no-track]
 
 SNAPSHOTS: one ``.npy`` (m, ny, nx) or (m, n); one ``.npz`` with an array per field (and
-``points``, (n, d), optional); one XDMF time series (a step per snapshot, as FEniCS writes
+``points``, (n, d), and ``weights``, (n,) each point's share of the domain, both optional); one XDMF time series (a step per snapshot, as FEniCS writes
 them); or several files / a folder, one snapshot each in name
 order: ``.npy`` arrays, CSV tables with a row per point (ParaView's "Save Data":
 ``Points:0``, ``U:0``, …), or meshes meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) with
@@ -13,7 +13,9 @@ the fields as point data, or as cell data only (a finite-volume solver's values:
 then sit at cell centroids). A vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``
 takes them all. Every sensor reads every field chosen; fields the same in every snapshot are
 left out, with a note. Points NaN in every snapshot (a solid, a PIV mask) are outside the
-flow: no sensor goes there, estimate_field answers NaN there.
+flow: no sensor goes there, estimate_field answers NaN there. On a mesh, the POD and the
+errors weigh each point by its share of the domain (its cells' area or volume), so a graded
+mesh gives the answer a uniform one does.
 
 ``--candidates``: where a sensor can be mounted (a wall, a probe's reach), as a CSV of point
 indices (``index``) or coordinates (``x, y`` / ``row, col``, each one of the snapshots'

@@ -40,6 +40,8 @@ class Layout:
     mesh_points: np.ndarray | None = None  # (n, 3) as read, for writing fields back onto the mesh
     cells: tuple[tuple[str, np.ndarray], ...] = ()  # the mesh's cells (type, connectivity), as read
     on_cells: bool = False  # values are cell data (points are the cells' centroids)
+    # each point's share of the domain (mean 1; cpikan.sensors.measure), None: all alike
+    weights: np.ndarray | None = None
 
 
 def _located(points: np.ndarray) -> Layout:
@@ -64,6 +66,10 @@ class Family:
     @property
     def grid(self) -> tuple[int, ...] | None:
         return self.layout.grid
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        return self.layout.weights
 
     @property
     def snapshots(self) -> int:
@@ -172,7 +178,29 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
                           f"{m} snapshot; a family needs at least 2")
     chosen, notes = _select(raw, fields, files)
     chosen, outside, more = _outside(chosen, files)
-    return Family(chosen, layout, tuple(files), tuple(notes + more), outside)
+    layout, weighed = _weighed(layout, files[0])
+    return Family(chosen, layout, tuple(files), tuple(notes + more + weighed), outside)
+
+
+def _weighed(layout: Layout, path: Path) -> tuple[Layout, list[str]]:
+    """The layout with each point's share of the domain from the mesh's cells, and a note
+    saying so (or why the points weigh alike)."""
+    from cpikan.sensors import measure
+
+    if layout.weights is None and layout.cells:
+        try:
+            points = layout.mesh_points if layout.mesh_points is not None else layout.points
+            weigh = measure.cell_weights if layout.on_cells else measure.point_weights
+            layout = replace(layout, weights=weigh(points, layout.cells))
+        except ValueError as exc:
+            return layout, [f"{path.name}: {exc}, so every point weighs alike in the POD and the errors"]
+    if layout.weights is None:
+        return layout, []
+    w = layout.weights[layout.weights > 0]
+    what = "given weights" if not layout.cells else "mesh's cell " + (
+        "volumes" if max(measure.dimension(k) for k, _ in layout.cells) == 3 else "areas")
+    return layout, [f"points weighted by their share of the domain ({what}; the largest {w.max() / w.min():.3g}× "
+                    "the smallest): the POD and the errors are of the field over the domain, not per point"]
 
 
 def _progress(files: list[Path]) -> Any:
@@ -209,6 +237,7 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], Layout]:
     except (ValueError, OSError) as exc:
         raise SensorError(f"snapshots: {path} is not a readable .npz of numbers ({str(exc).splitlines()[0]})") from None
     points = arrays.pop("points", None)
+    weights = arrays.pop("weights", None)
     if not arrays:
         raise SensorError(f"snapshots: {path} holds no field arrays (only {', '.join(arrays) or 'points'})")
     shapes = {k: a.shape for k, a in arrays.items()}
@@ -222,13 +251,20 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], Layout]:
                               "(m, ny, nx) or (m, n)")
     grid = first[1:] if len(first) == 3 else None
     n = int(np.prod(first[1:]))
+    if weights is not None:  # each point's share of the domain (cell volumes), from the user's solver
+        from cpikan.sensors.measure import check_weights
+
+        try:
+            weights = check_weights(np.ravel(weights) if grid else weights, n)
+        except ValueError as exc:
+            raise SensorError(f"snapshots: {path}: {exc}") from None
     if points is not None:
         points = np.asarray(points, np.float64)
         if points.ndim != 2 or points.shape[0] != n or not 1 <= points.shape[1] <= 3:
             raise SensorError(f"points: {path} has points of shape {points.shape}; expected ({n}, 1–3)")
         located = _located(points)
-        return arrays, replace(located, mesh_points=None)  # an .npz has no mesh to write back onto
-    return arrays, Layout(grid=grid)
+        return arrays, replace(located, mesh_points=None, weights=weights)  # an .npz has no mesh to write onto
+    return arrays, Layout(grid=grid, weights=weights)
 
 
 def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:

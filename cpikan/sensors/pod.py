@@ -8,6 +8,11 @@ leading right singular vectors of the centred snapshots, by one of
 - ``randomized`` (Halko, Martinsson & Tropp 2011: a Gaussian range finder with power
   iterations, then an SVD of the small projected matrix): for many snapshots on big grids. The basis carries a sha256 digest, so
 a sensor placement records exactly which basis it was chosen on.
+
+With ``weights`` (each point's share of the domain, :mod:`cpikan.sensors.measure`) the
+modes are orthonormal in the weighted inner product ΦᵀWΦ = I: the POD of the field over
+the domain rather than over the mesh's points. They are computed from the snapshots
+themselves, Φ = X_cᵀU/σ, so a point of weight 0 still has a value a sensor can read.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ GRAM_LIMIT = 4096
 
 @dataclass(frozen=True)
 class Basis:
-    modes: np.ndarray  # (n, r), orthonormal columns
+    modes: np.ndarray  # (n, r), orthonormal columns (in the weighted inner product, with weights)
     mean: np.ndarray  # (n,), the snapshot mean the modes describe deviations from
     singular_values: np.ndarray  # (r,)
     energy: float  # fraction of the centred snapshots' variance the r modes hold
@@ -62,7 +67,7 @@ class Basis:
 
 
 def pod_basis(snapshots: np.ndarray, rank: int, *, method: str = "auto", oversample: int = 10,
-              power_iterations: int = 2, seed: int = 0) -> Basis:
+              power_iterations: int = 2, seed: int = 0, weights: np.ndarray | None = None) -> Basis:
     """The ``rank`` leading POD modes of (m, n) ``snapshots``.
 
     Args:
@@ -70,6 +75,7 @@ def pod_basis(snapshots: np.ndarray, rank: int, *, method: str = "auto", oversam
         rank: modes kept; at most min(m, n).
         method: ``gram``, ``svd``, ``randomized`` or ``auto`` (gram while m ≤ ``GRAM_LIMIT``).
         oversample, power_iterations, seed: the randomised SVD's accuracy knobs.
+        weights: (n,) each point's share of the domain (≥ 0); None: every point alike.
     """
     x = np.asarray(snapshots)
     if x.ndim != 2:
@@ -83,6 +89,12 @@ def pod_basis(snapshots: np.ndarray, rank: int, *, method: str = "auto", oversam
     mean = x.mean(0, dtype=np.float64)
     xc = x.astype(dtype, copy=True)
     xc -= mean.astype(dtype)
+    unweighted = xc
+    if weights is not None:
+        w = np.asarray(weights, np.float64)
+        if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"weights: expected ({n},) finite values ≥ 0, got shape {w.shape}")
+        xc = xc * np.sqrt(w).astype(dtype)
     total = float(np.einsum("ij,ij->", xc, xc, dtype=np.float64))
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; allowed: {', '.join(METHODS)}")
@@ -96,7 +108,21 @@ def pod_basis(snapshots: np.ndarray, rank: int, *, method: str = "auto", oversam
         _, s, vt = scipy.linalg.svd(xc, full_matrices=False, check_finite=False, lapack_driver="gesdd")
         s, vt = s[:rank], vt[:rank]
     energy = min(1.0, float(np.sum(np.square(s, dtype=np.float64)) / total)) if total > 0 else 1.0
-    return Basis(np.ascontiguousarray(vt.T), mean.astype(dtype), s.astype(np.float64), energy)
+    if weights is None:
+        modes = np.ascontiguousarray(vt.T)
+    else:  # Φ = X_cᵀ U Σ⁻¹ with U = Y V Σ⁻¹ (Y the weighted snapshots): W-orthonormal, defined at every point
+        live = s > 1e-12 * (s[0] if len(s) else 0.0)  # directions the snapshots span; the rest: zero modes
+        inv = np.where(live, 1.0 / np.where(live, s, 1.0), 0.0).astype(dtype)
+        u = (xc @ vt.T) * inv
+        modes = (unweighted.T @ u) * inv
+        phi = modes[:, live].astype(np.float64)
+        try:  # re-orthonormalise in W (the randomised range is approximate: ~1e-2 off on a flat spectrum)
+            chol = scipy.linalg.cholesky(phi.T @ (w[:, None] * phi), lower=True)
+            modes[:, live] = scipy.linalg.solve_triangular(chol, phi.T, lower=True).T
+        except np.linalg.LinAlgError:  # modes too close to dependent to tell apart: as computed
+            pass
+        modes = np.ascontiguousarray(modes)
+    return Basis(modes, mean.astype(dtype), s.astype(np.float64), energy)
 
 
 def _gram(xc: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
