@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import meshio
 import numpy as np
+import pandas as pd
 import pytest
 
 from cpikan.sensors import holdout, measure
@@ -108,3 +109,17 @@ def test_weights_given_in_an_npz_are_used_and_checked(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights: each point's share of the domain" in err[0], err
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_table_of_unevenly_spaced_points_says_they_weigh_alike(tmp_path):
+    """A ParaView table has no cells: nothing says how much of the domain a point stands for."""
+    for name, gx in (("graded", 2 * np.linspace(0, 1, 21) ** 3), ("uniform", np.linspace(0, 2, 21))):
+        pts, _ = _triangles(gx, 11)
+        (tmp_path / name).mkdir()
+        for i, c in enumerate(COEFS[:5]):
+            bumps = np.exp(-((pts[:, None, :2] - CENTRES[None]) ** 2).sum(-1) / (2 * 0.2**2))
+            pd.DataFrame({"Points:0": pts[:, 0], "Points:1": pts[:, 1], "T": bumps @ c}).to_csv(
+                tmp_path / name / f"t_{i}.csv", index=False)
+    (note,) = read_family([tmp_path / "graded"]).notes
+    assert "spaced unevenly (neighbours 0.00025 … 0.1 apart)" in note and "'weights'" in note
+    assert read_family([tmp_path / "uniform"]).notes == ()

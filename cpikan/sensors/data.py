@@ -195,12 +195,31 @@ def _weighed(layout: Layout, path: Path) -> tuple[Layout, list[str]]:
         except ValueError as exc:
             return layout, [f"{path.name}: {exc}, so every point weighs alike in the POD and the errors"]
     if layout.weights is None:
-        return layout, []
+        return layout, _uneven(layout.points, path)
     w = layout.weights[layout.weights > 0]
     what = "given weights" if not layout.cells else "mesh's cell " + (
         "volumes" if max(measure.dimension(k) for k, _ in layout.cells) == 3 else "areas")
     return layout, [f"points weighted by their share of the domain ({what}; the largest {w.max() / w.min():.3g}× "
                     "the smallest): the POD and the errors are of the field over the domain, not per point"]
+
+
+def _uneven(points: np.ndarray | None, path: Path, ratio: float = 3.0) -> list[str]:
+    """A note when points with no cells to weigh them by are spaced unevenly (a graded
+    mesh's points in a table): dense regions then count more in the POD and the errors."""
+    import scipy.spatial
+
+    if points is None or len(points) < 20:
+        return []
+    dist = scipy.spatial.cKDTree(points).query(points, k=2)[0][:, 1]
+    lo, hi = np.percentile(dist, [5, 95])
+    if lo == 0 and hi > 0:  # a multi-block export repeats the points its blocks share
+        return [f"{path.name}: {int(np.count_nonzero(dist == 0))} points sit on another point and count twice "
+                "in the POD and the errors"]
+    if lo == 0 or hi / lo <= ratio:
+        return []
+    return [f"{path.name}: the points are spaced unevenly (neighbours {lo:.3g} … {hi:.3g} apart) and nothing says "
+            "how much of the domain each stands for, so each weighs alike and dense regions count more; a mesh "
+            "file (VTU) or an .npz with 'weights' gives the POD and the errors over the domain"]
 
 
 def _progress(files: list[Path]) -> Any:
