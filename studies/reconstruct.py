@@ -566,8 +566,9 @@ def reconstruct_logged(cfg: ReconstructConfig, run: Any, work: Path, model: Any,
         run.log_dataset(f, f.name, context="input")
     if model_run:
         auto_link(model_run, run.run_id, role="model", metric="rmse_nm")
-    for f in own_model_files(cfg):  # the user's model: its code and weights, by content
-        run.log_dataset(f, f.name, context="model")
+    own = own_model_files(cfg)  # the user's model: its code (helper modules too) and weights, by content
+    if own:
+        run.log_datasets(own, context="model")
     figures = reconstruct_one(src, work, cfg, model, plan)
     results = ("flagged_pixels", "valid_fraction", "height_mean_um", "height_rms_um", "height_pv_um", "height_min_um",
                "height_max_um", "blend_vs_full_um", "step_error_deg", "step_error_laser", "step_error_nm",

@@ -190,11 +190,14 @@ def tile_plan(model: Any, channels: int, cfg: Any) -> dict[str, float]:
             "out_channels": float(geo.out_channels)}
 
 
-def own_model_files(cfg: Any) -> list[Path]:
-    """The factory's source file and the weights of a ``MODULE:FACTORY`` model."""
+def own_model_files(cfg: Any) -> dict[str, Path]:
+    """A ``MODULE:FACTORY`` model's source files (its own and the local modules it imported,
+    by path from where it imports) and its weights, by name."""
     from cpikan.tiling import factory
 
     if not factory.is_factory(cfg.model):
-        return []
-    source = factory.source_file(cfg.model)
-    return [p for p in (source, Path(cfg.weights) if cfg.weights else None) if p is not None]
+        return {}
+    files = factory.local_files(cfg.model)
+    if cfg.weights:
+        files[Path(cfg.weights).name] = Path(cfg.weights)
+    return files

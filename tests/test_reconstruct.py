@@ -689,6 +689,55 @@ def test_weights_under_any_wrappers_prefix_load(user_model):
         factory.build(f"{root / 'unet.py'}:build", root / "extra.safetensors")
 
 
+HELPER = """from torch import nn
+
+
+def conv(ci, co):
+    return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1), nn.ReLU())
+"""
+
+
+def test_a_model_file_imports_as_its_own_script_would_and_all_its_files_are_recorded(tmp_path):
+    """A file in a package uses relative and absolute imports of it; a lone file imports
+    its sibling. Both build, and every source file of the user's the import brought in is
+    what the run records: a change to a helper module makes a replay refuse."""
+    import mlflow
+    import torch
+
+    from cpikan.tiling import factory
+
+    pkg = tmp_path / "code" / "labnets_pkg" / "models"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "blocks.py").write_text(HELPER)
+    (pkg / "unet.py").write_text("from torch import nn\nfrom .blocks import conv\nfrom labnets_pkg.models import blocks\n\n"
+                                 "def build():\n    return nn.Sequential(conv(16, 4), blocks.conv(4, 4), nn.Conv2d(4, 1, 1))\n")
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    (solo / "solo_helpers.py").write_text(HELPER)
+    (solo / "net.py").write_text("from torch import nn\nfrom solo_helpers import conv\n\n"
+                                 "def build():\n    return nn.Sequential(conv(16, 4), nn.Conv2d(4, 1, 1))\n")
+    packaged = f"{pkg / 'unet.py'}:build"
+    assert factory.build(packaged)(torch.rand(1, 16, 8, 8)).shape == (1, 1, 8, 8)
+    assert list(factory.local_files(packaged)) == ["labnets_pkg/__init__.py", "labnets_pkg/models/__init__.py",
+                                                   "labnets_pkg/models/blocks.py", "labnets_pkg/models/unet.py"]
+    src = _model_input(tmp_path, 40, 48)
+    res = _run([src, "--out", tmp_path / "out", "--model", f"{solo / 'net.py'}:build"], tmp_path / "mlruns")
+    assert res.returncode == 0, res.stderr
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["reconstruct"], output_format="list")
+    recorded = json.loads(run.data.tags["cpikan.datasets"])
+    assert {"net.py", "solo_helpers.py"} <= set(recorded), recorded
+    assert recorded["solo_helpers.py"]["sha256"] == hashlib.sha256((solo / "solo_helpers.py").read_bytes()).hexdigest()
+    (solo / "solo_helpers.py").write_text(HELPER.replace("padding=1", "padding=1, bias=False"))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(CPIKAN_MLRUNS=str(tmp_path / "mlruns"), PYTHONPATH=str(ROOT))
+    replay = subprocess.run([sys.executable, "-m", "tracking.replay", run.info.run_id], capture_output=True, text=True,
+                            env=env, cwd=ROOT)
+    assert replay.returncode == 2 and "'solo_helpers.py'" in replay.stderr and "changed" in replay.stderr, replay.stderr
+
+
 def test_a_class_named_with_its_arguments_is_built_as_the_factory_would(tmp_path, user_model):
     """``unet.py:TwoHeadUNet(width=12)`` is ``build_wide()``: a network class that needs
     arguments (MONAI's, say) runs without a wrapper file; the run records the call."""

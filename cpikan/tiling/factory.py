@@ -6,7 +6,10 @@ Only literals (numbers, strings, tuples, lists, dicts, True/False/None) are read
 evaluated; the reference string is what a run records, so a replay builds the same model.
 
 The callable is the user's own code, named on their own command line, so importing it is no
-more than running their script. Weights come as safetensors (a flat, typed format whose
+more than running their script, and it imports as their script would: a file in a package
+(its folder holds ``__init__.py``) as part of that package, so its relative imports work; a
+lone file with its own folder on the path, so its sibling modules import. Every source
+file of theirs that the import brought in is what a run records (:func:`local_files`). Weights come as safetensors (a flat, typed format whose
 reading cannot run code), never as a pickle. Models stored in MLflow stay restricted to the
 project's own builders (:mod:`tracking.models`): a shared store must not run code.
 """
@@ -63,14 +66,7 @@ def _import(where: str, name: str, ref: str, field: str) -> Any:
     ``field``, ``ref`` and the cause otherwise."""
     try:
         if where.endswith(".py"):
-            path = Path(where).resolve()
-            if not path.is_file():
-                raise ValueError(f"{field}: {where}: no such file")
-            spec = importlib.util.spec_from_file_location(f"_user_model_{path.stem}", path)
-            assert spec is not None and spec.loader is not None
-            obj: Any = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = obj  # dataclasses and pickling-free introspection look it up
-            spec.loader.exec_module(obj)
+            obj: Any = _import_file(Path(where), field)
         else:
             obj = importlib.import_module(where)
         for part in name.split("."):
@@ -80,6 +76,39 @@ def _import(where: str, name: str, ref: str, field: str) -> Any:
     if not callable(obj):
         raise ValueError(f"{field}: {ref!r} is a {type(obj).__name__}, not a callable returning the model")
     return obj
+
+
+def _package_root(path: Path) -> tuple[Path, str]:
+    """(the folder a file imports from, its module name): above the outermost folder with an
+    ``__init__.py``, as ``pkg.sub.file``; a lone file: its own folder, and its stem."""
+    root, parts = path.parent, [path.stem]
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    return root, ".".join(parts)
+
+
+def _import_file(where: Path, field: str) -> Any:
+    """The module in the file ``where``, imported as its own script would import it."""
+    path = where.resolve()
+    if not path.is_file():
+        raise ValueError(f"{field}: {where}: no such file")
+    root, name = _package_root(path)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # as Python does for a script: its siblings and its package import
+    if "." in name:  # part of a package: its relative imports need the package
+        module = importlib.import_module(name)
+        found = Path(getattr(module, "__file__", "") or "").resolve()
+        if found != path:
+            raise ValueError(f"{field}: {where} is module {name} of its package, but that name imports {found} "
+                             "(another package of the same name comes first on the path): rename one")
+        return module
+    spec = importlib.util.spec_from_file_location(f"_user_model_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling-free introspection look it up
+    spec.loader.exec_module(module)
+    return module
 
 
 def build(ref: str, weights: str | Path | None = None, field: str = "model") -> nn.Module:
@@ -169,3 +198,40 @@ def source_file(ref: str) -> Path | None:
         return Path(where).resolve()
     spec = importlib.util.find_spec(where)
     return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+def _installed(path: Path) -> bool:
+    """Whether ``path`` is an installed package's or this project's own (recorded otherwise)."""
+    import cpikan
+
+    project = Path(cpikan.__file__).resolve().parent.parent
+    return (bool({"site-packages", "dist-packages"} & set(path.parts))
+            or any(path.is_relative_to(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix})
+            or any(path.is_relative_to(project / d) for d in ("cpikan", "studies", "tracking", "reports", "lab")))
+
+
+def local_files(ref: str) -> dict[str, Path]:
+    """The user's source files behind ``ref`` once it is built: the factory's file and every
+    loaded module under the folder it imports from (its package root, or a lone file's
+    folder), by path relative to that folder, so a change to a helper module is seen too.
+    An installed package's factory (``monai…``) gives its defining file only."""
+    source = source_file(ref)
+    if source is None:
+        return {}
+    where = split_ref(ref)[0]
+    if where.endswith(".py"):
+        root = _package_root(source)[0]
+    else:
+        top = importlib.util.find_spec(where.split(".")[0])
+        origin = Path(top.origin).resolve() if top is not None and top.origin else source
+        root = origin.parent.parent if origin.name == "__init__.py" else origin.parent
+    if _installed(source):
+        return {source.name: source}
+    files = {source.relative_to(root).as_posix(): source}
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None)
+        if f and f.endswith(".py"):
+            path = Path(f).resolve()
+            if path.is_relative_to(root) and not _installed(path):
+                files.setdefault(path.relative_to(root).as_posix(), path)
+    return dict(sorted(files.items()))
