@@ -308,6 +308,29 @@ def test_a_fourier_layer_is_probed_and_named(image):
     assert predict_full(model, image).shape == (1, 333, 290)
 
 
+class Unpadded(nn.Module):
+    """Valid convolutions (the original U-Net's): 2 px lost on each side, unless padded first."""
+
+    def __init__(self, pad=False):
+        super().__init__()
+        self.pad = pad
+        self.net = nn.Sequential(nn.Conv2d(C, 4, 3), nn.ReLU(), nn.Conv2d(4, 1, 3))
+
+    def forward(self, x):
+        return self.net(F.pad(x, (2, 2, 2, 2), mode="reflect") if self.pad else x)
+
+
+def test_an_unpadded_model_is_told_how_to_pad_and_then_tiles_exactly(image):
+    with pytest.raises(ValueError, match=r"2 px smaller on each side \(unpadded convolutions\); have the factory "
+                                         r"pad its input, e.g. F.pad\(x, \(2, 2, 2, 2\), mode='reflect'\)"):
+        probe(_build(Unpadded), C)
+    model = _build(lambda: Unpadded(pad=True))
+    geo = probe(model, C)
+    assert geo.exact and geo.radius == 2, geo
+    full, tiled = predict_full(model, image), predict_tiled(model, image, tile_size=40, overlap=8)
+    assert np.abs(tiled - full).max() <= 1e-5 * np.abs(full).max()
+
+
 def test_a_declaration_the_probe_contradicts_is_an_error(image):
     model = _build(lambda: UNet(3))
     model.downsampling_factor = 4  # the network's stride is 8

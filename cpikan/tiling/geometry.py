@@ -186,8 +186,15 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"model: returns {describe_output(out)}; tiled inference needs one (N, K, H, W) tensor: "
                          "have the factory return a module whose forward picks it (e.g. return self.net(x)['out'])")
     if out.dim() != 4 or out.shape[-2:] != x.shape[-2:]:
+        hint = ""
+        dy, dx = (x.shape[-2] - out.shape[-2], x.shape[-1] - out.shape[-1]) if out.dim() == 4 else (0, 0)
+        if dy == dx and dy > 0 and dy % 2 == 0:  # valid convolutions: every pixel needs its neighbours
+            m = dy // 2
+            hint = (f": its output is {m} px smaller on each side (unpadded convolutions); have the factory pad "
+                    f"its input, e.g. F.pad(x, ({m}, {m}, {m}, {m}), mode='reflect') as the original U-Net's "
+                    "overlap-tile does, and tiles will equal that whole-image output")
         raise ValueError(f"model: maps (N, C, {x.shape[-2]}, {x.shape[-1]}) to {tuple(out.shape)}; tiled "
-                         "inference needs an output of the input's height and width (N, K, H, W)")
+                         f"inference needs an output of the input's height and width (N, K, H, W){hint}")
     return out
 
 
