@@ -202,9 +202,7 @@ def source_file(ref: str) -> Path | None:
 
 def _installed(path: Path) -> bool:
     """Whether ``path`` is an installed package's or this project's own (recorded otherwise)."""
-    import cpikan
-
-    project = Path(cpikan.__file__).resolve().parent.parent
+    project = Path(__file__).resolve().parents[2]
     return (bool({"site-packages", "dist-packages"} & set(path.parts))
             or any(path.is_relative_to(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix})
             or any(path.is_relative_to(project / d) for d in ("cpikan", "studies", "tracking", "reports", "lab")))

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from cpikan.distributed import Shard
 from cpikan.memory import release_pages
-from cpikan.tiling.geometry import Geometry, param_dtype, resolve
+from cpikan.tiling.causes import param_dtype
+from cpikan.tiling.geometry import Geometry, resolve
 
 MODES = ("crop", "hann", "gaussian", "constant")
 
