@@ -121,5 +121,11 @@ def test_a_table_of_unevenly_spaced_points_says_they_weigh_alike(tmp_path):
             pd.DataFrame({"Points:0": pts[:, 0], "Points:1": pts[:, 1], "T": bumps @ c}).to_csv(
                 tmp_path / name / f"t_{i}.csv", index=False)
     (note,) = read_family([tmp_path / "graded"]).notes
-    assert "spaced unevenly (neighbours 0.00025 … 0.1 apart)" in note and "'weights'" in note
+    assert "spaced unevenly (8 neighbours within 0.0858 … 0.302)" in note and "'weights'" in note
     assert read_family([tmp_path / "uniform"]).notes == ()
+    scattered = np.random.default_rng(1).uniform(0, 1, (400, 2))  # random, but evenly spread: no note
+    np.savez(tmp_path / "scattered.npz", T=np.random.default_rng(2).normal(size=(5, 400)), points=scattered)
+    assert read_family([tmp_path / "scattered.npz"]).notes == ()
+    np.savez(tmp_path / "twins.npz", T=np.random.default_rng(2).normal(size=(5, 410)),
+             points=np.concatenate([scattered, scattered[:10]]))
+    assert "20 points sit where another point does" in read_family([tmp_path / "twins.npz"]).notes[0]
