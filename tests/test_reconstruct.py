@@ -307,6 +307,8 @@ def _bad(tmp_path, case):
         files[3].unlink()
     elif case == "extra":
         Image.fromarray(np.zeros((32, 40), np.uint8)).save(w / "bucket_99.bmp")
+    elif case == "overview":  # the microscope's overview picture beside the buckets
+        Image.fromarray(np.zeros((32, 40), np.uint8)).save(w / "overview.png")
     elif case == "size":
         Image.fromarray(np.zeros((32, 41), np.uint8)).save(files[5])
     elif case == "depth":
@@ -333,7 +335,10 @@ def _bad(tmp_path, case):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "15 bucket images"), ("extra", "17 bucket images"), ("size", "all bucket images must have one size"),
+    ("missing", "15 bucket images"), ("extra", "17 bucket images match *.tif|*.tiff|*.png|*.bmp, expected 16 (lasers "
+                                                "× buckets, laser-major in name order); --pattern picks them"),
+    ("overview", "--pattern '*.bmp' takes the 16 .bmp files, not overview.png"),
+    ("size", "all bucket images must have one size"),
     ("depth", "all bucket images must have one bit depth"), ("truncated", "unreadable or truncated"),
     ("colour", "colour image"), ("npy_shape", "expected (16, H, W)"), ("npy_dtype", "dtype int64"),
     ("model", "--model 0123456789abcdef: "), ("out", "cannot create it"),

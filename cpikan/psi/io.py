@@ -58,8 +58,24 @@ def bucket_files(folder: Path, channels: int, pattern: str | None = None) -> lis
     if len(files) != channels:
         allowed = pattern or "*" + "|*".join(SUFFIXES)
         raise InputError(f"{folder}: {len(files)} bucket images match {allowed}, expected {channels} "
-                         "(lasers × buckets, laser-major in name order)")
+                         f"(lasers × buckets, laser-major in name order){_pattern_hint(files, channels)}")
     return files
+
+
+def _pattern_hint(files: list[Path], channels: int) -> str:
+    """What ``--pattern`` would pick the buckets out of a folder holding more images than
+    buckets (an overview PNG, a dark frame), when their suffix tells them apart."""
+    if len(files) <= channels:
+        return ""
+    by_suffix: dict[str, list[Path]] = {}
+    for f in files:
+        by_suffix.setdefault(f.suffix, []).append(f)
+    for suffix, group in by_suffix.items():
+        if len(group) == channels:
+            others = [f.name for f in files if f.suffix != suffix]
+            more = f", … ({len(others)} in all)" if len(others) > 3 else ""
+            return f"; --pattern '*{suffix}' takes the {channels} {suffix} files, not {', '.join(others[:3])}{more}"
+    return "; --pattern picks them (a glob such as '*_B*.tif')"
 
 
 def wafer_files(src: Path, channels: int, pattern: str | None = None) -> list[Path]:
