@@ -409,3 +409,21 @@ def test_the_memory_estimate_counts_what_forward_makes_with_functions():
     # modules' outputs: conv 4 + head 1 per pixel; live at the peak: 4 + 8 × 4 (the products)
     # + 32 (the concatenation) + 1
     assert geo.activations_per_pixel >= 4 + 32 + 32, geo
+
+
+class Answers(nn.Module):
+    """Deep supervision (a list of heads) or a dict of outputs, as many public models answer."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.a = kind, nn.Conv2d(C, 1, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return [y, y] if self.kind == "list" else {"height": y, "sigma": y}
+
+
+@pytest.mark.parametrize("kind, pick", [("list", "[0]"), ("dict", "['height']")])
+def test_a_model_answering_several_outputs_is_told_how_to_pick_one(kind, pick):
+    with pytest.raises(ValueError, match=re.escape(f"return a module whose forward picks it (e.g. return self.net(x){pick})")):
+        probe(_build(lambda: Answers(kind)), C)

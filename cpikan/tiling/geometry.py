@@ -101,8 +101,9 @@ def _copy_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     if not isinstance(out, torch.Tensor):  # (main, aux), {"out": …}: which is the height is the user's to say
+        pick = f"[{next(iter(out))!r}]" if isinstance(out, dict) and out else "[0]"
         raise ValueError(f"model: returns {describe_output(out)}; tiled inference needs one (N, K, H, W) tensor: "
-                         "have the factory return a module whose forward picks it (e.g. return self.net(x)['out'])")
+                         f"have the factory return a module whose forward picks it (e.g. return self.net(x){pick})")
     if out.dim() != 4 or out.shape[-2:] != x.shape[-2:]:
         hint = ""
         dy, dx = (x.shape[-2] - out.shape[-2], x.shape[-1] - out.shape[-1]) if out.dim() == 4 else (0, 0)
