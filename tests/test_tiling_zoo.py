@@ -427,3 +427,27 @@ class Answers(nn.Module):
 def test_a_model_answering_several_outputs_is_told_how_to_pick_one(kind, pick):
     with pytest.raises(ValueError, match=re.escape(f"return a module whose forward picks it (e.g. return self.net(x){pick})")):
         probe(_build(lambda: Answers(kind)), C)
+
+
+class MonteCarloDropout(nn.Module):
+    """Dropout left on while predicting (MC dropout for uncertainty), or noise added to the input."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.a, self.b = kind, nn.Conv2d(C, 4, 3, padding=1), nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        if self.kind == "noise":
+            x = x + 0.01 * torch.randn_like(x)
+        y = F.relu(self.a(x))
+        return self.b(F.dropout(y, 0.2, training=True) if self.kind == "dropout" else y)
+
+
+@pytest.mark.parametrize("kind, op", [("dropout", "bernoulli_"), ("noise", "randn_like")])
+def test_a_model_that_answers_at_random_is_refused_naming_the_operator(kind, op, image):
+    """No tiling equals a run that is never the same twice, and no replay could repeat it."""
+    model = _build(lambda: MonteCarloDropout(kind))
+    message = f"gives another output for the same input every run (randomness in forward ({op}: dropout left on"
+    for call in (lambda: probe(model, C), lambda: predict_tiled(model, image, mode="hann")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()

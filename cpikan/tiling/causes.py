@@ -25,6 +25,8 @@ def param_dtype(model: nn.Module) -> torch.dtype:
 
 
 #: what an operator seen in a forward pass says about a model that tiles cannot match
+_RANDOM = ("native_dropout", "bernoulli", "bernoulli_", "normal", "normal_", "rand", "randn", "rand_like",
+           "randn_like", "randint", "multinomial", "uniform_", "exponential_")
 _REDUCTIONS = ("mean", "sum", "amax", "amin", "var", "std", "var_mean", "std_mean", "logsumexp")
 
 
@@ -38,7 +40,9 @@ class _Ops(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         name = func.__name__.split(".")[0]
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if name.startswith("_fft"):
+        if name in _RANDOM:
+            self.found["random"] = f"randomness in forward ({name}: dropout left on while predicting, or sampled noise)"
+        elif name.startswith("_fft"):
             self.found["fft"] = "a Fourier layer (torch.fft: global and periodic)"
         elif name == "roll":
             self.found["wrap"] = "torch.roll (wraps around)"
@@ -94,7 +98,10 @@ def suspected_cause(model: nn.Module, channels: int = 0, size: int = 64) -> str:
             kinds.add("adaptive")
     found += _circular_padding(model)
     if channels:
-        found += [text for kind, text in _ops_found(model, channels, size).items() if kind not in kinds]
+        ops = _ops_found(model, channels, size)
+        if "random" in ops:  # the first thing to fix
+            found.insert(0, ops.pop("random"))
+        found += [text for kind, text in ops.items() if kind not in kinds]
     if found:
         return "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
     return ("a layer that depends on absolute position or on the image size (align_corners=True "

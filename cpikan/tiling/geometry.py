@@ -78,6 +78,19 @@ class Geometry:
         return tile
 
 
+def _refuse_randomness(model: nn.Module, channels: int, x: torch.Tensor) -> None:
+    """ValueError when the model answers the same input differently twice (dropout left on,
+    sampled noise): no tiling can equal a whole-image run of it, and no run of it repeats."""
+    with torch.no_grad():
+        if torch.equal(_forward(model, x), _forward(model, x)):
+            return
+    cause = suspected_cause(model, channels)
+    cause = cause if cause.startswith("randomness") else "randomness in forward"
+    raise ValueError(f"model: {type(model).__name__} gives another output for the same input every run ({cause}): "
+                     "tiles cannot equal a whole-image run and no run could be repeated: switch it off for "
+                     "prediction, e.g. F.dropout(x, p, training=self.training)")
+
+
 def _copy_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of ``model`` computing in ``dtype``: real floating tensors cast to it, complex
     ones to its complex twin (``Module.to(float64)`` would drop a Fourier layer's imaginary
@@ -305,6 +318,7 @@ def probe(model: nn.Module, channels: int) -> Geometry:
     tolerance = TOLERANCE.get(dtype, 1e-3)
     best, factor, nearest, radius, size = float("inf"), 0, 1, 0, 256
     try:
+        _refuse_randomness(model, channels, torch.randn(1, channels, 64, 64, generator=gen).to(dtype))
         # a shift test compares the central half: a reach past a quarter of 256 px would only
         # show the borders there, so it goes straight to 512 (the reach of a 64-px block covers
         # every factor's phases; float32 and 256² make it cheap: 1.5 s for a 64-feature U-Net)
