@@ -451,3 +451,31 @@ def test_a_model_that_answers_at_random_is_refused_naming_the_operator(kind, op,
     for call in (lambda: probe(model, C), lambda: predict_tiled(model, image, mode="hann")):
         with pytest.raises(ValueError, match=re.escape(message)):
             call()
+
+
+class PixelAttention(nn.Module):
+    """4-px patches as tokens, one MultiheadAttention across all of them: memory grows as
+    the square of the image (its probe at 512² in float64 once peaked at 6.3 GB)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn, self.out = nn.Conv2d(C, 8, 4, stride=4), nn.MultiheadAttention(8, 2, batch_first=True), \
+            nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        h = self.embed(x)
+        n, c, hh, ww = h.shape
+        t = h.flatten(2).transpose(1, 2)
+        t, _ = self.attn(t, t, t)
+        return self.out(F.interpolate(t.transpose(1, 2).reshape(n, c, hh, ww), scale_factor=4))
+
+
+def test_memory_that_grows_as_the_images_square_is_measured_and_kept_small():
+    """Measured at 64² and 128² before any large probe: the attention model is judged at 256²
+    only, and its tiles are sized for the square (a CNN's activations per pixel stay flat)."""
+    geo = probe(_build(PixelAttention), C)
+    assert not geo.equivariant and "MultiheadAttention" in geo.cause and geo.activations_growth > 0, geo
+    assert geo.tile_bytes(1024, C) > 10 * geo.tile_bytes(512, C)  # 4× the pixels, 16× the attention
+    assert geo.largest_tile(C, 512 << 20) < 512
+    cnn = probe(_build(lambda: UNet(3)), C)
+    assert cnn.activations_growth == 0 and cnn.tile_bytes(1024, C) == 4 * cnn.tile_bytes(512, C)

@@ -54,7 +54,9 @@ class TilingCheck:
                 f"smallest exact overlap {self.min_overlap} px" if g.exact else
                 "smallest exact overlap none (crop mode cannot be exact: use mode='hann')" if not g.equivariant else
                 f"smallest exact overlap none (tiles differ within {g.radius} px of the edges)",
-                f"tile size for budget   {self.tile_size} px (≈ {self.memory_bytes / 2**20:.0f} MB per batch of 1)",
+                f"tile size for budget   {self.tile_size} px (≈ {self.memory_bytes / 2**20:.0f} MB per batch of 1"
+                + ("; memory grows as the tile's square: something attends across pixels, and what a fused kernel "
+                   "holds inside is not seen, so more)" if g.activations_growth else ")"),
                 f"crop vs full, measured {self.crop_vs_full:.2e} max relative error "
                 f"({self.test_size} × {self.test_size} {'random image' if self.image == 'random' else 'crop of the sample'})"]
 
@@ -80,7 +82,10 @@ def check_tiling(model: nn.Module, channels: int, *, max_memory: str | int | Non
     tile = tile_size
     if tile is None:
         tile = max(geo.largest_tile(channels, budget), overlap + f)
-    size = min(max(2 * tile, 3 * (overlap + f)), 1024)
+    # whole-image inference of the test image must fit the budget too (a 1000² crop through
+    # a 64-feature U-Net holds ~6 GB; through attention across pixels, 34 GB), but leave room
+    # for 2 × 2 tiles with their overlap
+    size = min(max(2 * tile, 3 * (overlap + f)), 1024, max(geo.largest_tile(channels, budget), 2 * (overlap + f)))
     sample = "random" if image is None else "sample"
     if image is None:
         image = np.random.default_rng(0).normal(size=(channels, size, size)).astype(np.float32)
@@ -90,7 +95,11 @@ def check_tiling(model: nn.Module, channels: int, *, max_memory: str | int | Non
         size = min(size, image.shape[1], image.shape[2]) // f * f
         y0, x0 = (image.shape[1] - size) // 2, (image.shape[2] - size) // 2
         image = np.asarray(image[:, y0 : y0 + size, x0 : x0 + size], np.float32)
-    full = predict_full(model, image)
+    try:
+        full = predict_full(model, image)
+    except RuntimeError as exc:  # out of memory, most likely: one line, not a traceback
+        raise ValueError(f"model: whole-image inference of a {size} × {size} test image failed "
+                         f"({str(exc).splitlines()[0][:200]})") from None
     small = max(overlap + f, min(tile, size // 2))
     import warnings
 

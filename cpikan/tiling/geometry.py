@@ -55,6 +55,9 @@ class Geometry:
     activations_per_pixel: float = 0.0  # Σ module output elements / input pixels (one forward)
     edges: str = ""  # why the output at the image's edges depends on its far side ('' when it does not)
     edge_error: float = 0.0  # the edge test's relative mismatch
+    # activation elements per pixel *per pixel* more: 0 for a CNN, > 0 when memory grows as
+    # the square of the image (attention across pixels); per pixel = a + growth · pixels
+    activations_growth: float = 0.0
 
     @property
     def exact(self) -> bool:
@@ -64,7 +67,7 @@ class Geometry:
     def tile_bytes(self, tile: int, channels: int, batch_size: int = 1, bytes_per: int = 4) -> int:
         """Upper bound on the bytes one batch of ``tile`` × ``tile`` tiles holds: the input,
         every activation, the output and its blending buffers."""
-        per_pixel = channels + self.activations_per_pixel + 3 * self.out_channels
+        per_pixel = channels + self.activations_per_pixel + self.activations_growth * tile * tile + 3 * self.out_channels
         return int(batch_size * tile * tile * per_pixel * bytes_per)
 
     def largest_tile(self, channels: int, budget: int, limit: int = 8192) -> int:
@@ -268,9 +271,23 @@ class _PeakLiveBytes(TorchDispatchMode):
         return out
 
 
-def _activations_per_pixel(model: nn.Module, channels: int, factor: int) -> float:
-    """Float32 activations one forward pass holds per input pixel: the larger of two
-    measures, since each misses something. Σ of every module's outputs misses what
+def _activations(model: nn.Module, channels: int, factor: int) -> tuple[float, float]:
+    """(a, growth): activation elements per input pixel, a + growth · pixels, from one
+    forward pass at 64² and one at 128². A CNN's grow with the image (growth 0); attention
+    across pixels holds a pixels × pixels matrix, whose share per pixel grows with the image
+    (a 64² → 128² ratio of 4): measured here, small, before any large probe runs it (a
+    two-head attention layer's probe at 512² in float64 peaked at 6.3 GB)."""
+    size = max(64, -(-64 // factor) * factor)
+    small, large = (_activations_per_pixel(model, channels, s) for s in (size, 2 * size))
+    if large <= 1.25 * small:  # borders and rounding, not the image's square
+        return small, 0.0
+    growth = (large - small) / (3 * size * size)  # per pixel, per pixel more: 4·P − P
+    return max(small - growth * size * size, 0.0), growth
+
+
+def _activations_per_pixel(model: nn.Module, channels: int, size: int) -> float:
+    """Float32 activations one forward pass at ``size``² holds per input pixel: the larger
+    of two measures, since each misses something. Σ of every module's outputs misses what
     ``forward`` computes with functions (``torch.cat``, ``F.interpolate``, arithmetic: a
     U-Net written that way measured 0.65× its real peak); the peak of live tensors
     (``TorchDispatchMode``) misses the allocator's and the kernels' own workspace."""
@@ -282,7 +299,6 @@ def _activations_per_pixel(model: nn.Module, channels: int, factor: int) -> floa
             if isinstance(t, torch.Tensor):
                 total += t.numel()
 
-    size = max(64, -(-64 // factor) * factor)
     x = torch.zeros(1, channels, size, size, dtype=param_dtype(model))
     leaves = [m for m in model.modules() if not list(m.children())]  # containers would count twice
     handles = [m.register_forward_hook(count) for m in leaves]
@@ -319,12 +335,15 @@ def probe(model: nn.Module, channels: int) -> Geometry:
     best, factor, nearest, radius, size = float("inf"), 0, 1, 0, 256
     try:
         _refuse_randomness(model, channels, torch.randn(1, channels, 64, 64, generator=gen).to(dtype))
+        activations, growth = _activations(model, channels, 1)
         # a shift test compares the central half: a reach past a quarter of 256 px would only
         # show the borders there, so it goes straight to 512 (the reach of a 64-px block covers
-        # every factor's phases; float32 and 256² make it cheap: 1.5 s for a 64-feature U-Net)
+        # every factor's phases; float32 and 256² make it cheap: 1.5 s for a 64-feature U-Net).
+        # Memory that grows as the image's square sees the whole image: 256² is enough to say so
         reach, touched = _reach(model, channels, 256, SHIFTS[-1], probes=1)
+        sizes = (256,) if growth else (256, 512) if reach < 64 and not touched else (512,)
         with torch.no_grad():
-            for size in (256, 512) if reach < 64 and not touched else (512,):
+            for size in sizes:
                 big = torch.randn(1, channels, size + SHIFTS[-1], size + SHIFTS[-1], generator=gen).to(dtype)
                 errors = {}
                 with _banded_convs(model):
@@ -356,14 +375,14 @@ def probe(model: nn.Module, channels: int) -> Geometry:
                     base = _forward(model, big)
             with torch.no_grad(), _banded_convs(model):
                 edge_error = _edge_error(model, big[:, :, :size, :size], base, margin)
-        activations = _activations_per_pixel(model, channels, factor or nearest)
     finally:
         model.train(was_training)
     edges = edge_cause(model, channels) if edge_error > tolerance else ""
     if factor:
-        geo = Geometry(factor, radius, out_channels, True, "", best, activations, edges, edge_error)
+        geo = Geometry(factor, radius, out_channels, True, "", best, activations, edges, edge_error, growth)
     else:
-        geo = Geometry(nearest, radius, out_channels, False, suspected_cause(model, channels), best, activations)
+        geo = Geometry(nearest, radius, out_channels, False, suspected_cause(model, channels), best, activations,
+                       activations_growth=growth)
     known[channels] = geo
     return geo
 
@@ -385,4 +404,4 @@ def resolve(model: nn.Module, channels: int) -> Geometry:
     return Geometry(int(factor) if geo.equivariant and factor is not None else geo.factor,
                     int(radius) if radius is not None else geo.radius,
                     geo.out_channels, geo.equivariant, geo.cause, geo.equivariance_error, geo.activations_per_pixel,
-                    geo.edges, geo.edge_error)
+                    geo.edges, geo.edge_error, geo.activations_growth)
