@@ -100,7 +100,7 @@ def check_tiling(model: nn.Module, channels: int, *, max_memory: str | int | Non
     except RuntimeError as exc:  # out of memory, most likely: one line, not a traceback
         raise ValueError(f"model: whole-image inference of a {size} × {size} test image failed "
                          f"({str(exc).splitlines()[0][:200]})") from None
-    small = max(overlap + f, min(tile, size // 2))
+    small = max(overlap + f, min(tile, (size + overlap) // 2))  # 2 × 2 cores, each with its halo
     import warnings
 
     with warnings.catch_warnings():
