@@ -185,7 +185,7 @@ def tile_plan(model: Any, channels: int, cfg: Any) -> dict[str, float]:
                    radius=geo.radius if cfg.mode == "crop" else 0, factor=geo.factor)
     except ValueError as exc:
         raise io.InputError(str(exc).replace("overlap:", "--overlap:", 1).replace("tile_size:", "--tile:", 1)) from None
-    batch = max(1, min(4, budget // max(geo.tile_bytes(tile, channels), 1)))
+    batch = max(1, min(4, budget // max(geo.tile_bytes(tile, channels), 1))) if geo.batches else 1
     return {"tile": float(tile), "overlap": float(overlap), "batch_size": float(batch),
             "out_channels": float(geo.out_channels)}
 

@@ -479,3 +479,25 @@ def test_memory_that_grows_as_the_images_square_is_measured_and_kept_small():
     assert geo.largest_tile(C, 512 << 20) < 512
     cnn = probe(_build(lambda: UNet(3)), C)
     assert cnn.activations_growth == 0 and cnn.tile_bytes(1024, C) == 4 * cnn.tile_bytes(512, C)
+
+
+class OneAtATime(nn.Module):
+    """Written for one image: reshapes its activations to a batch of 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = block(C, 4), nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y.reshape(1, *y.shape[1:]))
+
+
+def test_a_model_written_for_one_image_gets_its_tiles_one_by_one(image):
+    model = _build(OneAtATime)
+    geo = probe(model, C)
+    assert geo.exact and not geo.batches, geo
+    tiled = predict_tiled(model, image, tile_size=64, overlap=8, batch_size=4)  # a batch of 4 would fail
+    full = predict_full(model, image)
+    assert np.abs(tiled - full).max() <= 1e-5 * np.abs(full).max()
+    assert probe(_build(lambda: UNet(2)), C).batches

@@ -58,6 +58,7 @@ class Geometry:
     # activation elements per pixel *per pixel* more: 0 for a CNN, > 0 when memory grows as
     # the square of the image (attention across pixels); per pixel = a + growth · pixels
     activations_growth: float = 0.0
+    batches: bool = True  # whether several tiles may go through in one batch (each answered as if alone)
 
     @property
     def exact(self) -> bool:
@@ -79,6 +80,20 @@ class Geometry:
                 break
             tile = cand
         return tile
+
+
+def _answers_each_alone(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a batch of two images gets each the output it gets alone (a forward that
+    reshapes to one image, ``x.view(1, …)``, fails or mixes them): else tiles go one by one."""
+    pair = torch.cat([x, x.flip(-1)])
+    try:
+        with torch.no_grad():
+            both = _forward(model, pair)
+            alone = torch.cat([_forward(model, pair[:1]), _forward(model, pair[1:])])
+    except (RuntimeError, ValueError):
+        return False
+    scale = float(alone.abs().max()) or 1.0
+    return both.shape == alone.shape and float((both - alone).abs().max()) <= 1e-10 * scale
 
 
 def _refuse_randomness(model: nn.Module, channels: int, x: torch.Tensor) -> None:
@@ -334,7 +349,9 @@ def probe(model: nn.Module, channels: int) -> Geometry:
     tolerance = TOLERANCE.get(dtype, 1e-3)
     best, factor, nearest, radius, size = float("inf"), 0, 1, 0, 256
     try:
-        _refuse_randomness(model, channels, torch.randn(1, channels, 64, 64, generator=gen).to(dtype))
+        small = torch.randn(1, channels, 64, 64, generator=gen).to(dtype)
+        _refuse_randomness(model, channels, small)
+        batches = _answers_each_alone(model, small)
         activations, growth = _activations(model, channels, 1)
         # a shift test compares the central half: a reach past a quarter of 256 px would only
         # show the borders there, so it goes straight to 512 (the reach of a 64-px block covers
@@ -379,10 +396,10 @@ def probe(model: nn.Module, channels: int) -> Geometry:
         model.train(was_training)
     edges = edge_cause(model, channels) if edge_error > tolerance else ""
     if factor:
-        geo = Geometry(factor, radius, out_channels, True, "", best, activations, edges, edge_error, growth)
+        geo = Geometry(factor, radius, out_channels, True, "", best, activations, edges, edge_error, growth, batches)
     else:
         geo = Geometry(nearest, radius, out_channels, False, suspected_cause(model, channels), best, activations,
-                       activations_growth=growth)
+                       activations_growth=growth, batches=batches)
     known[channels] = geo
     return geo
 
@@ -404,4 +421,4 @@ def resolve(model: nn.Module, channels: int) -> Geometry:
     return Geometry(int(factor) if geo.equivariant and factor is not None else geo.factor,
                     int(radius) if radius is not None else geo.radius,
                     geo.out_channels, geo.equivariant, geo.cause, geo.equivariance_error, geo.activations_per_pixel,
-                    geo.edges, geo.edge_error, geo.activations_growth)
+                    geo.edges, geo.edge_error, geo.activations_growth, geo.batches)

@@ -278,7 +278,7 @@ def predict_tiled(
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, mininterval=2)
     try:
         with torch.inference_mode():
-            for group in _batches(tiles, batch_size):
+            for group in _batches(tiles, batch_size if geo.batches else 1):
                 # memmaps: drop the pages the last batch touched (a row band of a 16-channel
                 # image is ~200 MB at 7000 columns); re-reads come from the page cache
                 release_pages(image)
