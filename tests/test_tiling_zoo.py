@@ -501,3 +501,23 @@ def test_a_model_written_for_one_image_gets_its_tiles_one_by_one(image):
     full = predict_full(model, image)
     assert np.abs(tiled - full).max() <= 1e-5 * np.abs(full).max()
     assert probe(_build(lambda: UNet(2)), C).batches
+
+
+class Picky(nn.Module):
+    """Takes tiles up to 300 px only (a model exported for a fixed size, say)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(C, 1, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[-1] > 300:
+            raise RuntimeError("input too large for this model")
+        return self.a(x)
+
+
+def test_a_model_failing_on_a_batch_of_tiles_is_one_line_naming_the_batch():
+    image = np.zeros((C, 400, 400), np.float32)
+    with pytest.raises(ValueError, match=r"model: failed on a batch of tiles of shape \(1, 3, \d+, \d+\) "
+                                         r"\(input too large for this model\)"):
+        predict_tiled(_build(Picky), image, tile_size=400, overlap=8)

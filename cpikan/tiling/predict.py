@@ -289,7 +289,11 @@ def predict_tiled(
                     raise ValueError("image: contains NaN or Inf pixels")
                 if normalize is not None:
                     batch = normalize(batch)
-                pred = forward(batch.to(device=device, dtype=dtype)).float().cpu().numpy()
+                try:
+                    pred = forward(batch.to(device=device, dtype=dtype)).float().cpu().numpy()
+                except RuntimeError as exc:  # the user's model, out of memory or a size it rejects: one line
+                    raise ValueError(f"model: failed on a batch of tiles of shape {tuple(batch.shape)} "
+                                     f"({str(exc).splitlines()[0][:300]})") from None
                 for t, p in zip(group, pred):
                     cy1, cx1 = min(t.cy1, h), min(t.cx1, w)
                     if cy1 <= t.cy0 or cx1 <= t.cx0:
