@@ -781,7 +781,7 @@ def test_a_model_built_without_weights_is_the_same_every_time(user_model):
     ("wrong weights", "--weights: "), ("pickle", "looks like a pickle"), ("no such callable", "cannot be imported"),
     ("not equivariant", "not shift-equivariant"), ("weights without a factory", "--weights: only with"),
     ("circular padding", "output at the wafer's edges depends on its far side (suspected: circular padding (enc1.0"),
-    ("bad mode", "--mode: unknown 'blend'"), ("dict output", "returns a dict ('out': (1, 1, 256, 256), 'aux'"),
+    ("bad mode", "--mode: unknown 'blend'"), ("dict output", "returns a dict ('out': (1, 1, 64, 64), 'aux'"),
     ("tiny budget", "--max-memory 1KB: the smallest tile with the"),
     ("non-literal argument", "arguments must be literals"),
     ("short overlap", "--overlap: crop mode needs overlap/2 ≥ the receptive-field radius"),
