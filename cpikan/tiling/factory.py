@@ -9,8 +9,9 @@ The callable is the user's own code, named on their own command line, so importi
 more than running their script, and it imports as their script would: a file in a package
 (its folder holds ``__init__.py``) as part of that package, so its relative imports work; a
 lone file with its own folder on the path, so its sibling modules import. Every source
-file of theirs that the import brought in is what a run records (:func:`local_files`). Weights come as safetensors (a flat, typed format whose
-reading cannot run code), never as a pickle. Models stored in MLflow stay restricted to the
+file of theirs that the import brought in is what a run records (:func:`local_files`).
+Weights come as safetensors (a flat, typed format whose reading cannot run code), never as
+a pickle. Models stored in MLflow stay restricted to the
 project's own builders (:mod:`tracking.models`): a shared store must not run code.
 """
 
