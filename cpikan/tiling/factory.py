@@ -11,8 +11,8 @@ more than running their script, and it imports as their script would: a file in 
 lone file with its own folder on the path, so its sibling modules import. Every source
 file of theirs that the import brought in is what a run records (:func:`local_files`).
 Weights come as safetensors (a flat, typed format whose reading cannot run code), never as
-a pickle. Models stored in MLflow stay restricted to the
-project's own builders (:mod:`tracking.models`): a shared store must not run code.
+a pickle. Models stored in MLflow stay restricted to the project's own builders
+(:mod:`tracking.models`): a shared store must not run code.
 """
 
 from __future__ import annotations
