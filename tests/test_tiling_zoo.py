@@ -521,3 +521,27 @@ def test_a_model_failing_on_a_batch_of_tiles_is_one_line_naming_the_batch():
     with pytest.raises(ValueError, match=r"model: failed on a batch of tiles of shape \(1, 3, \d+, \d+\) "
                                          r"\(input too large for this model\)"):
         predict_tiled(_build(Picky), image, tile_size=400, overlap=8)
+
+
+class Scriptable(nn.Module):
+    """Exported with torch.jit.script, as models are shipped for deployment."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.b = nn.Conv2d(C, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(16, 1, 3, padding=1)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.a(x)))
+        z = F.interpolate(F.max_pool2d(y, 2), scale_factor=2.0, mode="nearest")
+        return self.b(torch.cat([y, z], 1))
+
+
+def test_a_torchscript_model_is_probed_and_tiled_exactly(image):
+    """A ScriptModule takes no forward hooks: the memory measure falls back to the live tensors."""
+    model = torch.jit.script(_build(Scriptable))
+    geo = probe(model, C)
+    assert geo.exact and geo.factor == 2 and geo.activations_per_pixel > 0, geo
+    crop = np.ascontiguousarray(image[:, :150, :130])
+    full = predict_full(model, crop)
+    tiled = predict_tiled(model, crop, tile_size=64, overlap=2 * (geo.radius + geo.factor))
+    assert np.abs(tiled - full).max() <= 1e-5 * np.abs(full).max()

@@ -316,7 +316,12 @@ def _activations_per_pixel(model: nn.Module, channels: int, size: int) -> float:
 
     x = torch.zeros(1, channels, size, size, dtype=param_dtype(model))
     leaves = [m for m in model.modules() if not list(m.children())]  # containers would count twice
-    handles = [m.register_forward_hook(count) for m in leaves]
+    handles = []
+    for m in leaves:
+        try:
+            handles.append(m.register_forward_hook(count))
+        except RuntimeError:  # a TorchScript module takes no hooks: the peak of live tensors measures it
+            pass
     try:
         with torch.no_grad():
             model(x)
