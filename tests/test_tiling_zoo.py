@@ -277,7 +277,21 @@ def test_models_that_wrap_the_far_side_into_the_edges_are_refused(name, image):
     assert np.abs(tiled[inner] - full[inner]).max() <= 1e-5 * scale  # ... and only there
 
 
+class CoordChannels(nn.Module):
+    """CoordConv: x and y in [-1, 1] across the image, made in forward with linspace."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(C + 2, 1, 3, padding=1)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        return self.a(torch.cat([x, yy.expand(n, 1, h, w).to(x.dtype), xx.expand(n, 1, h, w).to(x.dtype)], 1))
+
+
 SEES_THE_WHOLE_IMAGE = {
+    "coordinate channels": (CoordChannels, "coordinates made in forward (linspace"),
     "squeeze-and-excitation": (SqueezeExcite, "a mean over the whole image"),
     "pyramid pooling": (PyramidPooling, "adaptive pooling (pool: AdaptiveAvgPool2d"),
     "align_corners=True by function": (CornersByFunction, "align_corners=True resampling (F.interpolate)"),

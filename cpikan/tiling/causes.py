@@ -55,6 +55,9 @@ class _Ops(TorchDispatchMode):
             dims = {d % 4 for d in (args[1] if isinstance(args[1], list | tuple) else [args[1]])}
             if {2, 3} <= dims:
                 self.found["global"] = f"a {name} over the whole image (global pooling, squeeze-and-excitation)"
+        elif name in ("linspace", "arange", "grid_sampler_2d", "affine_grid_generator"):
+            self.found["position"] = (f"coordinates made in forward ({name}: coordinate channels, positional "
+                                      "encodings, grid_sample: they say where in the image, not what is there)")
         elif name.startswith("upsample_") and len(args) > 2 and args[2] is True:
             self.found["corners"] = "align_corners=True resampling (F.interpolate)"
         return func(*args, **(kwargs or {}))
