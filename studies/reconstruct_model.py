@@ -66,9 +66,9 @@ def best_model_run(wavelengths: tuple[float, ...]) -> str:
         trained = json.loads(run.data.params.get("wavelengths", "null")) or DEFAULT_PSI.wavelengths
         return tuple(float(v) for v in trained) == tuple(wavelengths)
 
-    if best_run("studies/psi_pretrain", "rmse_nm") is None:
-        raise io.InputError("--model best: no psi_pretrain run in the store (python -m studies.run psi_pretrain)")
     run = best_run("studies/psi_pretrain", "rmse_nm", accept=for_these_lasers)
+    if run is None and best_run("studies/psi_pretrain", "rmse_nm") is None:  # the store searched again only here
+        raise io.InputError("--model best: no psi_pretrain run in the store (python -m studies.run psi_pretrain)")
     if run is None:
         raise io.InputError(f"--model best: no psi_pretrain run trained for wavelengths {tuple(wavelengths)} µm "
                             f"(python -m studies.run psi_pretrain --set 'wavelengths=[{', '.join(map(str, wavelengths))}]')")
