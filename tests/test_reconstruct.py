@@ -112,6 +112,14 @@ def _layout(root: Path, case: str, buckets: np.ndarray) -> Path:
         tifffile.imwrite(root / "hyper.tif", buckets.reshape(4, 4, *buckets.shape[1:]), imagej=True,
                          metadata={"axes": "ZCYX"}, byteorder=">")
         return root / "hyper.tif"
+    if case == "samples_planar":  # one page holding the 16 buckets as its samples, LZW: decoded to a file
+        tifffile.imwrite(root / "planar.tif", buckets, planarconfig="separate", photometric="minisblack",
+                         compression="lzw")
+        return root / "planar.tif"
+    if case == "samples_interleaved":  # one page of 16-sample pixels, uncompressed: read where it lies
+        tifffile.imwrite(root / "inter.tif", np.moveaxis(buckets, 0, -1), planarconfig="contig",
+                         photometric="minisblack")
+        return root / "inter.tif"
     folder.mkdir()
     for i, b in enumerate(buckets):
         path = folder / f"b{i:02d}.tif"
@@ -127,7 +135,7 @@ def _layout(root: Path, case: str, buckets: np.ndarray) -> Path:
 
 
 @pytest.mark.parametrize("case", ["imagej", "lzw", "sample_axis", "float32", "hyperstack", "big_endian_npy",
-                                  "float64_npy"])
+                                  "float64_npy", "samples_planar", "samples_interleaved"])
 def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
     """Big-endian, LZW-compressed, (H, W, 1), float TIFFs, an ImageJ hyperstack, big-endian
     and float64 arrays: each read as the plain 16-bit files are (all but the hyperstack and

@@ -3,7 +3,8 @@
 Inputs: a folder of bucket images (TIFF, PNG, BMP; 8- or 16-bit greyscale, or float TIFFs;
 one file per channel, laser-major in name order with numbers read as numbers, a
 ``*.tif``-style pattern selecting them), one multi-page TIFF holding the buckets as pages
-in file order (an ImageJ hyperstack too), or a (C, H, W) ``.npy`` array (opened as a
+in file order (an ImageJ hyperstack too; or one page whose pixels hold the 16 buckets as
+samples, planar or interleaved: read in place, or decoded into a file), or a (C, H, W) ``.npy`` array (opened as a
 memmap). TIFFs in either byte order (ImageJ writes big-endian) and any compression
 (LZW, Deflate, Zstd, JPEG: ``imagecodecs``). A folder or stack is copied channel by channel
 into a (C, H, W) memmap of native uint8, uint16 or float32 next to the outputs, so no more
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +149,8 @@ def tiff_stack(path: Path, channels: int) -> tuple[int, ...]:
     except Exception as exc:  # noqa: BLE001 — any reader failure means an unreadable file
         raise InputError(f"{path}: unreadable or truncated TIFF ({type(exc).__name__}: {exc})") from None
     if "S" in axes and shape[axes.index("S")] > 1:
+        if _bucket_samples(axes, shape, channels):
+            return (channels, shape[axes.index("Y")], shape[axes.index("X")])
         raise InputError(f"{path}: colour pages ({shape[axes.index('S')]} samples); bucket images are greyscale")
     dims = [n for n in shape if n != 1]  # singleton axes (ImageJ's T, a trailing sample) say nothing
     if len(dims) < 3 or math.prod(dims[:-2]) != channels:
@@ -158,15 +162,51 @@ def tiff_stack(path: Path, channels: int) -> tuple[int, ...]:
     return (channels, *dims[-2:])
 
 
+def _bucket_samples(axes: str, shape: tuple[int, ...], channels: int) -> bool:
+    """Whether a TIFF holds the buckets as the samples of one page (a 16-channel image,
+    planar or interleaved): as many samples as channels, nothing else but rows and columns."""
+    return (shape[axes.index("S")] == channels and "Y" in axes and "X" in axes
+            and all(n == 1 for a, n in zip(axes, shape) if a not in "SYX"))
+
+
+def _samples(series: object, dest: Path) -> tuple[np.ndarray, Path | None]:
+    """A one-page TIFF's samples as an (S, H, W) view: of the file itself when uncompressed,
+    else decoded into a memmap beside ``dest`` (returned for deleting), never into memory."""
+    keep = [i for i, a in enumerate(series.axes) if a in "SYX"]  # type: ignore[attr-defined]
+    axes = "".join(series.axes[i] for i in keep)  # type: ignore[attr-defined]
+    scratch = dest.with_name(dest.name + ".decoded")
+    try:
+        arr, scratch_used = series.asarray(out="memmap"), None  # type: ignore[attr-defined]
+        if not isinstance(arr, np.memmap):
+            raise ValueError("not a memmap")
+    except Exception:  # noqa: BLE001 — compressed: decoded segment by segment into a file
+        arr, scratch_used = series.asarray(out=str(scratch)), scratch  # type: ignore[attr-defined]
+    arr = arr.reshape([series.shape[i] for i in keep])  # type: ignore[attr-defined]
+    return np.moveaxis(arr, [axes.index(a) for a in "SYX"], [0, 1, 2]), scratch_used
+
+
 def stack_tiff(path: Path, channels: int, dest: Path, order: list[int] | None = None) -> np.ndarray:
     """A multi-page TIFF's buckets as one (C, H, W) memmap at ``dest``, a page at a time
-    (channel c from page ``order[c]``)."""
+    (channel c from page ``order[c]``); buckets held as one page's samples, a row band at a time."""
     import tifffile
 
     c, h, w = tiff_stack(path, channels)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(series.dtype), shape=(c, h, w))
+        if "S" in series.axes:
+            try:
+                samples, scratch = _samples(series, dest)
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(f"{path}: unreadable or truncated ({type(exc).__name__}: {exc})") from None
+            rows = max(1, (32 << 20) // max(w * c * samples.dtype.itemsize, 1))  # ~32 MB bands
+            for r0 in range(0, h, rows):
+                out[:, r0 : r0 + rows] = samples[(range(c) if order is None else order), r0 : r0 + rows]
+                release_pages(out)
+            del samples
+            if scratch is not None:
+                scratch.unlink(missing_ok=True)
+            return out
         for i, j in enumerate(range(c) if order is None else order):
             try:
                 out[i] = series.asarray(key=j).reshape(h, w)
@@ -280,7 +320,12 @@ def first_channel(src: Path, channels: int, pattern: str | None = None, n: int =
     else:
         _, h, w = tiff_stack(src, channels)
         with tifffile.TiffFile(src) as tif:
-            img = tif.series[0].asarray(key=0).reshape(h, w)
+            series = tif.series[0]
+            if "S" in series.axes:  # the buckets as one page's samples: a small strided read
+                with tempfile.TemporaryDirectory() as tmp:
+                    samples, _ = _samples(series, Path(tmp) / "sample")
+                    return strided_sample(samples[:1], n)[0].copy()
+            img = series.asarray(key=0).reshape(h, w)
     return strided_sample(img[None], n)[0]  # row by row: a strided memmap read faults far more in
 
 
