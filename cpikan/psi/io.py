@@ -23,6 +23,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -169,20 +170,38 @@ def _bucket_samples(axes: str, shape: tuple[int, ...], channels: int) -> bool:
             and all(n == 1 for a, n in zip(axes, shape) if a not in "SYX"))
 
 
-def _samples(series: object, dest: Path) -> tuple[np.ndarray, Path | None]:
-    """A one-page TIFF's samples as an (S, H, W) view: of the file itself when uncompressed,
-    else decoded into a memmap beside ``dest`` (returned for deleting), never into memory."""
-    keep = [i for i, a in enumerate(series.axes) if a in "SYX"]  # type: ignore[attr-defined]
-    axes = "".join(series.axes[i] for i in keep)  # type: ignore[attr-defined]
-    scratch = dest.with_name(dest.name + ".decoded")
-    try:
-        arr, scratch_used = series.asarray(out="memmap"), None  # type: ignore[attr-defined]
-        if not isinstance(arr, np.memmap):
-            raise ValueError("not a memmap")
-    except Exception:  # noqa: BLE001 — compressed: decoded segment by segment into a file
-        arr, scratch_used = series.asarray(out=str(scratch)), scratch  # type: ignore[attr-defined]
-    arr = arr.reshape([series.shape[i] for i in keep])  # type: ignore[attr-defined]
-    return np.moveaxis(arr, [axes.index(a) for a in "SYX"], [0, 1, 2]), scratch_used
+def _samples_in_place(series: Any) -> np.ndarray | None:
+    """An uncompressed one-page TIFF's samples as an (S, H, W) view of the file itself;
+    None when the page is compressed."""
+    import tifffile
+
+    try:  # only a contiguous, uncompressed page maps (asarray(out="memmap") would decode into a temporary file)
+        arr = tifffile.memmap(series.parent.filehandle.path, series=0, mode="r")
+    except Exception:  # noqa: BLE001 — compressed or odd: decoded strip by strip instead
+        return None
+    keep = [i for i, a in enumerate(series.axes) if a in "SYX"]
+    axes = "".join(series.axes[i] for i in keep)
+    return np.moveaxis(arr.reshape([series.shape[i] for i in keep]), [axes.index(a) for a in "SYX"], [0, 1, 2])
+
+
+def _copy_segments(page: Any, out: np.ndarray, order: list[int]) -> None:
+    """Decode a compressed page strip by strip (or tile by tile) into ``out`` (C, H, W),
+    sample ``order[c]`` into channel c: memory holds one strip, never the page."""
+    channel = {j: i for i, j in enumerate(order)}
+    _, h, w = out.shape
+    for n, (segment, index, _shape) in enumerate(page.segments(maxworkers=1, buffersize=16 << 20)):
+        if segment is None:
+            continue
+        plane, y0, x0 = index[0], index[2], index[3]
+        rows, cols = min(segment.shape[1], h - y0), min(segment.shape[2], w - x0)
+        if page.planarconfig == 2:  # separate: one sample's plane per segment
+            if plane in channel:
+                out[channel[plane], y0 : y0 + rows, x0 : x0 + cols] = segment[0, :rows, :cols, 0]
+        else:  # contiguous: every sample of these pixels
+            for j, c in channel.items():
+                out[c, y0 : y0 + rows, x0 : x0 + cols] = segment[0, :rows, :cols, j]
+        if n % 64 == 63:
+            release_pages(out)
 
 
 def stack_tiff(path: Path, channels: int, dest: Path, order: list[int] | None = None) -> np.ndarray:
@@ -194,18 +213,21 @@ def stack_tiff(path: Path, channels: int, dest: Path, order: list[int] | None = 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(series.dtype), shape=(c, h, w))
-        if "S" in series.axes:
+        if "S" in series.axes:  # the buckets as one page's samples
+            picks = list(range(c)) if order is None else list(order)
             try:
-                samples, scratch = _samples(series, dest)
+                samples = _samples_in_place(series)
+                if samples is None:
+                    _copy_segments(tif.pages[0], out, picks)
+                else:
+                    rows = max(1, (32 << 20) // max(w * c * samples.dtype.itemsize, 1))  # ~32 MB bands
+                    for r0 in range(0, h, rows):
+                        out[:, r0 : r0 + rows] = samples[picks, r0 : r0 + rows]
+                        release_pages(out)
+                        release_pages(samples)
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"{path}: unreadable or truncated ({type(exc).__name__}: {exc})") from None
-            rows = max(1, (32 << 20) // max(w * c * samples.dtype.itemsize, 1))  # ~32 MB bands
-            for r0 in range(0, h, rows):
-                out[:, r0 : r0 + rows] = samples[(range(c) if order is None else order), r0 : r0 + rows]
-                release_pages(out)
-            del samples
-            if scratch is not None:
-                scratch.unlink(missing_ok=True)
+            release_pages(out)
             return out
         for i, j in enumerate(range(c) if order is None else order):
             try:
@@ -321,10 +343,15 @@ def first_channel(src: Path, channels: int, pattern: str | None = None, n: int =
         _, h, w = tiff_stack(src, channels)
         with tifffile.TiffFile(src) as tif:
             series = tif.series[0]
-            if "S" in series.axes:  # the buckets as one page's samples: a small strided read
-                with tempfile.TemporaryDirectory() as tmp:
-                    samples, _ = _samples(series, Path(tmp) / "sample")
-                    return strided_sample(samples[:1], n)[0].copy()
+            if "S" in series.axes:  # the buckets as one page's samples
+                samples = _samples_in_place(series)
+                if samples is None:  # compressed: decode the first sample's plane (or the page)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        first = np.lib.format.open_memmap(Path(tmp) / "first.npy", mode="w+",
+                                                          dtype=pixel_type(series.dtype), shape=(1, h, w))
+                        _copy_segments(tif.pages[0], first, [0])
+                        return strided_sample(first, n)[0].copy()
+                return strided_sample(samples[:1], n)[0].copy()
             img = series.asarray(key=0).reshape(h, w)
     return strided_sample(img[None], n)[0]  # row by row: a strided memmap read faults far more in
 
