@@ -170,14 +170,11 @@ def _bucket_samples(axes: str, shape: tuple[int, ...], channels: int) -> bool:
             and all(n == 1 for a, n in zip(axes, shape) if a not in "SYX"))
 
 
-def _samples_in_place(series: Any) -> np.ndarray | None:
-    """An uncompressed one-page TIFF's samples as an (S, H, W) view of the file itself;
-    None when the page is compressed."""
-    import tifffile
-
-    try:  # only a contiguous, uncompressed page maps (asarray(out="memmap") would decode into a temporary file)
-        arr = tifffile.memmap(series.parent.filehandle.path, series=0, mode="r")
-    except Exception:  # noqa: BLE001 — compressed or odd: decoded strip by strip instead
+def _samples_in_place(series: Any, path: Path) -> np.ndarray | None:
+    """An uncompressed one-page TIFF's samples as an (S, H, W) view of the file itself
+    (:func:`_tiff_memmap`); None when the page is compressed."""
+    arr = _tiff_memmap(path)
+    if arr is None:
         return None
     keep = [i for i, a in enumerate(series.axes) if a in "SYX"]
     axes = "".join(series.axes[i] for i in keep)
@@ -215,8 +212,8 @@ def stack_tiff(path: Path, channels: int, dest: Path, order: list[int] | None = 
         out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(series.dtype), shape=(c, h, w))
         if "S" in series.axes:  # the buckets as one page's samples
             picks = list(range(c)) if order is None else list(order)
+            samples = _samples_in_place(series, path)  # a truncated file: InputError, as for pages
             try:
-                samples = _samples_in_place(series)
                 if samples is None:
                     _copy_segments(tif.pages[0], out, picks)
                 else:
@@ -344,7 +341,7 @@ def first_channel(src: Path, channels: int, pattern: str | None = None, n: int =
         with tifffile.TiffFile(src) as tif:
             series = tif.series[0]
             if "S" in series.axes:  # the buckets as one page's samples
-                samples = _samples_in_place(series)
+                samples = _samples_in_place(series, src)
                 if samples is None:  # compressed: decode the first sample's plane (or the page)
                     with tempfile.TemporaryDirectory() as tmp:
                         first = np.lib.format.open_memmap(Path(tmp) / "first.npy", mode="w+",

@@ -18,6 +18,7 @@ a pickle. Models stored in MLflow stay restricted to the project's own builders
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import re
@@ -201,12 +202,17 @@ def source_file(ref: str) -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
 
 
+@functools.cache
+def _not_users() -> tuple[Path, ...]:
+    """Folders whose modules are not the user's: the interpreter's and this project's packages."""
+    project = Path(__file__).resolve().parents[2]
+    return (*{Path(p).resolve() for p in (sys.prefix, sys.base_prefix)},
+            *(project / d for d in ("cpikan", "studies", "tracking", "reports", "lab")))
+
+
 def _installed(path: Path) -> bool:
     """Whether ``path`` is an installed package's or this project's own (recorded otherwise)."""
-    project = Path(__file__).resolve().parents[2]
-    return (bool({"site-packages", "dist-packages"} & set(path.parts))
-            or any(path.is_relative_to(Path(p).resolve()) for p in {sys.prefix, sys.base_prefix})
-            or any(path.is_relative_to(project / d) for d in ("cpikan", "studies", "tracking", "reports", "lab")))
+    return bool({"site-packages", "dist-packages"} & set(path.parts)) or any(map(path.is_relative_to, _not_users()))
 
 
 def local_files(ref: str) -> dict[str, Path]:

@@ -286,13 +286,12 @@ class _PeakLiveBytes(TorchDispatchMode):
         return out
 
 
-def _activations(model: nn.Module, channels: int, factor: int) -> tuple[float, float]:
+def _activations(model: nn.Module, channels: int, size: int = 64) -> tuple[float, float]:
     """(a, growth): activation elements per input pixel, a + growth · pixels, from one
-    forward pass at 64² and one at 128². A CNN's grow with the image (growth 0); attention
+    forward pass at ``size``² and one at twice the side. A CNN's grow with the image (growth 0); attention
     across pixels holds a pixels × pixels matrix, whose share per pixel grows with the image
     (a 64² → 128² ratio of 4): measured here, small, before any large probe runs it (a
     two-head attention layer's probe at 512² in float64 peaked at 6.3 GB)."""
-    size = max(64, -(-64 // factor) * factor)
     small, large = (_activations_per_pixel(model, channels, s) for s in (size, 2 * size))
     if large <= 1.25 * small:  # borders and rounding, not the image's square
         return small, 0.0
@@ -357,7 +356,7 @@ def probe(model: nn.Module, channels: int) -> Geometry:
         small = torch.randn(1, channels, 64, 64, generator=gen).to(dtype)
         _refuse_randomness(model, channels, small)
         batches = _answers_each_alone(model, small)
-        activations, growth = _activations(model, channels, 1)
+        activations, growth = _activations(model, channels)
         # a shift test compares the central half: a reach past a quarter of 256 px would only
         # show the borders there, so it goes straight to 512 (the reach of a 64-px block covers
         # every factor's phases; float32 and 256² make it cheap: 1.5 s for a 64-feature U-Net).
