@@ -13,7 +13,9 @@ A field declares what it allows where it is defined::
 
 and :func:`validate` checks them all, with a close-match hint for a misspelt name. The CLIs
 read the same metadata (:func:`declared`) to list what ``--set`` accepts, so the allowed
-values are written once. See docs/howto.md ("add a config field").
+values are written once. A field added after runs were recorded without it says what those
+runs did (``before=``), so that :func:`from_recorded` rebuilds an old run's config as the
+code then behaved, not with today's default. See docs/howto.md ("add a config field").
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import dataclasses
 import difflib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 CHOICES = "choices"
 RANGE = "range"
+BEFORE = "before"  # what a run recorded before the field existed did (a value, or a function of its record)
+_SAME: Any = object()  # no ``before``: the default is what the code did before the field existed
 
 
 class ConfigError(ValueError):
@@ -42,15 +46,28 @@ class ConfigError(ValueError):
         return ConfigError(f"{parent}.{self.field}", self.message)
 
 
-def choice(default: str, allowed: Sequence[str]) -> Any:
-    """A dataclass field whose value must be one of ``allowed``."""
-    return dataclasses.field(default=default, metadata={CHOICES: tuple(allowed)})
+def _before(before: Any) -> dict[str, Any]:
+    return {} if before is _SAME else {BEFORE: before}
+
+
+def choice(default: str, allowed: Sequence[str], *, before: Any = _SAME) -> Any:
+    """A dataclass field whose value must be one of ``allowed``; ``before``: see :func:`added`."""
+    return dataclasses.field(default=default, metadata={CHOICES: tuple(allowed), **_before(before)})
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
-            le: float | None = None, optional: bool = False) -> Any:
-    """A numeric field within ``[ge, le]`` (``gt``: strictly above); ``optional``: None allowed."""
-    return dataclasses.field(default=default, metadata={RANGE: (ge, gt, le, optional)})
+            le: float | None = None, optional: bool = False, before: Any = _SAME) -> Any:
+    """A numeric field within ``[ge, le]`` (``gt``: strictly above); ``optional``: None allowed;
+    ``before``: see :func:`added`."""
+    return dataclasses.field(default=default, metadata={RANGE: (ge, gt, le, optional), **_before(before)})
+
+
+def added(default: Any, *, before: Any | Callable[[Mapping[str, Any]], Any]) -> Any:
+    """A field added with a default that changes what runs without it did: ``before`` is the
+    value that does what they did (or a function of the run's recorded fields that gives
+    it), so that a replay of such a run runs the same thing. A field whose default keeps the
+    old behaviour (a new option, off by default) needs none of this."""
+    return dataclasses.field(default=default, metadata=_before(before))
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
@@ -113,6 +130,57 @@ def declared(obj: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
         elif CHOICES in f.metadata or RANGE in f.metadata:
             out[prefix + f.name] = dict(f.metadata)
     return out
+
+
+def from_recorded(cls: type, recorded: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A config of ``cls`` rebuilt from a run's recorded fields (its ``config.json``),
+    written by this version of the code or an older one; nested configs too.
+
+    A field the record lacks (added since the run) takes its ``before=`` value when it
+    declares one, else its default; both are returned, dotted path → value, so a replay can
+    say what it assumed. A recorded field this version no longer has is refused: what it
+    did cannot be known here. A class that is not a dataclass is built by its ``from_dict``
+    (or its keyword arguments), as recorded."""
+    if not dataclasses.is_dataclass(cls):
+        return (cls.from_dict(recorded) if hasattr(cls, "from_dict") else cls(**recorded)), {}
+    filled: dict[str, Any] = {}
+    return _from_recorded(cls, recorded, "", filled), filled
+
+
+def nested(cls: type) -> dict[str, type]:
+    """The fields of config dataclass ``cls`` that hold config dataclasses, by name → class."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if isinstance(hints.get(f.name), type) and dataclasses.is_dataclass(hints[f.name])}
+
+
+def _from_recorded(cls: type, recorded: Mapping[str, Any], prefix: str, filled: dict[str, Any]) -> Any:
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    nested_types = nested(cls)
+    unknown = sorted(set(recorded) - {f.name for f in fields})
+    if unknown:
+        raise ConfigError(prefix + unknown[0], f"recorded by the run, but {cls.__name__} has no such field "
+                          "any more (renamed or removed since); replay it with the code of its commit")
+    kwargs = {}
+    for f in fields:
+        if f.name in recorded:
+            value = recorded[f.name]
+            if f.name in nested_types and isinstance(value, Mapping):
+                value = _from_recorded(nested_types[f.name], value, f"{prefix}{f.name}.", filled)
+            kwargs[f.name] = value
+            continue
+        before = f.metadata.get(BEFORE, _SAME)
+        if before is _SAME:
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        else:
+            value = kwargs[f.name] = before(recorded) if callable(before) else before
+        filled[prefix + f.name] = to_jsonable(value)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise (exc.within(prefix.rstrip(".")) if prefix else exc) from None
 
 
 # --------------------------------------------------------------------------- canonical JSON

@@ -59,7 +59,7 @@ class MultiStageConfig:
     sigma: float = bounded(0.0, ge=0)  # Fourier σ (cycles per unit of x̂ ∈ [-1, 1]); 0: from the spectrum
     adam_steps: int = bounded(0, ge=0)  # stages ≥ 2
     lm_steps: int = bounded(300, ge=0)  # stages ≥ 2
-    lm_solver: str = choice("svd", LM_SOLVERS)  # stages ≥ 2 (stage 1: base.train.lm_solver)
+    lm_solver: str = choice("svd", LM_SOLVERS, before="cholesky")  # stages ≥ 2 (stage 1: base.train.lm_solver)
     points_factor: float = bounded(1.0, gt=0)  # interior points of stage k: base × factor^(k−1)
     #: stages ≥ 2 (empty: the base's for network stages, 1 per term for spectral ones, which
     #: solve every term to the last digits). A weight chosen for stage 1's Adam phase can

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from cpikan.config import ConfigError, bounded, choice, validate
+from cpikan.config import ConfigError, added, bounded, choice, validate
 from cpikan.psi.curriculum import CurriculumConfig, level_patch, train_levels
 from cpikan.psi.data import open_memmap_dataset
 from cpikan.psi.model import PSINet
@@ -40,9 +40,10 @@ class PSIPretrainConfig:
     data_seed: int = bounded(11, ge=0)
     seed: int = bounded(0, ge=0)
     #: coarse levels before the full-resolution ``steps`` (cpikan.psi.curriculum): downsampling
-    #: factors, coarse to fine, and Adam steps at each; () trains at full resolution only
-    curriculum_factors: tuple[int, ...] = (4, 2)
-    curriculum_steps: tuple[int, ...] = (400, 200)
+    #: factors, coarse to fine, and Adam steps at each; () trains at full resolution only (as
+    #: runs made before the curriculum did)
+    curriculum_factors: tuple[int, ...] = added((4, 2), before=())
+    curriculum_steps: tuple[int, ...] = added((400, 200), before=())
     #: the lab's lasers (µm, laser order): the model reconstructs wafers measured with these only
     wavelengths: tuple[float, ...] = DEFAULT_PSI.wavelengths
 

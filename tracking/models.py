@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cpikan.config import to_jsonable
+from cpikan.config import from_recorded, to_jsonable
 from tracking import store
 from tracking.store import TrackingError
 
@@ -118,7 +118,7 @@ def load_model(run_id: str, artifact_path: str = "model") -> tuple[Any, dict[str
     """(module in eval mode, all tensors, config) of a run's model artifact."""
     meta, tensors = read_run(run_id, artifact_path)
     config_cls = _import(meta["config_class"])
-    config = config_cls.from_dict(meta["config"]) if hasattr(config_cls, "from_dict") else config_cls(**meta["config"])
+    config, _ = from_recorded(config_cls, meta["config"])  # a run of an older version: as it then was
     model = _import(meta["builder"])(config)
     model.load_state_dict(part(tensors, "model"))
     return model.eval(), tensors, config

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cpikan.config import from_recorded
 from tracking import hashing, logs, provenance, store, tracker
 from tracking.store import TrackingError
 
@@ -72,9 +73,13 @@ def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, flo
     if tracker.TAG_CONFIG_CLASS in tags:
         cls = _import(tags[tracker.TAG_CONFIG_CLASS], "config class")
         try:
-            config = cls.from_dict(data) if hasattr(cls, "from_dict") else cls(**data)
+            config, filled = from_recorded(cls, data)
         except (TypeError, ValueError) as exc:
             raise TrackingError(f"run {rid}: {tracker.CONFIG_ARTIFACT} is not a valid config ({exc})") from None
+        if filled:
+            said = ", ".join(f"{k}={json.dumps(v)}" for k, v in filled.items())
+            print(f"note: run {rid} predates {len(filled)} config field(s); set as the code then behaved: {said}",
+                  file=sys.stderr)
     return config, fn
 
 

@@ -88,7 +88,8 @@ class FlowInverseConfig:
     # on the PDE terms; sensors weigh 1. 1e5, not 1e3: at 1e3 the noisy sensors win, and the
     # residual between the points climbs back (3.5e-4 at 200 LM steps, 2.7e-3 at 450)
     physics_weight: float = bounded(1e5, gt=0)
-    boundary_weight: float = bounded(1e5, gt=0)  # on the Dirichlet and Neumann terms
+    #: on the Dirichlet and Neumann terms (physics_weight weighed them too before this field)
+    boundary_weight: float = bounded(1e5, gt=0, before=lambda run: run.get("physics_weight", 1000.0))
     seed: int = bounded(0, ge=0)
 
     def __post_init__(self) -> None:
