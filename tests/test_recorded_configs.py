@@ -113,3 +113,47 @@ def test_every_field_a_run_records_is_known_to_replay():
 if __name__ == "__main__":
     FIELDS.write_text(json.dumps(_recorded_fields(), indent=1) + "\n")
     print(f"wrote {FIELDS}")
+
+
+def test_replay_with_the_recorded_code_reproduces_what_todays_code_cannot(tmp_path):
+    """A run made at a later commit (a result added) plus an uncommitted change (its value
+    changed), in a clone; the clone then goes back one commit. Today's code loses the result;
+    the run's own code, checked out with its diff, reproduces it exactly."""
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    clone, store_dir = tmp_path / "clone", tmp_path / "mlruns"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    pde = clone / "studies" / "pde.py"
+    text = pde.read_text()
+    assert "results.update(final_loss=result.loss," in text
+    pde.write_text(text.replace("results.update(final_loss=result.loss,", "results.update(planted=1.0, final_loss=result.loss,"))
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "commit", "-qam", "a result added"], check=True)
+    pde.write_text(pde.read_text().replace("planted=1.0", "planted=2.0"))  # uncommitted
+
+    def python(code_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        env.update(CPIKAN_MLRUNS=str(store_dir), PYTHONPATH=str(code_root))
+        return subprocess.run([sys.executable, "-P", *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+
+    made = python(clone, "-c", "from tests.helpers import tiny_config\nfrom studies import pde\n"
+                  "from tracking.tracker import Tracker\ncfg = tiny_config(adam_steps=5, lr=1e-2)\n"
+                  "with Tracker('pde/diffusion', config=cfg, entry_point=pde.ENTRY_POINT, seed=0) as run:\n"
+                  "    pde.run(cfg, run)\nprint(run.run_id)")
+    assert made.returncode == 0, made.stderr
+    rid = made.stdout.split()[-1]
+    subprocess.run([*git, "checkout", "-q", "--", "."], check=True)
+    subprocess.run([*git, "reset", "-q", "--hard", "HEAD~1"], check=True)
+
+    today = python(clone, "-m", "tracking.replay", rid)
+    assert today.returncode == 1 and "planted" in today.stdout and "DIFFERENT" in today.stdout
+    own = python(clone, "-m", "tracking.replay", rid, "--recorded-code")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "and its uncommitted diff" in own.stderr and "DIFFERENT" not in own.stdout
+    assert "planted" in own.stdout and f"reproduced run {rid}" in own.stdout
+    worktrees = subprocess.run([*git, "worktree", "list"], capture_output=True, text=True, check=True).stdout
+    assert len(worktrees.splitlines()) == 1, worktrees  # the checkout is gone
+    elsewhere = python(root, "-m", "tracking.replay", rid, "--recorded-code")  # a repository without that commit
+    assert elsewhere.returncode == 2 and "does not hold" in elsewhere.stderr
+    assert len(elsewhere.stderr.strip().splitlines()) == 1, elsewhere.stderr

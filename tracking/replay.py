@@ -1,12 +1,15 @@
 """Replay a past run by its ID and say whether it reproduced.
 
-    python -m tracking.replay RUN_ID [--rtol R] [--force]
+    python -m tracking.replay RUN_ID [--rtol R] [--force] [--recorded-code]
 
 Rebuilds the config from the run's ``config.json``, imports the recorded entry point
 (``module:function``, by name: tracking never imports the studies), re-runs it with the
 same seed and thread count as a new run tagged ``replay_of=RUN_ID``, and prints a
 metric-by-metric table. Result metrics must agree within ``--rtol`` (default 0: exact, as
 on the same CPU machine); measurements (time, throughput, memory) are shown, not compared.
+By default the replay runs today's code; ``--recorded-code`` runs it in a checkout of the
+run's own commit and recorded uncommitted diff (``tracking/checkout.py``), which is what
+reproduces a run made by older code exactly.
 
 Exit status: 0 reproduced, 1 did not reproduce, 2 bad input (unknown run, missing or
 corrupted config, changed dataset without --force, unreachable store) — in which case
@@ -20,6 +23,7 @@ import importlib
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -185,6 +189,33 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     return ok, new_id
 
 
+def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bool) -> int:
+    """Replay ``run_id`` by the replay of the code it was made with, checked out beside
+    this one; returns that replay's exit status. With today's code unchanged since the
+    run, the replay runs here as usual."""
+    from tracking import checkout
+
+    client = store.client(must_exist=True)
+    run = store.get_run(client, run_id)
+    if not code_warnings(run, client):
+        ok, new_id = replay(run_id, rtol, force)
+        print(f"replay run {new_id}: {'reproduced' if ok else 'DID NOT reproduce'} run {run_id} (the code is the run's)")
+        return 0 if ok else 1
+    with checkout.recorded_code(run, client) as (code, untracked):
+        tags = run.data.tags
+        said = " and its uncommitted diff" if tags.get("git.dirty") == "true" else ""
+        print(f"replaying with the run's code: commit {tags['git.commit'][:12]}{said}, checked out in {code}",
+              file=sys.stderr)
+        for name in untracked:
+            print(f"warning: {name} was untracked when the run was made and not recorded; the replay runs "
+                  "without it", file=sys.stderr)
+        # -P: the checkout's packages, not the ones in the current directory
+        path = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
+        argv = [sys.executable, "-P", "-m", "tracking.replay", run_id, "--rtol", repr(rtol)]
+        argv += ["--force"] * force + ["-v"] * verbose
+        return subprocess.run(argv, env={**os.environ, "PYTHONPATH": path}).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tracking.replay", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,11 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for result metrics (default 0: exact)")
     ap.add_argument("--force", action="store_true", help="replay even if a dataset changed")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the libraries' logs and notes")
+    ap.add_argument("--recorded-code", action="store_true",
+                    help="run the replay with the code the run was made with (its commit and uncommitted diff, "
+                         "checked out in a temporary git worktree) instead of today's")
     args = ap.parse_args(argv)
     logs.configure(args.verbose)
     if not args.rtol >= 0:
         print("error: --rtol must be ≥ 0", file=sys.stderr)
         return 2
+    if args.recorded_code:
+        try:
+            return replay_with_recorded_code(args.run_id, args.rtol, args.force, args.verbose)
+        except TrackingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         ok, new_id = replay(args.run_id, args.rtol, args.force)
     except TrackingError as exc:
