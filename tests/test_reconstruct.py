@@ -120,10 +120,27 @@ def _layout(root: Path, case: str, buckets: np.ndarray) -> Path:
         tifffile.imwrite(root / "inter.tif", np.moveaxis(buckets, 0, -1), planarconfig="contig",
                          photometric="minisblack")
         return root / "inter.tif"
+    if case == "pagewise":  # a Python loop of TiffWriter.write: tifffile makes each page its own series
+        with tifffile.TiffWriter(root / "pagewise.tif") as tif:
+            for b in buckets:
+                tif.write(b)
+        return root / "pagewise.tif"
+    if case == "thumbnail_first":  # a reduced-resolution preview page before the buckets (no tifffile metadata)
+        with tifffile.TiffWriter(root / "thumb.tif") as tif:
+            tif.write(buckets[0, ::4, ::4], subfiletype=1, metadata=None)
+            for b in buckets:
+                tif.write(b, metadata=None)
+        return root / "thumb.tif"
+    if case == "int32_samples":  # one page of 16 signed 32-bit samples, Deflate
+        tifffile.imwrite(root / "i32.tif", np.moveaxis(buckets.astype(np.int32), 0, -1), planarconfig="contig",
+                         photometric="minisblack", compression="zlib")
+        return root / "i32.tif"
     folder.mkdir()
     for i, b in enumerate(buckets):
         path = folder / f"b{i:02d}.tif"
-        if case == "imagej":  # ImageJ's File › Save As › Tiff: big-endian
+        if case == "labview_i16":  # LabVIEW IMAQ's I16 images: signed 16-bit, a 12-bit camera's counts
+            tifffile.imwrite(path, b.astype(np.int16))
+        elif case == "imagej":  # ImageJ's File › Save As › Tiff: big-endian
             tifffile.imwrite(path, b, imagej=True, byteorder=">")
         elif case == "lzw":  # OpenCV's and Pillow's default compression
             tifffile.imwrite(path, b, compression="lzw")
@@ -135,14 +152,18 @@ def _layout(root: Path, case: str, buckets: np.ndarray) -> Path:
 
 
 @pytest.mark.parametrize("case", ["imagej", "lzw", "sample_axis", "float32", "hyperstack", "big_endian_npy",
-                                  "float64_npy", "samples_planar", "samples_interleaved"])
+                                  "float64_npy", "samples_planar", "samples_interleaved", "pagewise",
+                                  "thumbnail_first", "int32_samples", "labview_i16"])
 def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
     """Big-endian, LZW-compressed, (H, W, 1), float TIFFs, an ImageJ hyperstack, big-endian
-    and float64 arrays: each read as the plain 16-bit files are (all but the hyperstack and
-    the .npy were refused, LZW as 'unreadable or truncated'), to the same bytes."""
+    and float64 arrays, a stack written page by page, one behind a thumbnail, counts in
+    signed or 32-bit pixels: each read as the plain 16-bit files are (all but the hyperstack
+    and the .npy were refused, LZW as 'unreadable or truncated'), to the same bytes."""
     from studies.reconstruct import main
 
     buckets = physics.quantize(physics.add_noise(physics.render(tilted_wafer()), 0.005), 16)
+    if case == "labview_i16":
+        buckets = buckets >> 4  # the 12-bit camera's counts, as uint16
     np.save(tmp_path / "plain.npy", buckets)
     src = _layout(tmp_path, case, buckets)
     if src.is_dir():  # what a Mac leaves on a shared drive beside each file: hidden, and no image
@@ -158,6 +179,26 @@ def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
         assert np.array_equal(io.first_channel(src, 16), io.first_channel(tmp_path / "plain.npy", 16))
     assert sorted(p.name for p in (tmp_path / "out" / src.stem).iterdir()) == [
         "flags.npy", "height.npy", "height.tif", "mask.npy", "preview.png", "surface.vtu"]
+
+
+def test_counts_that_do_not_fit_16_bits_are_refused_naming_the_file(tmp_path, capsys):
+    """A 16-bit camera's counts saved as signed 16-bit wrap round to negatives; 18-bit
+    counts in a 32-bit file exceed 16 bits: neither is read (assignment would wrap them)."""
+    import tifffile
+
+    from studies.reconstruct import main
+
+    buckets = physics.quantize(physics.render(tilted_wafer()), 16)
+    cases = {"wrapped": (buckets.view(np.int16), "negative counts (down to -"),
+             "wide": (buckets.astype(np.uint32) * 4, "do not fit 16 bits (uint32 pixels)")}
+    for name, (data, message) in cases.items():
+        (tmp_path / name).mkdir()
+        for i, b in enumerate(data):
+            tifffile.imwrite(tmp_path / name / f"b{i:02d}.tif", b)
+        assert main([str(tmp_path / name), "--out", str(tmp_path / "out"), "--no-track"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err and "b00.tif" in err, err
+        assert not (tmp_path / "out" / name / "height.npy").exists()
 
 
 @pytest.mark.parametrize("case", ["steps_first_names", "hyperstack_lasers_as_channels", "npy"])
@@ -334,7 +375,7 @@ def _bad(tmp_path, case):
         np.save(tmp_path / "x.npy", np.zeros((12, 8, 8), np.uint16))
         args = [tmp_path / "x.npy"]
     elif case == "npy_dtype":
-        np.save(tmp_path / "x.npy", np.zeros((16, 8, 8), np.int64))
+        np.save(tmp_path / "x.npy", np.zeros((16, 8, 8), np.complex64))
         args = [tmp_path / "x.npy"]
     elif case == "model":
         args = [w, "--model", "0123456789abcdef"]
@@ -352,7 +393,7 @@ def _bad(tmp_path, case):
     ("overview", "--pattern '*.bmp' takes the 16 .bmp files, not overview.png"),
     ("size", "all bucket images must have one size"),
     ("depth", "all bucket images must have one bit depth"), ("truncated", "unreadable or truncated"),
-    ("colour", "colour image"), ("npy_shape", "expected (16, H, W)"), ("npy_dtype", "dtype int64"),
+    ("colour", "colour image"), ("npy_shape", "expected (16, H, W)"), ("npy_dtype", "dtype complex64"),
     ("model", "--model 0123456789abcdef: "), ("out", "cannot create it"),
     ("nm", "632.8 is not an optical wavelength in µm (0.1 … 30) (in nm? 632.8 nm is 0.6328 µm)"),
 ])

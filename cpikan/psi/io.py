@@ -1,10 +1,12 @@
 """Bucket images in, height maps out, in bounded memory.
 
 Inputs: a folder of bucket images (TIFF, PNG, BMP; 8- or 16-bit greyscale, or float TIFFs;
-one file per channel, laser-major in name order with numbers read as numbers, a
-``*.tif``-style pattern selecting them), one multi-page TIFF holding the buckets as pages
-in file order (an ImageJ hyperstack too; or one page whose pixels hold the 16 buckets as
-samples, planar or interleaved: read in place, or decoded into a file), or a (C, H, W) ``.npy`` array (opened as a
+counts in signed or wider integer pixels when they fit 16 bits; one file per channel,
+laser-major in name order with numbers read as numbers, a ``*.tif``-style pattern selecting
+them), one multi-page TIFF holding the buckets as pages in file order (an ImageJ
+hyperstack, or pages written one by one, past any thumbnail; or one page whose pixels hold
+the 16 buckets as samples, planar or interleaved: read in place, or decoded into a file),
+or a (C, H, W) ``.npy`` array (opened as a
 memmap). TIFFs in either byte order (ImageJ writes big-endian) and any compression
 (LZW, Deflate, Zstd, JPEG: ``imagecodecs``). A folder or stack is copied channel by channel
 into a (C, H, W) memmap of native uint8, uint16 or float32 next to the outputs, so no more
@@ -22,6 +24,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +33,39 @@ import numpy as np
 from cpikan.memory import release_pages, strided_sample
 
 SUFFIXES = (".tif", ".tiff", ".png", ".bmp")
-ALLOWED = "8- or 16-bit unsigned integers, or floats"
+ALLOWED = "integer counts (8- or 16-bit, or a signed or wider type holding 0 … 65535), or floats"
 
 
 def pixel_type(dtype: np.dtype) -> np.dtype | None:
-    """The type a file's pixels are read as (native byte order; floats as float32), or
-    None when they are not intensities a reconstruction can read."""
+    """The type a file's pixels are read as (native byte order; floats as float32; counts
+    in a signed or wider integer type, as LabVIEW's I16 images or 32-bit exports hold them,
+    as 16-bit ones, signed 8-bit as 8-bit: :func:`counts` checks that they fit), or None
+    when they are not intensities a reconstruction can read."""
     d = np.dtype(dtype)
     if d.kind == "u" and d.itemsize in (1, 2):
         return d.newbyteorder("=")
+    if d.kind in "iu" and d.itemsize <= 8:
+        return np.dtype(np.uint8 if d.itemsize == 1 else np.uint16)
     if d.kind == "f" and d.itemsize in (2, 4, 8):
         return np.dtype(np.float32)
     return None
+
+
+def counts(block: np.ndarray, path: Path) -> np.ndarray:
+    """``block`` as read, once integer counts held in a signed or wider type are checked to
+    fit the unsigned type they are read as (assignment would wrap them round silently)."""
+    d = block.dtype
+    if d.kind not in "iu" or pixel_type(d) == d.newbyteorder("="):
+        return block
+    lo, hi, top = int(block.min(initial=0)), int(block.max(initial=0)), int(np.iinfo(pixel_type(d)).max)
+    if lo < 0:
+        raise InputError(f"{path}: negative counts (down to {lo}) in a signed {8 * d.itemsize}-bit image: a camera's "
+                         f"counts saved as signed wrap round above {np.iinfo(d).max}, and dark-subtracted data "
+                         "goes below 0; save the counts unsigned, or as floats")
+    if hi > top:
+        raise InputError(f"{path}: counts up to {hi} do not fit {8 * pixel_type(d).itemsize} bits "
+                         f"({np.dtype(d)} pixels); save them as floats, or scaled to 16 bits")
+    return block
 
 
 def _depth(dtype: np.dtype) -> str:
@@ -125,7 +149,7 @@ def stack_wafer(src: Path, channels: int, pattern: str | None, dest: Path, order
         rows = max(1, (32 << 20) // max(arr.shape[2] * arr.dtype.itemsize, 1))
         for i, j in enumerate(order):
             for r0 in range(0, arr.shape[1], rows):
-                out[i, r0 : r0 + rows] = arr[j, r0 : r0 + rows]
+                out[i, r0 : r0 + rows] = counts(arr[j, r0 : r0 + rows], src)
                 release_pages(out)
                 release_pages(arr)
 
@@ -138,29 +162,66 @@ def name_order(path: Path) -> tuple[object, ...]:
 
 def tiff_stack(path: Path, channels: int) -> tuple[int, ...]:
     """Check that ``path`` is one TIFF holding the ``channels`` buckets as pages of one size
-    and pixel type (laser-major in file order; an ImageJ hyperstack's 4 × 4 pages too);
-    returns (C, H, W)."""
+    and pixel type (laser-major in file order; an ImageJ hyperstack's 4 × 4 pages too, or
+    pages written one by one); returns (C, H, W)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
-            pages = len(tif.pages)
+            found = _locate(tif, path, channels)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 — any reader failure means an unreadable file
         raise InputError(f"{path}: unreadable or truncated TIFF ({type(exc).__name__}: {exc})") from None
+    return (channels, *found.shape)
+
+
+@dataclass
+class _Found:
+    """Where a TIFF holds its buckets: one series' samples (``planes`` empty), or a page
+    per bucket, as (series, key) in file order."""
+
+    series: Any
+    planes: list[tuple[Any, int]]
+    shape: tuple[int, int]
+
+
+def _locate(tif: Any, path: Path, channels: int) -> _Found:
+    """The buckets in an open TIFF: one series holding them all (pages, a hyperstack, one
+    page's samples), else as many one-page series (tifffile writes a stack saved page by
+    page so). Reduced-resolution pages (thumbnails, pyramid levels) are not buckets."""
+    full = [s for s in tif.series if not s.keyframe.is_reduced] or list(tif.series)
+
+    def dims(s: Any) -> list[int]:  # singleton axes (ImageJ's T, a trailing sample) say nothing
+        return [n for n in s.shape if n != 1]
+
+    for s in full:
+        shape, axes = tuple(s.shape), s.axes
+        if "S" in axes and shape[axes.index("S")] > 1:
+            if _bucket_samples(axes, shape, channels):
+                _check_type(s.dtype, path)
+                return _Found(s, [], (shape[axes.index("Y")], shape[axes.index("X")]))
+            continue
+        d = dims(s)
+        if len(d) >= 3 and math.prod(d[:-2]) == channels:
+            _check_type(s.dtype, path)
+            return _Found(s, [(s, j) for j in range(channels)], (d[-2], d[-1]))
+    pages = [s for s in full if len(dims(s)) == 2]
+    if len(pages) == channels == len(full) and len({(tuple(dims(s)), np.dtype(s.dtype)) for s in pages}) == 1:
+        _check_type(pages[0].dtype, path)
+        return _Found(pages[0], [(s, 0) for s in pages], tuple(dims(pages[0])))  # type: ignore[arg-type]
+    first = full[0]
+    shape, axes = tuple(first.shape), first.axes
     if "S" in axes and shape[axes.index("S")] > 1:
-        if _bucket_samples(axes, shape, channels):
-            return (channels, shape[axes.index("Y")], shape[axes.index("X")])
         raise InputError(f"{path}: colour pages ({shape[axes.index('S')]} samples); bucket images are greyscale")
-    dims = [n for n in shape if n != 1]  # singleton axes (ImageJ's T, a trailing sample) say nothing
-    if len(dims) < 3 or math.prod(dims[:-2]) != channels:
-        raise InputError(f"{path}: holds {pages} page(s) of shape {shape[-2:] if len(shape) >= 2 else shape} "
-                         f"(series shape {shape}); a TIFF stack must hold {channels} greyscale pages of one size "
-                         "(lasers × buckets, laser-major)")
-    if pixel_type(dtype) is None:
-        raise InputError(f"{path}: pixel type {dtype}; allowed: {ALLOWED}")
-    return (channels, *dims[-2:])
+    raise InputError(f"{path}: holds {len(tif.pages)} page(s) of shape {shape[-2:] if len(shape) >= 2 else shape} "
+                     f"(series shape {shape}); a TIFF stack must hold {channels} greyscale pages of one size "
+                     "(lasers × buckets, laser-major)")
+
+
+def _check_type(dtype: Any, path: Path) -> None:
+    if pixel_type(np.dtype(dtype)) is None:
+        raise InputError(f"{path}: pixel type {np.dtype(dtype)}; allowed: {ALLOWED}")
 
 
 def _bucket_samples(axes: str, shape: tuple[int, ...], channels: int) -> bool:
@@ -181,7 +242,7 @@ def _samples_in_place(series: Any, path: Path) -> np.ndarray | None:
     return np.moveaxis(arr.reshape([series.shape[i] for i in keep]), [axes.index(a) for a in "SYX"], [0, 1, 2])
 
 
-def _copy_segments(page: Any, out: np.ndarray, order: list[int]) -> None:
+def _copy_segments(page: Any, out: np.ndarray, order: list[int], path: Path) -> None:
     """Decode a compressed page strip by strip (or tile by tile) into ``out`` (C, H, W),
     sample ``order[c]`` into channel c: memory holds one strip, never the page."""
     channel = {j: i for i, j in enumerate(order)}
@@ -189,6 +250,7 @@ def _copy_segments(page: Any, out: np.ndarray, order: list[int]) -> None:
     for n, (segment, index, _shape) in enumerate(page.segments(maxworkers=1, buffersize=16 << 20)):
         if segment is None:
             continue
+        segment = counts(segment, path)
         plane, y0, x0 = index[0], index[2], index[3]
         rows, cols = min(segment.shape[1], h - y0), min(segment.shape[2], w - x0)
         if page.planarconfig == 2:  # separate: one sample's plane per segment
@@ -208,29 +270,34 @@ def stack_tiff(path: Path, channels: int, dest: Path, order: list[int] | None = 
 
     c, h, w = tiff_stack(path, channels)
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
+        found = _locate(tif, path, channels)
+        series = found.series
         out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(series.dtype), shape=(c, h, w))
-        if "S" in series.axes:  # the buckets as one page's samples
+        if not found.planes:  # the buckets as one page's samples
             picks = list(range(c)) if order is None else list(order)
             samples = _samples_in_place(series, path)  # a truncated file: InputError, as for pages
             try:
                 if samples is None:
-                    _copy_segments(tif.pages[0], out, picks)
+                    _copy_segments(tif.pages[0], out, picks, path)
                 else:
                     rows = max(1, (32 << 20) // max(w * c * samples.dtype.itemsize, 1))  # ~32 MB bands
                     for r0 in range(0, h, rows):
-                        out[:, r0 : r0 + rows] = samples[picks, r0 : r0 + rows]
+                        out[:, r0 : r0 + rows] = counts(samples[picks, r0 : r0 + rows], path)
                         release_pages(out)
                         release_pages(samples)
+            except InputError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"{path}: unreadable or truncated ({type(exc).__name__}: {exc})") from None
             release_pages(out)
             return out
         for i, j in enumerate(range(c) if order is None else order):
+            page, key = found.planes[j]
             try:
-                out[i] = series.asarray(key=j).reshape(h, w)
+                plane = page.asarray(key=key).reshape(h, w)
             except Exception as exc:  # noqa: BLE001
                 raise InputError(f"{path}: page {j} unreadable or truncated ({type(exc).__name__}: {exc})") from None
+            out[i] = counts(plane, path)
             release_pages(out)
     return out
 
@@ -298,7 +365,7 @@ def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
             raise InputError(f"{path}: {_depth(arr.dtype)}, but {files[0].name} is {_depth(dtype)}; "
                              "all bucket images must have one bit depth")
         for r0 in range(0, shape[0], rows):  # written and read pages leave RSS strip by strip
-            out[i, r0 : r0 + rows] = arr[r0 : r0 + rows]
+            out[i, r0 : r0 + rows] = counts(arr[r0 : r0 + rows], path)
             release_pages(out)
             release_pages(arr)
         del arr
@@ -339,17 +406,19 @@ def first_channel(src: Path, channels: int, pattern: str | None = None, n: int =
     else:
         _, h, w = tiff_stack(src, channels)
         with tifffile.TiffFile(src) as tif:
-            series = tif.series[0]
-            if "S" in series.axes:  # the buckets as one page's samples
+            found = _locate(tif, src, channels)
+            series = found.series
+            if not found.planes:  # the buckets as one page's samples
                 samples = _samples_in_place(series, src)
                 if samples is None:  # compressed: decode the first sample's plane (or the page)
                     with tempfile.TemporaryDirectory() as tmp:
                         first = np.lib.format.open_memmap(Path(tmp) / "first.npy", mode="w+",
                                                           dtype=pixel_type(series.dtype), shape=(1, h, w))
-                        _copy_segments(tif.pages[0], first, [0])
+                        _copy_segments(tif.pages[0], first, [0], src)
                         return strided_sample(first, n)[0].copy()
                 return strided_sample(samples[:1], n)[0].copy()
-            img = series.asarray(key=0).reshape(h, w)
+            page, key = found.planes[0]
+            img = page.asarray(key=key).reshape(h, w)
     return strided_sample(img[None], n)[0]  # row by row: a strided memmap read faults far more in
 
 
