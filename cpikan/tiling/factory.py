@@ -21,6 +21,7 @@ import ast
 import functools
 import importlib
 import importlib.util
+import os
 import re
 import sys
 from collections import Counter
@@ -235,8 +236,10 @@ def local_files(ref: str) -> dict[str, Path]:
     files = {source.relative_to(root).as_posix(): source}
     for module in list(sys.modules.values()):
         f = getattr(module, "__file__", None)
-        if f and f.endswith(".py"):
+        # absolute only: torch.ops and torch.classes say '_ops.py', '_classes.py', which would
+        # resolve into the working directory (the user's model folder, often)
+        if f and f.endswith(".py") and os.path.isabs(f):
             path = Path(f).resolve()
-            if path.is_relative_to(root) and not _installed(path):
+            if path.is_relative_to(root) and not _installed(path) and path.is_file():
                 files.setdefault(path.relative_to(root).as_posix(), path)
     return dict(sorted(files.items()))
