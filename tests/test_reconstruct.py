@@ -790,9 +790,13 @@ def test_a_model_file_imports_as_its_own_script_would_and_all_its_files_are_reco
     recorded = json.loads(run.data.tags["cpikan.datasets"])
     assert {"net.py", "solo_helpers.py"} == {k for k in recorded if k.endswith(".py")}, recorded
     assert recorded["solo_helpers.py"]["sha256"] == hashlib.sha256((solo / "solo_helpers.py").read_bytes()).hexdigest()
-    (solo / "solo_helpers.py").write_text(HELPER.replace("padding=1", "padding=1, bias=False"))
+    assert run.data.params["model"] == f"{solo / 'net.py'}:build"  # as typed, 'net.py' built nothing elsewhere
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(CPIKAN_MLRUNS=str(tmp_path / "mlruns"), PYTHONPATH=str(ROOT))
+    replay = subprocess.run([sys.executable, "-m", "tracking.replay", run.info.run_id], capture_output=True, text=True,
+                            env=env, cwd=ROOT)  # from another folder
+    assert replay.returncode == 0 and "reproduced" in replay.stdout, replay.stdout + replay.stderr
+    (solo / "solo_helpers.py").write_text(HELPER.replace("padding=1", "padding=1, bias=False"))
     replay = subprocess.run([sys.executable, "-m", "tracking.replay", run.info.run_id], capture_output=True, text=True,
                             env=env, cwd=ROOT)
     assert replay.returncode == 2 and "'solo_helpers.py'" in replay.stderr and "changed" in replay.stderr, replay.stderr

@@ -173,6 +173,28 @@ def test_replay_bad_input_is_one_line_exit_2_and_writes_nothing(mlruns):
     assert len(_all_runs(c)) == before
 
 
+def reads_a_file(config, ctx):
+    """An entry point whose input is named in its config (not as a recorded dataset)."""
+    path = Path(config["path"])
+    if not path.exists():
+        raise ValueError(f"path: {path} no longer exists")
+    ctx.log_results({"size": float(path.stat().st_size)})
+    return {}
+
+
+def test_a_replay_whose_entry_point_refuses_is_one_line_exit_2(mlruns, tmp_path):
+    data = tmp_path / "in.txt"
+    data.write_text("abc")
+    with Tracker("t/reads", config={"path": str(data)}, entry_point="tests.test_tracking:reads_a_file") as run:
+        reads_a_file({"path": str(data)}, run)
+    data.unlink()
+    out = _cli(["-m", "tracking.replay", run.run_id], mlruns)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "stopped: path:" in out.stderr and "no longer exists" in out.stderr
+    failed = [r for r in _all_runs(store.client()) if r.data.tags.get("replay_of") == run.run_id]
+    assert [r.info.status for r in failed] == ["FAILED"]
+
+
 def test_file_hash_is_streamed_and_cached(tmp_path):
     from tracking import hashing
 

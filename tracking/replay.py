@@ -175,11 +175,15 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     exp = client.get_experiment(run.info.experiment_id).name
     measurements = json.loads(tags.get(tracker.TAG_MEASUREMENTS, "[]"))
     seed = int(tags["seed"]) if tags.get("seed") else None
-    with tracker.Tracker(exp, config=config, entry_point=tags[tracker.TAG_ENTRY], seed=seed,
-                         run_name=f"replay of {run.info.run_name or run_id}",
-                         tags={TAG_REPLAY_OF: run_id}) as ctx:
-        fn(config, ctx)
-        new_id = ctx.run_id
+    new_id = None
+    try:
+        with tracker.Tracker(exp, config=config, entry_point=tags[tracker.TAG_ENTRY], seed=seed,
+                             run_name=f"replay of {run.info.run_name or run_id}",
+                             tags={TAG_REPLAY_OF: run_id}) as ctx:
+            new_id = ctx.run_id
+            fn(config, ctx)
+    except (ValueError, OSError, ImportError) as exc:  # what the run read is gone or refused now
+        raise TrackingError(f"the replay (run {new_id}, marked FAILED) stopped: {exc}") from None
     new_metrics = client.get_run(new_id).data.metrics
     ok, rows = compare(dict(run.data.metrics), dict(new_metrics), measurements, rtol)
     print_table(rows)

@@ -43,6 +43,16 @@ def is_factory(ref: str) -> bool:
 REF = re.compile(r"(.+):([A-Za-z_][\w.]*)\s*(\(.*\))?\s*", re.DOTALL)
 
 
+def absolute_ref(ref: str) -> str:
+    """``ref`` with a factory file's path made absolute (``unet.py:build`` →
+    ``/lab/nets/unet.py:build``), so that a run records what a replay from any folder can
+    build; module refs, run IDs and keywords as they are."""
+    m = REF.fullmatch(ref)
+    if not m or not m.group(1).endswith(".py"):
+        return ref
+    return str(Path(m.group(1)).resolve()) + ref[m.end(1):]
+
+
 def split_ref(ref: str, field: str = "model") -> tuple[str, str, tuple, dict]:
     """``'unet.py:UNet(16, out_channels=1)'`` → ('unet.py', 'UNet', (16,), {'out_channels': 1})."""
     m = REF.fullmatch(ref)
