@@ -35,7 +35,9 @@ def summarize(client: Any, run: Any) -> str:
         lines.append(f"- **replay of** `{tags['replay_of']}`: {verdict} (rtol {tags.get('replay.rtol', '?')})")
     replays = client.search_runs([info.experiment_id], f"tags.replay_of = '{rid}'")
     for r in replays:
-        lines.append(f"- replayed by `{r.info.run_id}`: {r.data.tags.get('replay.reproduced', '?')}")
+        commit = r.data.tags.get("git.commit", "?")
+        code = "its commit" if commit == tags.get("git.commit") else f"code of {commit[:12]}"
+        lines.append(f"- replayed by `{r.info.run_id}` ({code}): {r.data.tags.get('replay.reproduced', '?')}")
     links = {k: v for k, v in tags.items() if k.startswith("link.")}
     for k, v in sorted(links.items()):
         lines.append(f"- {k}: `{v}`")

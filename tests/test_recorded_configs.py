@@ -154,6 +154,8 @@ def test_replay_with_the_recorded_code_reproduces_what_todays_code_cannot(tmp_pa
     assert "planted" in own.stdout and f"reproduced run {rid}" in own.stdout
     worktrees = subprocess.run([*git, "worktree", "list"], capture_output=True, text=True, check=True).stdout
     assert len(worktrees.splitlines()) == 1, worktrees  # the checkout is gone
+    summary = python(clone, "-m", "reports.summary", rid).stdout  # which replay ran which code
+    assert "(its commit): true" in summary and "(code of " in summary and "): false" in summary, summary
     elsewhere = python(root, "-m", "tracking.replay", rid, "--recorded-code")  # a repository without that commit
     assert elsewhere.returncode == 2 and "does not hold" in elsewhere.stderr
     assert len(elsewhere.stderr.strip().splitlines()) == 1, elsewhere.stderr
