@@ -62,6 +62,9 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
     rep = subprocess.run([sys.executable, "-m", "tracking.replay", rid], capture_output=True, text=True,
                          env=_env(tmp_path), cwd=ROOT)
     assert rep.returncode == 0, rep.stdout + rep.stderr
+    parent = subprocess.run([sys.executable, "-m", "tracking.replay", parents[0].info.run_id], capture_output=True,
+                            text=True, env=_env(tmp_path), cwd=ROOT)  # the study's own run: its trials replay
+    assert parent.returncode == 2 and "parent run of study 'helmholtz1d': replay one of its trials" in parent.stderr
     # running the same command again resumes: the study already has its 3 trials
     again = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
     assert again.returncode == 0 and len(_trials(tmp_path, "helmholtz1d")) == 3

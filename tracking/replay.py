@@ -58,7 +58,11 @@ def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, flo
     tags = run.data.tags
     rid = run.info.run_id
     if tracker.TAG_ENTRY not in tags:
-        raise TrackingError(f"run {rid} records no entry point (tag {tracker.TAG_ENTRY}); it cannot be replayed")
+        if tags.get("cpikan.study_parent") == "true":
+            raise TrackingError(f"run {rid} is the parent run of study {tags.get('optuna.study_name', '?')!r}: "
+                                "replay one of its trials by its run ID (a study resumes with python -m studies.run)")
+        made = f" (made at commit {tags['git.commit'][:12]})" if tags.get("git.commit") else ""
+        raise TrackingError(f"run {rid}{made} records no entry point (tag {tracker.TAG_ENTRY}); it cannot be replayed")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(rid, tracker.CONFIG_ARTIFACT, tmp)
