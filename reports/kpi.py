@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reports.common import measured
 from reports.sensors import figures as sensor_figures
 from reports.sensors import guard_rows
 from studies import registry
@@ -80,8 +81,9 @@ def runs_of(client: Any, kpi: KPI) -> list[Any]:
     if exp is None:
         return []
     flt = "attributes.status = 'FINISHED'" + (f" and {kpi.filter}" if kpi.filter else "")
-    return client.search_runs([exp.experiment_id], filter_string=flt, max_results=5000,
+    runs = client.search_runs([exp.experiment_id], filter_string=flt, max_results=5000,
                               order_by=["attributes.start_time ASC"])
+    return measured(runs)
 
 
 def running(kpi: KPI, runs: list[Any]) -> list[tuple[Any, Value]]:
@@ -216,8 +218,8 @@ def convergence_figures(client: Any) -> list[tuple[str, Any]]:
         name = exp.name
         if not (name.startswith("pde/") or name in pde_studies):
             continue
-        runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=1,
-                                  order_by=["attributes.start_time DESC"])
+        runs = measured(client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=50,
+                                           order_by=["attributes.start_time DESC"]))
         if not runs:
             continue
         hist = client.get_metric_history(runs[0].info.run_id, "loss")

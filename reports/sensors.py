@@ -8,6 +8,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from reports.common import measured
+
 #: (experiment, the param naming the placement, title)
 PANELS = (("studies/sensor_placement", "method", "sensor_placement: POD estimate error vs K"),
           ("studies/flow_inverse", "placement", "flow_inverse: (u, v, p) error vs K"))
@@ -18,7 +20,7 @@ def error_vs_k(client: Any, experiment: str, method_param: str) -> dict[str, lis
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return {}
-    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
+    runs = measured(client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=5000))
     groups: dict[tuple[str, int], list[float]] = defaultdict(list)
     for r in runs:
         method, k, err = r.data.params.get(method_param), r.data.params.get("k"), r.data.metrics.get("rel_l2")
@@ -57,8 +59,8 @@ def guard_rows(client: Any, limit: int = 10) -> list[dict[str, Any]]:
     exp = client.get_experiment_by_name(GUARDED_EXPERIMENT)
     if exp is None:
         return []
-    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=limit)
+    runs = measured(client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                                       order_by=["attributes.start_time DESC"], max_results=limit + 50))[:limit]
     out = []
     for r in runs:
         tag = r.data.tags.get("guard.status")

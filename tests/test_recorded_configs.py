@@ -148,6 +148,7 @@ def test_replay_with_the_recorded_code_reproduces_what_todays_code_cannot(tmp_pa
 
     today = python(clone, "-m", "tracking.replay", rid)
     assert today.returncode == 1 and "planted" in today.stdout and "DIFFERENT" in today.stdout
+    assert "made by other code (commit " in today.stdout and "--recorded-code replays it" in today.stdout
     own = python(clone, "-m", "tracking.replay", rid, "--recorded-code")
     assert own.returncode == 0, own.stdout + own.stderr
     assert "and its uncommitted diff" in own.stderr and "DIFFERENT" not in own.stdout

@@ -39,6 +39,14 @@ def test_kpi_values_equal_mlflow(mlruns, tmp_path):
         with Tracker("studies/helmholtz1d") as run:
             run.log_params({"problem_kwargs.n_interior": n})
             run.log_results({"rel_l2": rel})
+    # replays check runs, they measure nothing: neither a third seed for the success rate
+    # nor, replaying an old run with its old code, the "latest" guard figure
+    with Tracker("studies/helmholtz1d", tags={"replay_of": run.run_id}) as replay:
+        replay.log_params({"problem_kwargs.n_interior": 100})
+        replay.log_results({"rel_l2": 1e-4})
+    for red, tags in ((0.0, {}), (2.0, {"replay_of": "0123"})):
+        with Tracker("studies/flow_inverse", tags=tags) as run:
+            run.log_results({"guard/red_count": red})
     out = tmp_path / "kpi.html"
     res = _kpi(mlruns, out)
     assert res.returncode == 0, res.stderr
@@ -56,6 +64,7 @@ def test_kpi_values_equal_mlflow(mlruns, tmp_path):
     assert rows["Training success rate over seeds (Helmholtz 1D, rel L2 ≤ 1e-3)"]["value"] == 0.5
     assert rows["Collocation points needed for rel L2 ≤ 1e-3 (Helmholtz 1D)"]["value"] == 800
     assert rows["3D Poisson time to 1e-3"]["status"] == "no data"
+    assert rows["Flow inverse physics-guard red lines (latest run)"]["value"] == 0.0
     assert page.count("plotly.js v") == 1  # embedded once
     assert not re.search(r'<(script|link)[^>]+(src|href)="https?:', page)  # nothing fetched
 

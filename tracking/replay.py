@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\nwhat differs (python -m tracking.diff):")
         print_differences(diff_runs(args.run_id, new_id), ("original", "replay"))
+        commits = [store.client().get_run(r).data.tags.get("git.commit") for r in (args.run_id, new_id)]
+        if commits[0] and commits[0] != commits[1]:
+            print(f"\nthe run was made by other code (commit {commits[0][:12]}): --recorded-code replays it with that")
     return 0 if ok else 1
 
 
