@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,15 +61,20 @@ def best_model_run(wavelengths: tuple[float, ...]) -> str:
     ``wavelengths`` (runs from before the option were trained for the default lasers)."""
     import json
 
+    from tracking import store
     from tracking.links import best_run
 
     def for_these_lasers(run: Any) -> bool:
         trained = json.loads(run.data.params.get("wavelengths", "null")) or DEFAULT_PSI.wavelengths
         return tuple(float(v) for v in trained) == tuple(wavelengths)
 
+    if not os.environ.get(store.ENV_URI) and not (store.mlruns_dir() / "mlflow.db").exists():  # not an empty one made here
+        raise io.InputError(f"--model best: no tracking store at {store.mlruns_dir()} (run where the lab's mlruns/ "
+                            "is, or set CPIKAN_MLRUNS or MLFLOW_TRACKING_URI)")
     run = best_run("studies/psi_pretrain", "rmse_nm", accept=for_these_lasers)
     if run is None and best_run("studies/psi_pretrain", "rmse_nm") is None:  # the store searched again only here
-        raise io.InputError("--model best: no psi_pretrain run in the store (python -m studies.run psi_pretrain)")
+        raise io.InputError(f"--model best: no psi_pretrain run in {store.tracking_uri()} "
+                            "(python -m studies.run psi_pretrain)")
     if run is None:
         raise io.InputError(f"--model best: no psi_pretrain run trained for wavelengths {tuple(wavelengths)} µm "
                             f"(python -m studies.run psi_pretrain --set 'wavelengths=[{', '.join(map(str, wavelengths))}]')")

@@ -379,6 +379,8 @@ def _bad(tmp_path, case):
         args = [tmp_path / "x.npy"]
     elif case == "model":
         args = [w, "--model", "0123456789abcdef"]
+    elif case == "best_no_store":  # run from a folder that holds no store: said, and none made there
+        args = [w, "--model", "best"]
     elif case == "nm":  # a HeNe laser's 632.8 nm written as it is on the laser
         (w / "wavelengths.txt").write_text("632.8 543.5 611.9 594.1\n")
     elif case == "out":
@@ -395,6 +397,7 @@ def _bad(tmp_path, case):
     ("depth", "all bucket images must have one bit depth"), ("truncated", "unreadable or truncated"),
     ("colour", "colour image"), ("npy_shape", "expected (16, H, W)"), ("npy_dtype", "dtype complex64"),
     ("model", "--model 0123456789abcdef: "), ("out", "cannot create it"),
+    ("best_no_store", "--model best: no tracking store at "),
     ("nm", "632.8 is not an optical wavelength in µm (0.1 … 30) (in nm? 632.8 nm is 0.6328 µm)"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case, message):
@@ -404,6 +407,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case, messag
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
     assert not out_dir.exists() or not any(out_dir.iterdir())
+    if case == "best_no_store":
+        assert not (tmp_path / "mlruns").exists()
 
 
 # --------------------------------------------------------------------------- with a model
