@@ -234,12 +234,12 @@ def convergence_figures(client: Any) -> list[tuple[str, Any]]:
 
 # --------------------------------------------------------------------------- page
 def build(since: dt.timedelta, kpi_file: Path = KPI_FILE) -> tuple[str, list[dict[str, Any]]]:
-    client = store.client()
+    client = store.client() if store.exists() else None  # no store: every KPI 'no data', and none made
     now = dt.datetime.now()
     cutoff_ms = (now - since).timestamp() * 1000
     rows, figs = [], []
     for kpi in load_kpis(kpi_file):
-        runs = runs_of(client, kpi)
+        runs = runs_of(client, kpi) if client is not None else []
         cur = aggregate(kpi, runs)
         prev = aggregate(kpi, runs, cutoff_ms)
         rows.append({"name": kpi.name, "target": kpi.target, "unit": kpi.unit, "direction": kpi.direction,
@@ -250,6 +250,8 @@ def build(since: dt.timedelta, kpi_file: Path = KPI_FILE) -> tuple[str, list[dic
         if cur.value is not None:
             figs.append((f"Trend: {kpi.name}", trend_figure(kpi, runs)))
     figs += study_figures(now - since)
+    if client is None:
+        return render(rows, figs, now, since), rows
     figs += convergence_figures(client)
     figs += sensor_figures(client)
     return render(rows, figs, now, since, guard_rows(client)), rows
@@ -336,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(out)  # never a half-written report
     met = sum(r["status"] == "met" for r in rows)
     print(f"KPI report: {out.resolve()}  ({met}/{len(rows)} KPIs met)")
+    if not store.exists():
+        print(f"warning: no tracking store at {store.mlruns_dir()}: every KPI reads 'no data' (run where the lab's "
+              "mlruns/ is, or set CPIKAN_MLRUNS or MLFLOW_TRACKING_URI)", file=sys.stderr)
     return 0
 
 

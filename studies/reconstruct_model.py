@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,7 +67,7 @@ def best_model_run(wavelengths: tuple[float, ...]) -> str:
         trained = json.loads(run.data.params.get("wavelengths", "null")) or DEFAULT_PSI.wavelengths
         return tuple(float(v) for v in trained) == tuple(wavelengths)
 
-    if not os.environ.get(store.ENV_URI) and not (store.mlruns_dir() / "mlflow.db").exists():  # not an empty one made here
+    if not store.exists():  # not an empty one made here
         raise io.InputError(f"--model best: no tracking store at {store.mlruns_dir()} (run where the lab's mlruns/ "
                             "is, or set CPIKAN_MLRUNS or MLFLOW_TRACKING_URI)")
     run = best_run("studies/psi_pretrain", "rmse_nm", accept=for_these_lasers)

@@ -76,6 +76,8 @@ def test_empty_store_says_no_data(mlruns, tmp_path):
     rows = _data(out.read_text())
     assert rows and all(r["status"] == "no data" for r in rows)
     assert "no data" in out.read_text()
+    # with no store there at all, the report says where it looked, and makes none
+    assert f"no tracking store at {mlruns}" in res.stderr and not mlruns.exists()
 
 
 @pytest.mark.parametrize("args, message", [(["--since", "seven days"], "--since: expected"),

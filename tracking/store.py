@@ -28,9 +28,13 @@ def tracking_uri() -> str:
     uri = os.environ.get(ENV_URI)
     if uri:
         return uri
-    root = mlruns_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+
+
+def exists() -> bool:
+    """Whether there is a store to look into: a named one (``MLFLOW_TRACKING_URI``), or the
+    embedded store's database under :func:`mlruns_dir` (which :func:`client` creates)."""
+    return bool(os.environ.get(ENV_URI)) or (mlruns_dir() / "mlflow.db").exists()
 
 
 def is_local(uri: str) -> bool:
@@ -52,11 +56,13 @@ def client(must_exist: bool = False):  # type: ignore[no-untyped-def]
     """
     from mlflow import MlflowClient
 
-    if must_exist and not os.environ.get(ENV_URI) and not (mlruns_dir() / "mlflow.db").exists():
+    if must_exist and not exists():
         raise TrackingError(f"no tracking store at {mlruns_dir() / 'mlflow.db'} (no runs yet?)")
     import mlflow
 
     uri = tracking_uri()
+    if not os.environ.get(ENV_URI):
+        mlruns_dir().mkdir(parents=True, exist_ok=True)  # the embedded store starts here
     mlflow.set_tracking_uri(uri)  # MLflow's own helpers (system metrics) use the global URI
     c = MlflowClient(tracking_uri=uri)
     check_reachable(c, uri)
