@@ -162,7 +162,7 @@ def _from_recorded(cls: type, recorded: Mapping[str, Any], prefix: str, filled: 
     unknown = sorted(set(recorded) - {f.name for f in fields})
     if unknown:
         raise ConfigError(prefix + unknown[0], f"recorded by the run, but {cls.__name__} has no such field "
-                          "any more (renamed or removed since); replay it with the code of its commit")
+                          "any more (renamed or removed since); tracking.replay --recorded-code runs it with its own code")
     kwargs = {}
     for f in fields:
         if f.name in recorded:

@@ -187,7 +187,8 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
             new_id = ctx.run_id
             fn(config, ctx)
     except (ValueError, OSError, ImportError) as exc:  # what the run read is gone or refused now
-        raise TrackingError(f"the replay (run {new_id}, marked FAILED) stopped: {exc}") from None
+        which = f" (run {new_id}, marked FAILED)" if new_id else ""
+        raise TrackingError(f"the replay{which} stopped: {exc}") from None
     new_metrics = client.get_run(new_id).data.metrics
     ok, rows = compare(dict(run.data.metrics), dict(new_metrics), measurements, rtol)
     print_table(rows)
@@ -197,18 +198,16 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     return ok, new_id
 
 
-def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bool) -> int:
+def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bool) -> int | None:
     """Replay ``run_id`` by the replay of the code it was made with, checked out beside
-    this one; returns that replay's exit status. With today's code unchanged since the
-    run, the replay runs here as usual."""
+    this one; returns that replay's exit status, or None when today's code is the run's
+    (the replay then runs here as usual)."""
     from tracking import checkout
 
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
     if not code_warnings(run, client):
-        ok, new_id = replay(run_id, rtol, force)
-        print(f"replay run {new_id}: {'reproduced' if ok else 'DID NOT reproduce'} run {run_id} (the code is the run's)")
-        return 0 if ok else 1
+        return None
     with checkout.recorded_code(run, client) as (code, untracked):
         tags = run.data.tags
         said = " and its uncommitted diff" if tags.get("git.dirty") == "true" else ""
@@ -239,13 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rtol >= 0:
         print("error: --rtol must be ≥ 0", file=sys.stderr)
         return 2
-    if args.recorded_code:
-        try:
-            return replay_with_recorded_code(args.run_id, args.rtol, args.force, args.verbose)
-        except TrackingError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
     try:
+        if args.recorded_code:
+            status = replay_with_recorded_code(args.run_id, args.rtol, args.force, args.verbose)
+            if status is not None:
+                return status
         ok, new_id = replay(args.run_id, args.rtol, args.force)
     except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)
