@@ -76,7 +76,8 @@ def best_model_run(wavelengths: tuple[float, ...]) -> str:
                             "(python -m studies.run psi_pretrain)")
     if run is None:
         raise io.InputError(f"--model best: no psi_pretrain run trained for wavelengths {tuple(wavelengths)} µm "
-                            f"(python -m studies.run psi_pretrain --set 'wavelengths=[{', '.join(map(str, wavelengths))}]')")
+                            f"(python -m studies.run psi_pretrain --set 'wavelengths=[{', '.join(map(str, wavelengths))}]' "
+                            f"--study-name psi_pretrain_{'_'.join(map(str, wavelengths))})")
     return run.info.run_id
 
 

@@ -8,7 +8,8 @@ Each study is an Optuna study (default storage: a journal file under mlruns/optu
 for several local processes; ``--storage postgresql://…`` for several machines) whose
 trials are MLflow runs nested under one parent run per study. Running the same command
 again resumes: finished trials are kept, trials of workers that died are marked FAILED,
-and the study goes on to its trial count. ``--workers K`` starts K processes on the same
+and the study goes on to its trial count (with the same ``--set`` values: other ones are
+refused, as a study ranks all its trials together). ``--workers K`` starts K processes on the same
 study (studies/worker.py) and splits the CPU cores between them. Ctrl-C stops cleanly (the running trial is
 marked FAILED; run the command again to resume).
 
@@ -99,19 +100,43 @@ def summarize(study_def: registry.Study, spec: WorkerSpec, status: str) -> str:
 
         store.client().set_terminated(spec.parent_run_id, status)
     print(f"study {spec.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items())))
+    other = other_code_trials(spec.parent_run_id)
+    if other:
+        made = "; ".join(f"commit {c[:12]}: " + ", ".join(f"#{n}" for n in sorted(ns)) for c, ns in other.items())
+        count = sum(map(len, other.values()))
+        print(f"  note: {count} of {states.get('COMPLETE', 0)} complete trials were made by other code ({made}); "
+              "the study ranks them with today's (--study-name starts another)")
+    by_other = {n: c for c, ns in other.items() for n in ns}
     label = "best trial" if len(names) == 1 else f"Pareto front ({len(best)} trials)"
     if best:
         print(f"  {label}:")
     for t in best[:5]:
         values = " ".join(f"{n}={v:.3g}" for n, v in zip(names, t.values))
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        print(f"    #{t.number} {values}  {params}  run {t.user_attrs.get('mlflow_run_id', '?')}")
+        code = f"  (commit {by_other[t.number][:12]})" if t.number in by_other else ""
+        print(f"    #{t.number} {values}  {params}  run {t.user_attrs.get('mlflow_run_id', '?')}{code}")
     if len(best) > 5:
         print(f"    … {len(best) - 5} more (make dashboard)")
     if states.get("COMPLETE") or states.get("PRUNED"):
         return ""
     errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
     return errors[0] if errors else ""
+
+
+def other_code_trials(parent_run_id: str) -> dict[str, list[int]]:
+    """Commit → numbers of the study's complete trials whose runs were made at another commit
+    than this checkout's (a study resumed after the code changed)."""
+    from tracking import provenance, store
+
+    c = store.client()
+    exp_id = c.get_run(parent_run_id).info.experiment_id
+    now = provenance.git_state()["commit"]
+    out: dict[str, list[int]] = {}
+    for r in c.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000):
+        tags = r.data.tags
+        if tags.get("optuna.state") == "COMPLETE" and tags.get("git.commit") not in (None, now):
+            out.setdefault(tags["git.commit"], []).append(int(tags["optuna.trial_number"]))
+    return out
 
 
 # --------------------------------------------------------------------------- CLI
@@ -170,9 +195,31 @@ def prepare(args: argparse.Namespace) -> tuple[registry.Study, Any]:
     try:
         storage.open_storage(args.storage)  # reachable?
         store.client()
+        check_resume(storage.study_attrs(args.study_name, args.storage), base, args)
     except (storage.StorageError, store.TrackingError) as exc:
         raise BadInput(str(exc)) from None
     return study_def, base
+
+
+BASE_ATTR = "base_config"  # the study's config before the sampler's choices (canonical JSON), and its --set
+
+
+def check_resume(attrs: dict[str, Any] | None, base: Any, args: argparse.Namespace) -> None:
+    """Refuse to resume a study with another base config (other ``--set`` values): its trials
+    would be ranked against trials of another setup, one Pareto front over both."""
+    from cpikan.config import canonical_json
+    from tracking.hashing import config_hash, flatten
+
+    if not attrs or BASE_ATTR not in attrs or attrs[BASE_ATTR]["config"] == canonical_json(base):
+        return
+    was, now = flatten(json.loads(attrs[BASE_ATTR]["config"])), flatten(base)
+    changed = [f"{k} {json.dumps(was.get(k))} → {json.dumps(now.get(k))}" for k in sorted(set(was) | set(now))
+               if was.get(k) != now.get(k)]
+    given = " ".join(f"--set {s}" for s in attrs[BASE_ATTR]["overrides"]) or "no --set"
+    fresh = f"{args.study_name}-{config_hash(base)[:6]}"  # the same name for the same setup: it resumes too
+    raise BadInput(f"study {args.study_name!r} was run with another base config ({'; '.join(changed[:4])}"
+                   f"{'; …' if len(changed) > 4 else ''}): its trials would be ranked with these; resume it with "
+                   f"{given}, or start another with --study-name {fresh}")
 
 
 def threads_per_worker(workers: int) -> int:
@@ -207,10 +254,15 @@ def run_workers(spec: WorkerSpec, workers: int, study_def: registry.Study, base:
     return max(codes, default=0)
 
 
-def record_sampling(spec: WorkerSpec, study_def: registry.Study) -> None:
-    """Sampler, pruner and seeds on the study itself (optuna-dashboard shows them)."""
+def record_sampling(spec: WorkerSpec, study_def: registry.Study, base: Any) -> None:
+    """Sampler, pruner and seeds on the study itself (optuna-dashboard shows them), and its
+    base config, which a resume must match (:func:`check_resume`)."""
+    from cpikan.config import canonical_json
+
     study, _, recorded = open_study(spec, study_def)
     study.set_user_attr("sampling", {**recorded, "workers_seeded_by": "study seed and worker index"})
+    if BASE_ATTR not in study.user_attrs:
+        study.set_user_attr(BASE_ATTR, {"config": canonical_json(base), "overrides": list(spec.overrides)})
 
 
 #: the commands beside the studies, shown under --list so they are found
@@ -244,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                       tags=tuple(args.tag),
                       parent_run_id=parent_id, timeout=args.timeout,
                       threads=threads_per_worker(args.workers) if args.workers > 1 else 0)
-    record_sampling(spec, study_def)
+    record_sampling(spec, study_def, base)
     status = "FINISHED"
     try:
         if run_workers(spec, args.workers, study_def, base):

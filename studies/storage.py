@@ -55,6 +55,17 @@ def open_storage(url: str) -> Any:
     raise StorageError(f"--storage: unsupported URL {url!r}; use journal:PATH or postgresql://…")
 
 
+def study_attrs(name: str, url: str) -> dict[str, Any] | None:
+    """An existing study's user attributes, or None when there is no such study (nothing
+    is created: Optuna's public storage API)."""
+    st = open_storage(url)
+    try:
+        sid = st.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return st.get_study_user_attrs(sid)
+
+
 def load_study(name: str, url: str | None = None) -> Any:
     """An existing study by name (reports, benches and tests read studies this way)."""
     import optuna

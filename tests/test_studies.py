@@ -68,6 +68,17 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
     # running the same command again resumes: the study already has its 3 trials
     again = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
     assert again.returncode == 0 and len(_trials(tmp_path, "helmholtz1d")) == 3
+    # another --set would rank trials of two setups on one front: refused, naming what differs
+    other = _study(tmp_path, "helmholtz1d", "--trials", "4", *with_lm, "--set", "train.lm_steps=3")
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
+    assert "was run with another base config (train.lm_steps 2 → 3)" in other.stderr
+    assert "resume it with --set train.adam_steps=15" in other.stderr and len(_trials(tmp_path, "helmholtz1d")) == 3
+    # a trial made by other code (its run's commit) is said, and marked where it ranks
+    trial0 = next(r for r in children if r.data.tags["optuna.trial_number"] == "0")
+    c.set_tag(trial0.info.run_id, "git.commit", "feedface" * 5)
+    said = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
+    assert said.returncode == 0, said.stderr
+    assert "note: 1 of 3 complete trials were made by other code (commit feedfacefeed: #0)" in said.stdout
 
 
 def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
