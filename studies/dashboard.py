@@ -40,17 +40,35 @@ def main(argv: list[str] | None = None) -> int:
     except storage.StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from optuna_dashboard import run_server
-
     if not args.verbose:
         logging.getLogger("optuna_dashboard").setLevel(logging.WARNING)
     print(f"optuna-dashboard on http://{args.host}:{args.port}  (storage: {url.split('@')[-1]}; Ctrl-C stops it)",
           flush=True)
     try:
-        run_server(opened, host=args.host, port=args.port)
+        serve(opened, args.host, args.port, args.verbose)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def serve(opened: object, host: str, port: int, verbose: bool) -> None:
+    """optuna-dashboard's WSGI app on wsgiref, as its ``run_server`` serves it, without the
+    server's start-up banner and (unless ``verbose``) its line per request."""
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from optuna_dashboard import wsgi
+
+    class Handler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 — the base class's name
+            if verbose:
+                super().log_message(format, *args)
+
+    class Server(WSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    with make_server(host, port, wsgi(opened), server_class=Server, handler_class=Handler) as server:
+        server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -36,9 +36,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(cmd: list[str], url: str, env: dict[str, str]) -> subprocess.Popen:
+def _serve(cmd: list[str], url: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
     # a session of its own: the server's own children (uvicorn workers) are stopped with it
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 — the server's life, not a block's
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if log else out,
                             start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -141,11 +142,11 @@ def test_mlflow_ui_shows_the_study_as_training_runs(store, browser):
         _stop(proc)
 
 
-def test_optuna_dashboard_shows_the_study(store, browser):
+def test_optuna_dashboard_shows_the_study(store, browser, tmp_path):
     root, env = store
     port = _free_port()
     proc = _serve([sys.executable, "-m", "studies.dashboard", "--port", str(port)],
-                  f"http://127.0.0.1:{port}/api/studies", env)
+                  f"http://127.0.0.1:{port}/api/studies", env, log=tmp_path / "dashboard.log")
     try:
         page, errors = _page(browser)
         page.goto(f"http://127.0.0.1:{port}/dashboard/")
@@ -158,3 +159,6 @@ def test_optuna_dashboard_shows_the_study(store, browser):
         assert not errors, errors
     finally:
         _stop(proc)
+    # quiet: its one line, not the server's banner nor a line per request (those with -v)
+    log = (tmp_path / "dashboard.log").read_text()
+    assert log.startswith("optuna-dashboard on http://127.0.0.1:") and len(log.strip().splitlines()) == 1, log
