@@ -96,13 +96,14 @@ def _page(browser):
     return page, errors
 
 
-def test_mlflow_ui_shows_the_study_as_training_runs(store, browser):
+def test_mlflow_ui_shows_the_study_as_training_runs(store, browser, tmp_path):
     root, env = store
     port = _free_port()
     ui = subprocess.run([sys.executable, "-c", "from tracking import ui; print(ui.experiment_links('BASE'))"],
                         env=env, cwd=ROOT, capture_output=True, text=True)
     link = dict(eval(ui.stdout))["studies/tiling_overlap_sweep"].replace("BASE", f"http://127.0.0.1:{port}")
-    proc = _serve([sys.executable, "-m", "tracking.ui", "--port", str(port)], f"http://127.0.0.1:{port}/health", env)
+    proc = _serve([sys.executable, "-m", "tracking.ui", "--port", str(port)], f"http://127.0.0.1:{port}/health", env,
+                  log=tmp_path / "ui.out")
     try:
         page, errors = _page(browser)
         # the experiment, by the link `make ui` prints: the training view, runs first
@@ -140,6 +141,10 @@ def test_mlflow_ui_shows_the_study_as_training_runs(store, browser):
         assert not errors, errors
     finally:
         _stop(proc)
+    # quiet: the links and where the server's log is, not uvicorn's and MLflow's lines
+    out = (tmp_path / "ui.out").read_text()
+    assert "studies/tiling_overlap_sweep" in out and "server log: " in out, out
+    assert "INFO" not in out and "Warning" not in out and len(out.strip().splitlines()) <= 12, out
 
 
 def test_optuna_dashboard_shows_the_study(store, browser, tmp_path):

@@ -1,9 +1,11 @@
 """Start the MLflow UI against the project store, on 127.0.0.1 unless told otherwise.
 
-    python -m tracking.ui [--host 127.0.0.1] [--port 5000]      (also: make ui)
+    python -m tracking.ui [--host 127.0.0.1] [--port 5000] [-v]      (also: make ui)
 
 Experiments open in MLflow's model-training view (the project tags each experiment
-``mlflow.experimentKind=custom_model_development``).
+``mlflow.experimentKind=custom_model_development``). The server's own log (its workers'
+start-up, a line per request, its libraries' warnings) goes to ``mlruns/ui.log``; ``-v``
+shows it here; if the server stops with an error, its last lines are printed.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("MLFLOW_UI_PORT", 5000)))
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the server's log here, not in mlruns/ui.log")
     args = ap.parse_args(argv)
     if not 0 < args.port < 65536:
         print(f"error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
@@ -85,11 +88,25 @@ def main(argv: list[str] | None = None) -> int:
         print("experiments, each opening in the model-training view:")
         for name, url in links:
             print(f"  {name:<{width}}  {url}")
-    sys.stdout.flush()
+    cmd = command(args.port, args.host)
+    if args.verbose:
+        sys.stdout.flush()
+        try:
+            return subprocess.call(cmd)
+        except KeyboardInterrupt:
+            return 0
+    log = store.mlruns_dir() / "ui.log"
+    print(f"server log: {log} (-v shows it here)", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return subprocess.call(command(args.port, args.host))
+        with open(log, "w") as out:
+            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
     except KeyboardInterrupt:
         return 0
+    if code not in (0, -2, 130):  # not Ctrl-C: say why it stopped
+        tail = "\n".join("  " + line for line in log.read_text(errors="replace").strip().splitlines()[-8:])
+        print(f"error: the MLflow UI stopped (exit status {code}); the end of {log}:\n{tail}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
