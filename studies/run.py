@@ -205,8 +205,10 @@ BASE_ATTR = "base_config"  # the study's config before the sampler's choices (ca
 
 
 def check_resume(attrs: dict[str, Any] | None, base: Any, args: argparse.Namespace) -> None:
-    """Refuse to resume a study with another base config (other ``--set`` values): its trials
-    would be ranked against trials of another setup, one Pareto front over both."""
+    """Refuse to resume a study with other ``--set`` values that change its base config: its
+    trials would be ranked against trials of another setup, one Pareto front over both. The
+    same ``--set`` on code whose defaults changed since is said, not refused (as trials of
+    other commits are: :func:`other_code_trials`)."""
     from cpikan.config import canonical_json
     from tracking.hashing import config_hash, flatten
 
@@ -215,11 +217,15 @@ def check_resume(attrs: dict[str, Any] | None, base: Any, args: argparse.Namespa
     was, now = flatten(json.loads(attrs[BASE_ATTR]["config"])), flatten(base)
     changed = [f"{k} {json.dumps(was.get(k))} → {json.dumps(now.get(k))}" for k in sorted(set(was) | set(now))
                if was.get(k) != now.get(k)]
-    given = " ".join(f"--set {s}" for s in attrs[BASE_ATTR]["overrides"]) or "no --set"
+    said = "; ".join(changed[:4]) + ("; …" if len(changed) > 4 else "")
     fresh = f"{args.study_name}-{config_hash(base)[:6]}"  # the same name for the same setup: it resumes too
-    raise BadInput(f"study {args.study_name!r} was run with another base config ({'; '.join(changed[:4])}"
-                   f"{'; …' if len(changed) > 4 else ''}): its trials would be ranked with these; resume it with "
-                   f"{given}, or start another with --study-name {fresh}")
+    if list(attrs[BASE_ATTR]["overrides"]) == list(args.set):
+        print(f"note: the code's defaults changed since study {args.study_name!r} began ({said}); new trials use "
+              f"today's and are ranked with its others (--study-name {fresh} starts another)", file=sys.stderr)
+        return
+    given = " ".join(f"--set {s}" for s in attrs[BASE_ATTR]["overrides"]) or "no --set"
+    raise BadInput(f"study {args.study_name!r} was run with another base config ({said}): its trials would be "
+                   f"ranked with these; resume it with {given}, or start another with --study-name {fresh}")
 
 
 def threads_per_worker(workers: int) -> int:

@@ -73,6 +73,14 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
     assert "was run with another base config (train.lm_steps 2 → 3)" in other.stderr
     assert "resume it with --set train.adam_steps=15" in other.stderr and len(_trials(tmp_path, "helmholtz1d")) == 3
+    # the same --set on code whose defaults changed since: said, not refused
+    from studies import storage
+
+    study = storage.load_study("helmholtz1d", f"journal:{tmp_path / 'optuna' / 'journal.log'}")
+    recorded = study.user_attrs["base_config"]
+    study.set_user_attr("base_config", {**recorded, "config": recorded["config"].replace('"lr":', '"lr":0.5,"x":')})
+    drift = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
+    assert drift.returncode == 0 and "note: the code's defaults changed since study 'helmholtz1d' began" in drift.stderr
     # a trial made by other code (its run's commit) is said, and marked where it ranks
     trial0 = next(r for r in children if r.data.tags["optuna.trial_number"] == "0")
     c.set_tag(trial0.info.run_id, "git.commit", "feedface" * 5)
