@@ -131,9 +131,13 @@ def test_replay_reproduces_exactly(mlruns):
     out = _cli(["-m", "tracking.replay", rid], mlruns)
     assert out.returncode == 0, out.stderr
     assert "DIFFERENT" not in out.stdout and "rel_l2" in out.stdout and "reproduced" in out.stdout
+    assert "when the run was made" not in out.stderr  # the same libraries
+    store.client().set_tag(rid, "version.numpy", "1.0.0")  # as if made before an upgrade
+    out = _cli(["-m", "tracking.replay", rid], mlruns)
+    assert "warning: numpy 1.0.0 when the run was made, " in out.stderr and out.returncode == 0, out.stderr
     c = store.client()
     replays = [r for r in _all_runs(c) if r.data.tags.get("replay_of") == rid]
-    assert len(replays) == 1 and replays[0].data.tags["replay.reproduced"] == "true"
+    assert len(replays) == 2 and {r.data.tags["replay.reproduced"] for r in replays} == {"true"}
 
 
 def test_replay_refuses_a_changed_dataset(mlruns, tmp_path):

@@ -127,6 +127,15 @@ def code_warnings(run: Any, client: Any) -> list[str]:
     return out
 
 
+def version_warnings(run: Any) -> list[str]:
+    """The libraries (and Python) whose versions differ from the run's: a replay with the
+    run's own code still runs today's torch and numpy, and their kernels round their way."""
+    tags = run.data.tags
+    return [f"{name} {tags[f'version.{name}']} when the run was made, {now} now"
+            for name, now in provenance.versions().items()
+            if tags.get(f"version.{name}") not in (None, now)]
+
+
 def compare(
     old: dict[str, float], new: dict[str, float], measurements: list[str], rtol: float
 ) -> tuple[bool, list[tuple]]:
@@ -169,7 +178,7 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
     config, fn = load_config(client, run)
-    for w in check_datasets(run, force, client) + code_warnings(run, client):
+    for w in check_datasets(run, force, client) + code_warnings(run, client) + version_warnings(run):
         print(f"warning: {w}", file=sys.stderr)
     tags = run.data.tags
     if tags.get("torch.threads"):
@@ -216,6 +225,8 @@ def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bo
         for name in untracked:
             print(f"warning: {name} was untracked when the run was made and not recorded; the replay runs "
                   "without it", file=sys.stderr)
+        for w in version_warnings(run):  # the checkout's replay may predate this check
+            print(f"warning: {w}", file=sys.stderr)
         # -P: the checkout's packages, not the ones in the current directory
         path = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
         argv = [sys.executable, "-P", "-m", "tracking.replay", run_id, "--rtol", repr(rtol)]
