@@ -132,9 +132,12 @@ def other_code_trials(parent_run_id: str) -> dict[str, list[int]]:
     exp_id = c.get_run(parent_run_id).info.experiment_id
     now = provenance.git_state()["commit"]
     out: dict[str, list[int]] = {}
+    if not now:  # not a git checkout: nothing to compare with
+        return out
     for r in c.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000):
         tags = r.data.tags
-        if tags.get("optuna.state") == "COMPLETE" and tags.get("git.commit") not in (None, now):
+        if (tags.get("optuna.state") == "COMPLETE" and tags.get("git.commit") not in (None, now)
+                and tags.get("optuna.trial_number", "").isdigit()):
             out.setdefault(tags["git.commit"], []).append(int(tags["optuna.trial_number"]))
     return out
 
