@@ -415,17 +415,19 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    out = Path(args.out)
+    made = not out.exists()  # by this command: removed again if a refusal leaves it empty
     try:
         cfg = validate(args)
         model, model_run, plan = prepare_model(cfg)
         if model is not None and cfg.mode != "crop" and shard.world > 1:
             raise io.InputError(f"--mode {cfg.mode}: blended tiles overlap, so {shard.world} processes cannot share "
                                 "them; run one process (or crop mode, for a shift-equivariant model)")
+        io.check_writable(out, create=True)
     except (io.InputError, TrackingError) as exc:
         return fail(exc)
     if model is not None:
         model.to(distributed.device())
-    out = Path(args.out)
     for p in args.inputs:
         src = Path(p)
         name = src.stem if src.is_file() else src.name
@@ -439,6 +441,8 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
         except (io.InputError, TrackingError) as exc:
             if shard.leader:
                 shutil.rmtree(work, ignore_errors=True)
+                if made and not any(out.iterdir()):  # earlier wafers' outputs stay
+                    out.rmdir()
             return fail(exc)
         except BaseException:
             if shard.leader:

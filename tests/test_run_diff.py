@@ -35,3 +35,18 @@ def test_unknown_run_is_exit_2(mlruns):
     _tracked_pde_run(tiny_config(adam_steps=2))
     out = _cli(["-m", "tracking.diff", "nope", "nada"], mlruns)
     assert out.returncode == 2 and out.stderr.startswith("error: run ID 'nope'") and not out.stdout
+
+
+def test_runs_of_two_kinds_are_said_to_be(mlruns):
+    from tracking.tracker import Tracker
+
+    a = _tracked_pde_run(tiny_config(adam_steps=2))
+    with Tracker("t/other", config={"x": 1}) as other:  # a config of another kind (a plain dict: no class)
+        pass
+    out = _cli(["-m", "tracking.diff", a, other.run_id], mlruns)
+    assert out.returncode == 1 and "note: runs of two kinds" not in out.stdout  # a dict names no class
+    c = store.client()
+    c.set_tag(other.run_id, "cpikan.config_class", "studies.reconstruct:ReconstructConfig")
+    out = _cli(["-m", "tracking.diff", a, other.run_id], mlruns)
+    assert out.stdout.startswith(f"note: runs of two kinds ({a[:8]}: cpikan.experiment:PINNConfig, "
+                                 f"{other.run_id[:8]}: studies.reconstruct:ReconstructConfig)"), out.stdout

@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"identical": not diffs, "differences": diffs}, indent=1, sort_keys=True))
     else:
+        kinds = diffs.get("provenance", {}).get(tracker.TAG_CONFIG_CLASS)
+        if kinds and None not in kinds:  # a reconstruction beside a training run, say: every field differs
+            print(f"note: runs of two kinds ({args.run_a[:8]}: {kinds[0]}, {args.run_b[:8]}: {kinds[1]}); "
+                  "their configs have different fields\n")
         print_differences(diffs, (args.run_a[:8], args.run_b[:8]))
     return 1 if diffs else 0
 

@@ -454,13 +454,21 @@ def check_wavelengths(values: tuple[float, ...], field: str) -> tuple[float, ...
     return values
 
 
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out {folder}: cannot create it ({exc.strerror})") from None
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"--out {folder}: not writable")
+def check_writable(folder: Path, create: bool = False) -> None:
+    """That ``folder`` can be written (its nearest existing ancestor, when it is not there
+    yet), and, with ``create``, make it: checked early, made only once the input and the
+    model passed, so a refused command leaves no empty folder behind."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"--out {folder}: cannot create it ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"--out {folder}: not writable" if existing == folder else
+                         f"--out {folder}: cannot create it ({existing} is not writable)")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--out {folder}: cannot create it ({exc.strerror})") from None
 
 
 def write_tiff(path: Path, data: np.ndarray) -> None:
