@@ -62,7 +62,8 @@ def recorded_code(run: Any, client: Any, root: Path | None = None) -> Iterator[t
     try:
         made = _git("worktree", "add", "--detach", "--quiet", str(code), commit, cwd=root)
         if made.returncode != 0:
-            raise TrackingError(f"git worktree add {commit[:12]} failed: {made.stderr.strip().splitlines()[-1:]}")
+            last = (made.stderr.strip().splitlines() or ["?"])[-1]
+            raise TrackingError(f"git worktree add {commit[:12]} failed: {last}")
         if diff.strip():
             (tmp / "uncommitted.diff").write_text(diff)
             applied = _git("apply", "--whitespace=nowarn", str(tmp / "uncommitted.diff"), cwd=code)
