@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tracking import store
-from tracking.replay import TAG_REPLAY_OF
+from tracking.links import TAG_REPLAY_OF
 from tracking.store import TrackingError
 
 

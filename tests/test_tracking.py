@@ -219,6 +219,8 @@ def test_best_run_and_auto_link(mlruns):
         with Tracker("t/best", run_name=name, tags={"family": "x" if name != "b" else "y"}) as run:
             run.log_results({"rel_l2": value})
         ids[name] = run.run_id
+    with Tracker("t/best", run_name="replay of b", tags={"replay_of": ids["b"]}) as rerun:
+        rerun.log_results({"rel_l2": 0.05})  # better, but a re-run: the link names the run that measured
     assert best_run("t/best", "rel_l2").info.run_id == ids["b"]
     assert best_run("t/best", "rel_l2", "max").info.run_id == ids["a"]
     assert best_run("t/best", "rel_l2", filter_string="tags.family = 'x'").info.run_id == ids["c"]

@@ -12,13 +12,16 @@ from typing import Any
 
 from tracking import store
 
+TAG_REPLAY_OF = "replay_of"  # tracking.replay's tag (its module imports the tracker; this one need not)
+
 DIRECTIONS = ("min", "max")
 
 
 def best_run(experiment: str, metric: str, direction: str = "min", filter_string: str = "",
              accept: Callable[[Any], bool] | None = None) -> Any | None:
     """The finished run of ``experiment`` with the best ``metric`` (among those ``accept``
-    takes, when given: a condition a filter string cannot say), or None when there is none."""
+    takes, when given: a condition a filter string cannot say), or None when there is none.
+    Replays are not candidates: a link names the run that measured, not its re-run."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction: unknown {direction!r}; allowed: {', '.join(DIRECTIONS)}")
     client = store.client()
@@ -28,8 +31,9 @@ def best_run(experiment: str, metric: str, direction: str = "min", filter_string
     flt = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
     order = "ASC" if direction == "min" else "DESC"
     runs = client.search_runs([exp.experiment_id], filter_string=flt,
-                              order_by=[f"metrics.`{metric}` {order}"], max_results=1 if accept is None else 1000)
-    runs = [r for r in runs if metric in r.data.metrics and (accept is None or accept(r))]
+                              order_by=[f"metrics.`{metric}` {order}"], max_results=1000)
+    runs = [r for r in runs if metric in r.data.metrics and TAG_REPLAY_OF not in r.data.tags
+            and (accept is None or accept(r))]
     return runs[0] if runs else None
 
 

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from cpikan.config import from_recorded
-from tracking import hashing, logs, provenance, store, tracker
+from tracking import hashing, links, logs, provenance, store, tracker
 from tracking.store import TrackingError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-TAG_REPLAY_OF = "replay_of"
+TAG_REPLAY_OF = links.TAG_REPLAY_OF
 TAG_REPRODUCED = "replay.reproduced"
 
 
