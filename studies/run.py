@@ -130,9 +130,9 @@ def other_code_trials(parent_run_id: str) -> dict[str, list[int]]:
 
     c = store.client()
     exp_id = c.get_run(parent_run_id).info.experiment_id
-    now = provenance.git_state()["commit"]
+    now = provenance.head_commit()
     out: dict[str, list[int]] = {}
-    if not now:  # not a git checkout: nothing to compare with
+    if now is None:  # not a git checkout: nothing to compare with
         return out
     for r in c.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000):
         tags = r.data.tags

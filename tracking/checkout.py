@@ -20,9 +20,6 @@ from typing import Any
 from tracking import provenance
 from tracking.store import TrackingError
 
-DIFF_ARTIFACT = "provenance/uncommitted.diff"
-UNTRACKED = "# untracked: "  # how provenance lists an untracked file (its name only) after the diff
-
 
 def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
@@ -31,17 +28,14 @@ def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def recorded_diff(run: Any, client: Any) -> tuple[str, list[str]]:
     """(the run's uncommitted diff, the untracked files it could only name) — empty when
     the run was made from a clean tree."""
-    if run.data.tags.get("git.dirty") != "true":
-        return "", []
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            text = Path(client.download_artifacts(run.info.run_id, DIFF_ARTIFACT, tmp)).read_text()
-        except Exception:  # noqa: BLE001 — missing or unreadable artifact
-            raise TrackingError(f"run {run.info.run_id} was made from a tree with uncommitted changes but has no "
-                                f"{DIFF_ARTIFACT}; its code cannot be checked out") from None
+    text = provenance.recorded_diff(client, run)
+    if text is None:
+        raise TrackingError(f"run {run.info.run_id} was made from a tree with uncommitted changes but has no "
+                            f"readable {provenance.DIFF_ARTIFACT}; its code cannot be checked out")
     lines = text.splitlines(keepends=True)
-    untracked = [line[len(UNTRACKED):].strip() for line in lines if line.startswith(UNTRACKED)]
-    return "".join(line for line in lines if not line.startswith(UNTRACKED)), untracked
+    mark = provenance.UNTRACKED
+    untracked = [line[len(mark):].strip() for line in lines if line.startswith(mark)]
+    return "".join(line for line in lines if not line.startswith(mark)), untracked
 
 
 @contextmanager

@@ -23,27 +23,20 @@ import argparse
 import hashlib
 import json
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from tracking import logs, store, tracker
+from tracking import logs, provenance, store, tracker
 from tracking.store import TrackingError
 
 PROVENANCE_TAGS = ("git.commit", "git.dirty", "host", "cpu", "gpu", "torch.threads", "seed",
                    tracker.TAG_CONFIG_HASH, tracker.TAG_ENTRY, tracker.TAG_CONFIG_CLASS)
-DIFF_ARTIFACT = "provenance/uncommitted.diff"
 
 
 def _dirty_diff(client: Any, run: Any) -> str:
     """sha256 (12 digits) and line count of the recorded uncommitted diff, '' when clean."""
-    if run.data.tags.get("git.dirty") != "true":
-        return ""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            text = Path(client.download_artifacts(run.info.run_id, DIFF_ARTIFACT, tmp)).read_text()
-        except Exception:  # noqa: BLE001 — a missing artifact reads as "unknown", not a crash
-            return "unknown"
+    text = provenance.recorded_diff(client, run)
+    if not text:
+        return "" if text == "" else "unknown"  # a missing artifact reads as "unknown", not a crash
     return f"sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}, {len(text.splitlines())} lines"
 
 

@@ -29,18 +29,44 @@ def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+#: where a run keeps its uncommitted diff, and how the diff names an untracked file (its
+#: content is not recorded)
+DIFF_ARTIFACT = "provenance/uncommitted.diff"
+UNTRACKED = "# untracked: "
+
+
+def recorded_diff(client: Any, run: Any) -> str | None:
+    """A run's recorded uncommitted diff: '' when it was made from a clean tree, None when
+    it has one that cannot be read (a missing or unreadable artifact)."""
+    import tempfile
+
+    if run.data.tags.get("git.dirty") != "true":
+        return ""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(client.download_artifacts(run.info.run_id, DIFF_ARTIFACT, tmp)).read_text()
+        except Exception:  # noqa: BLE001 — what the caller says depends on why it wants it
+            return None
+
+
+def head_commit(root: Path | None = None) -> str | None:
+    """The checkout's commit, or None outside a git repository (no diff computed)."""
+    commit = _git("rev-parse", "HEAD", cwd=root or project_root())
+    return commit.strip() if commit else None
+
+
 def git_state(root: Path | None = None) -> dict[str, Any]:
     """commit, branch, dirty flag and the uncommitted diff (tracked changes, staged or not)."""
     root = root or project_root()
-    commit = _git("rev-parse", "HEAD", cwd=root)
+    commit = head_commit(root)
     if commit is None:
         return {"commit": "unknown", "branch": "unknown", "dirty": False, "diff": ""}
     branch = (_git("rev-parse", "--abbrev-ref", "HEAD", cwd=root) or "unknown").strip()
     diff = _git("diff", "HEAD", "--no-color", cwd=root) or ""
     untracked = (_git("ls-files", "--others", "--exclude-standard", cwd=root) or "").split()
     if untracked:
-        diff += "".join(f"\n# untracked: {u}" for u in untracked)
-    return {"commit": commit.strip(), "branch": branch, "dirty": bool(diff.strip()), "diff": diff}
+        diff += "".join(f"\n{UNTRACKED}{u}" for u in untracked)
+    return {"commit": commit, "branch": branch, "dirty": bool(diff.strip()), "diff": diff}
 
 
 def cpu_model() -> str:

@@ -115,13 +115,7 @@ def code_warnings(run: Any, client: Any) -> list[str]:
     if tags.get("git.commit") not in (None, now["commit"]):
         out.append(f"code commit differs: run {tags['git.commit'][:12]}, now {now['commit'][:12]}")
     if tags.get("git.dirty") == "true" or now["dirty"]:
-        old = ""
-        if tags.get("git.dirty") == "true":
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    old = Path(client.download_artifacts(run.info.run_id, "provenance/uncommitted.diff", tmp)).read_text()
-                except Exception:  # noqa: BLE001
-                    old = "?"
+        old = provenance.recorded_diff(client, run)
         if old != provenance.redact(now["diff"]):
             out.append("uncommitted changes differ from the run's recorded diff")
     return out
@@ -263,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         from tracking.diff import diff_runs, print_differences
 
         print("\nwhat differs (python -m tracking.diff):")
-        print_differences(diff_runs(args.run_id, new_id), ("original", "replay"))
-        commits = [store.client().get_run(r).data.tags.get("git.commit") for r in (args.run_id, new_id)]
-        if commits[0] and commits[0] != commits[1]:
+        diffs = diff_runs(args.run_id, new_id)
+        print_differences(diffs, ("original", "replay"))
+        commits = diffs.get("provenance", {}).get("git.commit")
+        if commits and commits[0]:
             print(f"\nthe run was made by other code (commit {commits[0][:12]}): --recorded-code replays it with that")
     return 0 if ok else 1
 

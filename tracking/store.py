@@ -37,6 +37,13 @@ def exists() -> bool:
     return bool(os.environ.get(ENV_URI)) or (mlruns_dir() / "mlflow.db").exists()
 
 
+def make_embedded() -> None:
+    """Make the embedded store's folder (SQLite makes the file, not its folder) when no
+    other store is named; only where a store is opened or served, never by looking."""
+    if not os.environ.get(ENV_URI):
+        mlruns_dir().mkdir(parents=True, exist_ok=True)
+
+
 def is_local(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("postgresql") or uri.startswith("mysql")
 
@@ -61,8 +68,7 @@ def client(must_exist: bool = False):  # type: ignore[no-untyped-def]
     import mlflow
 
     uri = tracking_uri()
-    if not os.environ.get(ENV_URI):
-        mlruns_dir().mkdir(parents=True, exist_ok=True)  # the embedded store starts here
+    make_embedded()
     mlflow.set_tracking_uri(uri)  # MLflow's own helpers (system metrics) use the global URI
     c = MlflowClient(tracking_uri=uri)
     check_reachable(c, uri)

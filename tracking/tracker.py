@@ -117,7 +117,7 @@ class Tracker:
             if self.config is not None:
                 self.log_config(self.config)
             if prov["diff"]:
-                self.log_text(prov["diff"], "provenance/uncommitted.diff")
+                self.log_text(prov["diff"], provenance.DIFF_ARTIFACT)
             if self.system_metrics:
                 self._start_system_metrics()
         except BaseException:

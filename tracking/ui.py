@@ -24,8 +24,7 @@ def command(port: int, host: str = "127.0.0.1") -> list[str]:
            "--host", host, "--port", str(port)]
     if store.is_local(uri):
         cmd += ["--default-artifact-root", (store.mlruns_dir() / "artifacts").as_uri()]
-    if not os.environ.get(store.ENV_URI):
-        store.mlruns_dir().mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
+    store.make_embedded()
     return cmd
 
 
