@@ -6,6 +6,7 @@ from typing import Any
 
 from tracking import store
 from tracking.links import TAG_REPLAY_OF
+from tracking.provenance import redact_urls
 from tracking.store import TrackingError
 
 
@@ -23,4 +24,4 @@ def get_run(run_id: str) -> tuple[Any, Any]:
     try:
         return client, client.get_run(run_id)
     except MlflowException:
-        raise TrackingError(f"run ID {run_id!r}: no such run in {store.tracking_uri()}") from None
+        raise TrackingError(f"run ID {run_id!r}: no such run in {redact_urls(store.tracking_uri())}") from None

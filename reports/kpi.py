@@ -27,6 +27,7 @@ from reports.sensors import figures as sensor_figures
 from reports.sensors import guard_rows
 from studies import registry
 from tracking import logs, store
+from tracking.provenance import redact_urls
 from tracking.store import TrackingError
 
 KPI_FILE = Path(__file__).with_name("kpis.toml")
@@ -301,7 +302,7 @@ def render(rows: list[dict[str, Any]], figs: list[tuple[str, Any]], now: dt.date
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.ok{{background:#d9f2d9}}.bad{{background:#f7d4d4}}
 .warn{{background:#fbefc4}}.none{{color:#888}}</style></head><body>
 <h1>cPIKAN Lab — weekly KPI report</h1>
-<p>Generated {now:%Y-%m-%d %H:%M} from {esc(store.tracking_uri())}; period: the last {since.days or since.seconds // 3600}
+<p>Generated {now:%Y-%m-%d %H:%M} from {esc(redact_urls(store.tracking_uri()))}; period: the last {since.days or since.seconds // 3600}
 {'days' if since.days else 'hours'}. Values are the KPI's aggregation over all finished runs so far; "week earlier" over
 runs started before the period. <code>make weekly</code> fills every KPI (its jobs: <code>python -m reports.weekly --dry-run</code>);
 <code>make demo</code> fills the seam and tiled-vs-full KPIs.</p>

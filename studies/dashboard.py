@@ -2,8 +2,9 @@
 
     python -m studies.dashboard [--storage URL] [--host 127.0.0.1] [--port 8080]   (also: make dashboard)
 
-The storage is the default journal file (``mlruns/optuna/journal.log``) or ``--storage
-postgresql://…``. Every study is listed with its trials, their parameters, values,
+The storage is ``--storage URL``, else ``CPIKAN_STORAGE``, else the journal file
+(``mlruns/optuna/journal.log``); studies the tracking store names in other storages are
+listed when it starts, since this one does not show them. Every study is listed with its trials, their parameters, values,
 intermediate values and user attributes (the MLflow run ID of each trial, the sampler and
 its seeds). Exit status: 2 when the storage cannot be opened.
 """
@@ -20,7 +21,7 @@ from studies import storage
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m studies.dashboard", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--storage", default=None, help="journal:PATH (default: the project's) or postgresql://…")
+    ap.add_argument("--storage", default=None, help="journal:PATH or postgresql://… (default: $CPIKAN_STORAGE, else the project's journal)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("-v", "--verbose", action="store_true", help="show the server's request log")
@@ -42,13 +43,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.verbose:
         logging.getLogger("optuna_dashboard").setLevel(logging.WARNING)
-    print(f"optuna-dashboard on http://{args.host}:{args.port}  (storage: {url.split('@')[-1]}; Ctrl-C stops it)",
+    print(f"optuna-dashboard on http://{args.host}:{args.port}  (storage: {storage.redact_urls(url)}; Ctrl-C stops it)",
           flush=True)
+    elsewhere = studies_elsewhere(storage.redact_urls(url))
+    if elsewhere:
+        shown = "; ".join(f"{where}: {', '.join(sorted(names))}" for where, names in sorted(elsewhere.items()))
+        n = sum(map(len, elsewhere.values()))
+        print(f"note: {n} {'study' if n == 1 else 'studies'} of the tracking store, in other storages, not shown "
+              f"here ({shown}); --storage URL or CPIKAN_STORAGE=URL shows them", flush=True)
     try:
         serve(opened, args.host, args.port, args.verbose)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def studies_elsewhere(shown: str) -> dict[str, set[str]]:
+    """Studies whose MLflow parent run names a storage other than ``shown`` (storage → study
+    names), so a team's PostgreSQL studies are not silently missing from a journal's
+    dashboard. Empty when there is no tracking store or it cannot be read."""
+    from tracking import store
+
+    if not store.exists():
+        return {}
+    try:
+        c = store.client()
+        ids = [e.experiment_id for e in c.search_experiments()]
+        runs = c.search_runs(ids, filter_string="tags.`cpikan.study_parent` = 'true'", max_results=1000) if ids else []
+    except Exception:  # noqa: BLE001 — a hint only; the dashboard serves the storage either way
+        return {}
+    out: dict[str, set[str]] = {}
+    for r in runs:
+        where = r.data.tags.get("optuna.storage", "")
+        if where and same_place(where) != same_place(shown):
+            out.setdefault(where, set()).add(r.data.tags.get("optuna.study_name", "?"))
+    return out
+
+
+def same_place(url: str) -> str:
+    """A storage URL without scheme and user (runs before 2026-12-06 recorded it so)."""
+    return url.split("://", 1)[-1].rpartition("@")[2]
 
 
 def serve(opened: object, host: str, port: int, verbose: bool) -> None:

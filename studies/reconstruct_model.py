@@ -62,6 +62,7 @@ def best_model_run(wavelengths: tuple[float, ...]) -> str:
 
     from tracking import store
     from tracking.links import best_run
+    from tracking.provenance import redact_urls
 
     def for_these_lasers(run: Any) -> bool:
         trained = json.loads(run.data.params.get("wavelengths", "null")) or DEFAULT_PSI.wavelengths
@@ -72,7 +73,7 @@ def best_model_run(wavelengths: tuple[float, ...]) -> str:
                             "is, or set CPIKAN_MLRUNS or MLFLOW_TRACKING_URI)")
     run = best_run("studies/psi_pretrain", "rmse_nm", accept=for_these_lasers)
     if run is None and best_run("studies/psi_pretrain", "rmse_nm") is None:  # the store searched again only here
-        raise io.InputError(f"--model best: no psi_pretrain run in {store.tracking_uri()} "
+        raise io.InputError(f"--model best: no psi_pretrain run in {redact_urls(store.tracking_uri())} "
                             "(python -m studies.run psi_pretrain)")
     if run is None:
         raise io.InputError(f"--model best: no psi_pretrain run trained for wavelengths {tuple(wavelengths)} µm "

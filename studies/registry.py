@@ -56,6 +56,8 @@ class Study:
     entry_point: str  # "module:function", recorded on every run for replay
     pruner: str = "none"  # "median" | "none"
     default_trials: int = 8
+    #: run once by the command before its workers start (what every trial shares, made once)
+    prepare: Callable[[Any], object] | None = None
 
     def run_fn(self) -> Callable[[Any, Any], dict[str, float]]:
         module, _, fn = self.entry_point.partition(":")

@@ -42,6 +42,7 @@ class BadInput(Exception):
 def parent_run(study_def: registry.Study, study_name: str, storage: str) -> str:
     """The study's MLflow parent run: found by its tags when resuming, else created."""
     from tracking import store
+    from tracking.provenance import redact_urls
     from tracking.tracker import Tracker
 
     c = store.client()
@@ -52,7 +53,7 @@ def parent_run(study_def: registry.Study, study_name: str, storage: str) -> str:
     if found:
         return found[0].info.run_id
     with Tracker(exp, run_name=study_name, tags={"optuna.study_name": study_name, "cpikan.study_parent": "true",
-                                                 "optuna.storage": storage.split("@")[-1]}) as run:
+                                                 "optuna.storage": redact_urls(storage)}) as run:
         pass
     return run.run_id
 
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--trials", type=int, default=None, help="total trials of the study (default: the study's own)")
     ap.add_argument("--timeout", type=float, default=None, help="stop starting trials after S seconds")
     ap.add_argument("--workers", type=int, default=1, help="parallel worker processes on this machine")
-    ap.add_argument("--storage", default=None, help="Optuna storage: journal:PATH (default) or postgresql://…")
+    ap.add_argument("--storage", default=None, help="Optuna storage: journal:PATH or postgresql://… (default: $CPIKAN_STORAGE, else mlruns/optuna/journal.log)")
     ap.add_argument("--study-name", default=None, help="default: the study name")
     ap.add_argument("--seed", type=int, default=0, help="study seed (each worker's and trial's seed derive from it)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
@@ -263,6 +264,18 @@ def run_workers(spec: WorkerSpec, workers: int, study_def: registry.Study, base:
     return max(codes, default=0)
 
 
+def prepare_shared(study_def: registry.Study, base: Any) -> bool:
+    """The study's shared set-up (a pretrained network), once before its workers; False when it failed."""
+    if study_def.prepare is None:
+        return True
+    try:
+        study_def.prepare(base)
+    except Exception as exc:  # noqa: BLE001 — the study's summary below says what ran
+        print(f"error: preparing the study failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def record_sampling(spec: WorkerSpec, study_def: registry.Study, base: Any) -> None:
     """Sampler, pruner and seeds on the study itself (optuna-dashboard shows them), and its
     base config, which a resume must match (:func:`check_resume`)."""
@@ -308,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     record_sampling(spec, study_def, base)
     status = "FINISHED"
     try:
-        if run_workers(spec, args.workers, study_def, base):
+        if not prepare_shared(study_def, base) or run_workers(spec, args.workers, study_def, base):
             status = "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -320,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if error:  # a study whose every trial failed is a failed command, not a quiet success
         print(f"error: no trial completed; the first failure: {error}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if status == "FAILED" else 0
 
 
 if __name__ == "__main__":

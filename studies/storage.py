@@ -1,8 +1,8 @@
 """Where studies live: Optuna storages by URL, the per-study ask lock, and trials whose
 worker died.
 
-- ``journal:PATH`` (the default, ``mlruns/optuna/journal.log``): a journal file, safe for
-  several processes on one machine.
+- ``journal:PATH`` (the default, ``mlruns/optuna/journal.log``; ``CPIKAN_STORAGE`` names
+  another): a journal file, safe for several processes on one machine.
 - ``postgresql://…``: several machines on one study. Heartbeats are switched on, so
   Optuna's own :func:`optuna.storages.fail_stale_trials` fails trials whose worker stopped
   beating, wherever it ran.
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tracking.provenance import redact_urls
 from tracking.store import mlruns_dir
 
 
@@ -30,8 +31,13 @@ class StorageError(ValueError):
     """The storage URL is wrong or unreachable: a user mistake, printed on one line."""
 
 
+ENV_STORAGE = "CPIKAN_STORAGE"  # a team's shared storage, as MLFLOW_TRACKING_URI names its runs' store
+
+
 def default_storage() -> str:
-    return f"journal:{mlruns_dir() / 'optuna' / 'journal.log'}"
+    """``CPIKAN_STORAGE`` when set (every study command and the dashboard then share it), else
+    the journal file beside the embedded store."""
+    return os.environ.get(ENV_STORAGE) or f"journal:{mlruns_dir() / 'optuna' / 'journal.log'}"
 
 
 def open_storage(url: str) -> Any:
@@ -51,8 +57,8 @@ def open_storage(url: str) -> Any:
                                                   engine_kwargs={"pool_pre_ping": True})
         except Exception as exc:  # noqa: BLE001 — any connection failure means the same here
             first = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise StorageError(f"--storage {url}: unreachable ({type(exc).__name__}: {first})") from None
-    raise StorageError(f"--storage: unsupported URL {url!r}; use journal:PATH or postgresql://…")
+            raise StorageError(f"--storage {redact_urls(url)}: unreachable ({type(exc).__name__}: {first})") from None
+    raise StorageError(f"--storage: unsupported URL {redact_urls(url)!r}; use journal:PATH or postgresql://…")
 
 
 def study_attrs(name: str, url: str) -> dict[str, Any] | None:

@@ -1,8 +1,8 @@
 """``tiling_overlap_sweep``: tile size × overlap × blend mode on a synthetic PSI image.
 
 The network is the best ``psi_pretrain`` run in MLflow (by validation RMSE; linked by tags),
-or a short pretrain run made first when there is none; its run ID is resolved before the
-trial's run starts, so it is part of the logged config and replay uses the same network.
+or a short pretrain run made first when there is none (once, before the study's workers
+start, so they share it); its run ID is resolved before each trial's run starts, so it is part of the logged config and replay uses the same network.
 Objectives (Pareto front): relative L2 against full-image inference (against crop mode
 with large tiles when the image is too big to infer at once), seam error, seconds per
 megapixel and peak memory.
@@ -10,6 +10,8 @@ megapixel and peak memory.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -78,6 +80,8 @@ def resolve_model(cfg: TilingSweepConfig) -> str:
         # the default curriculum, shortened in proportion: coarse steps per full-resolution step
         coarse = tuple(n * cfg.pretrain_steps // full.steps for n in full.curriculum_steps)
         pre = psi_pretrain.PSIPretrainConfig(steps=cfg.pretrain_steps, curriculum_steps=coarse)
+        print(f"no {psi_pretrain.EXPERIMENT} run in the store: training a short one ({cfg.pretrain_steps} steps) "
+              "for the sweep's network", file=sys.stderr, flush=True)
         with Tracker(psi_pretrain.EXPERIMENT, config=pre, entry_point="studies.psi_pretrain:run",
                      seed=pre.seed, run_name="short pretrain (for tiling_overlap_sweep)") as run:
             psi_pretrain.run(pre, run)
@@ -117,8 +121,9 @@ def run(config: TilingSweepConfig, ctx: Any) -> dict[str, float]:
             ref = predict_full(model, image)
         else:
             ref = predict_tiled(model, image, tile_size=1024, overlap=256)
-        np.save(ref_path.with_suffix(".part.npy"), ref)
-        ref_path.with_suffix(".part.npy").replace(ref_path)
+        tmp = ref_path.with_suffix(f".{os.getpid()}.part.npy")  # workers may write it at once
+        np.save(tmp, ref)
+        tmp.replace(ref_path)
     ref = np.load(ref_path, mmap_mode="r")[0]
     tiled = {"tile_size": config.tile_size, "overlap": config.overlap, "mode": config.mode,
              "batch_size": config.batch_size}
@@ -160,5 +165,6 @@ def space(trial: Any, base: TilingSweepConfig) -> TilingSweepConfig:
 
 register(Study("tiling_overlap_sweep", TilingSweepConfig, TilingSweepConfig, space,
                [("rel_l2", "minimize"), ("seam_rel", "minimize"), ("seconds_per_mpix", "minimize"),
-                ("peak_memory_mb", "minimize")], "studies.tiling_sweep:run", default_trials=8))
+                ("peak_memory_mb", "minimize")], "studies.tiling_sweep:run", default_trials=8,
+               prepare=resolve_model))  # one short pretrain, not one per worker
 

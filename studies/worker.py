@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +152,9 @@ def _next_trial(study: Any, spec: WorkerSpec, bar: Any) -> Any:
         bar.refresh()
         if done + states.count("RUNNING") >= spec.trials or states.count("FAIL") >= max(spec.trials, 3) * 2:
             return None
-        return study.ask()
+        with warnings.catch_warnings():  # ask/tell is ours by design; studies.storage.heartbeat beats
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            return study.ask()
 
 
 def work(spec: WorkerSpec, study_def: registry.Study, base: Any) -> None:

@@ -4,6 +4,8 @@ import os
 # or reconstruct subprocess they start (which inherit the environment). Measured on a study
 # trial alone: 20.8 s with one thread, 26.8 s with two (small problems spin, not compute).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# a user's team storage is not the tests' (each test names its own store and storage)
+os.environ.pop("CPIKAN_STORAGE", None)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

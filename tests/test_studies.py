@@ -143,6 +143,7 @@ def _two_workers(tmp_path, monkeypatch, storage_args, storage=None):
     assert sorted(t.number for t in trials) == list(range(4))
     assert all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["worker.pid"] for t in trials}) == 2  # both workers took trials
+    return out
     _, runs = _runs(tmp_path, monkeypatch)
     nested = [r for r in runs if "optuna.trial_number" in r.data.tags]
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(4))
@@ -157,9 +158,15 @@ def test_two_workers_on_postgresql(tmp_path, monkeypatch):
         pytest.skip("PostgreSQL on 127.0.0.1:5432 is not running")
     db = f"optuna_test_{uuid.uuid4().hex[:8]}"
     admin.execute(f"CREATE DATABASE {db}")
-    url = f"{PG}/{db}"
+    # a password in the URL (trust auth ignores it) reaches neither the output nor a run
+    url = f"postgresql://postgres:hunter2@127.0.0.1:5432/{db}"
     try:
-        _two_workers(tmp_path, monkeypatch, ["--storage", url], url)
+        out = _two_workers(tmp_path, monkeypatch, ["--storage", url], url)
+        assert "hunter2" not in out.stdout + out.stderr
+        _, runs = _runs(tmp_path, monkeypatch)
+        parent = next(r for r in runs if r.data.tags.get("cpikan.study_parent") == "true")
+        assert parent.data.tags["optuna.storage"] == f"postgresql://postgres:[REDACTED]@127.0.0.1:5432/{db}"
+        assert not [r for r in runs if "hunter2" in repr((r.data.tags, r.data.params))]
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         admin.close()
@@ -256,3 +263,22 @@ def test_a_near_miss_gets_a_hint(capsys):
     assert "did you mean 'xavier'?" in capsys.readouterr().err
     assert main(["helmholz1d"]) == 2
     assert "did you mean 'helmholtz1d'?" in capsys.readouterr().err
+
+
+def test_dashboard_names_the_studies_it_does_not_show(mlruns, monkeypatch):
+    """A team's PostgreSQL studies are not silently missing from a journal's dashboard, and
+    ``CPIKAN_STORAGE`` makes the team's storage every command's default."""
+    from studies import dashboard, storage
+    from tracking.tracker import Tracker
+
+    team = "postgresql://lab:[REDACTED]@db.lab:5432/optuna"
+    journal = storage.default_storage()
+    for name, where in (("team_sweep", team), ("mine", journal), ("old", "db.lab:5432/optuna")):
+        with Tracker("studies/helmholtz1d", run_name=name, tags={"cpikan.study_parent": "true",
+                                                                  "optuna.study_name": name, "optuna.storage": where}):
+            pass
+    assert dashboard.studies_elsewhere(journal) == {team: {"team_sweep"}, "db.lab:5432/optuna": {"old"}}
+    monkeypatch.setenv("CPIKAN_STORAGE", "postgresql://lab@db.lab:5432/optuna")
+    assert storage.default_storage() == "postgresql://lab@db.lab:5432/optuna"
+    # the same database however it is written (runs before 2026-12-06 recorded host/db only)
+    assert dashboard.studies_elsewhere(storage.default_storage()) == {journal: {"mine"}}

@@ -108,6 +108,15 @@ def test_secrets_never_logged(mlruns, monkeypatch):
     assert provenance.REDACTED in r.data.tags["command"]
 
 
+def test_passwords_in_urls_are_redacted_wherever_shown():
+    R = provenance.REDACTED
+    assert provenance.redact_urls("postgresql://u:pw@h:5432/db") == f"postgresql://u:{R}@h:5432/db"
+    assert (provenance.redact_urls("postgresql://h/db?user=u&password=pw&sslmode=require")
+            == f"postgresql://h/db?user=u&password={R}&sslmode=require")
+    for plain in ("postgresql://postgres@127.0.0.1:5432/db", "journal:/a b/journal.log", "http://127.0.0.1:5000"):
+        assert provenance.redact_urls(plain) == plain
+
+
 def test_dirty_tree_diff_is_recorded(mlruns, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -67,14 +67,27 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A store filled the way the demo fills it: the tiling overlap sweep (small)."""
+    """A store filled the way the demo fills it: the tiling overlap sweep (small), by two workers."""
     root = tmp_path_factory.mktemp("ui") / "mlruns"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(CPIKAN_MLRUNS=str(root), PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "studies.run", "tiling_overlap_sweep", "--trials", "2",
-                          "--set", "image_size=640x640", "--set", "pretrain_steps=5"],
+    out = subprocess.run([sys.executable, "-m", "studies.run", "tiling_overlap_sweep", "--trials", "3",
+                          "--workers", "2", "--set", "image_size=640x640", "--set", "pretrain_steps=5"],
                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    # the short pretrain is made once, before the workers start, and is every trial's network
+    assert out.stderr.count("training a short one") == 1, out.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPIKAN_MLRUNS", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        from tracking import store as tracking_store
+
+        c = tracking_store.client()
+        pre = c.search_runs([c.get_experiment_by_name("studies/psi_pretrain").experiment_id])
+        exp = c.get_experiment_by_name("studies/tiling_overlap_sweep").experiment_id
+        trials = [r for r in c.search_runs([exp]) if "optuna.trial_number" in r.data.tags]
+    assert len(pre) == 1 and len(trials) == 3
+    assert {r.data.params["model_run_id"] for r in trials} == {pre[0].info.run_id}
     return root, env
 
 

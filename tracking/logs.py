@@ -26,6 +26,8 @@ def configure(verbose: bool = False) -> None:
         os.environ["CPIKAN_VERBOSE"] = "1"
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # a tracking server's "🏃 View run … at" and "🧪 View experiment at" lines, two per run
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for pattern in LIBRARY_NOTES:
         warnings.filterwarnings("ignore", message=pattern)
     try:  # Optuna's own experimental-feature class, where it is installed

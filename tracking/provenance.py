@@ -92,16 +92,24 @@ def versions() -> dict[str, str]:
 
 
 URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+(@)", re.I)
+#: a password given as a URL's query parameter (``postgresql://host/db?password=…``)
+QUERY_SECRET = re.compile(r"([?&;](?:password|passwd|pass|sslpassword|token|secret|api_?key)=)[^&;#\s]+", re.I)
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the password of every URL in it (``user:password@``, ``?password=``)
+    replaced: fit for a screen, a log, a run's tags or a report."""
+    return QUERY_SECRET.sub(rf"\1{REDACTED}", URL_PASSWORD.sub(rf"\1{REDACTED}\2", text))
 
 
 def redact(text: str, env: dict[str, str] | None = None) -> str:
     """Replace the value of every secret-looking environment variable wherever it appears,
-    and the password of every ``scheme://user:password@host`` URL."""
+    and the password of every URL (:func:`redact_urls`)."""
     env = os.environ if env is None else env
     for name, value in env.items():
         if SECRET_NAME.search(name) and name not in NOT_SECRET and len(value) >= 4:
             text = text.replace(value, REDACTED)
-    return URL_PASSWORD.sub(rf"\1{REDACTED}\2", text)
+    return redact_urls(text)
 
 
 def source_name() -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tracking.provenance import redact_urls
+
 # artifact transfers are small and many; MLflow's per-download progress bars only add noise
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -82,7 +84,7 @@ def check_reachable(c, uri: str) -> None:  # type: ignore[no-untyped-def]
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except Exception as exc:  # noqa: BLE001 — any failure means the same to the user
-            raise TrackingError(f"tracking server {uri} is unreachable ({type(exc).__name__})") from None
+            raise TrackingError(f"tracking server {redact_urls(uri)} is unreachable ({type(exc).__name__})") from None
 
 
 #: MLflow's UI opens an experiment in its model-training view (not the GenAI one) by this tag
@@ -113,4 +115,4 @@ def get_run(c, run_id: str):  # type: ignore[no-untyped-def]
     try:
         return c.get_run(run_id)
     except MlflowException:
-        raise TrackingError(f"run ID {run_id!r}: no such run in {tracking_uri()}") from None
+        raise TrackingError(f"run ID {run_id!r}: no such run in {redact_urls(tracking_uri())}") from None

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from tracking import store
+from tracking.provenance import redact_urls
 
 
 def command(port: int, host: str = "127.0.0.1") -> list[str]:
@@ -73,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     if os.environ.get(store.ENV_URI, "").startswith("http"):
-        print(f"The team server already serves the UI: {os.environ[store.ENV_URI]}")
+        print(f"The team server already serves the UI: {redact_urls(os.environ[store.ENV_URI])}")
         return 0
     taken = address_error(args.host, args.port)
     if taken:
         print(f"error: {taken}", file=sys.stderr)
         return 2
     base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {base}  (store: {store.tracking_uri()}; Ctrl-C stops it)")
+    print(f"MLflow UI on {base}  (store: {redact_urls(store.tracking_uri())}; Ctrl-C stops it)")
     links = experiment_links(base)
     if links:
         width = max(len(n) for n, _ in links)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,15 +86,18 @@ def write_dataset(
 ) -> Path:
     """``buckets.npy`` (C, H, W) uint16/uint8, ``height.npy`` (H, W) float32, ``meta.json``.
 
-    Written block by block through memmaps; files appear under temporary names and are
-    renamed only when complete, so a crash leaves nothing half-written behind.
+    Written block by block through memmaps; files appear under temporary names of this
+    process and are renamed only when complete, ``buckets.npy`` last, so a crash leaves
+    nothing half-written behind and a reader that finds ``buckets.npy`` finds the rest:
+    several processes may write the same dataset at once (a study's workers on a new store).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wafer = Wafer(spec)
     dtype = np.uint8 if spec.bits == 8 else np.uint16
     H, W = spec.height, spec.width
-    tmp_b, tmp_h = out / "buckets.npy.part", out / "height.npy.part"
+    tag = f"{os.getpid()}.part"
+    tmp_b, tmp_h, tmp_m = out / f"buckets.npy.{tag}", out / f"height.npy.{tag}", out / f"meta.json.{tag}"
     buckets = open_memmap(tmp_b, mode="w+", dtype=dtype, shape=(cfg.channels, H, W))
     height = open_memmap(tmp_h, mode="w+", dtype=np.float32, shape=(H, W))
     rng = np.random.default_rng(spec.seed + 1)
@@ -109,7 +113,8 @@ def write_dataset(
     buckets.flush()
     height.flush()
     del buckets, height
-    tmp_b.replace(out / "buckets.npy")
+    tmp_m.write_text(json.dumps({"spec": asdict(spec), "psi": asdict(cfg)}, indent=1))
     tmp_h.replace(out / "height.npy")
-    (out / "meta.json").write_text(json.dumps({"spec": asdict(spec), "psi": asdict(cfg)}, indent=1))
+    tmp_m.replace(out / "meta.json")
+    tmp_b.replace(out / "buckets.npy")
     return out
