@@ -29,10 +29,10 @@ from studies import registry
 from tracking import logs, store
 from tracking.provenance import redact_urls
 from tracking.store import TrackingError
+from tracking.ui import run_link
 
 KPI_FILE = Path(__file__).with_name("kpis.toml")
 AGGREGATIONS = ("min", "max", "last", "success_rate", "min_param")
-UI = "http://127.0.0.1:5000"
 
 
 @dataclass
@@ -268,7 +268,7 @@ def guard_table(guard: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in CHECKS)
     body = []
     for g in guard:
-        link = f'<a href="{UI}/#/experiments/{g["experiment_id"]}/runs/{g["run_id"]}">{g["run_id"][:8]}</a>'
+        link = f'<a href="{run_link(g["experiment_id"], g["run_id"])}">{g["run_id"][:8]}</a>'
         cells = "".join(f'<td class="{cls.get(s, "none")}">{f"{v:.1e}" if v is not None else s}</td>'
                         for v, s in (g["checks"][c] for c in CHECKS))
         body.append(f"<tr><td>{link}</td><td>{html.escape(str(g['flow']))}</td>"
@@ -283,7 +283,7 @@ def render(rows: list[dict[str, Any]], figs: list[tuple[str, Any]], now: dt.date
     esc = html.escape
     table = []
     for r in rows:
-        link = (f'<a href="{UI}/#/experiments/{r["experiment_id"]}/runs/{r["run_id"]}?workflowType=machine_learning">{r["run_id"][:8]}</a>'
+        link = (f'<a href="{run_link(r["experiment_id"], r["run_id"])}">{r["run_id"][:8]}</a>'
                 if r["run_id"] else "—")
         cls = {"met": "ok", "not met": "bad", "no data": "none"}[r["status"]]
         current = fmt(r["value"]) if r["value"] is not None else f"no data: run <code>{esc(r['command'])}</code>"

@@ -113,3 +113,29 @@ def test_unreachable_server_is_a_clear_error(monkeypatch):
         with Tracker("x"):
             pass
     assert os.environ[store.ENV_URI].endswith(":9")
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the REST API is the same on either backend
+def test_a_team_reads_its_server_with_the_lab_commands(server, tmp_path, monkeypatch, capsys):
+    """Runs logged to the team server are replayed and reported from it; the report's links
+    open the team server (not this machine's make ui), without the URL's password."""
+    from reports import kpi
+    from studies import pde
+    from tracking import replay, ui
+
+    cfg = tiny_config(adam_steps=12, lr=1e-2)
+    with Tracker("studies/helmholtz1d", config=cfg, entry_point=pde.ENTRY_POINT, seed=0) as run:
+        pde.run(cfg, run)
+    assert replay.main([run.run_id]) == 0
+    assert "reproduced run" in capsys.readouterr().out
+    host = server.removeprefix("http://")
+    monkeypatch.setenv(store.ENV_URI, f"http://lab:hunter2@{host}")  # the server asks for none
+    out = tmp_path / "kpi.html"
+    assert kpi.main(["--out", str(out)]) == 0
+    page = out.read_text()
+    assert f'href="{server}/#/experiments/' in page and "hunter2" not in page
+    assert "hunter2" not in capsys.readouterr().out
+    assert ui.main([]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"The team server already serves the UI: {server}\n") and "hunter2" not in said
+    assert f"{server}/#/experiments/" in said and "studies/helmholtz1d" in said

@@ -34,6 +34,23 @@ def command(port: int, host: str = "127.0.0.1") -> list[str]:
 TRAINING_VIEW = "workflowType=machine_learning"
 
 
+def ui_base() -> str:
+    """Where the store's runs are browsed: the team server itself (without its user and
+    password), else the ``make ui`` this machine serves (``MLFLOW_UI_PORT``, default 5000)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = os.environ.get(store.ENV_URI, "")
+    if uri.startswith(("http://", "https://")):
+        parts = urlsplit(uri)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="")).rstrip("/")
+    return f"http://127.0.0.1:{os.environ.get('MLFLOW_UI_PORT', 5000)}"
+
+
+def run_link(experiment_id: str, run_id: str, base: str | None = None) -> str:
+    """A run's page, opening in the model-training view."""
+    return f"{base or ui_base()}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
 def experiment_links(base: str) -> list[tuple[str, str]]:
     """(experiment name, URL opening it in the training view) for every experiment with runs."""
     c = store.client()
@@ -42,6 +59,14 @@ def experiment_links(base: str) -> list[tuple[str, str]]:
         if c.search_runs([exp.experiment_id], max_results=1):
             out.append((exp.name, f"{base}/#/experiments/{exp.experiment_id}?{TRAINING_VIEW}"))
     return out
+
+
+def print_links(links: list[tuple[str, str]]) -> None:
+    if links:
+        width = max(len(n) for n, _ in links)
+        print("experiments, each opening in the model-training view:")
+        for name, url in links:
+            print(f"  {name:<{width}}  {url}")
 
 
 def address_error(host: str, port: int) -> str | None:
@@ -74,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     if os.environ.get(store.ENV_URI, "").startswith("http"):
-        print(f"The team server already serves the UI: {redact_urls(os.environ[store.ENV_URI])}")
+        print(f"The team server already serves the UI: {ui_base()}")
+        print_links(experiment_links(ui_base()))
         return 0
     taken = address_error(args.host, args.port)
     if taken:
@@ -82,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base}  (store: {redact_urls(store.tracking_uri())}; Ctrl-C stops it)")
-    links = experiment_links(base)
-    if links:
-        width = max(len(n) for n, _ in links)
-        print("experiments, each opening in the model-training view:")
-        for name, url in links:
-            print(f"  {name:<{width}}  {url}")
+    print_links(experiment_links(base))
     cmd = command(args.port, args.host)
     if args.verbose:
         sys.stdout.flush()
