@@ -1,5 +1,7 @@
 """Tiled inference: crop-and-stitch equals full-image inference; memmaps; bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -129,8 +131,10 @@ def test_blend_weights_normalise_exactly(mode):
                                 dict(kernel_size=(3, 5), padding=(1, 2), padding_mode="circular", groups=4)])
 def test_the_probes_banded_float64_convolution_is_the_convolution(kw, monkeypatch):
     """The probe convolves in float64 by bands of rows (the unfolded input of a 64-feature
-    U-Net's 576² probe took 3 GB): the same numbers, to the bit, for any padding, stride,
-    dilation and groups; the layer's own forward comes back afterwards."""
+    U-Net's 576² probe took 3 GB): the same numbers, to float64 rounding, for any padding,
+    stride, dilation and groups; the layer's own forward comes back afterwards. Not to the bit
+    on every CPU: with AVX-512 (an AMD EPYC here) the GEMM under the unfolded convolution sums
+    in another order for a band's narrower matrix, 1.7e-16 … 7.3e-16 apart (2026-12-06)."""
     from cpikan.tiling import geometry
 
     monkeypatch.setattr(geometry, "BAND_BYTES", 1 << 14)  # a few rows per band
@@ -140,7 +144,8 @@ def test_the_probes_banded_float64_convolution_is_the_convolution(kw, monkeypatc
         whole = conv(x)
         with geometry._banded_convs(conv):
             banded = conv(x)
-    assert "forward" not in vars(conv) and torch.equal(whole, banded)
+    assert "forward" not in vars(conv)
+    assert float((whole - banded).abs().max()) <= 1e-14 * float(whole.abs().max())
 
 
 def test_the_probe_measures_the_same_geometry_in_bands(monkeypatch):
@@ -152,4 +157,8 @@ def test_the_probe_measures_the_same_geometry_in_bands(monkeypatch):
 
     plain = geometry.probe(model(), 16)
     monkeypatch.setattr(geometry, "BAND_BYTES", 1 << 16)  # one row per band
-    assert geometry.probe(model(), 16) == plain
+    banded = geometry.probe(model(), 16)
+    # every decision the same; the mismatches themselves at float64 rounding (see above)
+    rounding = {"equivariance_error": 0.0, "edge_error": 0.0}
+    assert dataclasses.replace(banded, **rounding) == dataclasses.replace(plain, **rounding)
+    assert max(banded.equivariance_error, banded.edge_error, plain.equivariance_error, plain.edge_error) <= 1e-13

@@ -196,7 +196,8 @@ def _banded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` computed in bands of output rows. CPU convolutions in float64 run without
     oneDNN, unfolding the input first (C·k² values per pixel: 3 GB for a 128-channel layer of
     a 576² probe); each output pixel is still the same sum over its own window, so the result
-    is the same, in a band's worth of memory."""
+    is the same to float64 rounding (a GEMM may sum in another order for a band's narrower
+    matrix: ~1e-16 apart on AVX-512), in a band's worth of memory."""
     (kh, kw), (sh, _), (dh, _) = conv.kernel_size, conv.stride, conv.dilation
     n, c, h, w = x.shape
     left, right, top, bottom = conv._reversed_padding_repeated_twice
