@@ -5,7 +5,8 @@
     python -m studies.run --list
 
 Each study is an Optuna study (default storage: a journal file under mlruns/optuna/, safe
-for several local processes; ``--storage postgresql://…`` for several machines) whose
+for several local processes; ``--storage postgresql://…`` for several machines, which take
+turns through an advisory lock to find its parent run and ask for trials) whose
 trials are MLflow runs nested under one parent run per study. Running the same command
 again resumes: finished trials are kept, trials of workers that died are marked FAILED,
 and the study goes on to its trial count (with the same ``--set`` values: other ones are
@@ -312,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    parent_id = parent_run(study_def, args.study_name, args.storage)
+    with storage.study_lock(args.study_name, args.storage):  # another machine starting it waits here
+        parent_id = parent_run(study_def, args.study_name, args.storage)
     spec = WorkerSpec(study=args.name, study_name=args.study_name, storage=args.storage, trials=args.trials,
                       seed=args.seed, sampler=args.sampler, pruner=args.pruner, overrides=tuple(args.set),
                       tags=tuple(args.tag),
@@ -321,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     record_sampling(spec, study_def, base)
     status = "FINISHED"
     try:
-        if not prepare_shared(study_def, base) or run_workers(spec, args.workers, study_def, base):
+        with storage.study_lock(args.study_name, args.storage):  # made once, whichever machine comes first
+            prepared = prepare_shared(study_def, base)
+        if not prepared or run_workers(spec, args.workers, study_def, base):
             status = "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,14 +51,20 @@ def open_storage(url: str) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith(("postgresql", "mysql", "sqlite")):
-        try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words only
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
-                                                  engine_kwargs={"pool_pre_ping": True})
-        except Exception as exc:  # noqa: BLE001 — any connection failure means the same here
-            first = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise StorageError(f"--storage {redact_urls(url)}: unreachable ({type(exc).__name__}: {first})") from None
+        # Optuna makes a new database's tables on first use; machines starting on a new
+        # database at once collide on them, and the loser finds them made a moment later
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words only
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                                                      engine_kwargs={"pool_pre_ping": True})
+            except Exception as exc:  # noqa: BLE001 — any connection failure means the same here
+                if attempt == 2 or type(exc).__name__ == "OperationalError":  # unreachable: say so now
+                    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                    raise StorageError(f"--storage {redact_urls(url)}: unreachable "
+                                       f"({type(exc).__name__}: {redact_urls(first)})") from None
+                time.sleep(1 + attempt)
     raise StorageError(f"--storage: unsupported URL {redact_urls(url)!r}; use journal:PATH or postgresql://…")
 
 
@@ -80,10 +87,15 @@ def load_study(name: str, url: str | None = None) -> Any:
 
 
 @contextlib.contextmanager
-def ask_lock(study_name: str) -> Iterator[None]:
-    """Held while a worker counts the trials and asks for a new one, so K workers never
-    overshoot the trial count (local workers; machines sharing PostgreSQL may overshoot
-    by one trial each)."""
+def study_lock(study_name: str, url: str) -> Iterator[None]:
+    """Held while a worker counts the trials and asks for a new one, and while the command
+    finds or makes the study's parent run and what its trials share: workers never overshoot
+    the trial count nor make two of anything. On PostgreSQL a session advisory lock, so every
+    machine on the study takes turns; otherwise a file lock (the processes of one machine)."""
+    if url.startswith("postgresql"):
+        with _advisory_lock(study_name, url):
+            yield
+        return
     safe = "".join(c if c.isalnum() else "_" for c in study_name)
     path = mlruns_dir() / "optuna" / f".{safe}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,14 +107,33 @@ def ask_lock(study_name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _advisory_lock(study_name: str, url: str) -> Iterator[None]:
+    import hashlib
+    import re
+
+    import psycopg
+
+    conninfo = re.sub(r"^postgresql\+\w+://", "postgresql://", url)  # SQLAlchemy's driver suffix
+    key = int.from_bytes(hashlib.sha256(f"cpikan study {study_name}".encode()).digest()[:8], "big", signed=True)
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StorageError(f"--storage {redact_urls(url)}: unreachable ({type(exc).__name__})") from None
+    with conn:  # closing the session releases the lock, should the unlock not be reached
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
 # --------------------------------------------------------------------------- stale trials
 WORKER_PID, WORKER_HOST, WORKER_STARTED = "worker.pid", "worker.host", "worker.started"
 
 
 def claim(trial: Any) -> None:
     """Record on the trial which process runs it, so a later start can tell it died."""
-    import time
-
     trial.set_user_attr(WORKER_PID, os.getpid())
     trial.set_user_attr(WORKER_HOST, socket.gethostname())
     trial.set_user_attr(WORKER_STARTED, time.time())

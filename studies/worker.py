@@ -145,7 +145,7 @@ def run_trial(spec: WorkerSpec, study_def: registry.Study, trial: Any, base: Any
 
 def _next_trial(study: Any, spec: WorkerSpec, bar: Any) -> Any:
     """Count and ask under the study's lock; None when the study has its trials."""
-    with storage.ask_lock(spec.study_name):
+    with storage.study_lock(spec.study_name, spec.storage):
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
         done = sum(s in FINISHED for s in states)
         bar.n = done

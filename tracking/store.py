@@ -7,6 +7,7 @@ MLflow 3 refuses a plain ``./mlruns`` file store, so the default is
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from tracking.provenance import redact_urls
@@ -72,19 +73,39 @@ def client(must_exist: bool = False):  # type: ignore[no-untyped-def]
     uri = tracking_uri()
     make_embedded()
     mlflow.set_tracking_uri(uri)  # MLflow's own helpers (system metrics) use the global URI
-    c = MlflowClient(tracking_uri=uri)
-    check_reachable(c, uri)
-    return c
-
-
-def check_reachable(c, uri: str) -> None:  # type: ignore[no-untyped-def]
     if uri.startswith("http"):
-        import requests
+        c = MlflowClient(tracking_uri=uri)
+        check_reachable(uri)
+        return c
+    return open_database(uri)
 
+
+def open_database(uri: str):  # type: ignore[no-untyped-def]
+    """A client on a database store. MLflow makes a new database's tables when a client first
+    opens it; two processes doing so at once (a team's machines starting on a new store)
+    collide on them, and the one that loses finds them made a moment later: so opening is
+    tried again before it is an error."""
+    from mlflow import MlflowClient
+
+    for attempt in range(3):
         try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except Exception as exc:  # noqa: BLE001 — any failure means the same to the user
-            raise TrackingError(f"tracking server {redact_urls(uri)} is unreachable ({type(exc).__name__})") from None
+            return MlflowClient(tracking_uri=uri)
+        except Exception as exc:  # noqa: BLE001 — the last attempt says what it was
+            if attempt == 2:
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                raise TrackingError(f"tracking store {redact_urls(uri)} cannot be opened "
+                                    f"({type(exc).__name__}: {redact_urls(first)})") from None
+            time.sleep(1 + attempt)
+
+
+def check_reachable(uri: str) -> None:
+    """A tracking server answers its health check, or :class:`TrackingError`."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except Exception as exc:  # noqa: BLE001 — any failure means the same to the user
+        raise TrackingError(f"tracking server {redact_urls(uri)} is unreachable ({type(exc).__name__})") from None
 
 
 #: MLflow's UI opens an experiment in its model-training view (not the GenAI one) by this tag
