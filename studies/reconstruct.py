@@ -315,10 +315,11 @@ def valid_span(height: Any, mask: Any, h_min: float, h_max: float, margin: float
 
 def validate(args: argparse.Namespace) -> ReconstructConfig:
     """Everything checkable before anything is written; InputError otherwise."""
-    from cpikan.tiling import MODES, factory
+    from cpikan import refs
+    from cpikan.tiling import MODES
 
     # paths absolute: a replay from another folder reads and builds the same
-    cfg = ReconstructConfig(model=factory.absolute_ref(args.model), weights=args.weights and str(Path(args.weights).resolve()),
+    cfg = ReconstructConfig(model=refs.absolute_ref(args.model), weights=args.weights and str(Path(args.weights).resolve()),
                             mode=args.mode, pixel_pitch_um=args.pixel_pitch, tile=args.tile,
                             overlap=args.overlap, max_memory=args.max_memory, pattern=args.pattern, h_min=args.h_min, h_max=args.h_max,
                             order=args.order,
@@ -326,7 +327,7 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
     if not args.pixel_pitch > 0:
         raise io.InputError(f"--pixel-pitch: must be > 0 µm, got {args.pixel_pitch}")
 
-    if args.weights is not None and not factory.is_factory(args.model):
+    if args.weights is not None and not refs.is_ref(args.model):
         raise io.InputError(f"--weights: only with --model MODULE:FACTORY (a run's model carries its own), "
                             f"got --model {args.model}")
     if args.mode not in MODES:

@@ -29,10 +29,11 @@ def load_model(ref: str, weights: str | None = None,
     """(model, run ID) for ``best`` (the best run trained for ``wavelengths``), a run ID, or
     (model, "") for the user's own ``MODULE:FACTORY`` with ``weights``; refuses what is not a
     PSI model."""
+    from cpikan import refs
     from cpikan.tiling import factory
     from tracking.store import TrackingError
 
-    if factory.is_factory(ref):
+    if refs.is_ref(ref):
         try:
             return factory.build(ref, weights), ""
         except ValueError as exc:
@@ -92,10 +93,10 @@ def model_units(cfg: Any, dtype: Any) -> Any:
     counts / 256), so 16-bit files are scaled for them (a float .npy is taken as those units:
     :func:`check_units`); your own model gets the files' counts, as its contract says.
     None: as read."""
+    from cpikan import refs
     from cpikan.psi.physics import counts_per_unit
-    from cpikan.tiling import factory
 
-    if factory.is_factory(cfg.model) or dtype.kind != "u":
+    if refs.is_ref(cfg.model) or dtype.kind != "u":
         return None
     scale = 1.0 / counts_per_unit(8 * dtype.itemsize)
     return None if scale == 1.0 else (lambda batch: batch * scale)
@@ -106,9 +107,9 @@ def check_units(src: Path, cfg: Any, channels: int, pattern: str | None = None) 
     (16-bit counts saved as floats would reach it 256× too bright)."""
     import numpy as np
 
-    from cpikan.tiling import factory
+    from cpikan import refs
 
-    if cfg.model == "classical" or factory.is_factory(cfg.model):
+    if cfg.model == "classical" or refs.is_ref(cfg.model):
         return
     sample = io.first_channel(src, channels, pattern)
     if sample.dtype.kind != "f":
@@ -200,11 +201,11 @@ def tile_plan(model: Any, channels: int, cfg: Any) -> dict[str, float]:
 def own_model_files(cfg: Any) -> dict[str, Path]:
     """A ``MODULE:FACTORY`` model's source files (its own and the local modules it imported,
     by path from where it imports) and its weights, by name."""
-    from cpikan.tiling import factory
+    from cpikan import refs
 
-    if not factory.is_factory(cfg.model):
+    if not refs.is_ref(cfg.model):
         return {}
-    files = factory.local_files(cfg.model)
+    files = refs.local_files(cfg.model)
     if cfg.weights:
         files[Path(cfg.weights).name] = Path(cfg.weights)
     return files

@@ -767,6 +767,7 @@ def test_a_model_file_imports_as_its_own_script_would_and_all_its_files_are_reco
     import mlflow
     import torch
 
+    from cpikan import refs
     from cpikan.tiling import factory
 
     pkg = tmp_path / "code" / "labnets_pkg" / "models"
@@ -783,7 +784,7 @@ def test_a_model_file_imports_as_its_own_script_would_and_all_its_files_are_reco
                                  "def build():\n    return nn.Sequential(conv(16, 4), nn.Conv2d(4, 1, 1))\n")
     packaged = f"{pkg / 'unet.py'}:build"
     assert factory.build(packaged)(torch.rand(1, 16, 8, 8)).shape == (1, 1, 8, 8)
-    assert list(factory.local_files(packaged)) == ["labnets_pkg/__init__.py", "labnets_pkg/models/__init__.py",
+    assert list(refs.local_files(packaged)) == ["labnets_pkg/__init__.py", "labnets_pkg/models/__init__.py",
                                                    "labnets_pkg/models/blocks.py", "labnets_pkg/models/unet.py"]
     src = _model_input(tmp_path, 40, 48)
     # from the model's own folder, as most run it: torch.ops' and torch.classes' relative
