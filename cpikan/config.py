@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 CHOICES = "choices"
+REFS = "refs"  # a choice that may also name user code (MODULE:NAME, FILE.py:NAME): what it must be
 RANGE = "range"
 BEFORE = "before"  # what a run recorded before the field existed did (a value, or a function of its record)
 _SAME: Any = object()  # no ``before``: the default is what the code did before the field existed
@@ -50,9 +51,13 @@ def _before(before: Any) -> dict[str, Any]:
     return {} if before is _SAME else {BEFORE: before}
 
 
-def choice(default: str, allowed: Sequence[str], *, before: Any = _SAME) -> Any:
-    """A dataclass field whose value must be one of ``allowed``; ``before``: see :func:`added`."""
-    return dataclasses.field(default=default, metadata={CHOICES: tuple(allowed), **_before(before)})
+def choice(default: str, allowed: Sequence[str], *, refs: str = "", before: Any = _SAME) -> Any:
+    """A dataclass field whose value must be one of ``allowed``, or, when ``refs`` says what
+    it must be (``"a cpikan.pde.Problem"``), a reference to the user's code
+    (:mod:`cpikan.refs`: its file or module must exist; nothing is imported here);
+    ``before``: see :func:`added`."""
+    refs_meta = {REFS: refs} if refs else {}
+    return dataclasses.field(default=default, metadata={CHOICES: tuple(allowed), **refs_meta, **_before(before)})
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
@@ -70,14 +75,24 @@ def added(default: Any, *, before: Any | Callable[[Mapping[str, Any]], Any]) -> 
     return dataclasses.field(default=default, metadata=_before(before))
 
 
-def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+def check_choice(name: str, value: Any, allowed: Sequence[str], refs: str = "") -> None:
     """Raise :class:`ConfigError` naming the allowed values (and the closest one) when
-    ``value`` is not among them."""
+    ``value`` is not among them (nor, with ``refs``, a reference to existing user code)."""
     if value in allowed:
         return
+    if refs and isinstance(value, str):
+        from cpikan import refs as user_code
+
+        if user_code.is_ref(value):
+            try:
+                user_code.check_exists(value, name)
+            except ValueError as exc:
+                raise ConfigError(name, str(exc).removeprefix(f"{name}: ")) from None
+            return
     hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
     extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-    raise ConfigError(name, f"unknown {value!r}; allowed: {', '.join(map(str, allowed))}{extra}")
+    yours = f", or yours as FILE.py:NAME or MODULE:NAME ({refs})" if refs else ""
+    raise ConfigError(name, f"unknown {value!r}; allowed: {', '.join(map(str, allowed))}{yours}{extra}")
 
 
 def check_range(name: str, value: Any, ge: float | None = None, gt: float | None = None,
@@ -99,7 +114,7 @@ def validate(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if CHOICES in f.metadata:
-            check_choice(f.name, value, f.metadata[CHOICES])
+            check_choice(f.name, value, f.metadata[CHOICES], f.metadata.get(REFS, ""))
         if RANGE in f.metadata:
             check_range(f.name, value, *f.metadata[RANGE])
 

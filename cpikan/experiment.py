@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from cpikan import refs
 from cpikan.config import ConfigError, bounded, canonical_json, choice, validate
 from cpikan.nn import INITS, MLP, ScaledCPIKAN, ScaledModel
 from cpikan.nn.base import DTYPES
@@ -46,7 +47,8 @@ class ModelConfig:
 
 @dataclass
 class PINNConfig:
-    problem: str = choice("helmholtz1d", tuple(PROBLEMS))
+    #: one of ours by name, or the lab's own: ``path/to/burgers.py:Burgers`` (docs/howto.md)
+    problem: str = choice("helmholtz1d", tuple(PROBLEMS), refs="a cpikan.pde.Problem subclass")
     problem_kwargs: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -58,6 +60,7 @@ class PINNConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        self.problem = refs.absolute_ref(self.problem)  # a replay from any folder finds the same file
 
     def to_json(self) -> str:
         return canonical_json(self)

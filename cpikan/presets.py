@@ -50,4 +50,10 @@ PRESETS: dict[str, PINNConfig] = {
         TrainConfig(adam_steps=2000, lr=1e-2, scheduler="exponential", lr_final_factor=0.1,
                     lbfgs_steps=6000, loss_weights={"pde": 0.1, "ic": 1.0, "bc": 1.0, "data": 1.0}),
     ),
+    # the `pinn` study: any PDE, the lab's own too (--set problem=FILE.py:CLASS); a general recipe
+    "pinn": PINNConfig(
+        "helmholtz1d", {},
+        ModelConfig(hidden=(16, 16), degree=8, dtype=F64),
+        TrainConfig(adam_steps=1000, lr=1e-2, scheduler="exponential", lm_steps=300),
+    ),
 }

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
+from cpikan import refs
 from cpikan.experiment import PINNConfig, build, n_parameters, run_pinn
+from cpikan.pde import make_problem
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
 from studies.registry import Study, names_in, register
@@ -37,10 +39,15 @@ class Report(Callback):
 
 
 def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
-    """Train, evaluate and log: step metrics, results, the model and a convergence figure."""
+    """Train, evaluate and log: step metrics, results, the model and a convergence figure.
+    The lab's own problem (``FILE.py:CLASS``) is recorded by its source files' content, so a
+    replay after an edit to them is refused, naming the file."""
     data_file = config.problem_kwargs.get("data_file")
     if data_file:
         ctx.log_dataset(data_file, name=Path(data_file).name)
+    if refs.is_ref(config.problem):
+        make_problem(config.problem, **config.problem_kwargs)  # imported first: its files are then known
+        ctx.log_datasets(refs.local_files(config.problem), context="code")
     init_state = None
     if config.init_from:  # transfer learning: the source run's trained network (safetensors)
         init_state = part(read_run(config.init_from)[1], "model")
@@ -72,4 +79,5 @@ for _name in names_in(__name__):
     register(Study(
         name=_name, config_cls=PINNConfig, default=lambda n=_name: copy.deepcopy(PRESETS[n]),
         space=next_seed, objectives=[("rel_l2", "minimize")], entry_point=ENTRY_POINT, default_trials=1,
+        fixed={} if _name == "pinn" else {"problem": "another PDE: python -m studies.run pinn --set problem=…"},
     ))

@@ -34,6 +34,7 @@ CATALOG: dict[str, Entry] = {
     "diffusion": Entry("studies.pde", "PDE benchmark: the published Scaled-cPIKAN diffusion setup"),
     "poisson3d": Entry("studies.pde", "PDE benchmark: 3-D Poisson on the unit cube"),
     "reaction_diffusion_inverse": Entry("studies.pde", "PDE benchmark: recover D and κ from 200 noisy samples"),
+    "pinn": Entry("studies.pde", "any PDE, the lab's own too: --set problem=path/to/file.py:CLASS (a cpikan.pde.Problem; docs/howto.md)"),
     "sensor_placement": Entry("studies.sensors", "K sensors by QR pivoting vs random vs uniform (vs SSPOR): linear POD estimate's error vs K and noise"),
     "multistage_search": Entry("studies.multistage", "multi-stage training: stages × width/degree × Fourier σ rule × point growth on helmholtz1d (Pareto: error, seconds)"),
     "method_search": Entry("studies.methods", "method options (ConFIG, LRA, RAR-D, Fourier features, transfer learning) vs the preset on diffusion (Pareto: error, seconds)"),
@@ -58,6 +59,9 @@ class Study:
     default_trials: int = 8
     #: run once by the command before its workers start (what every trial shares, made once)
     prepare: Callable[[Any], object] | None = None
+    #: config fields a --set may not change, each with what to run instead (a benchmark's
+    #: problem: its runs are what its KPI reads)
+    fixed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def run_fn(self) -> Callable[[Any, Any], dict[str, float]]:
         module, _, fn = self.entry_point.partition(":")

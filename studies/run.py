@@ -182,6 +182,12 @@ def prepare(args: argparse.Namespace) -> tuple[registry.Study, Any]:
         base = registry.apply_overrides(study_def.default(), args.set)
     except (ValueError, TypeError) as exc:
         raise BadInput(str(exc).splitlines()[0]) from None
+    check_user_code(base)
+    default = study_def.default()
+    for name, instead in study_def.fixed.items():
+        if getattr(base, name) != getattr(default, name):
+            raise BadInput(f"{name}: the {args.name} study runs {getattr(default, name)!r} only (its KPI reads its "
+                           f"runs); {instead}")
     for tag in args.tag:
         if "=" not in tag or not tag.split("=", 1)[0]:
             raise BadInput(f"--tag: expected KEY=VALUE, got {tag!r}")
@@ -204,6 +210,24 @@ def prepare(args: argparse.Namespace) -> tuple[registry.Study, Any]:
     except (storage.StorageError, store.TrackingError) as exc:
         raise BadInput(str(exc)) from None
     return study_def, base
+
+
+def check_user_code(base: Any) -> None:
+    """The lab's own code a config names (``problem=burgers.py:Burgers``) imports and has
+    the name it gives, before any run is made: the user's command line, so their code."""
+    import functools
+
+    from cpikan import refs
+    from cpikan.config import REFS, declared
+
+    for path, meta in declared(base).items():
+        value = functools.reduce(getattr, path.split("."), base)
+        if REFS in meta and refs.is_ref(value):
+            where, name, _, _ = refs.split_ref(value, path)
+            try:
+                refs.resolve(where, name, value, path, what=meta[REFS])
+            except ValueError as exc:
+                raise BadInput(str(exc)) from None
 
 
 BASE_ATTR = "base_config"  # the study's config before the sampler's choices (canonical JSON), and its --set

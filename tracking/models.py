@@ -17,6 +17,7 @@ the project's own packages.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -119,9 +120,24 @@ def load_model(run_id: str, artifact_path: str = "model") -> tuple[Any, dict[str
     meta, tensors = read_run(run_id, artifact_path)
     config_cls = _import(meta["config_class"])
     config, _ = from_recorded(config_cls, meta["config"])  # a run of an older version: as it then was
+    refuse_user_code(config, run_id)
     model = _import(meta["builder"])(config)
     model.load_state_dict(part(tensors, "model"))
     return model.eval(), tensors, config
+
+
+def refuse_user_code(config: Any, run_id: str) -> None:
+    """A model from the store is rebuilt by the project's own code only: a config naming the
+    lab's own (a ``FILE.py:CLASS`` problem) would have the store choose code to import."""
+    from cpikan import refs
+    from cpikan.config import REFS, declared
+
+    for path, meta in declared(config).items():
+        value = functools.reduce(getattr, path.split("."), config)
+        if REFS in meta and refs.is_ref(value):
+            raise TrackingError(f"run {run_id}: its {path} is code of the lab's own ({value}); a model is rebuilt "
+                                f"from the store with the project's code only: replay the run to train it again "
+                                f"(python -m tracking.replay {run_id})")
 
 
 def convert(run_id: str, builder: str, artifact_path: str, old_file: str) -> None:
