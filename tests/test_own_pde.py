@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--set", "model.hidden=[8,8]", "--set", "train.adam_steps=200", "--set", "train.lm_steps=30"]
+TINY = ["--set", "model.hidden=[8,8]", "--set", "train.adam_steps=0", "--set", "train.lm_steps=15"]
 
 POISSON = '''
 """u'' = -pi^2 sin(pi x) on [0, 1], u(0) = u(1) = 0; u = sin(pi x)."""
