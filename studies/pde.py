@@ -17,7 +17,7 @@ import torch
 
 from cpikan import refs
 from cpikan.experiment import PINNConfig, build, n_parameters, run_pinn
-from cpikan.pde import make_problem
+from cpikan.pde import PROBLEMS, make_problem
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
 from studies.registry import Study, names_in, register
@@ -75,9 +75,29 @@ def next_seed(trial: Any, base: PINNConfig) -> PINNConfig:
     return replace(base, train=replace(base.train, seed=base.train.seed + trial.number))
 
 
+def benchmark_check(name: str) -> Any:
+    """A benchmark study keeps its problem as its KPI defines it: the same class and the same
+    arguments but those that choose the method (``Problem.method_kwargs``: points, sampler)."""
+    preset = PRESETS[name]
+
+    def check(config: PINNConfig) -> None:
+        instead = f"run another problem as python -m studies.run pinn --set problem={name} --set problem_kwargs=…"
+        if config.problem != preset.problem:
+            raise ValueError(f"problem: the {name} study runs {preset.problem!r} only (its KPI reads its runs); "
+                             f"another PDE: python -m studies.run pinn --set problem=…")
+        given, own = config.problem_kwargs, preset.problem_kwargs
+        free = PROBLEMS[preset.problem].method_kwargs
+        for key in sorted(set(given) | set(own)):
+            if key not in free and given.get(key) != own.get(key):
+                raise ValueError(f"problem_kwargs.{key}: defines the {name} benchmark's problem (its KPI reads its "
+                                 f"runs; {', '.join(free)} may change); {instead}")
+
+    return check
+
+
 for _name in names_in(__name__):
     register(Study(
         name=_name, config_cls=PINNConfig, default=lambda n=_name: copy.deepcopy(PRESETS[n]),
         space=next_seed, objectives=[("rel_l2", "minimize")], entry_point=ENTRY_POINT, default_trials=1,
-        fixed={} if _name == "pinn" else {"problem": "another PDE: python -m studies.run pinn --set problem=…"},
+        check=None if _name == "pinn" else benchmark_check(_name),
     ))

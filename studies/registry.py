@@ -59,9 +59,9 @@ class Study:
     default_trials: int = 8
     #: run once by the command before its workers start (what every trial shares, made once)
     prepare: Callable[[Any], object] | None = None
-    #: config fields a --set may not change, each with what to run instead (a benchmark's
-    #: problem: its runs are what its KPI reads)
-    fixed: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: refuses (ValueError, one line) a config this study must not run: a benchmark's runs
+    #: are what its KPI reads, so they keep its problem
+    check: Callable[[Any], None] | None = None
 
     def run_fn(self) -> Callable[[Any, Any], dict[str, float]]:
         module, _, fn = self.entry_point.partition(":")

@@ -183,11 +183,11 @@ def prepare(args: argparse.Namespace) -> tuple[registry.Study, Any]:
     except (ValueError, TypeError) as exc:
         raise BadInput(str(exc).splitlines()[0]) from None
     check_user_code(base)
-    default = study_def.default()
-    for name, instead in study_def.fixed.items():
-        if getattr(base, name) != getattr(default, name):
-            raise BadInput(f"{name}: the {args.name} study runs {getattr(default, name)!r} only (its KPI reads its "
-                           f"runs); {instead}")
+    if study_def.check is not None:
+        try:
+            study_def.check(base)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
     for tag in args.tag:
         if "=" not in tag or not tag.split("=", 1)[0]:
             raise BadInput(f"--tag: expected KEY=VALUE, got {tag!r}")

@@ -123,13 +123,16 @@ def test_a_pde_run_starts_from_another_run_by_its_id(mlruns):
     points = '"n_interior": 200, "n_boundary": 40, "n_initial": 40'
     tiny = ["model.hidden=[6]", "model.degree=4", "train.adam_steps=5", "train.lm_steps=0"]
     sets = sum([["--set", s] for s in tiny], ["--set", f"problem_kwargs={{{points}}}"])
-    # the source: another diffusion coefficient (set last: it replaces the points setting's dict)
-    assert main(["diffusion", "--study-name", "source", *sets,
+    # the source: another diffusion coefficient (set last: it replaces the points setting's dict),
+    # another problem, so not in the diffusion benchmark's study (its KPI reads that one's runs)
+    assert main(["diffusion", *sets, "--set", f'problem_kwargs={{{points}, "D": 0.05}}']) == 2
+    assert main(["pinn", "--study-name", "source", *sets, "--set", "problem=diffusion",
                  "--set", f'problem_kwargs={{{points}, "D": 0.05}}']) == 0
     client = store.client()
-    exp = client.get_experiment_by_name("studies/diffusion")
-    (source,) = [r for r in client.search_runs([exp.experiment_id]) if "rel_l2" in r.data.metrics]
+    (source,) = [r for r in client.search_runs([client.get_experiment_by_name("studies/pinn").experiment_id])
+                 if "rel_l2" in r.data.metrics]
     assert main(["diffusion", "--study-name", "target", *sets, "--set", f"init_from={source.info.run_id}"]) == 0
+    exp = client.get_experiment_by_name("studies/diffusion")
     runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("cpikan.init_from")]
     assert [r.data.tags["cpikan.init_from"] for r in runs] == [source.info.run_id]
     assert main(["diffusion", "--study-name", "wrong", *sets, "--set", "model.hidden=[7]",

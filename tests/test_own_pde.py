@@ -99,6 +99,9 @@ def test_your_pde_runs_is_recorded_by_content_and_replays(lab, monkeypatch):
     (["pinn", "--set", "problem=bogus"], "allowed: helmholtz1d, helmholtz2d,"),
     (["helmholtz1d", "--set", "problem=poisson.py:Poisson1D"], "the helmholtz1d study runs 'helmholtz1d' only"),
     (["poisson3d", "--set", "problem=helmholtz1d"], "python -m studies.run pinn --set problem="),
+    # a benchmark's problem as its KPI defines it: its points may change, not its wavenumber nor its measure
+    (["helmholtz1d", "--set", 'problem_kwargs={"n_interior": 50, "k": 3.0}'], "problem_kwargs.k: defines the helmholtz1d"),
+    (["diffusion", "--set", 'problem_kwargs={"eval_resolution": 11}'], "problem_kwargs.eval_resolution: defines"),
 ])
 def test_bad_problems_are_one_line_exit_2_and_create_nothing(lab, tmp_path, args, message):
     root, env = lab

@@ -97,6 +97,9 @@ class Problem(nn.Module):
     residual_scale: float = 1.0
     #: coordinates whose both faces carry u = 0 (a model may impose them exactly: hard_bc)
     zero_faces: tuple[int, ...] = ()
+    #: constructor arguments that choose how the problem is solved, not what it is (a
+    #: benchmark may vary these and stay itself; any other argument makes another problem)
+    method_kwargs: tuple[str, ...] = ("n_interior", "n_boundary", "n_initial", "sampler")
 
     def __init__(
         self,

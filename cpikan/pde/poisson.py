@@ -25,6 +25,7 @@ class Poisson3D(Problem):
     coords = ("x", "y", "z")
     zero_faces = (0, 1, 2)
     residual_scale = 3 * math.pi**2
+    method_kwargs = (*Problem.method_kwargs, "loss")  # the Ritz energy solves the same problem
 
     def __init__(self, loss: str = "residual", **kw: object) -> None:
         if loss not in LOSSES:
