@@ -147,6 +147,21 @@ def declared(obj: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
     return out
 
 
+def named_code(obj: Any) -> list[tuple[str, str, str]]:
+    """(dotted path, reference, what it must be) of every field of ``obj`` (a config
+    dataclass, nested ones too) that names the user's code (a ``choice`` with ``refs``)."""
+    from cpikan import refs
+
+    out = []
+    for path, meta in declared(obj).items():
+        value: Any = obj
+        for part in path.split("."):
+            value = getattr(value, part)
+        if REFS in meta and isinstance(value, str) and refs.is_ref(value):
+            out.append((path, value, meta[REFS]))
+    return out
+
+
 def from_recorded(cls: type, recorded: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """A config of ``cls`` rebuilt from a run's recorded fields (its ``config.json``),
     written by this version of the code or an older one; nested configs too.

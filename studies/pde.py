@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from cpikan import refs
 from cpikan.experiment import PINNConfig, build, n_parameters, run_pinn
 from cpikan.pde import PROBLEMS, make_problem
 from cpikan.presets import PRESETS
@@ -40,14 +39,10 @@ class Report(Callback):
 
 def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
     """Train, evaluate and log: step metrics, results, the model and a convergence figure.
-    The lab's own problem (``FILE.py:CLASS``) is recorded by its source files' content, so a
-    replay after an edit to them is refused, naming the file."""
+    (The lab's own problem, ``FILE.py:CLASS``, is recorded by content by the tracker.)"""
     data_file = config.problem_kwargs.get("data_file")
     if data_file:
         ctx.log_dataset(data_file, name=Path(data_file).name)
-    if refs.is_ref(config.problem):
-        make_problem(config.problem, **config.problem_kwargs)  # imported first: its files are then known
-        ctx.log_datasets(refs.local_files(config.problem), context="code")
     init_state = None
     if config.init_from:  # transfer learning: the source run's trained network (safetensors)
         init_state = part(read_run(config.init_from)[1], "model")
@@ -75,12 +70,22 @@ def next_seed(trial: Any, base: PINNConfig) -> PINNConfig:
     return replace(base, train=replace(base.train, seed=base.train.seed + trial.number))
 
 
+def problem_builds(config: PINNConfig) -> None:
+    """The problem is built once before any run (the user's own too: their command line):
+    a wrong ``problem_kwargs`` name or value is one line, not a failed trial per retry."""
+    try:
+        make_problem(config.problem, **config.problem_kwargs)
+    except TypeError as exc:  # an argument the problem does not take
+        raise ValueError(f"problem_kwargs: {exc}") from None
+
+
 def benchmark_check(name: str) -> Any:
     """A benchmark study keeps its problem as its KPI defines it: the same class and the same
     arguments but those that choose the method (``Problem.method_kwargs``: points, sampler)."""
     preset = PRESETS[name]
 
     def check(config: PINNConfig) -> None:
+        problem_builds(config)
         instead = f"run another problem as python -m studies.run pinn --set problem={name} --set problem_kwargs=…"
         if config.problem != preset.problem:
             raise ValueError(f"problem: the {name} study runs {preset.problem!r} only (its KPI reads its runs); "
@@ -99,5 +104,5 @@ for _name in names_in(__name__):
     register(Study(
         name=_name, config_cls=PINNConfig, default=lambda n=_name: copy.deepcopy(PRESETS[n]),
         space=next_seed, objectives=[("rel_l2", "minimize")], entry_point=ENTRY_POINT, default_trials=1,
-        check=None if _name == "pinn" else benchmark_check(_name),
+        check=problem_builds if _name == "pinn" else benchmark_check(_name),
     ))

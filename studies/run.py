@@ -215,19 +215,15 @@ def prepare(args: argparse.Namespace) -> tuple[registry.Study, Any]:
 def check_user_code(base: Any) -> None:
     """The lab's own code a config names (``problem=burgers.py:Burgers``) imports and has
     the name it gives, before any run is made: the user's command line, so their code."""
-    import functools
-
     from cpikan import refs
-    from cpikan.config import REFS, declared
+    from cpikan.config import named_code
 
-    for path, meta in declared(base).items():
-        value = functools.reduce(getattr, path.split("."), base)
-        if REFS in meta and refs.is_ref(value):
-            where, name, _, _ = refs.split_ref(value, path)
-            try:
-                refs.resolve(where, name, value, path, what=meta[REFS])
-            except ValueError as exc:
-                raise BadInput(str(exc)) from None
+    for path, ref, what in named_code(base):
+        where, name, _, _ = refs.split_ref(ref, path)
+        try:
+            refs.resolve(where, name, ref, path, what=what)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
 
 
 BASE_ATTR = "base_config"  # the study's config before the sampler's choices (canonical JSON), and its --set

@@ -97,6 +97,9 @@ def test_your_pde_runs_is_recorded_by_content_and_replays(lab, monkeypatch):
     (["pinn", "--set", "problem=nofile.py:Poisson1D"], "problem: nofile.py: no such file"),
     (["pinn", "--set", "problem=poisson.py:Nope"], "problem: '{root}/poisson.py:Nope' cannot be imported (AttributeError"),
     (["pinn", "--set", "problem=bogus"], "allowed: helmholtz1d, helmholtz2d,"),
+    # built before any run: not a failed trial per retry
+    (["pinn", "--set", "problem=helpers/forcing.py:source"], "forcing.py:source failed (TypeError: source() missing"),
+    (["helmholtz1d", "--set", 'problem_kwargs={"n_interor": 50}'], "unexpected keyword argument 'n_interor'"),
     (["helmholtz1d", "--set", "problem=poisson.py:Poisson1D"], "the helmholtz1d study runs 'helmholtz1d' only"),
     (["poisson3d", "--set", "problem=helmholtz1d"], "python -m studies.run pinn --set problem="),
     # a benchmark's problem as its KPI defines it: its points may change, not its wavenumber nor its measure

@@ -17,7 +17,6 @@ the project's own packages.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import sys
@@ -129,15 +128,12 @@ def load_model(run_id: str, artifact_path: str = "model") -> tuple[Any, dict[str
 def refuse_user_code(config: Any, run_id: str) -> None:
     """A model from the store is rebuilt by the project's own code only: a config naming the
     lab's own (a ``FILE.py:CLASS`` problem) would have the store choose code to import."""
-    from cpikan import refs
-    from cpikan.config import REFS, declared
+    from cpikan.config import named_code
 
-    for path, meta in declared(config).items():
-        value = functools.reduce(getattr, path.split("."), config)
-        if REFS in meta and refs.is_ref(value):
-            raise TrackingError(f"run {run_id}: its {path} is code of the lab's own ({value}); a model is rebuilt "
-                                f"from the store with the project's code only: replay the run to train it again "
-                                f"(python -m tracking.replay {run_id})")
+    for path, ref, _ in named_code(config):
+        raise TrackingError(f"run {run_id}: its {path} is code of the lab's own ({ref}); a model is rebuilt "
+                            f"from the store with the project's code only: replay the run to train it again "
+                            f"(python -m tracking.replay {run_id})")
 
 
 def convert(run_id: str, builder: str, artifact_path: str, old_file: str) -> None:

@@ -154,14 +154,35 @@ class Tracker:
 
     # ------------------------------------------------------------------ logging
     def log_config(self, config: Any) -> None:
-        """Params (flattened), config.json (canonical) and its sha256 as ``config_hash``."""
+        """Params (flattened), config.json (canonical) and its sha256 as ``config_hash``; the
+        lab's own code it names, by content (:meth:`log_user_code`)."""
         text = hashing.canonical_json(config)
         self.log_text(text, CONFIG_ARTIFACT)
         self.client.set_tag(self.run_id, TAG_CONFIG_HASH, hashing.config_hash(config))
+        self.log_user_code(config)
         cls = type(config)
         if cls.__module__ != "builtins":
             self.client.set_tag(self.run_id, TAG_CONFIG_CLASS, f"{cls.__module__}:{cls.__qualname__}")
         self.log_params(hashing.flatten(config))
+
+    def log_user_code(self, config: Any) -> None:
+        """The source files of the lab's own code a config names (a ``FILE.py:CLASS``
+        problem), imported first so its helper modules are known, logged by content: a
+        replay after an edit to any of them is refused, naming the file."""
+        import dataclasses
+
+        from cpikan import refs
+        from cpikan.config import named_code
+
+        if not dataclasses.is_dataclass(config):
+            return
+        files: dict[str, Any] = {}
+        for path, ref, what in named_code(config):
+            where, name, _, _ = refs.split_ref(ref, path)
+            refs.resolve(where, name, ref, path, what=what)
+            files.update(refs.local_files(ref))
+        if files:
+            self.log_datasets(files, context="code")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
