@@ -30,6 +30,21 @@ def _study(mlruns, *args, **kw):
                           env=_env(mlruns), cwd=ROOT, **kw)
 
 
+def _study_here(mlruns, monkeypatch, capsys, *args):
+    """The study command in this process (no interpreter start-up: for the calls that
+    resume, refuse or summarise and train nothing)."""
+    from types import SimpleNamespace
+
+    from studies.run import main
+
+    monkeypatch.setenv("CPIKAN_MLRUNS", str(mlruns))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
 def _trials(mlruns, name, storage=None):
     from studies.storage import load_study
 
@@ -46,7 +61,7 @@ def _runs(mlruns, monkeypatch):
     return c, (c.search_runs(exps, max_results=1000) if exps else [])
 
 
-def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
+def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch, capsys):
     with_lm = [*TINY, "--set", "train.lm_steps=2"]  # replay must reproduce the LM phase too
     out = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
     assert out.returncode == 0, out.stderr
@@ -66,10 +81,11 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
                             text=True, env=_env(tmp_path), cwd=ROOT)  # the study's own run: its trials replay
     assert parent.returncode == 2 and "parent run of study 'helmholtz1d': replay one of its trials" in parent.stderr
     # running the same command again resumes: the study already has its 3 trials
-    again = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
+    again = _study_here(tmp_path, monkeypatch, capsys, "helmholtz1d", "--trials", "3", *with_lm)
     assert again.returncode == 0 and len(_trials(tmp_path, "helmholtz1d")) == 3
     # another --set would rank trials of two setups on one front: refused, naming what differs
-    other = _study(tmp_path, "helmholtz1d", "--trials", "4", *with_lm, "--set", "train.lm_steps=3")
+    other = _study_here(tmp_path, monkeypatch, capsys, "helmholtz1d", "--trials", "4", *with_lm,
+                        "--set", "train.lm_steps=3")
     assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
     assert "was run with another base config (train.lm_steps 2 → 3)" in other.stderr
     assert "resume it with --set train.adam_steps=15" in other.stderr and len(_trials(tmp_path, "helmholtz1d")) == 3
@@ -79,12 +95,12 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch):
     study = storage.load_study("helmholtz1d", f"journal:{tmp_path / 'optuna' / 'journal.log'}")
     recorded = study.user_attrs["base_config"]
     study.set_user_attr("base_config", {**recorded, "config": recorded["config"].replace('"lr":', '"lr":0.5,"x":')})
-    drift = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
+    drift = _study_here(tmp_path, monkeypatch, capsys, "helmholtz1d", "--trials", "3", *with_lm)
     assert drift.returncode == 0 and "note: the code's defaults changed since study 'helmholtz1d' began" in drift.stderr
     # a trial made by other code (its run's commit) is said, and marked where it ranks
     trial0 = next(r for r in children if r.data.tags["optuna.trial_number"] == "0")
     c.set_tag(trial0.info.run_id, "git.commit", "feedface" * 5)
-    said = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
+    said = _study_here(tmp_path, monkeypatch, capsys, "helmholtz1d", "--trials", "3", *with_lm)
     assert said.returncode == 0, said.stderr
     assert "note: 1 of 3 complete trials were made by other code (commit feedfacefeed: #0)" in said.stdout
 

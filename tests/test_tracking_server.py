@@ -17,6 +17,7 @@ from tracking import store
 from tracking.tracker import Tracker
 
 PG = "postgresql://postgres@127.0.0.1:5432"
+pytestmark = pytest.mark.xdist_group("tracking_server")  # one worker: the servers are started once each
 
 
 def _free_port():
@@ -35,8 +36,10 @@ def _postgres_available():
         return False
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def server(request, tmp_path, monkeypatch):
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def started(request, tmp_path_factory):
+    """One server per backend for the module's tests (each start makes its database's tables)."""
+    tmp_path = tmp_path_factory.mktemp(request.param)
     if request.param == "postgres":
         if not _postgres_available():
             pytest.skip("PostgreSQL on 127.0.0.1:5432 is not running (start it: pg_ctlcluster ... start)")
@@ -54,6 +57,7 @@ def server(request, tmp_path, monkeypatch):
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no GenAI job runners to stop
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -67,7 +71,6 @@ def server(request, tmp_path, monkeypatch):
                 time.sleep(0.5)
         else:
             pytest.fail("mlflow server did not start in 120 s")
-        monkeypatch.setenv(store.ENV_URI, url)
         yield url
     finally:
         proc.terminate()
@@ -78,6 +81,12 @@ def server(request, tmp_path, monkeypatch):
         if request.param == "postgres":
             conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
             conn.close()
+
+
+@pytest.fixture
+def server(started, monkeypatch):
+    monkeypatch.setenv(store.ENV_URI, started)
+    return started
 
 
 def test_run_reads_back_through_rest(server, monkeypatch):
@@ -115,7 +124,7 @@ def test_unreachable_server_is_a_clear_error(monkeypatch):
     assert os.environ[store.ENV_URI].endswith(":9")
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the REST API is the same on either backend
+@pytest.mark.parametrize("started", ["sqlite"], indirect=True)  # the REST API is the same on either backend
 def test_a_team_reads_its_server_with_the_lab_commands(server, tmp_path, monkeypatch, capsys):
     """Runs logged to the team server are replayed and reported from it; the report's links
     open the team server (not this machine's make ui), without the URL's password."""

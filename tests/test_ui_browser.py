@@ -71,7 +71,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui") / "mlruns"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(CPIKAN_MLRUNS=str(root), PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "studies.run", "tiling_overlap_sweep", "--trials", "3",
+    out = subprocess.run([sys.executable, "-m", "studies.run", "tiling_overlap_sweep", "--trials", "2",
                           "--workers", "2", "--set", "image_size=640x640", "--set", "pretrain_steps=5"],
                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -86,7 +86,7 @@ def store(tmp_path_factory):
         pre = c.search_runs([c.get_experiment_by_name("studies/psi_pretrain").experiment_id])
         exp = c.get_experiment_by_name("studies/tiling_overlap_sweep").experiment_id
         trials = [r for r in c.search_runs([exp]) if "optuna.trial_number" in r.data.tags]
-    assert len(pre) == 1 and len(trials) == 3
+    assert len(pre) == 1 and len(trials) == 2
     assert {r.data.params["model_run_id"] for r in trials} == {pre[0].info.run_id}
     return root, env
 

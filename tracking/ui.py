@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow UI on {base}  (store: {redact_urls(store.tracking_uri())}; Ctrl-C stops it)")
     print_links(experiment_links(base))
     cmd = command(args.port, args.host)
+    # MLflow's job runners serve GenAI features (scorers, trace archival) the lab does not use;
+    # without them the UI starts no Huey consumers and stops in 1 s, not 6
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if args.verbose:
         sys.stdout.flush()
         try:
