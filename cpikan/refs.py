@@ -86,6 +86,13 @@ def resolve(where: str, name: str, ref: str, field: str, what: str = "the model"
     return obj
 
 
+def load(ref: str, field: str, what: str) -> Any:
+    """The callable ``ref`` names, imported (not called): its module and every module of the
+    user's it imports are loaded, so :func:`local_files` then knows them all."""
+    where, name, _, _ = split_ref(ref, field)
+    return resolve(where, name, ref, field, what)
+
+
 def _package_root(path: Path) -> tuple[Path, str]:
     """(the folder a file imports from, its module name): above the outermost folder with an
     ``__init__.py``, as ``pkg.sub.file``; a lone file: its own folder, and its stem."""

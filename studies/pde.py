@@ -75,7 +75,7 @@ def problem_builds(config: PINNConfig) -> None:
     a wrong ``problem_kwargs`` name or value is one line, not a failed trial per retry."""
     try:
         make_problem(config.problem, **config.problem_kwargs)
-    except TypeError as exc:  # an argument the problem does not take
+    except (TypeError, OSError) as exc:  # an argument the problem does not take; a data file it cannot read
         raise ValueError(f"problem_kwargs: {exc}") from None
 
 
@@ -85,7 +85,7 @@ def benchmark_check(name: str) -> Any:
     preset = PRESETS[name]
 
     def check(config: PINNConfig) -> None:
-        problem_builds(config)
+        problem_builds(config)  # first: a misspelt argument is named as such
         instead = f"run another problem as python -m studies.run pinn --set problem={name} --set problem_kwargs=…"
         if config.problem != preset.problem:
             raise ValueError(f"problem: the {name} study runs {preset.problem!r} only (its KPI reads its runs); "

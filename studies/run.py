@@ -219,9 +219,8 @@ def check_user_code(base: Any) -> None:
     from cpikan.config import named_code
 
     for path, ref, what in named_code(base):
-        where, name, _, _ = refs.split_ref(ref, path)
         try:
-            refs.resolve(where, name, ref, path, what=what)
+            refs.load(ref, path, what)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
 

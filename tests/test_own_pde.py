@@ -100,6 +100,8 @@ def test_your_pde_runs_is_recorded_by_content_and_replays(lab, monkeypatch):
     # built before any run: not a failed trial per retry
     (["pinn", "--set", "problem=helpers/forcing.py:source"], "forcing.py:source failed (TypeError: source() missing"),
     (["helmholtz1d", "--set", 'problem_kwargs={"n_interor": 50}'], "unexpected keyword argument 'n_interor'"),
+    (["pinn", "--set", "problem=reaction_diffusion_inverse", "--set", 'problem_kwargs={"data_file": "gone.npz"}'],
+     "problem_kwargs: [Errno 2] No such file or directory: 'gone.npz'"),
     (["helmholtz1d", "--set", "problem=poisson.py:Poisson1D"], "the helmholtz1d study runs 'helmholtz1d' only"),
     (["poisson3d", "--set", "problem=helmholtz1d"], "python -m studies.run pinn --set problem="),
     # a benchmark's problem as its KPI defines it: its points may change, not its wavenumber nor its measure

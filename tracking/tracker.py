@@ -178,8 +178,7 @@ class Tracker:
             return
         files: dict[str, Any] = {}
         for path, ref, what in named_code(config):
-            where, name, _, _ = refs.split_ref(ref, path)
-            refs.resolve(where, name, ref, path, what=what)
+            refs.load(ref, path, what)
             files.update(refs.local_files(ref))
         if files:
             self.log_datasets(files, context="code")
