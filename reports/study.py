@@ -21,12 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     from studies.storage import StorageError, default_storage, open_storage
+    from tracking.provenance import redact_urls
 
     try:
-        storage = open_storage(args.storage or default_storage())
+        url = args.storage or default_storage()
+        storage = open_storage(url)
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         if args.name not in names:
-            raise StorageError(f"unknown study {args.name!r}; in this storage: {', '.join(names) or '(none)'}")
+            from studies.dashboard import studies_elsewhere
+
+            there = sorted(w for w, found in studies_elsewhere(redact_urls(url)).items() if args.name in found)
+            where = f" (the tracking store has it in {' and '.join(there)}: --storage URL or CPIKAN_STORAGE=URL)"
+            raise StorageError(f"unknown study {args.name!r}; in this storage: {', '.join(names) or '(none)'}"
+                               + (where if there else ""))
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

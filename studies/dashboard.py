@@ -16,6 +16,7 @@ import logging
 import sys
 
 from studies import storage
+from tracking.provenance import redact_urls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.verbose:
         logging.getLogger("optuna_dashboard").setLevel(logging.WARNING)
-    print(f"optuna-dashboard on http://{args.host}:{args.port}  (storage: {storage.redact_urls(url)}; Ctrl-C stops it)",
+    print(f"optuna-dashboard on http://{args.host}:{args.port}  (storage: {redact_urls(url)}; Ctrl-C stops it)",
           flush=True)
-    elsewhere = studies_elsewhere(storage.redact_urls(url))
+    elsewhere = studies_elsewhere(redact_urls(url))
     if elsewhere:
         shown = "; ".join(f"{where}: {', '.join(sorted(names))}" for where, names in sorted(elsewhere.items()))
         n = sum(map(len, elsewhere.values()))

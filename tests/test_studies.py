@@ -281,7 +281,7 @@ def test_a_near_miss_gets_a_hint(capsys):
     assert "did you mean 'helmholtz1d'?" in capsys.readouterr().err
 
 
-def test_dashboard_names_the_studies_it_does_not_show(mlruns, monkeypatch):
+def test_dashboard_names_the_studies_it_does_not_show(mlruns, monkeypatch, capsys):
     """A team's PostgreSQL studies are not silently missing from a journal's dashboard, and
     ``CPIKAN_STORAGE`` makes the team's storage every command's default."""
     from studies import dashboard, storage
@@ -294,6 +294,11 @@ def test_dashboard_names_the_studies_it_does_not_show(mlruns, monkeypatch):
                                                                   "optuna.study_name": name, "optuna.storage": where}):
             pass
     assert dashboard.studies_elsewhere(journal) == {team: {"team_sweep"}, "db.lab:5432/optuna": {"old"}}
+    # the study report says where the study lives, too
+    from reports import study as study_report
+
+    assert study_report.main(["team_sweep"]) == 2
+    assert f"the tracking store has it in {team}: --storage URL" in capsys.readouterr().err
     monkeypatch.setenv("CPIKAN_STORAGE", "postgresql://lab@db.lab:5432/optuna")
     assert storage.default_storage() == "postgresql://lab@db.lab:5432/optuna"
     # the same database however it is written (runs before 2026-12-06 recorded host/db only)
