@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -33,8 +34,6 @@ def _study(mlruns, *args, **kw):
 def _study_here(mlruns, monkeypatch, capsys, *args):
     """The study command in this process (no interpreter start-up: for the calls that
     resume, refuse or summarise and train nothing)."""
-    from types import SimpleNamespace
-
     from studies.run import main
 
     monkeypatch.setenv("CPIKAN_MLRUNS", str(mlruns))
@@ -165,27 +164,41 @@ def _two_workers(tmp_path, monkeypatch, storage_args, storage=None):
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(4))
 
 
-@pytest.mark.postgres
-def test_two_workers_on_postgresql(tmp_path, monkeypatch):
+@pytest.fixture
+def pg():
+    """``new(prefix)``: a new database's name, dropped after the test, and ``execute`` on an
+    admin connection to the test server (skips when PostgreSQL is not running)."""
     psycopg = pytest.importorskip("psycopg")
     try:
         admin = psycopg.connect(PG + "/test", autocommit=True, connect_timeout=3)
     except psycopg.OperationalError:
         pytest.skip("PostgreSQL on 127.0.0.1:5432 is not running")
-    db = f"optuna_test_{uuid.uuid4().hex[:8]}"
-    admin.execute(f"CREATE DATABASE {db}")
+    made: list[str] = []
+
+    def new(prefix: str) -> str:
+        made.append(f"{prefix}_test_{uuid.uuid4().hex[:8]}")
+        admin.execute(f"CREATE DATABASE {made[-1]}")
+        return made[-1]
+
+    try:
+        yield SimpleNamespace(new=new, execute=admin.execute)
+    finally:
+        for db in made:
+            admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.mark.postgres
+def test_two_workers_on_postgresql(tmp_path, monkeypatch, pg):
+    db = pg.new("optuna")
     # a password in the URL (trust auth ignores it) reaches neither the output nor a run
     url = f"postgresql://postgres:hunter2@127.0.0.1:5432/{db}"
-    try:
-        out = _two_workers(tmp_path, monkeypatch, ["--storage", url], url)
-        assert "hunter2" not in out.stdout + out.stderr
-        _, runs = _runs(tmp_path, monkeypatch)
-        parent = next(r for r in runs if r.data.tags.get("cpikan.study_parent") == "true")
-        assert parent.data.tags["optuna.storage"] == f"postgresql://postgres:[REDACTED]@127.0.0.1:5432/{db}"
-        assert not [r for r in runs if "hunter2" in repr((r.data.tags, r.data.params))]
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        admin.close()
+    out = _two_workers(tmp_path, monkeypatch, ["--storage", url], url)
+    assert "hunter2" not in out.stdout + out.stderr
+    _, runs = _runs(tmp_path, monkeypatch)
+    parent = next(r for r in runs if r.data.tags.get("cpikan.study_parent") == "true")
+    assert parent.data.tags["optuna.storage"] == f"postgresql://postgres:[REDACTED]@127.0.0.1:5432/{db}"
+    assert not [r for r in runs if "hunter2" in repr((r.data.tags, r.data.params))]
 
 
 @pytest.mark.parametrize(
@@ -306,63 +319,40 @@ def test_dashboard_names_the_studies_it_does_not_show(mlruns, monkeypatch, capsy
 
 
 @pytest.mark.postgres
-def test_two_machines_open_new_databases_at_once(tmp_path):
+def test_two_machines_open_new_databases_at_once(tmp_path, pg):
     """Two commands making a new MLflow and a new Optuna database's tables at once (a team's
     machines on new stores): the one that loses the race tries again (it exited before)."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG + "/test", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not running")
-    dbs = [f"{k}_test_{uuid.uuid4().hex[:8]}" for k in ("optuna", "mlflow")]
-    for db in dbs:
-        admin.execute(f"CREATE DATABASE {db}")
+    optuna_db, mlflow_db = pg.new("optuna"), pg.new("mlflow")
     opening = ("import sys; from studies import storage; from tracking import store; "
                "storage.open_storage(sys.argv[1]); print(len(store.client().search_experiments()))")
-    try:
-        env = {**_env(tmp_path), "MLFLOW_TRACKING_URI": f"{PG}/{dbs[1]}"}
-        procs = [subprocess.Popen([sys.executable, "-c", opening, f"{PG}/{dbs[0]}"], env=env, cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        outs = [p.communicate(timeout=120) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], outs
-    finally:
-        for db in dbs:
-            admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        admin.close()
+    env = {**_env(tmp_path), "MLFLOW_TRACKING_URI": f"{PG}/{mlflow_db}"}
+    procs = [subprocess.Popen([sys.executable, "-c", opening, f"{PG}/{optuna_db}"], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
 
 
 @pytest.mark.postgres
-def test_machines_on_postgresql_take_turns_on_a_study(tmp_path, monkeypatch):
+def test_machines_on_postgresql_take_turns_on_a_study(tmp_path, monkeypatch, pg):
     """The study's lock on PostgreSQL is the database's, not a file's: a command from another
     mlruns/ (another machine) waits while it is held, before making the parent run (and
     before each trial's ask: so machines make one parent and never overshoot the count)."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG + "/test", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL on 127.0.0.1:5432 is not running")
     from studies import storage
 
-    db = f"optuna_test_{uuid.uuid4().hex[:8]}"
-    admin.execute(f"CREATE DATABASE {db}")
-    url = f"{PG}/{db}"
+    url = f"{PG}/{pg.new('optuna')}"
     storage.open_storage(url)  # its tables, before the lock is held
     waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-    try:
-        with storage.study_lock("helmholtz1d", url):
-            proc = subprocess.Popen([sys.executable, "-m", "studies.run", "helmholtz1d", "--trials", "1",
-                                     "--storage", url, *TINY], env=_env(tmp_path / "other"), cwd=ROOT,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            deadline = time.monotonic() + 120
-            while admin.execute(waiting).fetchone()[0] == 0:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-                time.sleep(0.2)
-            _, runs = _runs(tmp_path / "other", monkeypatch)
-            assert runs == []  # it waits before the parent run
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err
+    with storage.study_lock("helmholtz1d", url):
+        proc = subprocess.Popen([sys.executable, "-m", "studies.run", "helmholtz1d", "--trials", "1",
+                                 "--storage", url, *TINY], env=_env(tmp_path / "other"), cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while pg.execute(waiting).fetchone()[0] == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
         _, runs = _runs(tmp_path / "other", monkeypatch)
-        assert len(runs) == 2  # the parent and its trial
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        admin.close()
+        assert runs == []  # it waits before the parent run
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _, runs = _runs(tmp_path / "other", monkeypatch)
+    assert len(runs) == 2  # the parent and its trial
