@@ -1,5 +1,5 @@
 """`python -m studies.run`: nested runs, replay of a trial, resume after SIGKILL, parallel
-workers on the journal file and on PostgreSQL, and bad input."""
+workers on PostgreSQL (two on the journal file make the browser tests' store), and bad input."""
 
 import os
 import signal
@@ -148,22 +148,6 @@ def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
     assert stale_run.info.status == "FAILED" and "worker died" in stale_run.data.tags["error"]
 
 
-def _two_workers(tmp_path, monkeypatch, storage_args, storage=None):
-    # trials of a few seconds: the parent works from the start, and with instant trials it
-    # could finish all 8 before the spawned worker has imported torch
-    longer = [*TINY_TRAIN, "--set", "train.adam_steps=600"]
-    out = _study(tmp_path, "helmholtz1d", "--trials", "4", "--workers", "2", *storage_args, *longer)
-    assert out.returncode == 0, out.stderr
-    trials = _trials(tmp_path, "helmholtz1d", storage)
-    assert sorted(t.number for t in trials) == list(range(4))
-    assert all(t.state.name == "COMPLETE" for t in trials)
-    assert len({t.user_attrs["worker.pid"] for t in trials}) == 2  # both workers took trials
-    return out
-    _, runs = _runs(tmp_path, monkeypatch)
-    nested = [r for r in runs if "optuna.trial_number" in r.data.tags]
-    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(4))
-
-
 @pytest.fixture
 def pg():
     """``new(prefix)``: a new database's name, dropped after the test, and ``execute`` on an
@@ -186,19 +170,6 @@ def pg():
         for db in made:
             admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         admin.close()
-
-
-@pytest.mark.postgres
-def test_two_workers_on_postgresql(tmp_path, monkeypatch, pg):
-    db = pg.new("optuna")
-    # a password in the URL (trust auth ignores it) reaches neither the output nor a run
-    url = f"postgresql://postgres:hunter2@127.0.0.1:5432/{db}"
-    out = _two_workers(tmp_path, monkeypatch, ["--storage", url], url)
-    assert "hunter2" not in out.stdout + out.stderr
-    _, runs = _runs(tmp_path, monkeypatch)
-    parent = next(r for r in runs if r.data.tags.get("cpikan.study_parent") == "true")
-    assert parent.data.tags["optuna.storage"] == f"postgresql://postgres:[REDACTED]@127.0.0.1:5432/{db}"
-    assert not [r for r in runs if "hunter2" in repr((r.data.tags, r.data.params))]
 
 
 @pytest.mark.parametrize(
@@ -237,29 +208,40 @@ def test_list_names_every_study(tmp_path):
         importlib.import_module(module.split()[0])
 
 
-def _random_study_configs(mlruns, monkeypatch, workers, steps):
-    """Every trial once, every worker busy, runs nested."""
+def _random_study_configs(mlruns, monkeypatch, workers, steps, storage=None):
+    """Every trial once, every worker busy, runs nested; the output too."""
     fast = ["--set", f"train.adam_steps={steps}", "--set", "train.lm_steps=0",
             "--set", 'problem_kwargs={"n_interior": 60}']
+    where = ["--storage", storage] if storage else []
     out = _study(mlruns, "scheduler_search", "--trials", "4", "--workers", str(workers), "--sampler", "random",
-                 "--seed", "7", "--pruner", "none", *fast)
+                 "--seed", "7", "--pruner", "none", *where, *fast)
     assert out.returncode == 0, out.stderr
-    trials = _trials(mlruns, "scheduler_search")
+    trials = _trials(mlruns, "scheduler_search", storage)
     assert sorted(t.number for t in trials) == list(range(4)) and all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["worker.index"] for t in trials}) == workers  # every worker proposed
+    assert len({t.user_attrs["worker.pid"] for t in trials}) == workers
     _, runs = _runs(mlruns, monkeypatch)
     nested = [r for r in runs if "optuna.trial_number" in r.data.tags]
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(4))
-    return [tuple(sorted(t.params.items())) for t in trials]
+    return [tuple(sorted(t.params.items())) for t in trials], out, runs
 
 
-def test_parallel_random_study_is_reproducible_from_its_seed(tmp_path, monkeypatch):
-    """Per-trial seeds: the same configs whatever the split between workers; none twice."""
-    # trials of a few seconds on two workers (both get trials); one worker with short trials
-    first = _random_study_configs(tmp_path / "a", monkeypatch, workers=2, steps=400)
-    second = _random_study_configs(tmp_path / "b", monkeypatch, workers=1, steps=15)
+@pytest.mark.postgres
+def test_parallel_random_study_is_reproducible_from_its_seed(tmp_path, monkeypatch, pg):
+    """Per-trial seeds: the same configs whatever the split between workers and whatever the
+    storage; none twice. Two workers share a PostgreSQL study (the team's way)."""
+    # a password in the URL (trust auth ignores it) reaches neither the output nor a run
+    url = f"postgresql://postgres:hunter2@127.0.0.1:5432/{pg.new('optuna')}"
+    # trials of a few seconds on two workers: the parent works from the start, and with instant
+    # trials it could finish all 4 before the spawned worker has imported torch
+    first, out, runs = _random_study_configs(tmp_path / "a", monkeypatch, workers=2, steps=400, storage=url)
+    second, _, _ = _random_study_configs(tmp_path / "b", monkeypatch, workers=1, steps=15)
     assert len(set(first)) == len(first) == 4
     assert set(first) == set(second)
+    assert "hunter2" not in out.stdout + out.stderr
+    parent = next(r for r in runs if r.data.tags.get("cpikan.study_parent") == "true")
+    assert parent.data.tags["optuna.storage"] == url.replace("hunter2", "[REDACTED]")
+    assert not [r for r in runs if "hunter2" in repr((r.data.tags, r.data.params))]
 
 
 def _enumerated_fields():
