@@ -33,7 +33,8 @@ Heights are searched in [--h-min, --h-max], by default ± the wavelengths' alias
 around zero (≈ ±30 µm); pixels whose residual says no height in that range fits are flagged
 in the mask, counted, and warned about: never a silent micrometre error. So are pixels whose
 fringes are under 6× the buckets' own noise (at the pixel's brightness), clipped, absent, or whose
-buckets are not numbers (NaN, Inf in a float file); flags.npy says which.
+buckets are not numbers (NaN, Inf in a float file), or whose model height is not; flags.npy
+says which.
 
 Writes DIR/NAME/: height.npy (float32 memmap), height.tif, mask.npy, flags.npy, preview.png (µm colour
 bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), channels.npy (every output
@@ -204,8 +205,11 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     causes = dict.fromkeys(classical.FLAG_NAMES, 0)
     for r0 in range(0, h, 1024):  # row blocks, pages released: the mask is 268 MB at 16384²
         valid = mask[r0 : r0 + 1024]
-        flagged += int(valid.size - np.count_nonzero(valid))
         why = flags[r0 : r0 + 1024]
+        if model is not None:  # a valid pixel whose model height is NaN or ∞ (the log of a dark pixel) is not
+            bad = valid & ~np.isfinite(height[r0 : r0 + 1024])
+            valid[bad], why[bad] = False, classical.MODEL_NOT_FINITE
+        flagged += int(valid.size - np.count_nonzero(valid))
         for bit in causes:
             causes[bit] += int(np.count_nonzero(why == bit))
         hv = np.asarray(height[r0 : r0 + 1024], np.float64)[valid]
@@ -539,6 +543,8 @@ def flag_causes(figures: dict[str, float]) -> str:
                           "turn, or --order bucket-major?)" if most("noisy") else ")"),
               "saturated": "a bucket at the camera's maximum count (lower the exposure)",
               "not_finite": "a bucket that is NaN or infinite (a flat-field division by zero in the float files?)",
+              "model_not_finite": "the model's height is NaN or infinite (what does it do with these pixels' "
+                                  "counts: the log of a dark pixel?)",
               "no_height": f"no height in [{figures['h_min']:g}, {figures['h_max']:g}] µm fits every laser "
                            "(widen --h-min/--h-max if the wafer is taller"
                            + ("; so many that the wavelengths may not be the files' lasers, in their order)"

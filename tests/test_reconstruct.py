@@ -888,3 +888,45 @@ def test_bad_own_model_input_is_one_line_exit_2(tmp_path, user_model, capsys, ca
         code = main([str(src), "--out", str(tmp_path / "out"), "--model", model, "--weights", str(weights),
                      "--no-track", "--mode", "hann", "--tile", "32"])
         assert code == 0 and "µm apart on a crop of this wafer" in capsys.readouterr().err
+
+
+LOG_COUNTS = '''
+import torch
+from torch import nn
+
+
+class LogCounts(nn.Module):
+    """The log of the counts first: finite wherever there is light."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(16, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.log(x))
+'''
+
+
+def test_a_model_that_takes_the_log_of_the_counts_runs_and_its_nan_pixels_are_flagged(tmp_path, capsys):
+    """Its NaN on the probe's negative pixels once read as 'randomness in forward' (NaN ≠ NaN),
+    so it was refused; and where a wafer's dark spot gives it log 0, the mask must not call
+    the NaN or infinite height valid."""
+    from cpikan.psi.classical import LOW_CONTRAST, MODEL_NOT_FINITE
+    from studies.reconstruct import main
+
+    (tmp_path / "logcounts.py").write_text(LOG_COUNTS)
+    buckets = physics.quantize(physics.render(tilted_wafer(96, 136)), 16)
+    buckets[:, 40:50, 60:80] = 0  # a dark spot
+    np.save(tmp_path / "wafer.npy", buckets)
+    code = main([str(tmp_path / "wafer.npy"), "--out", str(tmp_path / "out"), "--model",
+                 f"{tmp_path / 'logcounts.py'}:LogCounts", "--no-track"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    out = tmp_path / "out" / "wafer"
+    height, mask, flags = (np.load(out / f"{n}.npy") for n in ("height", "mask", "flags"))
+    assert np.isfinite(height[mask]).all()
+    assert np.count_nonzero(flags == LOW_CONTRAST) == 200  # the spot itself: no fringes
+    ring = flags == MODEL_NOT_FINITE  # its neighbours within the 3 × 3 kernel: fringes, but log 0 in reach
+    assert np.count_nonzero(ring) == 12 * 22 - 200 and not np.isfinite(height[ring]).any()
+    assert "64 the model's height is NaN or infinite" in err and "200 no fringes there" in err, err

@@ -559,3 +559,45 @@ def test_a_torchscript_model_is_probed_and_tiled_exactly(image):
     full = predict_full(model, crop)
     tiled = predict_tiled(model, crop, tile_size=64, overlap=2 * (geo.radius + geo.factor))
     assert np.abs(tiled - full).max() <= 1e-5 * np.abs(full).max()
+
+
+class Anscombe(nn.Module):
+    """Photon counts through the variance-stabilising 2√(x + 3/8) first, as imaging networks
+    often start: NaN for negative input, which counts never are."""
+
+    def __init__(self, log=False):
+        super().__init__()
+        self.log, self.a, self.b = log, block(C, 4), nn.Conv2d(4, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.a(torch.log(x) if self.log else 2 * torch.sqrt(x + 3 / 8)))
+
+
+class NotANumber(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(C, 1, 3, padding=1)
+
+    def forward(self, x):
+        return self.a(x) / 0.0 * 0.0
+
+
+def test_a_model_that_takes_no_negative_input_is_probed_on_positive_pixels(image):
+    """Normal pixels would give it NaN, which compares unequal to itself: it was refused as
+    'randomness in forward'. Counts are never negative, so the probe measures it on |pixels|."""
+    counts = np.abs(image[:, :150, :130])
+    for log in (False, True):
+        model = _build(lambda log=log: Anscombe(log))
+        geo = probe(model, C)
+        assert geo.exact and geo.positive_input and geo.factor == 1 and geo.radius == 2, geo
+        full = predict_full(model, counts)
+        tiled = predict_tiled(model, counts, tile_size=48, overlap=2 * (geo.radius + 1))
+        assert np.isfinite(full).all() and np.abs(tiled - full).max() <= 1e-5 * np.abs(full).max()
+    assert not probe(_build(lambda: UNet(2)), C).positive_input  # the others keep normal pixels
+
+
+def test_a_model_with_no_finite_output_is_refused_as_such(image):
+    with pytest.raises(ValueError, match=r"NotANumber returns NaN or Inf for finite input \(100 % of its output"):
+        probe(_build(NotANumber), C)
+    with pytest.raises(ValueError, match="returns NaN or Inf for finite input"):
+        predict_tiled(_build(NotANumber), image)

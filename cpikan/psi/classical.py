@@ -55,8 +55,9 @@ def fringes(buckets: np.ndarray, cfg: PSIConfig = DEFAULT_PSI) -> tuple[np.ndarr
 
 #: why a pixel is flagged (the value of ``flags_out``: the first cause found; 0 = valid)
 LOW_CONTRAST, NOISY, SATURATED, NO_HEIGHT, NOT_FINITE = 1, 2, 4, 8, 16
+MODEL_NOT_FINITE = 32  # set by a learned model's pass: its height there is NaN or infinite
 FLAG_NAMES = {LOW_CONTRAST: "low_contrast", NOISY: "noisy", SATURATED: "saturated", NO_HEIGHT: "no_height",
-              NOT_FINITE: "not_finite"}
+              NOT_FINITE: "not_finite", MODEL_NOT_FINITE: "model_not_finite"}
 MIN_SNR = 6.0  # B/σ: phase noise ≤ 0.12 rad per laser, where the joint residual still tells orders apart
 CHI2_1_MEDIAN = 0.4549  # median of χ²₁: one squared closure over its variance, noise only
 NOISE_BINS = 16  # intensity bins of the noise fit (each needs enough closures for its median)

@@ -72,8 +72,9 @@ def check_tiling(model: nn.Module, channels: int, *, max_memory: str | int | Non
             whose plan estimate fits is proposed (halo costs compute: bigger is better).
         tile_size: check this tile size instead of choosing one.
         image: a (C, H, W) sample of the real data for the crop-vs-full measurement (its
-            central crop); random normal pixels otherwise, which a model that scales its
-            input (counts / 65535) barely sees, so its seams look smaller than they are.
+            central crop); random normal pixels otherwise (their absolute values for a model
+            that takes no negative input), which a model that scales its input (counts /
+            65535) barely sees, so its seams look smaller than they are.
     """
     geo = resolve(model, channels)
     f = geo.factor
@@ -89,6 +90,7 @@ def check_tiling(model: nn.Module, channels: int, *, max_memory: str | int | Non
     sample = "random" if image is None else "sample"
     if image is None:
         image = np.random.default_rng(0).normal(size=(channels, size, size)).astype(np.float32)
+        image = np.abs(image) if geo.positive_input else image  # a model that takes no negative input
     else:
         if image.ndim != 3 or image.shape[0] != channels:
             raise ValueError(f"sample: expected ({channels}, H, W), got shape {tuple(image.shape)}")

@@ -12,6 +12,9 @@
 - **Edges**: a tile that ends where the image ends must see what the whole image sees
   there. Zero, reflect or replicate padding do; circular padding, ``torch.roll`` or an FFT
   wrap the far side of the image into its edges, which no tile holds (:func:`_edge_error`).
+- **Input domain**: random normal pixels, or their absolute values for a model that gives
+  NaN or Inf on negative input (``sqrt`` or ``log`` of intensities, an Anscombe transform):
+  counts are never negative. A model with no finite output on either is refused as such.
 - **Output channels**: from the probe's output.
 - **Activation elements per pixel**: the larger of every module's outputs summed over one
   forward pass and the peak of live tensors during it, per input pixel, so a tile size can
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,6 +63,7 @@ class Geometry:
     # the square of the image (attention across pixels); per pixel = a + growth · pixels
     activations_growth: float = 0.0
     batches: bool = True  # whether several tiles may go through in one batch (each answered as if alone)
+    positive_input: bool = False  # probed on |normal| pixels: the model has no finite output for negative input
 
     @property
     def exact(self) -> bool:
@@ -80,6 +85,26 @@ class Geometry:
                 break
             tile = cand
         return tile
+
+
+def _pixels(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype, positive: bool) -> torch.Tensor:
+    """The probe's random input: normal pixels, or their absolute values (see :func:`_input_domain`)."""
+    x = torch.randn(*shape, generator=gen)
+    return (x.abs() if positive else x).to(dtype)
+
+
+def _input_domain(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the model must be probed on positive pixels: True when its output on normal
+    pixels ``x`` is not finite but on their absolute values is (``sqrt``, ``log`` of
+    intensities); ValueError when neither is, since no measure of it means anything."""
+    with torch.no_grad():
+        for positive in (False, True):
+            out = _forward(model, x.abs() if positive else x)
+            if bool(torch.isfinite(out).all()):
+                return positive
+    bad = float((~torch.isfinite(out)).float().mean())
+    raise ValueError(f"model: {type(model).__name__} returns NaN or Inf for finite input ({100 * bad:.3g} % of its "
+                     "output on random positive pixels): fix the model (a division by zero, log of 0?) before tiling it")
 
 
 def _answers_each_alone(model: nn.Module, x: torch.Tensor) -> bool:
@@ -229,20 +254,21 @@ def _banded_convs(model: nn.Module) -> Iterator[None]:
             del m.forward
 
 
-def _radius(model: nn.Module, channels: int, size: int, factor: int, probes: int = 2) -> int:
+def _radius(model: nn.Module, channels: int, size: int, factor: int, probes: int = 2, positive: bool = False) -> int:
     """How far an output block's gradient reaches into the input. Only where it is nonzero
     matters, so a float32 copy does (CPU convolutions in float64 run without oneDNN: a MONAI
     BasicUNet's 512² probe took 16.5 s and 2.9 GB that way). At 256² first when ``size`` is
     larger: the backward pass holds every activation (2.3 GB for a 64-feature U-Net at 512²,
     1.2 at 256²), and a reach inside 256² is the same reach."""
     if size > 256:
-        reach, touched = _reach(model, channels, 256, factor, probes)
+        reach, touched = _reach(model, channels, 256, factor, probes, positive)
         if not touched:
             return reach
-    return _reach(model, channels, size, factor, probes)[0]
+    return _reach(model, channels, size, factor, probes, positive)[0]
 
 
-def _reach(model: nn.Module, channels: int, size: int, factor: int, probes: int) -> tuple[int, bool]:
+def _reach(model: nn.Module, channels: int, size: int, factor: int, probes: int,
+           positive: bool = False) -> tuple[int, bool]:
     """(radius, whether the reach touched the input's border: then it may go further)."""
     model = _copy_as(model, torch.float32)
     dtype = param_dtype(model)
@@ -251,7 +277,7 @@ def _reach(model: nn.Module, channels: int, size: int, factor: int, probes: int)
     c = size // 2 - (size // 2) % factor
     with torch.enable_grad():  # callers may be inside no_grad
         for _ in range(probes):
-            x = torch.randn(1, channels, size, size, generator=gen).to(dtype).requires_grad_(True)
+            x = _pixels((1, channels, size, size), gen, dtype, positive).requires_grad_(True)
             _forward(model, x)[0, :, c : c + factor, c : c + factor].sum().backward()
             reach += x.grad[0].abs().sum(0).float()
     nz = (reach > 0).nonzero()
@@ -355,6 +381,8 @@ def probe(model: nn.Module, channels: int) -> Geometry:
     best, factor, nearest, radius, size = float("inf"), 0, 1, 0, 256
     try:
         small = torch.randn(1, channels, 64, 64, generator=gen).to(dtype)
+        positive = _input_domain(model, small)
+        small = small.abs() if positive else small
         _refuse_randomness(model, channels, small)
         batches = _answers_each_alone(model, small)
         activations, growth = _activations(model, channels)
@@ -362,11 +390,11 @@ def probe(model: nn.Module, channels: int) -> Geometry:
         # show the borders there, so it goes straight to 512 (the reach of a 64-px block covers
         # every factor's phases; float32 and 256² make it cheap: 1.5 s for a 64-feature U-Net).
         # Memory that grows as the image's square sees the whole image: 256² is enough to say so
-        reach, touched = _reach(model, channels, 256, SHIFTS[-1], probes=1)
+        reach, touched = _reach(model, channels, 256, SHIFTS[-1], probes=1, positive=positive)
         sizes = (256,) if growth else (256, 512) if reach < 64 and not touched else (512,)
         with torch.no_grad():
             for size in sizes:
-                big = torch.randn(1, channels, size + SHIFTS[-1], size + SHIFTS[-1], generator=gen).to(dtype)
+                big = _pixels((1, channels, size + SHIFTS[-1], size + SHIFTS[-1]), gen, dtype, positive)
                 errors = {}
                 with _banded_convs(model):
                     base = _forward(model, big[:, :, :size, :size])
@@ -382,17 +410,17 @@ def probe(model: nn.Module, channels: int) -> Geometry:
                 # pooled model's own stride); the larger probe can only tell more when the
                 # borders reach the compared centre (a small U-Net: 13 s → 4 s)
                 nearest = min(s for s, e in errors.items() if e <= 2 * min(errors.values()))
-                radius = _radius(model, channels, size, nearest)
+                radius = _radius(model, channels, size, nearest, positive=positive)
                 if radius < size // 4:
                     break
         out_channels = int(base.shape[1])
         edge_error = 0.0
         if factor:
-            radius = _radius(model, channels, size, factor)
+            radius = _radius(model, channels, size, factor, positive=positive)
             margin = radius + factor
             if margin >= size // 2:  # the corner tiles need room beside the halo: a larger image
                 size = -(-4 * margin // SHIFTS[-1]) * SHIFTS[-1]
-                big = torch.randn(1, channels, size, size, generator=gen).to(dtype)
+                big = _pixels((1, channels, size, size), gen, dtype, positive)
                 with torch.no_grad(), _banded_convs(model):
                     base = _forward(model, big)
             with torch.no_grad(), _banded_convs(model):
@@ -401,10 +429,11 @@ def probe(model: nn.Module, channels: int) -> Geometry:
         model.train(was_training)
     edges = edge_cause(model, channels) if edge_error > tolerance else ""
     if factor:
-        geo = Geometry(factor, radius, out_channels, True, "", best, activations, edges, edge_error, growth, batches)
+        geo = Geometry(factor, radius, out_channels, True, "", best, activations, edges, edge_error, growth, batches,
+                       positive)
     else:
         geo = Geometry(nearest, radius, out_channels, False, suspected_cause(model, channels), best, activations,
-                       activations_growth=growth, batches=batches)
+                       activations_growth=growth, batches=batches, positive_input=positive)
     known[channels] = geo
     return geo
 
@@ -423,7 +452,5 @@ def resolve(model: nn.Module, channels: int) -> Geometry:
     if radius is not None and int(radius) < geo.radius:
         raise ValueError(f"model: {name} declares receptive_field_radius={radius}, but its output depends on "
                          f"pixels {geo.radius} away (measured): fix or remove the declaration")
-    return Geometry(int(factor) if geo.equivariant and factor is not None else geo.factor,
-                    int(radius) if radius is not None else geo.radius,
-                    geo.out_channels, geo.equivariant, geo.cause, geo.equivariance_error, geo.activations_per_pixel,
-                    geo.edges, geo.edge_error, geo.activations_growth, geo.batches)
+    return dataclasses.replace(geo, factor=int(factor) if geo.equivariant and factor is not None else geo.factor,
+                               radius=int(radius) if radius is not None else geo.radius)
