@@ -80,6 +80,34 @@ def test_ctrl_c_marks_killed(mlruns):
     assert r.info.status == "KILLED" and r.data.metrics["a"] == 1.0
 
 
+def test_a_real_ctrl_c_leaves_the_metric_writer_to_its_parent(mlruns):
+    """The terminal's Ctrl-C reaches the metric-writer process too: it once died of it, and
+    the run's exit then waited 600 s for its answer (a study ignored Ctrl-C). It lives on
+    and writes every metric; a writer that does die is said at once, not waited for."""
+    import signal
+
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker("t/interrupted", flush_interval=0.0) as run:
+            run.log_metrics({"a": 1.0}, 0)
+            run.writer.drain()  # the writer process is up and in its loop
+            proc = run.writer.writer.proc
+            os.kill(proc.pid, signal.SIGINT)
+            run.log_metrics({"a": 2.0}, 1)
+            raise KeyboardInterrupt
+    c = store.client()
+    assert c.get_run(run.run_id).info.status == "KILLED" and proc.is_alive()
+    assert [m.value for m in c.get_metric_history(run.run_id, "a")] == [1.0, 2.0]
+    with pytest.raises(RuntimeError, match=r"the writer process died \(exit code -9\) before it wrote"):
+        with Tracker("t/writer_died", flush_interval=0.0) as run:
+            run.log_metrics({"a": 1.0}, 0)
+            run.writer.drain()
+            run.writer.writer.proc.kill()
+            run.writer.writer.proc.join()
+            run.log_metrics({"a": 2.0}, 1)
+    died = c.get_run(run.run_id)
+    assert died.info.status == "FAILED" and "writer process died" in died.data.tags["error"]
+
+
 def test_more_than_a_batch_of_metrics_and_long_params(mlruns):
     with Tracker("t/batch", flush_interval=0.0) as run:
         for step in range(700):

@@ -19,10 +19,14 @@ def _writer_process(batches: Any, replies: Any) -> None:
     """Child process: ("batch", uri, run_id, [(key, value, ms, step)]) → ``log_batch``."""
     import os
     import queue
+    import signal
 
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    # Ctrl-C reaches every process of the terminal's group: the parent decides what it means
+    # (a run marked KILLED, its metrics drained first), so this one must not die of it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     clients: dict[str, Any] = {}
     errors: dict[str, str] = {}
     parent = os.getppid()
@@ -70,13 +74,26 @@ class _WriterProcess:
             cls._instance = cls()
         return cls._instance
 
-    def drain(self, run_id: str) -> str:
-        """Wait until every batch sent so far is written; the run's first write error, or ''."""
+    def drain(self, run_id: str, timeout: float = 600.0) -> str:
+        """Wait until every batch sent so far is written; the run's first write error, or ''.
+        RuntimeError when the writer died meanwhile (its batches are lost: said, not hidden)."""
+        import queue
+
         with self.lock:
             self.tokens += 1
             token = self.tokens
             self.batches.put(("drain", token, run_id))
-            got, error = self.replies.get(timeout=600)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    got, error = self.replies.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    if not self.proc.is_alive():
+                        raise RuntimeError(f"metric writer: the writer process died (exit code {self.proc.exitcode}) "
+                                           "before it wrote this run's step metrics") from None
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"metric writer: no answer in {timeout:g} s") from None
         if got != token:
             raise RuntimeError("metric writer: replies out of order")
         return error
