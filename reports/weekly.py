@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import subprocess
 import sys
 from dataclasses import dataclass
 
 from reports.kpi import load_kpis
+from tracking import children
 
 
 @dataclass(frozen=True)
@@ -73,18 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", default="reports/out/kpi.html")
     args = ap.parse_args(argv)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    for job, cmd in commands(stamp):
-        print(f"== {job.name}: feeds {'; '.join(fed_kpis(job))}", flush=True)
+    try:
+        for job, cmd in commands(stamp):
+            print(f"== {job.name}: feeds {'; '.join(fed_kpis(job))}", flush=True)
+            if args.dry_run:
+                print("   " + " ".join(cmd[1:]))
+                continue
+            code = children.call(cmd)
+            if code:
+                print(f"error: weekly job {job.name} failed (exit {code})", file=sys.stderr)
+                return code
         if args.dry_run:
-            print("   " + " ".join(cmd[1:]))
-            continue
-        code = subprocess.call(cmd)
-        if code:
-            print(f"error: weekly job {job.name} failed (exit {code})", file=sys.stderr)
-            return code
-    if args.dry_run:
-        return 0
-    return subprocess.call([sys.executable, "-m", "reports.kpi", "--out", args.report])
+            return 0
+        return children.call([sys.executable, "-m", "reports.kpi", "--out", args.report])
+    except KeyboardInterrupt:
+        print("interrupted: the job in progress marked its runs KILLED; no KPI report was made", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

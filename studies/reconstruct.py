@@ -44,7 +44,7 @@ sha256, the model's run linked (or your model's source file and weights, by sha2
 tile plan, the height's mean, RMS about the mean and peak-to-valley over valid pixels,
 seconds, Mpix/s and peak RSS; ``python -m tracking.replay RUN_ID`` reconstructs it again.
 
-Exit status: 0 done, 2 bad input (nothing written).
+Exit status: 0 done, 2 bad input (nothing written), 130 interrupted (Ctrl-C: the wafer in progress is not written).
 """
 
 from __future__ import annotations
@@ -406,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     shard = distributed.init_from_env()  # a world of one unless launched by torchrun
     try:
         return run_all(args, shard)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; the wafer's .part is gone already
+        if shard.leader:
+            print(f"interrupted: the wafer in progress was not written (those done stay in {args.out})",
+                  file=sys.stderr)
+        return 130
     finally:
         distributed.finish()
 

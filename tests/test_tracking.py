@@ -108,6 +108,41 @@ def test_a_real_ctrl_c_leaves_the_metric_writer_to_its_parent(mlruns):
     assert died.info.status == "FAILED" and "writer process died" in died.data.tags["error"]
 
 
+CHILD = """
+import pathlib, sys, time
+try:
+    time.sleep(60)
+except KeyboardInterrupt:  # as a study child does: ends its runs (KILLED), then exits
+    time.sleep(1)
+    pathlib.Path(sys.argv[1]).write_text("runs ended")
+    sys.exit(130)
+"""
+PARENT = """
+import sys
+from tracking import children
+try:
+    children.call([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_lets_a_child_command_end_its_runs(tmp_path):
+    """reports.weekly and replay --recorded-code run child commands: Ctrl-C reaches the child
+    too, and subprocess.call killed it before it could mark its runs KILLED."""
+    import signal
+    import time
+
+    done = tmp_path / "done"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(done)], env=env, cwd=ROOT,
+                              start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(3)  # both interpreters up
+    os.killpg(parent.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole group
+    assert parent.wait(timeout=60) == 130
+    assert done.read_text() == "runs ended"
+
+
 def test_more_than_a_batch_of_metrics_and_long_params(mlruns):
     with Tracker("t/batch", flush_interval=0.0) as run:
         for step in range(700):

@@ -23,7 +23,6 @@ import importlib
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -205,7 +204,7 @@ def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bo
     """Replay ``run_id`` by the replay of the code it was made with, checked out beside
     this one; returns that replay's exit status, or None when today's code is the run's
     (the replay then runs here as usual)."""
-    from tracking import checkout
+    from tracking import checkout, children
 
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
@@ -225,7 +224,7 @@ def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bo
         path = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
         argv = [sys.executable, "-P", "-m", "tracking.replay", run_id, "--rtol", repr(rtol)]
         argv += ["--force"] * force + ["-v"] * verbose
-        return subprocess.run(argv, env={**os.environ, "PYTHONPATH": path}).returncode
+        return children.call(argv, env={**os.environ, "PYTHONPATH": path})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # (a replay with the recorded code: its child said so)
+        if not args.recorded_code:
+            print("interrupted: the replay's run is marked KILLED", file=sys.stderr)
+        return 130
     print(f"replay run {new_id}: {'reproduced' if ok else 'DID NOT reproduce'} run {args.run_id}")
     if not ok:
         from tracking.diff import diff_runs, print_differences
