@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 
 from reports.kpi import load_kpis
-from tracking import children
+from tracking import interrupts
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", default="reports/out/kpi.html")
     args = ap.parse_args(argv)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    interrupts.sigterm_as_ctrl_c()
     try:
         for job, cmd in commands(stamp):
             print(f"== {job.name}: feeds {'; '.join(fed_kpis(job))}", flush=True)
             if args.dry_run:
                 print("   " + " ".join(cmd[1:]))
                 continue
-            code = children.call(cmd)
+            code = interrupts.call(cmd)
             if code:
                 print(f"error: weekly job {job.name} failed (exit {code})", file=sys.stderr)
                 return code
         if args.dry_run:
             return 0
-        return children.call([sys.executable, "-m", "reports.kpi", "--out", args.report])
+        return interrupts.call([sys.executable, "-m", "reports.kpi", "--out", args.report])
     except KeyboardInterrupt:
         print("interrupted: the job in progress marked its runs KILLED; no KPI report was made", file=sys.stderr)
         return 130

@@ -69,7 +69,7 @@ from studies.reconstruct_model import (
     quiet_edges,
     tile_plan,
 )
-from tracking import logs
+from tracking import interrupts, logs
 
 EXPERIMENT = "reconstruct"
 ENTRY_POINT = "studies.reconstruct:run"
@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
 
     return_freed_memory()  # stages take turns in RSS instead of adding up (peak RSS is the budget)
 
+    interrupts.sigterm_as_ctrl_c()
     shard = distributed.init_from_env()  # a world of one unless launched by torchrun
     try:
         return run_all(args, shard)

@@ -30,7 +30,7 @@ from typing import Any
 
 from studies import registry, samplers, storage
 from studies.worker import WorkerSpec, open_study, work
-from tracking import logs
+from tracking import interrupts, logs
 
 EXIT_BAD_INPUT = 2
 
@@ -279,7 +279,10 @@ def run_workers(spec: WorkerSpec, workers: int, study_def: registry.Study, base:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         work(spec, study_def, base)
-    finally:  # on Ctrl-C the children get it too; wait so their trials are marked first
+    except KeyboardInterrupt:  # their trials are marked first (they get the signal, or SIGTERM from here)
+        interrupts.stop(procs)
+        raise
+    finally:
         codes = [p.wait() for p in procs]
     return max(codes, default=0)
 
@@ -319,6 +322,7 @@ COMMANDS = (("studies.reconstruct", "wafers' bucket files → height maps (class
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.verbose)
+    interrupts.sigterm_as_ctrl_c()
     if args.list:
         width = max(map(len, registry.CATALOG))
         for name, entry in registry.CATALOG.items():

@@ -193,9 +193,10 @@ def work(spec: WorkerSpec, study_def: registry.Study, base: Any) -> None:
 
 def main() -> int:
     """A spawned worker: the spec on stdin, input already checked by the parent."""
-    from tracking import logs
+    from tracking import interrupts, logs
 
     logs.from_environment()
+    interrupts.sigterm_as_ctrl_c()
     spec = WorkerSpec.from_json(sys.stdin.read())
     if spec.threads:
         import torch

@@ -81,7 +81,7 @@ def test_ctrl_c_marks_killed(mlruns):
 
 
 def test_a_real_ctrl_c_leaves_the_metric_writer_to_its_parent(mlruns):
-    """The terminal's Ctrl-C reaches the metric-writer process too: it once died of it, and
+    """Ctrl-C (or a group's SIGTERM) reaches the metric-writer process too: it once died of it, and
     the run's exit then waited 600 s for its answer (a study ignored Ctrl-C). It lives on
     and writes every metric; a writer that does die is said at once, not waited for."""
     import signal
@@ -91,7 +91,8 @@ def test_a_real_ctrl_c_leaves_the_metric_writer_to_its_parent(mlruns):
             run.log_metrics({"a": 1.0}, 0)
             run.writer.drain()  # the writer process is up and in its loop
             proc = run.writer.writer.proc
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, signal.SIGINT)  # the group's Ctrl-C, or its SIGTERM (timeout, a scheduler)
+            os.kill(proc.pid, signal.SIGTERM)
             run.log_metrics({"a": 2.0}, 1)
             raise KeyboardInterrupt
     c = store.client()
@@ -110,6 +111,8 @@ def test_a_real_ctrl_c_leaves_the_metric_writer_to_its_parent(mlruns):
 
 CHILD = """
 import pathlib, sys, time
+from tracking import interrupts
+interrupts.sigterm_as_ctrl_c()
 try:
     time.sleep(60)
 except KeyboardInterrupt:  # as a study child does: ends its runs (KILLED), then exits
@@ -119,17 +122,20 @@ except KeyboardInterrupt:  # as a study child does: ends its runs (KILLED), then
 """
 PARENT = """
 import sys
-from tracking import children
+from tracking import interrupts
+interrupts.sigterm_as_ctrl_c()
 try:
-    children.call([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+    interrupts.call([sys.executable, "-c", sys.argv[1], sys.argv[2]])
 except KeyboardInterrupt:
     sys.exit(130)
 """
 
 
-def test_ctrl_c_lets_a_child_command_end_its_runs(tmp_path):
-    """reports.weekly and replay --recorded-code run child commands: Ctrl-C reaches the child
-    too, and subprocess.call killed it before it could mark its runs KILLED."""
+@pytest.mark.parametrize("how", ["Ctrl-C", "kill PARENT"])
+def test_a_stopped_command_lets_its_child_end_its_runs(tmp_path, how):
+    """reports.weekly and replay --recorded-code run child commands (a study, its workers):
+    Ctrl-C reaches the child too, and subprocess.call killed it before it could mark its runs
+    KILLED; a SIGTERM to the parent alone (kill, a scheduler) left the child running."""
     import signal
     import time
 
@@ -138,7 +144,10 @@ def test_ctrl_c_lets_a_child_command_end_its_runs(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, str(done)], env=env, cwd=ROOT,
                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(3)  # both interpreters up
-    os.killpg(parent.pid, signal.SIGINT)  # the terminal's Ctrl-C: the whole group
+    if how == "Ctrl-C":
+        os.killpg(parent.pid, signal.SIGINT)  # the terminal's: the whole group
+    else:
+        os.kill(parent.pid, signal.SIGTERM)
     assert parent.wait(timeout=60) == 130
     assert done.read_text() == "runs ended"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cpikan.config import from_recorded
-from tracking import hashing, links, logs, provenance, store, tracker
+from tracking import hashing, interrupts, links, logs, provenance, store, tracker
 from tracking.store import TrackingError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -204,7 +204,7 @@ def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bo
     """Replay ``run_id`` by the replay of the code it was made with, checked out beside
     this one; returns that replay's exit status, or None when today's code is the run's
     (the replay then runs here as usual)."""
-    from tracking import checkout, children
+    from tracking import checkout
 
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
@@ -224,7 +224,7 @@ def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bo
         path = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
         argv = [sys.executable, "-P", "-m", "tracking.replay", run_id, "--rtol", repr(rtol)]
         argv += ["--force"] * force + ["-v"] * verbose
-        return children.call(argv, env={**os.environ, "PYTHONPATH": path})
+        return interrupts.call(argv, env={**os.environ, "PYTHONPATH": path})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                          "checked out in a temporary git worktree) instead of today's")
     args = ap.parse_args(argv)
     logs.configure(args.verbose)
+    interrupts.sigterm_as_ctrl_c()
     if not args.rtol >= 0:
         print("error: --rtol must be ≥ 0", file=sys.stderr)
         return 2

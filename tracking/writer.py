@@ -7,6 +7,7 @@ compete with training for the GIL (bench/tracking_overhead.py measures the diffe
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from collections.abc import Mapping
@@ -24,9 +25,11 @@ def _writer_process(batches: Any, replies: Any) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    # Ctrl-C reaches every process of the terminal's group: the parent decides what it means
-    # (a run marked KILLED, its metrics drained first), so this one must not die of it
+    # Ctrl-C and a group's SIGTERM reach this process too: the parent decides what they mean
+    # (its runs marked KILLED, their metrics drained first), so this one must not die of them;
+    # it ends when the parent closes it or is gone
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     clients: dict[str, Any] = {}
     errors: dict[str, str] = {}
     parent = os.getppid()
@@ -67,6 +70,18 @@ class _WriterProcess:
         self.proc.start()
         self.tokens = 0
         self.lock = threading.Lock()
+        # before multiprocessing's own exit handler (registered earlier, so run later), which
+        # would SIGTERM it, and this process ignores SIGTERM
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Let the writer finish what it was sent and end (killed if it does not in 10 s)."""
+        if self.proc.is_alive():
+            self.batches.put(None)
+            self.proc.join(timeout=10)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
 
     @classmethod
     def get(cls) -> _WriterProcess:
