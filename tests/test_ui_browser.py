@@ -7,6 +7,7 @@ Screenshots go to build/test-artifacts/ui/ (CPIKAN_TEST_ARTIFACTS to move them).
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,8 +56,6 @@ def _serve(cmd: list[str], url: str, env: dict[str, str], log: Path | None = Non
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    import signal
-
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -153,7 +152,16 @@ def test_mlflow_ui_shows_the_study_as_training_runs(store, browser, tmp_path):
         page.screenshot(path=str(SHOTS / "mlflow_study_plot.png"))
         assert not errors, errors
     finally:
-        _stop(proc)
+        proc.send_signal(signal.SIGTERM)  # `kill PID` of `make ui`, not of its group: the server must go too
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                _stop(proc)
+    assert code == 0
+    with socket.socket() as s:  # nothing listens on the port any more (it once stayed held)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
     # quiet: the links and where the server's log is, not uvicorn's and MLflow's lines
     out = (tmp_path / "ui.out").read_text()
     assert "studies/tiling_overlap_sweep" in out and "server log: " in out, out

@@ -60,6 +60,28 @@ def stop(procs: Iterable[subprocess.Popen[Any]]) -> None:
             p.wait()
 
 
+def serve(argv: list[str], **kwargs: Any) -> int:
+    """Run a server command (``mlflow ui``, which starts uvicorn and its workers) in a process
+    group of its own until it ends or this process is interrupted, then stop the whole group:
+    a SIGTERM to this process alone once left the server holding its port."""
+    import os
+
+    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGKILL, None)):  # as Ctrl-C would, then for sure
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=wait)
+                    break
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+
+
 def call(argv: list[str], **kwargs: Any) -> int:
     """``subprocess.call(argv, **kwargs)``, letting the child end its runs when this command
     is interrupted (KeyboardInterrupt is raised again once it has)."""

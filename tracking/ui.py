@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from tracking import store
+from tracking import interrupts, store
 from tracking.provenance import redact_urls
 
 
@@ -113,20 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow's job runners serve GenAI features (scorers, trace archival) the lab does not use;
     # without them the UI starts no Huey consumers and stops in 1 s, not 6
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    interrupts.sigterm_as_ctrl_c()
     if args.verbose:
         sys.stdout.flush()
-        try:
-            return subprocess.call(cmd)
-        except KeyboardInterrupt:
-            return 0
+        return interrupts.serve(cmd)
     log = store.mlruns_dir() / "ui.log"
     print(f"server log: {log} (-v shows it here)", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(log, "w") as out:
-            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
-    except KeyboardInterrupt:
-        return 0
+    with open(log, "w") as out:
+        code = interrupts.serve(cmd, stdout=out, stderr=subprocess.STDOUT)
     if code not in (0, -2, 130):  # not Ctrl-C: say why it stopped
         tail = "\n".join("  " + line for line in log.read_text(errors="replace").strip().splitlines()[-8:])
         print(f"error: the MLflow UI stopped (exit status {code}); the end of {log}:\n{tail}", file=sys.stderr)
