@@ -6,8 +6,6 @@ from typing import Any
 
 from tracking import store
 from tracking.links import TAG_REPLAY_OF
-from tracking.provenance import redact_urls
-from tracking.store import TrackingError
 
 
 def measured(runs: list[Any]) -> list[Any]:
@@ -17,11 +15,6 @@ def measured(runs: list[Any]) -> list[Any]:
 
 
 def get_run(run_id: str) -> tuple[Any, Any]:
-    """(client, run); TrackingError with a one-line message for an unknown ID."""
-    from mlflow.exceptions import MlflowException
-
+    """(client, run), by ID or its start; TrackingError with a one-line message for an unknown ID."""
     client = store.client(must_exist=True)
-    try:
-        return client, client.get_run(run_id)
-    except MlflowException:
-        raise TrackingError(f"run ID {run_id!r}: no such run in {redact_urls(store.tracking_uri())}") from None
+    return client, store.get_run(client, run_id)

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         client, run = get_run(args.run_id)
+        args.run_id = run.info.run_id  # the whole ID when given its start
     except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

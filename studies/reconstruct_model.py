@@ -50,6 +50,7 @@ def _load_model(ref: str, wavelengths: tuple[float, ...]) -> tuple[Any, str]:
     if ref == "best":
         ref = best_model_run(wavelengths)
     run = store.get_run(store.client(must_exist=True), ref)
+    ref = run.info.run_id  # the whole ID when given its start
     if run.data.tags.get("cpikan.entry_point") != "studies.psi_pretrain:run":
         raise io.InputError(f"--model {ref}: not a PSI model run (entry point "
                             f"{run.data.tags.get('cpikan.entry_point', 'none')}); use a psi_pretrain run, best or classical")

@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logs.configure()
     try:
+        client = store.client(must_exist=True)  # the start of an ID, too (as printed below)
+        args.run_a, args.run_b = (store.get_run(client, r).info.run_id for r in (args.run_a, args.run_b))
         diffs = diff_runs(args.run_a, args.run_b, args.measurements)
     except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -101,7 +101,7 @@ def download(run_id: str, artifact_path: str = "model", dst: str | None = None) 
     from mlflow.exceptions import MlflowException
 
     client = store.client(must_exist=True)
-    store.get_run(client, run_id)
+    run_id = store.get_run(client, run_id).info.run_id
     try:
         return Path(client.download_artifacts(run_id, artifact_path, dst or tempfile.mkdtemp()))
     except (MlflowException, OSError):

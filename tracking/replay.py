@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --rtol must be ≥ 0", file=sys.stderr)
         return 2
     try:
+        args.run_id = store.get_run(store.client(must_exist=True), args.run_id).info.run_id  # the start of one, too
         if args.recorded_code:
             status = replay_with_recorded_code(args.run_id, args.rtol, args.force, args.verbose)
             if status is not None:

@@ -129,11 +129,30 @@ def get_or_create_experiment(c, name: str) -> str:  # type: ignore[no-untyped-de
         return exp.experiment_id
 
 
+#: the fewest leading characters of a run ID taken for the whole (``tracking.diff`` shows 8)
+MIN_PREFIX = 6
+
+
 def get_run(c, run_id: str):  # type: ignore[no-untyped-def]
-    """A run by ID; :class:`TrackingError` naming the store when there is none."""
+    """A run by ID, or by the start of one (at least :data:`MIN_PREFIX` characters, as git
+    takes a commit's) when no other run starts so; :class:`TrackingError` naming the store
+    when there is none, or naming the runs when the start is not enough. Callers use the
+    returned run's ``info.run_id``, never the text they were given."""
+    import re
+
     from mlflow.exceptions import MlflowException
 
     try:
         return c.get_run(run_id)
     except MlflowException:
-        raise TrackingError(f"run ID {run_id!r}: no such run in {redact_urls(tracking_uri())}") from None
+        pass
+    if re.fullmatch(rf"[0-9a-f]{{{MIN_PREFIX},31}}", run_id):
+        exps = [e.experiment_id for e in c.search_experiments()]
+        runs = c.search_runs(exps, f"attributes.run_id LIKE '{run_id}%'", max_results=4) if exps else []
+        if len(runs) == 1:
+            return runs[0]
+        if runs:
+            some = ", ".join(r.info.run_id for r in runs[:3])
+            raise TrackingError(f"run ID {run_id!r}: the start of {'more than 3' if len(runs) > 3 else len(runs)} "
+                                f"runs ({some}); give more of it")
+    raise TrackingError(f"run ID {run_id!r}: no such run in {redact_urls(tracking_uri())}")
