@@ -16,6 +16,29 @@ from typing import Any
 import numpy as np
 
 
+def new_memmap(path: str | Path, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` memmap (``np.lib.format.open_memmap``, mode w+) whose disk blocks are
+    reserved before anything is written: a sparse file's page written on a full disk kills
+    the process with SIGBUS, no message and half an output left behind, where this raises
+    OSError (ENOSPC) naming the folder and the size at the start."""
+    import errno
+    import os
+
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = os.path.getsize(path)
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return arr  # a file system that cannot reserve (EOPNOTSUPP): as before
+        del arr
+        Path(path).unlink(missing_ok=True)
+        raise OSError(exc.errno, f"no space left on {Path(path).parent} for {Path(path).name} "
+                      f"({size / 1e9:.2f} GB)") from None
+    return arr
+
+
 def peak_rss_mb() -> float:
     """Peak RSS (MiB) since start or since the last :func:`reset_peak_rss`; NaN off Linux."""
     try:

@@ -44,12 +44,15 @@ sha256, the model's run linked (or your model's source file and weights, by sha2
 tile plan, the height's mean, RMS about the mean and peak-to-valley over valid pixels,
 seconds, Mpix/s and peak RSS; ``python -m tracking.replay RUN_ID`` reconstructs it again.
 
-Exit status: 0 done, 2 bad input (nothing written), 130 interrupted (Ctrl-C: the wafer in progress is not written).
+Exit status: 0 done, 2 bad input (nothing written), 1 a full disk (the outputs' space is reserved
+before they are written, so it is said at the start), 130 interrupted (Ctrl-C, SIGTERM: the wafer
+in progress is not written).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import shutil
 import sys
 import time
@@ -124,7 +127,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     import torch
 
     from cpikan import distributed
-    from cpikan.memory import peak_rss_mb, release_pages, strided_sample
+    from cpikan.memory import new_memmap, peak_rss_mb, release_pages, strided_sample
     from cpikan.psi import classical
     from cpikan.tiling import predict_tiled
 
@@ -132,7 +135,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     shard = distributed.current()
     order = io.channel_order(cfg.order, len(pcfg.wavelengths), len(pcfg.steps))
     stacked = src if io.read_as_is(src, order) else work / "buckets.npy"
-    failure: io.InputError | None = None
+    failure: io.InputError | OSError | None = None
     sample = None
     if shard.leader:
         try:
@@ -141,13 +144,12 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
             check_order(sample, pcfg, cfg.order, src)
             check_lasers(sample, pcfg, height_range(cfg), src)
             _, h, w = np.load(stacked, mmap_mode="r").shape
-            np.lib.format.open_memmap(work / "height.npy", mode="w+", dtype=np.float32, shape=(h, w)).flush()
-            np.lib.format.open_memmap(work / "mask.npy", mode="w+", dtype=bool, shape=(h, w)).flush()
-            np.lib.format.open_memmap(work / "flags.npy", mode="w+", dtype=np.uint8, shape=(h, w)).flush()
+            new_memmap(work / "height.npy", np.float32, (h, w)).flush()
+            new_memmap(work / "mask.npy", bool, (h, w)).flush()
+            new_memmap(work / "flags.npy", np.uint8, (h, w)).flush()
             if plan.get("out_channels", 1) > 1:
-                np.lib.format.open_memmap(work / "channels.npy", mode="w+", dtype=np.float32,
-                                          shape=(int(plan["out_channels"]), h, w)).flush()
-        except io.InputError as exc:
+                new_memmap(work / "channels.npy", np.float32, (int(plan["out_channels"]), h, w)).flush()
+        except (io.InputError, OSError) as exc:  # a full disk too: the others must not wait for it
             failure = exc
     if not distributed.broadcast_flag(failure is None):
         raise failure or io.InputError(f"{src}: the leading process could not read it (see its error)")
@@ -455,6 +457,18 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
                 if made and not any(out.iterdir()):  # earlier wafers' outputs stay
                     out.rmdir()
             return fail(exc)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if shard.leader:
+                    shutil.rmtree(work, ignore_errors=True)
+                raise
+            if shard.leader:  # a full disk: one line, and the space its part took back
+                shutil.rmtree(work, ignore_errors=True)
+                if made and not any(out.iterdir()):
+                    out.rmdir()
+                print(f"error: --out: {exc.strerror or exc}; {name} was not written (free space, or --out elsewhere)",
+                      file=sys.stderr)
+            return 1
         except BaseException:
             if shard.leader:
                 shutil.rmtree(work, ignore_errors=True)

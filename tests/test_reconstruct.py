@@ -930,3 +930,27 @@ def test_a_model_that_takes_the_log_of_the_counts_runs_and_its_nan_pixels_are_fl
     ring = flags == MODEL_NOT_FINITE  # its neighbours within the 3 × 3 kernel: fringes, but log 0 in reach
     assert np.count_nonzero(ring) == 12 * 22 - 200 and not np.isfinite(height[ring]).any()
     assert "64 the model's height is NaN or infinite" in err and "200 no fringes there" in err, err
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """A memmap's page written on a full disk killed the command with SIGBUS (exit 135, no
+    message, the .part left filling the disk, the run RUNNING): the outputs' blocks are now
+    reserved first, so a full disk is said at the start."""
+    import errno
+
+    from cpikan.memory import new_memmap
+    from studies.reconstruct import main
+
+    arr = new_memmap(tmp_path / "reserved.npy", np.float32, (512, 1024))  # 2 MB, not a sparse file
+    assert os.stat(tmp_path / "reserved.npy").st_blocks * 512 >= arr.nbytes
+    del arr
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    np.save(tmp_path / "wafer.npy", physics.quantize(physics.render(tilted_wafer()), 16))
+    assert main([str(tmp_path / "wafer.npy"), "--out", str(tmp_path / "out"), "--no-track"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no space left on" in err and "wafer was not written" in err, err
+    assert not (tmp_path / "out").exists()

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from cpikan.memory import release_pages, strided_sample
+from cpikan.memory import new_memmap, release_pages, strided_sample
 
 SUFFIXES = (".tif", ".tiff", ".png", ".bmp")
 ALLOWED = "integer counts (8- or 16-bit, or a signed or wider type holding 0 … 65535), or floats"
@@ -145,7 +145,7 @@ def stack_wafer(src: Path, channels: int, pattern: str | None, dest: Path, order
         stack_tiff(src, channels, dest, order)
     elif not read_as_is(src, order):  # big-endian, float64, another order …: converted strip by strip
         arr = open_npy(src, channels)
-        out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(arr.dtype), shape=arr.shape)
+        out = new_memmap(dest, pixel_type(arr.dtype), arr.shape)
         rows = max(1, (32 << 20) // max(arr.shape[2] * arr.dtype.itemsize, 1))
         for i, j in enumerate(order):
             for r0 in range(0, arr.shape[1], rows):
@@ -272,7 +272,7 @@ def stack_tiff(path: Path, channels: int, dest: Path, order: list[int] | None = 
     with tifffile.TiffFile(path) as tif:
         found = _locate(tif, path, channels)
         series = found.series
-        out = np.lib.format.open_memmap(dest, mode="w+", dtype=pixel_type(series.dtype), shape=(c, h, w))
+        out = new_memmap(dest, pixel_type(series.dtype), (c, h, w))
         if not found.planes:  # the buckets as one page's samples
             picks = list(range(c)) if order is None else list(order)
             samples = _samples_in_place(series, path)  # a truncated file: InputError, as for pages
@@ -354,7 +354,7 @@ def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
     all must share size and bit depth."""
     first = read_image(files[0])
     shape, dtype = first.shape, pixel_type(first.dtype)
-    out = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=(len(files), *shape))
+    out = new_memmap(dest, dtype, (len(files), *shape))
     rows = max(1, (32 << 20) // max(shape[1] * dtype.itemsize, 1))  # ~32 MB strips
     for i, path in enumerate(files):
         arr, first = (first, None) if i == 0 else (read_image(path), None)
@@ -412,8 +412,7 @@ def first_channel(src: Path, channels: int, pattern: str | None = None, n: int =
                 samples = _samples_in_place(series, src)
                 if samples is None:  # compressed: decode the first sample's plane (or the page)
                     with tempfile.TemporaryDirectory() as tmp:
-                        first = np.lib.format.open_memmap(Path(tmp) / "first.npy", mode="w+",
-                                                          dtype=pixel_type(series.dtype), shape=(1, h, w))
+                        first = new_memmap(Path(tmp) / "first.npy", pixel_type(series.dtype), (1, h, w))
                         _copy_segments(tif.pages[0], first, [0], src)
                         return strided_sample(first, n)[0].copy()
                 return strided_sample(samples[:1], n)[0].copy()

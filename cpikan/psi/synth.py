@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from cpikan.memory import new_memmap
 from cpikan.psi.physics import DEFAULT_PSI, PSIConfig, add_noise, quantize, render
 
 
@@ -98,8 +98,8 @@ def write_dataset(
     H, W = spec.height, spec.width
     tag = f"{os.getpid()}.part"
     tmp_b, tmp_h, tmp_m = out / f"buckets.npy.{tag}", out / f"height.npy.{tag}", out / f"meta.json.{tag}"
-    buckets = open_memmap(tmp_b, mode="w+", dtype=dtype, shape=(cfg.channels, H, W))
-    height = open_memmap(tmp_h, mode="w+", dtype=np.float32, shape=(H, W))
+    buckets = new_memmap(tmp_b, dtype, (cfg.channels, H, W))  # a full disk: OSError now, not SIGBUS later
+    height = new_memmap(tmp_h, np.float32, (H, W))
     rng = np.random.default_rng(spec.seed + 1)
     blocks = range(0, H, rows_per_block)
     for r0 in tqdm(blocks, desc="wafer", unit="block", disable=not progress or None, mininterval=2):
