@@ -458,16 +458,17 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
                     out.rmdir()
             return fail(exc)
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                if shard.leader:
-                    shutil.rmtree(work, ignore_errors=True)
-                raise
-            if shard.leader:  # a full disk: one line, and the space its part took back
+            # a full disk: ENOSPC, or (numpy's tofile under tifffile) a short write with no errno
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(out).free < 1 << 20
+            if shard.leader:
                 shutil.rmtree(work, ignore_errors=True)
+            if not full:
+                raise
+            if shard.leader:  # one line, and the space its part took back
                 if made and not any(out.iterdir()):
                     out.rmdir()
-                print(f"error: --out: {exc.strerror or exc}; {name} was not written (free space, or --out elsewhere)",
-                      file=sys.stderr)
+                said = exc.strerror if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"no space left on {out} ({exc})"
+                print(f"error: --out: {said}; {name} was not written (free space, or --out elsewhere)", file=sys.stderr)
             return 1
         except BaseException:
             if shard.leader:

@@ -954,3 +954,20 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no space left on" in err and "wafer was not written" in err, err
     assert not (tmp_path / "out").exists()
+    # a plain file's short write on a full disk (numpy's tofile under tifffile) has no errno
+    import shutil
+    from collections import namedtuple
+
+    from cpikan.psi import io
+
+    monkeypatch.undo()
+
+    def short_write(*args, **kwargs):
+        raise OSError("78000 requested and 41916 written")
+
+    monkeypatch.setattr(io, "write_tiff", short_write)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("Usage", "total used free")(1, 1, 0))
+    assert main([str(tmp_path / "wafer.npy"), "--out", str(tmp_path / "out"), "--no-track"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "(78000 requested and 41916 written); wafer was not" in err, err
+    assert not (tmp_path / "out").exists()
