@@ -221,6 +221,29 @@ def test_replay_reproduces_exactly(mlruns):
     assert len(replays) == 2 and {r.data.tags["replay.reproduced"] for r in replays} == {"true"}
 
 
+def test_an_interrupted_run_replays_to_where_it_stopped(mlruns):
+    """A KILLED run's metrics are where Ctrl-C stopped it; the replay runs to the end, so it
+    compares each metric at the run's last step of it (its last values said DIFFERENT)."""
+    cfg = tiny_config(adam_steps=30, lr=1e-2)
+    with pytest.raises(KeyboardInterrupt):
+        with Tracker(f"pde/{cfg.problem}", config=cfg, entry_point=pde.ENTRY_POINT, seed=cfg.train.seed) as run:
+            log = run.log_metrics
+
+            def ctrl_c_at_step_12(metrics, step, *args, **kwargs):
+                log(metrics, step, *args, **kwargs)
+                if step == 12:
+                    raise KeyboardInterrupt
+
+            run.log_metrics = ctrl_c_at_step_12
+            pde.run(cfg, run)
+    c = store.client()
+    assert c.get_run(run.run_id).info.status == "KILLED"
+    assert max(m.step for m in c.get_metric_history(run.run_id, "loss")) == 12
+    out = _cli(["-m", "tracking.replay", run.run_id], mlruns)
+    assert out.returncode == 0 and "reproduced" in out.stdout and "DIFFERENT" not in out.stdout, out.stdout
+    assert "interrupted (KILLED)" in out.stderr and "loss " in out.stdout
+
+
 def test_replay_refuses_a_changed_dataset(mlruns, tmp_path):
     data = tmp_path / "observations.npz"
     make_problem("reaction_diffusion_inverse").write_observations(str(data), n=50)

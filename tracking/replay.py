@@ -155,6 +155,18 @@ def compare(
     return ok, rows
 
 
+def values_where_it_stopped(client: Any, run: Any, new_id: str) -> dict[str, float]:
+    """The replay's value of each of an interrupted run's metrics at the step where that run
+    logged it last: the replay goes on to the end, so its last values are not comparable."""
+    out = {}
+    for key in run.data.metrics:
+        old = client.get_metric_history(run.info.run_id, key)
+        at = {m.step: m.value for m in sorted(client.get_metric_history(new_id, key), key=lambda m: m.timestamp)}
+        if old and old[-1].step in at:
+            out[key] = at[old[-1].step]
+    return out
+
+
 def print_table(rows: list[tuple]) -> None:
     def fmt(v: Any) -> str:
         return "—" if v is None else (f"{v:.10g}" if isinstance(v, float) else str(v))
@@ -171,6 +183,10 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
     config, fn = load_config(client, run)
+    stopped = run.info.status == "KILLED"
+    if stopped:
+        print(f"note: run {run_id} was interrupted (KILLED): the replay runs to the end, and each metric is compared "
+              "at the step where the run logged it last", file=sys.stderr)
     for w in check_datasets(run, force, client) + code_warnings(run, client) + version_warnings(run):
         print(f"warning: {w}", file=sys.stderr)
     tags = run.data.tags
@@ -191,7 +207,7 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     except (ValueError, OSError, ImportError) as exc:  # what the run read is gone or refused now
         which = f" (run {new_id}, marked FAILED)" if new_id else ""
         raise TrackingError(f"the replay{which} stopped: {exc}") from None
-    new_metrics = client.get_run(new_id).data.metrics
+    new_metrics = values_where_it_stopped(client, run, new_id) if stopped else client.get_run(new_id).data.metrics
     ok, rows = compare(dict(run.data.metrics), dict(new_metrics), measurements, rtol)
     print_table(rows)
     client.set_tag(new_id, TAG_REPRODUCED, str(ok).lower())
