@@ -278,7 +278,7 @@ def run_workers(spec: WorkerSpec, workers: int, study_def: registry.Study, base:
     try:
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        work(spec, study_def, base)
+        work(spec, study_def, base, others=lambda: any(p.poll() is None for p in procs))
     except KeyboardInterrupt:  # their trials are marked first (they get the signal, or SIGTERM from here)
         interrupts.stop(procs)
         raise

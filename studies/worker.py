@@ -157,8 +157,9 @@ def _next_trial(study: Any, spec: WorkerSpec, bar: Any) -> Any:
             return study.ask()
 
 
-def work(spec: WorkerSpec, study_def: registry.Study, base: Any) -> None:
-    """Run trials until the study has ``spec.trials`` finished ones (or the timeout passes)."""
+def work(spec: WorkerSpec, study_def: registry.Study, base: Any, others: Any = None) -> None:
+    """Run trials until the study has ``spec.trials`` finished ones (or the timeout passes);
+    then, while ``others()`` says other workers still run theirs, keep the bar counting."""
     import optuna
     from optuna.trial import TrialState
     from tqdm import tqdm
@@ -185,8 +186,12 @@ def work(spec: WorkerSpec, study_def: registry.Study, base: Any) -> None:
                 trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
                 study.tell(trial, state=TrialState.FAIL)
                 print(f"trial {trial.number} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        bar.n = sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
-        bar.refresh()
+        while True:  # the last trials may be other workers': the bar shows them end, not 3/4 for a minute
+            bar.n = sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+            bar.refresh()
+            if others is None or not others():
+                break
+            time.sleep(1)
     finally:
         bar.close()
 

@@ -220,6 +220,8 @@ def _random_study_configs(mlruns, monkeypatch, workers, steps, storage=None):
     assert sorted(t.number for t in trials) == list(range(4)) and all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["worker.index"] for t in trials}) == workers  # every worker proposed
     assert len({t.user_attrs["worker.pid"] for t in trials}) == workers
+    bar = [line for line in out.stderr.replace("\r", "\n").splitlines() if "scheduler_search:" in line]
+    assert "4/4" in bar[-1], bar  # the bar counts the other workers' last trials too (it stopped at 3/4)
     _, runs = _runs(mlruns, monkeypatch)
     nested = [r for r in runs if "optuna.trial_number" in r.data.tags]
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in nested) == list(range(4))
