@@ -14,6 +14,7 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +158,7 @@ def _next_trial(study: Any, spec: WorkerSpec, bar: Any) -> Any:
             return study.ask()
 
 
-def work(spec: WorkerSpec, study_def: registry.Study, base: Any, others: Any = None) -> None:
+def work(spec: WorkerSpec, study_def: registry.Study, base: Any, others: Callable[[], bool] | None = None) -> None:
     """Run trials until the study has ``spec.trials`` finished ones (or the timeout passes);
     then, while ``others()`` says other workers still run theirs, keep the bar counting."""
     import optuna
