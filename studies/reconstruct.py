@@ -441,21 +441,72 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
         return fail(exc)
     if model is not None:
         model.to(distributed.device())
+    locks: list[Any] = []  # one per wafer, held to the end: a second command on it is refused, not mixed in
+    try:
+        return each_wafer(args, shard, cfg, model, model_run, plan, out, made, locks, fail)
+    finally:
+        for lock in locks:  # removed while still held: whoever opened it before sees it is gone
+            Path(lock.name).unlink(missing_ok=True)
+            lock.close()
+
+
+def lock_wafer(out: Path, name: str) -> Any:
+    """An exclusive lock on writing ``name`` into ``out`` (``out/.NAME.lock``, there while
+    held): two commands on one wafer once shared its ``.part`` folder, the second deleting the
+    first's and the first publishing the second's half-written files as its own."""
+    import fcntl
+    import os
+
+    path = out / f".{name}.lock"
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 — held until the command ends
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise io.InputError(f"--out: {name} is being written into {out} by another command right now; wait "
+                                "for it to finish, or give another --out") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()  # the holder removed it as we opened it: take the new one
+
+
+def remove_if_made(out: Path, made: bool) -> None:
+    """``out`` again, when this command made it and it holds nothing but our locks."""
+    if made and not any(p for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".lock"))):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def each_wafer(args: argparse.Namespace, shard: Any, cfg: ReconstructConfig, model: Any, model_run: str,
+               plan: dict[str, float], out: Path, made: bool, locks: list[Any], fail: Any) -> int:
+    from cpikan import distributed
+    from tracking.store import TrackingError
+
     for p in args.inputs:
         src = Path(p)
         name = src.stem if src.is_file() else src.name
         work, final = out / f"{name}.part", out / name
+        refusal: io.InputError | None = None
         if shard.leader:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-        distributed.barrier()
+            try:
+                locks.append(lock_wafer(out, name))
+                shutil.rmtree(work, ignore_errors=True)  # a part of ours (the lock says), left by a crash
+                work.mkdir(parents=True)
+            except io.InputError as exc:
+                refusal = exc
+        if not distributed.broadcast_flag(refusal is None):
+            if shard.leader:
+                remove_if_made(out, made)
+            return fail(refusal or io.InputError(f"{name}: the leading process refused it (see its error)"))
         try:
             figures = track(src, work, cfg, model, plan, model_run, args.no_track or not shard.leader)
         except (io.InputError, TrackingError) as exc:
             if shard.leader:
                 shutil.rmtree(work, ignore_errors=True)
-                if made and not any(out.iterdir()):  # earlier wafers' outputs stay
-                    out.rmdir()
+                remove_if_made(out, made)  # earlier wafers' outputs stay
             return fail(exc)
         except OSError as exc:
             # a full disk: ENOSPC, or (numpy's tofile under tifffile) a short write with no errno
@@ -465,8 +516,7 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
             if not full:
                 raise
             if shard.leader:  # one line, and the space its part took back
-                if made and not any(out.iterdir()):
-                    out.rmdir()
+                remove_if_made(out, made)
                 said = exc.strerror if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"no space left on {out} ({exc})"
                 print(f"error: --out: {said}; {name} was not written (free space, or --out elsewhere)", file=sys.stderr)
             return 1

@@ -971,3 +971,23 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "(78000 requested and 41916 written); wafer was not" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_command_on_the_same_wafer_and_out_is_refused(tmp_path, capsys):
+    """Two commands on one wafer into one --out shared its .part folder: the second deleted
+    the first's, and the first published the second's half-written files as its own."""
+    from studies.reconstruct import lock_wafer, main
+
+    np.save(tmp_path / "wafer.npy", physics.quantize(physics.render(tilted_wafer()), 16))
+    out = tmp_path / "out"
+    out.mkdir()
+    held = lock_wafer(out, "wafer")  # the other command, running
+    args = [str(tmp_path / "wafer.npy"), "--out", str(out), "--no-track"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "wafer is being written into" in err and len(err.strip().splitlines()) == 1, err
+    assert [p.name for p in out.iterdir()] == [".wafer.lock"]  # nothing of ours
+    Path(held.name).unlink()
+    held.close()
+    assert main(args) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["wafer"]  # no lock left behind
