@@ -56,7 +56,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        convert = "s.save_file(torch.load('IN', weights_only=True), 'OUT.safetensors')"  # tensors only
+        # tensors only; a training checkpoint's state dict taken out of it (Lightning's 'state_dict', …)
+        convert = ("d = torch.load('IN', weights_only=True); "
+                   "d = next((d[k] for k in ('state_dict', 'model_state_dict', 'model') if k in d), d); "
+                   "s.save_file({k: v.contiguous() for k, v in d.items()}, 'OUT.safetensors')")
         raise ValueError(f"weights: {path} looks like a pickle, which is never loaded (it can run code); convert "
                          f"it once: python -c \"import torch, safetensors.torch as s; {convert}\"")
     try:
