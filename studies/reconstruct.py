@@ -520,9 +520,10 @@ def each_wafer(args: argparse.Namespace, shard: Any, cfg: ReconstructConfig, mod
                 said = exc.strerror if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"no space left on {out} ({exc})"
                 print(f"error: --out: {said}; {name} was not written (free space, or --out elsewhere)", file=sys.stderr)
             return 1
-        except BaseException:
+        except BaseException:  # Ctrl-C too: an --out this command made goes again if nothing is in it
             if shard.leader:
                 shutil.rmtree(work, ignore_errors=True)
+                remove_if_made(out, made)
             raise
         if not shard.leader:
             continue
