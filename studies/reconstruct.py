@@ -52,10 +52,12 @@ in progress is not written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -208,13 +210,14 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
     for r0 in range(0, h, 1024):  # row blocks, pages released: the mask is 268 MB at 16384²
         valid = mask[r0 : r0 + 1024]
         why = flags[r0 : r0 + 1024]
+        rows = np.asarray(height[r0 : r0 + 1024], np.float64)
         if model is not None:  # a valid pixel whose model height is NaN or ∞ (the log of a dark pixel) is not
-            bad = valid & ~np.isfinite(height[r0 : r0 + 1024])
+            bad = valid & ~np.isfinite(rows)
             valid[bad], why[bad] = False, classical.MODEL_NOT_FINITE
         flagged += int(valid.size - np.count_nonzero(valid))
         for bit in causes:
             causes[bit] += int(np.count_nonzero(why == bit))
-        hv = np.asarray(height[r0 : r0 + 1024], np.float64)[valid]
+        hv = rows[valid]
         if hv.size:
             total, squares = total + hv.sum(), squares + np.square(hv).sum()
             lo, hi = min(lo, float(hv.min())), max(hi, float(hv.max()))
@@ -441,16 +444,50 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
         return fail(exc)
     if model is not None:
         model.to(distributed.device())
-    locks: list[Any] = []  # one per wafer, held to the end: a second command on it is refused, not mixed in
-    try:
-        return each_wafer(args, shard, cfg, model, model_run, plan, out, made, locks, fail)
-    finally:
-        for lock in locks:  # removed while still held: whoever opened it before sees it is gone
-            Path(lock.name).unlink(missing_ok=True)
-            lock.close()
+    with contextlib.ExitStack() as held:  # a lock per wafer, to the end: a second command on it is refused
+        for p in args.inputs:
+            src = Path(p)
+            name = src.stem if src.is_file() else src.name
+            work, final = out / f"{name}.part", out / name
+            refusal: io.InputError | None = None
+            if shard.leader:
+                try:
+                    held.enter_context(lock_wafer(out, name))
+                    shutil.rmtree(work, ignore_errors=True)  # a part of ours (the lock says), left by a crash
+                    work.mkdir(parents=True)
+                except io.InputError as exc:
+                    refusal = exc
+            if not distributed.broadcast_flag(refusal is None):
+                if shard.leader:
+                    remove_if_made(out, made)
+                return fail(refusal or io.InputError(f"{name}: the leading process refused it (see its error)"))
+            try:
+                figures = track(src, work, cfg, model, plan, model_run, args.no_track or not shard.leader)
+            except BaseException as exc:  # Ctrl-C too: nothing of this wafer stays, nor an --out we made for it
+                if shard.leader:
+                    shutil.rmtree(work, ignore_errors=True)
+                    remove_if_made(out, made)  # earlier wafers' outputs stay
+                if isinstance(exc, io.InputError | TrackingError):
+                    return fail(exc)
+                if isinstance(exc, OSError) and disk_full(exc, out):
+                    if shard.leader:
+                        said = exc.strerror if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"no space left on {out} ({exc})"
+                        print(f"error: --out: {said}; {name} was not written (free space, or --out elsewhere)",
+                              file=sys.stderr)
+                    return 1
+                raise
+            if shard.leader:
+                report_wafer(final, work, figures, cfg, shard)
+    return 0
 
 
-def lock_wafer(out: Path, name: str) -> Any:
+def disk_full(exc: OSError, out: Path) -> bool:
+    """ENOSPC, or (numpy's tofile under tifffile) a short write with no errno on a full disk."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(out).free < 1 << 20
+
+
+@contextlib.contextmanager
+def lock_wafer(out: Path, name: str) -> Iterator[None]:
     """An exclusive lock on writing ``name`` into ``out`` (``out/.NAME.lock``, there while
     held): two commands on one wafer once shared its ``.part`` folder, the second deleting the
     first's and the first publishing the second's half-written files as its own."""
@@ -459,7 +496,7 @@ def lock_wafer(out: Path, name: str) -> Any:
 
     path = out / f".{name}.lock"
     while True:
-        f = open(path, "a+")  # noqa: SIM115 — held until the command ends
+        f = open(path, "a+")  # noqa: SIM115 — held while the context is
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -468,10 +505,15 @@ def lock_wafer(out: Path, name: str) -> Any:
                                 "for it to finish, or give another --out") from None
         try:
             if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                return f
+                break
         except FileNotFoundError:
             pass
         f.close()  # the holder removed it as we opened it: take the new one
+    try:
+        yield
+    finally:  # removed while still held: whoever opened it before sees it is gone
+        path.unlink(missing_ok=True)
+        f.close()
 
 
 def remove_if_made(out: Path, made: bool) -> None:
@@ -480,89 +522,44 @@ def remove_if_made(out: Path, made: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def each_wafer(args: argparse.Namespace, shard: Any, cfg: ReconstructConfig, model: Any, model_run: str,
-               plan: dict[str, float], out: Path, made: bool, locks: list[Any], fail: Any) -> int:
-    from cpikan import distributed
-    from tracking.store import TrackingError
-
-    for p in args.inputs:
-        src = Path(p)
-        name = src.stem if src.is_file() else src.name
-        work, final = out / f"{name}.part", out / name
-        refusal: io.InputError | None = None
-        if shard.leader:
-            try:
-                locks.append(lock_wafer(out, name))
-                shutil.rmtree(work, ignore_errors=True)  # a part of ours (the lock says), left by a crash
-                work.mkdir(parents=True)
-            except io.InputError as exc:
-                refusal = exc
-        if not distributed.broadcast_flag(refusal is None):
-            if shard.leader:
-                remove_if_made(out, made)
-            return fail(refusal or io.InputError(f"{name}: the leading process refused it (see its error)"))
-        try:
-            figures = track(src, work, cfg, model, plan, model_run, args.no_track or not shard.leader)
-        except (io.InputError, TrackingError) as exc:
-            if shard.leader:
-                shutil.rmtree(work, ignore_errors=True)
-                remove_if_made(out, made)  # earlier wafers' outputs stay
-            return fail(exc)
-        except OSError as exc:
-            # a full disk: ENOSPC, or (numpy's tofile under tifffile) a short write with no errno
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(out).free < 1 << 20
-            if shard.leader:
-                shutil.rmtree(work, ignore_errors=True)
-            if not full:
-                raise
-            if shard.leader:  # one line, and the space its part took back
-                remove_if_made(out, made)
-                said = exc.strerror if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"no space left on {out} ({exc})"
-                print(f"error: --out: {said}; {name} was not written (free space, or --out elsewhere)", file=sys.stderr)
-            return 1
-        except BaseException:  # Ctrl-C too: an --out this command made goes again if nothing is in it
-            if shard.leader:
-                shutil.rmtree(work, ignore_errors=True)
-                remove_if_made(out, made)
-            raise
-        if not shard.leader:
-            continue
-        if final.exists():
-            old = out / f"{name}.old"
-            final.rename(old)
-            work.rename(final)
-            shutil.rmtree(old)
-        else:
-            work.rename(final)
-        flagged = int(figures["flagged_pixels"])
-        procs = f", {shard.world} processes" if shard.world > 1 else ""
-        print(f"{name}: {figures['mpix']:.1f} Mpix in {figures['seconds']:.1f} s ({figures['mpix_per_s']:.2f} Mpix/s, "
-              f"peak RSS {figures['peak_rss_gb']:.2f} GB{procs}) → {final}")
-        if "blend_vs_full_um" in figures:
-            print(f"  warning: --mode {cfg.mode} blends overlapping tiles: the height is close to, not equal to, "
-                  f"whole-image inference (about {figures['blend_vs_full_um']:.2g} µm apart on a crop of this "
-                  "wafer)", file=sys.stderr)
-        trained = figures.get("trained_h_max")
-        if trained is not None and "height_min_um" in figures and not (
-                0 <= figures["height_min_um"] and figures["height_max_um"] <= trained):
-            print(f"  note: heights span {figures['height_min_um']:.2f} … {figures['height_max_um']:.2f} µm; the model "
-                  f"learned its correction on 0 … {trained:g} µm, so outside that it is extrapolated (the fringe "
-                  "order is not: it is searched in the command's range, as for the classical pass)", file=sys.stderr)
-        if figures.get("step_error_nm", 0) > WARN_NM:
-            print(f"  warning: the phase steps are off π/2 (the closure follows the phase: up to "
-                  f"{figures['step_error_deg']:.1f}° for laser {int(figures['step_error_laser'])}), which puts about "
-                  f"{figures['step_error_nm']:.0f} nm of systematic error into the heights; recalibrate the phase "
-                  "shifter", file=sys.stderr)
-        if figures.get("wavelength_error_nm", 0) > WARN_NM:
-            k = int(figures["wavelength_error_laser"])
-            print(f"  warning: laser {k}'s wavelength looks {figures['wavelength_error_pct']:+.2f} % off the given "
-                  f"{cfg.wavelengths[k - 1]:g} µm beside the other lasers (its phase drifts with the height), which "
-                  f"puts about {figures['wavelength_error_nm']:.0f} nm of error into the heights (they scale); check "
-                  "the wavelengths (--wavelengths, wavelengths.txt) or the laser", file=sys.stderr)
-        if flagged:
-            print(f"  warning: {flagged} pixels ({100 * (1 - figures['valid_fraction']):.2f} %) flagged in mask.npy "
-                  f"(why: flags.npy): {flag_causes(figures)}", file=sys.stderr)
-    return 0
+def report_wafer(final: Path, work: Path, figures: dict[str, float], cfg: ReconstructConfig, shard: Any) -> None:
+    """The finished wafer put in place of an older one, and its summary and warnings."""
+    name = final.name
+    if final.exists():
+        old = final.with_name(f"{name}.old")
+        final.rename(old)
+        work.rename(final)
+        shutil.rmtree(old)
+    else:
+        work.rename(final)
+    flagged = int(figures["flagged_pixels"])
+    procs = f", {shard.world} processes" if shard.world > 1 else ""
+    print(f"{name}: {figures['mpix']:.1f} Mpix in {figures['seconds']:.1f} s ({figures['mpix_per_s']:.2f} Mpix/s, "
+          f"peak RSS {figures['peak_rss_gb']:.2f} GB{procs}) → {final}")
+    if "blend_vs_full_um" in figures:
+        print(f"  warning: --mode {cfg.mode} blends overlapping tiles: the height is close to, not equal to, "
+              f"whole-image inference (about {figures['blend_vs_full_um']:.2g} µm apart on a crop of this "
+              "wafer)", file=sys.stderr)
+    trained = figures.get("trained_h_max")
+    if trained is not None and "height_min_um" in figures and not (
+            0 <= figures["height_min_um"] and figures["height_max_um"] <= trained):
+        print(f"  note: heights span {figures['height_min_um']:.2f} … {figures['height_max_um']:.2f} µm; the model "
+              f"learned its correction on 0 … {trained:g} µm, so outside that it is extrapolated (the fringe "
+              "order is not: it is searched in the command's range, as for the classical pass)", file=sys.stderr)
+    if figures.get("step_error_nm", 0) > WARN_NM:
+        print(f"  warning: the phase steps are off π/2 (the closure follows the phase: up to "
+              f"{figures['step_error_deg']:.1f}° for laser {int(figures['step_error_laser'])}), which puts about "
+              f"{figures['step_error_nm']:.0f} nm of systematic error into the heights; recalibrate the phase "
+              "shifter", file=sys.stderr)
+    if figures.get("wavelength_error_nm", 0) > WARN_NM:
+        k = int(figures["wavelength_error_laser"])
+        print(f"  warning: laser {k}'s wavelength looks {figures['wavelength_error_pct']:+.2f} % off the given "
+              f"{cfg.wavelengths[k - 1]:g} µm beside the other lasers (its phase drifts with the height), which "
+              f"puts about {figures['wavelength_error_nm']:.0f} nm of error into the heights (they scale); check "
+              "the wavelengths (--wavelengths, wavelengths.txt) or the laser", file=sys.stderr)
+    if flagged:
+        print(f"  warning: {flagged} pixels ({100 * (1 - figures['valid_fraction']):.2f} %) flagged in mask.npy "
+              f"(why: flags.npy): {flag_causes(figures)}", file=sys.stderr)
 
 
 #: a systematic height error (phase shifter, a laser off its wavelength) above this is warned about

@@ -981,13 +981,11 @@ def test_a_second_command_on_the_same_wafer_and_out_is_refused(tmp_path, capsys)
     np.save(tmp_path / "wafer.npy", physics.quantize(physics.render(tilted_wafer()), 16))
     out = tmp_path / "out"
     out.mkdir()
-    held = lock_wafer(out, "wafer")  # the other command, running
     args = [str(tmp_path / "wafer.npy"), "--out", str(out), "--no-track"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "wafer is being written into" in err and len(err.strip().splitlines()) == 1, err
-    assert [p.name for p in out.iterdir()] == [".wafer.lock"]  # nothing of ours
-    Path(held.name).unlink()
-    held.close()
+    with lock_wafer(out, "wafer"):  # the other command, running
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "wafer is being written into" in err and len(err.strip().splitlines()) == 1, err
+        assert [p.name for p in out.iterdir()] == [".wafer.lock"]  # nothing of ours
     assert main(args) == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["wafer"]  # no lock left behind

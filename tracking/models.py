@@ -130,7 +130,9 @@ def refuse_user_code(config: Any, run_id: str) -> None:
     lab's own (a ``FILE.py:CLASS`` problem) would have the store choose code to import."""
     from cpikan.config import named_code
 
-    for path, ref, _ in named_code(config):
+    named = named_code(config)
+    if named:
+        path, ref, _ = named[0]
         raise TrackingError(f"run {run_id}: its {path} is code of the lab's own ({ref}); a model is rebuilt "
                             f"from the store with the project's code only: replay the run to train it again "
                             f"(python -m tracking.replay {run_id})")
