@@ -148,17 +148,20 @@ def _layout(root: Path, case: str, buckets: np.ndarray) -> Path:
             tifffile.imwrite(path, b[..., None], photometric="minisblack")
         elif case == "float32":  # ImageJ's 32-bit type after a flat-field division, in intensity units
             tifffile.imwrite(path, b.astype(np.float32) / 256)
+        elif case == "grey_as_rgb":  # a camera program's 48-bit RGB export of a grey frame (read memory-mapped)
+            tifffile.imwrite(path, np.repeat(b[..., None], 3, axis=-1), photometric="rgb")
     return folder
 
 
 @pytest.mark.parametrize("case", ["imagej", "lzw", "sample_axis", "float32", "hyperstack", "big_endian_npy",
                                   "float64_npy", "samples_planar", "samples_interleaved", "pagewise",
-                                  "thumbnail_first", "int32_samples", "labview_i16"])
+                                  "thumbnail_first", "int32_samples", "labview_i16", "grey_as_rgb"])
 def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
     """Big-endian, LZW-compressed, (H, W, 1), float TIFFs, an ImageJ hyperstack, big-endian
     and float64 arrays, a stack written page by page, one behind a thumbnail, counts in
-    signed or 32-bit pixels: each read as the plain 16-bit files are (all but the hyperstack
-    and the .npy were refused, LZW as 'unreadable or truncated'), to the same bytes."""
+    signed or 32-bit pixels, grey saved as RGB: each read as the plain 16-bit files are (all
+    but the hyperstack and the .npy were refused, LZW as 'unreadable or truncated'), to the
+    same bytes."""
     from studies.reconstruct import main
 
     buckets = physics.quantize(physics.add_noise(physics.render(tilted_wafer()), 0.005), 16)
@@ -179,6 +182,37 @@ def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
         assert np.array_equal(io.first_channel(src, 16), io.first_channel(tmp_path / "plain.npy", 16))
     assert sorted(p.name for p in (tmp_path / "out" / src.stem).iterdir()) == [
         "flags.npy", "height.npy", "height.tif", "mask.npy", "preview.png", "surface.vtu"]
+
+
+def test_grey_saved_with_colour_a_palette_or_alpha_gives_the_grey_files_heights(tmp_path, capsys):
+    """8-bit grey buckets as an image editor or camera program may save them: 24-bit RGB
+    BMPs, palette PNGs (whose grey levels, not indices, are the counts: here the palette is
+    inverted), grey + opaque alpha, RGBA. Each was refused as colour; each now gives the
+    grey files' heights to the byte."""
+    from studies.reconstruct import main
+
+    grey = write_bmp_buckets(tmp_path / "grey", tilted_wafer(32, 40))
+    for form in ("rgb", "palette", "la", "rgba"):
+        folder = tmp_path / form
+        folder.mkdir()
+        for f in sorted(grey.glob("*.bmp")):
+            g = np.asarray(Image.open(f))
+            if form == "palette":
+                im = Image.fromarray(255 - g).convert("P")
+                im.putpalette([v for i in range(256) for v in (255 - i,) * 3])
+                assert np.array_equal(np.asarray(im.convert("L")), g) and not np.array_equal(np.asarray(im), g)
+                im.save(folder / f"{f.stem}.png")
+            elif form == "rgb":
+                Image.fromarray(np.repeat(g[..., None], 3, axis=-1)).save(folder / f.name)
+            else:
+                alpha = np.full_like(g, 255)
+                chans = [g, alpha] if form == "la" else [g, g, g, alpha]
+                Image.fromarray(np.stack(chans, axis=-1), mode=form.upper()).save(folder / f"{f.stem}.png")
+    for form in ("grey", "rgb", "palette", "la", "rgba"):
+        assert main([str(tmp_path / form), "--out", str(tmp_path / "out"), "--no-track"]) == 0, capsys.readouterr().err
+    heights = {form: np.load(tmp_path / "out" / form / "height.npy") for form in ("grey", "rgb", "palette", "la", "rgba")}
+    for form in ("rgb", "palette", "la", "rgba"):
+        assert np.array_equal(heights[form], heights["grey"]), form
 
 
 def test_counts_that_do_not_fit_16_bits_are_refused_naming_the_file(tmp_path, capsys):
@@ -369,8 +403,15 @@ def _bad(tmp_path, case):
         Image.fromarray(np.zeros((32, 40), np.uint16)).save(w / "bucket_05.png")
     elif case == "truncated":
         files[2].write_bytes(files[2].read_bytes()[:200])
-    elif case == "colour":
-        Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(files[4])
+    elif case == "colour":  # grey in red and green, blue off by one count at one pixel
+        rgb = np.repeat(np.asarray(Image.open(files[4]))[..., None], 3, axis=-1)
+        rgb[7, 9, 2] ^= 1
+        Image.fromarray(rgb).save(files[4])
+    elif case == "transparent":  # grey with alpha, one pixel half transparent
+        la = np.stack([np.asarray(Image.open(files[4])), np.full((32, 40), 255, np.uint8)], axis=-1)
+        la[3, 5, 1] = 128
+        files[4].unlink()
+        Image.fromarray(la, mode="LA").save(w / f"{files[4].stem}.png")
     elif case == "npy_shape":
         np.save(tmp_path / "x.npy", np.zeros((12, 8, 8), np.uint16))
         args = [tmp_path / "x.npy"]
@@ -395,7 +436,8 @@ def _bad(tmp_path, case):
     ("overview", "--pattern '*.bmp' takes the 16 .bmp files, not overview.png"),
     ("size", "all bucket images must have one size"),
     ("depth", "all bucket images must have one bit depth"), ("truncated", "unreadable or truncated"),
-    ("colour", "colour image"), ("npy_shape", "expected (16, H, W)"), ("npy_dtype", "dtype complex64"),
+    ("colour", "a colour image (blue ≠ red, first at row 7, column 9: red "),
+    ("transparent", "a partly transparent image (alpha varies, first at row 3, column 5: grey "), ("npy_shape", "expected (16, H, W)"), ("npy_dtype", "dtype complex64"),
     ("model", "--model 0123456789abcdef: "), ("out", "cannot create it"),
     ("best_no_store", "--model best: no tracking store at "),
     ("nm", "632.8 is not an optical wavelength in µm (0.1 … 30) (in nm? 632.8 nm is 0.6328 µm)"),

@@ -331,15 +331,18 @@ def read_image(path: Path) -> np.ndarray:
 
             with Image.open(path) as im:
                 im.load()  # decode now: a truncated file fails here, not later
-                if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA"):
+                if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     raise InputError(f"{path}: a colour image (mode {im.mode}); bucket images are greyscale")
-                arr = np.asarray(im)
+                if im.mode in ("P", "PA"):  # a palette's grey levels, not its indices, are the counts
+                    arr = np.asarray(im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB"))
+                else:
+                    arr = np.asarray(im)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 — any reader failure means an unreadable file
         raise InputError(f"{path}: unreadable or truncated image ({type(exc).__name__}: {exc})") from None
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        raise InputError(f"{path}: a colour image ({arr.shape[-1]} channels); bucket images are greyscale")
+    if arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):
+        arr = grey_of(arr, path)
     if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
         arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:-1])
     if arr.ndim != 2:
@@ -347,6 +350,32 @@ def read_image(path: Path) -> np.ndarray:
     if pixel_type(arr.dtype) is None:
         raise InputError(f"{path}: pixel type {arr.dtype}; allowed: {ALLOWED}")
     return arr
+
+
+def grey_of(arr: np.ndarray, path: Path) -> np.ndarray:
+    """The grey channel of an image saved with colour or alpha channels, (H, W, 2–4): grey
+    as RGB(A) or grey with alpha, as camera programs and image editors often save it. Its
+    colour channels must be equal and its alpha one value: anything else is a colour or
+    partly transparent image, refused with the first pixel that shows it. Read in strips,
+    so a memory-mapped file is never in memory at once."""
+    names = ("grey", "alpha") if arr.shape[-1] == 2 else ("red", "green", "blue", "alpha")[: arr.shape[-1]]
+    colours = 1 if arr.shape[-1] == 2 else 3
+    rows = max(1, (32 << 20) // max(arr.shape[1] * arr.shape[2] * arr.itemsize, 1))
+    for r0 in range(0, arr.shape[0], rows):
+        block = arr[r0 : r0 + rows]
+        for c in range(1, arr.shape[-1]):
+            ref = block[..., 0] if c < colours else arr[0, 0, c]
+            differ = block[..., c] != ref
+            if differ.any():
+                r, col = (int(i) for i in np.argwhere(differ)[0])
+                px = block[r, col]
+                what = (f"a colour image ({names[c]} ≠ {names[0]}" if c < colours
+                        else f"a partly transparent image ({names[c]} varies")
+                raise InputError(f"{path}: {what}, first at row {r0 + r}, column {col}: "
+                                 f"{', '.join(f'{n} {v}' for n, v in zip(names, px.tolist()))}); "
+                                 "bucket images are greyscale")
+        release_pages(arr)
+    return arr[..., 0]
 
 
 def stack_buckets(files: list[Path], dest: Path) -> np.ndarray:
