@@ -10,7 +10,8 @@ them); or several files / a folder, one snapshot each in name
 order: ``.npy`` arrays, CSV tables with a row per point (ParaView's "Save Data":
 ``Points:0``, ``U:0``, …), or meshes meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) with
 the fields as point data, or as cell data only (a finite-volume solver's values: sensors
-then sit at cell centroids). A vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``
+then sit at cell centroids). Tables and meshes that list the same points in another order
+(a parallel solver's export) are matched by coordinates, with a note. A vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``
 takes them all. Every sensor reads every field chosen; fields the same in every snapshot are
 left out, with a note. Points NaN in every snapshot (a solid, a PIV mask) are outside the
 flow: no sensor goes there, estimate_field answers NaN there. On a mesh, the POD and the

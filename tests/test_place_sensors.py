@@ -14,6 +14,8 @@ import meshio
 import numpy as np
 import pytest
 
+from cpikan.sensors.data import read_family
+from cpikan.sensors.placement import SensorError
 from studies import estimate_field, place_sensors
 
 
@@ -100,22 +102,47 @@ def test_modes_the_snapshots_do_not_span_are_not_fitted(rank3_family, tmp_path, 
 
 
 def test_paraview_csv_tables_give_the_same_sensors_as_the_meshes_they_were_saved_from(vtu_family, tmp_path):
+    """Also when each file after the first lists the points in another order, as a solver
+    running in parallel may write them (tables and meshes: they were refused as 'on other
+    points'); a shuffled table whose points repeat cannot be matched, and is refused saying so."""
     import pandas as pd
 
     folder, pts = vtu_family
-    tables = tmp_path / "csv"
-    tables.mkdir()
-    for f in folder.iterdir():  # ParaView's "Save Data": Points:0…2, U:0…2, a constant mask column
+    for d in ("csv", "shuffled_csv", "shuffled_vtu"):
+        (tmp_path / d).mkdir()
+    rng = np.random.default_rng(0)
+    for i, f in enumerate(sorted(folder.iterdir())):  # ParaView's "Save Data": Points:0…2, U:0…2, a mask column
         mesh = meshio.read(f)
         u = mesh.point_data["U"]
-        pd.DataFrame({"U:0": u[:, 0], "U:1": u[:, 1], "U:2": u[:, 2], "p": mesh.point_data["p"], "vtkValidPointMask": 1,
-                      **{f"Points:{d}": mesh.points[:, d] for d in range(3)}}).to_csv(tables / f"{f.stem}.csv", index=False)
-    for name, src in (("mesh", folder), ("table", tables)):
+        table = pd.DataFrame({"U:0": u[:, 0], "U:1": u[:, 1], "U:2": u[:, 2], "p": mesh.point_data["p"],
+                              "vtkValidPointMask": 1, **{f"Points:{d}": mesh.points[:, d] for d in range(3)}})
+        table.to_csv(tmp_path / "csv" / f"{f.stem}.csv", index=False)
+        order = np.arange(len(pts)) if i == 0 else rng.permutation(len(pts))
+        table.iloc[order].to_csv(tmp_path / "shuffled_csv" / f"{f.stem}.csv", index=False)
+        where = np.argsort(order)  # new index of each old point, for the cells
+        cells = [(c.type, where[c.data]) for c in mesh.cells]
+        meshio.write(tmp_path / "shuffled_vtu" / f.name, meshio.Mesh(mesh.points[order], cells,
+                                                                     point_data={k: v[order] for k, v in mesh.point_data.items()}))
+    for name, src in (("mesh", folder), ("table", tmp_path / "csv"), ("shuffled table", tmp_path / "shuffled_csv"),
+                      ("shuffled mesh", tmp_path / "shuffled_vtu")):
         assert place_sensors.main([str(src), "--k", "6", "--out", str(tmp_path / name), "--no-track"]) == 0
-    mesh, table = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("mesh", "table"))
-    assert table["fields"] == mesh["fields"] == ["U[0]", "U[1]", "p"]
+    mesh, table, shuffled = (json.loads((tmp_path / n / "summary.json").read_text())
+                             for n in ("mesh", "table", "shuffled table"))
+    assert table["fields"] == mesh["fields"] == shuffled["fields"] == ["U[0]", "U[1]", "p"]
     assert any("vtkValidPointMask" in note for note in table["notes"])
-    assert (tmp_path / "table" / "sensors.csv").read_text() == (tmp_path / "mesh" / "sensors.csv").read_text()
+    assert f"{len(list(folder.iterdir())) - 1} snapshots list the points in another order than" in " ".join(shuffled["notes"])
+    for name in ("table", "shuffled table", "shuffled mesh"):
+        assert (tmp_path / name / "sensors.csv").read_text() == (tmp_path / "mesh" / "sensors.csv").read_text(), name
+    for name, same in (("shuffled table", "table"), ("shuffled mesh", "mesh")):  # (a mesh's points are weighted)
+        errors = (json.loads((tmp_path / n / "summary.json").read_text())["held_out_error"] for n in (name, same))
+        assert next(errors) == next(errors), name
+    first = sorted((tmp_path / "csv").iterdir())[0]
+    rows = pd.read_csv(first)
+    rows.iloc[[*range(len(rows)), 0]].to_csv(first, index=False)  # the first point twice
+    rows = pd.read_csv(sorted((tmp_path / "csv").iterdir())[1])
+    rows.iloc[[*rng.permutation(len(rows)), 0]].to_csv(sorted((tmp_path / "csv").iterdir())[1], index=False)
+    with pytest.raises(SensorError, match="of its points repeat, so rows cannot be matched"):
+        read_family([tmp_path / "csv"])
 
 
 def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_sensor_is_flagged(rank3_family, tmp_path,

@@ -159,6 +159,7 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
     """The snapshot family in ``inputs``; ``fields`` picks fields by name (``U`` is all of a
     vector's components, ``U[1]`` one), ``None`` takes every field that varies."""
     files = snapshot_files(inputs)
+    reordered: list[str] = []
     if len(files) == 1 and files[0].suffix == ".npz":
         raw, layout = _read_npz(files[0])
     elif len(files) == 1 and files[0].suffix == ".npy":
@@ -169,9 +170,9 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
     elif all(f.suffix == ".npy" for f in files):
         raw, layout = _stack_npy(files)
     elif all(f.suffix == ".csv" for f in files):
-        raw, layout = _stack_tables(files)
+        raw, layout, reordered = _stack_tables(files)
     else:
-        raw, layout = _stack_meshes(files)
+        raw, layout, reordered = _stack_meshes(files)
     m = next(iter(raw.values())).shape[0]
     if m < 2:
         raise SensorError(f"snapshots: {', '.join(f.name for f in files)} hold{'s' if len(files) == 1 else ''} "
@@ -179,7 +180,29 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
     chosen, notes = _select(raw, fields, files)
     chosen, outside, more = _outside(chosen, files)
     layout, weighed = _weighed(layout, files[0])
+    if reordered:
+        notes.append(f"{_count(reordered, 'snapshot')} list the points in another order than {files[0].name} "
+                     f"({reordered[0]}{', …' if len(reordered) > 1 else ''}); matched by coordinates")
     return Family(chosen, layout, tuple(files), tuple(notes + more + weighed), outside)
+
+
+def _count(items: Sequence[Any], noun: str) -> str:
+    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
+
+
+def _match_points(points: np.ndarray, other: np.ndarray, tol: float) -> np.ndarray | None:
+    """For each of ``points``, the row of ``other`` at the same place (within ``tol``), when
+    ``other`` holds the same points in another order, as a solver running in parallel may
+    write each time step; None when it holds other points, or when points repeat (then
+    rows cannot be told apart by where they are)."""
+    from scipy.spatial import cKDTree
+
+    if other.shape != points.shape:
+        return None
+    dist, rows = cKDTree(other).query(points, distance_upper_bound=tol + np.finfo(float).tiny)
+    if not np.all(dist <= tol) or len(np.unique(rows)) != len(rows):
+        return None
+    return rows
 
 
 def _weighed(layout: Layout, path: Path) -> tuple[Layout, list[str]]:
@@ -307,13 +330,16 @@ def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
 _AXES = (("x", "y", "z"), ("Points:0", "Points:1", "Points:2"), ("Points_0", "Points_1", "Points_2"))
 
 
-def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
+def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout, list[str]]:
     """CSV files, one snapshot each: a row per point, a column per field (``U:0`` is ``U[0]``),
-    coordinate columns optional (then the rows' order is the points')."""
+    coordinate columns optional (then the rows' order is the points'; with them, a table
+    listing the same points in another order is matched by coordinates). Also returns the
+    names of the files so matched."""
     import pandas as pd
 
     first: Any = None
     stacks: dict[str, np.ndarray] = {}
+    reordered: list[str] = []
     for i, f in enumerate(_progress(files)):
         try:
             table = pd.read_csv(f)
@@ -333,27 +359,43 @@ def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
         elif list(table) != list(first) or len(table) != len(first):
             raise SensorError(f"snapshots: {f} has columns {list(table)} and {len(table)} rows; "
                               f"{files[0].name} has {list(first)} and {len(first)}: every snapshot must be on one mesh")
-        elif axes and not np.allclose(table[axes].to_numpy(np.float64), points, rtol=0, atol=1e-9):
-            raise SensorError(f"snapshots: {f} is on other points than {files[0].name}; every snapshot must be on one mesh")
+        elif axes and not np.allclose(here := table[axes].to_numpy(np.float64), points, rtol=0, atol=1e-9):
+            rows = _match_points(points, here, 1e-9)
+            if rows is None:
+                raise SensorError(f"snapshots: {f} is on other points than {files[0].name}"
+                                  f"{_repeats(points)}; every snapshot must be on one mesh")
+            table = table.iloc[rows]
+            reordered.append(f.name)
         for stack, col in zip(stacks.values(), values):
             if table[col].dtype.kind not in "fiu":
                 raise SensorError(f"snapshots: {f}: column {col!r} is not numbers")
             stack[i] = table[col].to_numpy(np.float64)
-    return stacks, _located(points) if points is not None else Layout()
+    return stacks, _located(points) if points is not None else Layout(), reordered
 
 
-def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
+def _repeats(points: np.ndarray) -> str:
+    """Why rows listing the same points in another order could not be matched, if so."""
+    repeated = len(points) - len(np.unique(points, axis=0))
+    return f" (or lists them in another order: {repeated} of its points repeat, so rows cannot be matched)" \
+        if repeated else ""
+
+
+def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout, list[str]]:
     """Meshes on one set of points (a file each, or the time steps of one XDMF time series,
     as FEniCS writes them), their point data; a mesh with only cell data (a finite-volume
-    solver's own values) is read at its cells' centroids instead."""
+    solver's own values) is read at its cells' centroids instead. A mesh listing the same
+    points in another order has its point data matched by coordinates (its names are
+    returned too)."""
     series = _xdmf_series(files[0]) if len(files) == 1 and files[0].suffix in (".xdmf", ".xmf") else None
     meshes = series if series is not None else ((f.name, _read_mesh(f)) for f in _progress(files))
     count, first = (len(series), f"{files[0].name} {series[0][0]}") if series is not None else (len(files), files[0].name)
     points: np.ndarray | None = None
     stacks: dict[str, np.ndarray] = {}
     on_cells = False
+    reordered: list[str] = []
     for i, (f, mesh) in enumerate(meshes):
         pts = np.asarray(mesh.points, np.float64)
+        rows = None
         if points is None:
             points, cells = pts, tuple((c.type, np.asarray(c.data)) for c in mesh.cells)
             on_cells = not mesh.point_data and bool(mesh.cell_data)
@@ -361,9 +403,12 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
                 raise SensorError(f"snapshots: {f} has neither point nor cell data")
             stacks = {name: np.empty((count, *np.shape(v)), np.float32 if v.dtype == np.float32 else np.float64)
                       for name, v in _values(mesh, on_cells).items()}  # float32 files stay float32: half the memory
-        elif pts.shape != points.shape or not np.allclose(pts, points, rtol=0, atol=1e-9 * (1 + np.abs(points).max())):
-            raise SensorError(f"snapshots: {f} is on other points than {first} "
-                              f"({len(pts)} vs {len(points)}); every snapshot must be on one mesh")
+        elif pts.shape != points.shape or not np.allclose(pts, points, rtol=0, atol=(tol := 1e-9 * (1 + np.abs(points).max()))):
+            rows = None if on_cells else _match_points(points, pts, tol)  # cells are matched by no coordinate here
+            if rows is None:
+                raise SensorError(f"snapshots: {f} is on other points than {first} ({len(pts)} vs {len(points)})"
+                                  f"{_repeats(points) if len(pts) == len(points) else ''}; every snapshot must be on one mesh")
+            reordered.append(f)
         values = _values(mesh, on_cells)
         for name, stack in stacks.items():
             v = values.get(name)
@@ -372,7 +417,7 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
                                   f"(found {', '.join(values) or 'none'})")
             if np.shape(v) != stack.shape[1:]:
                 raise SensorError(f"snapshots: {f}: {name!r} has shape {np.shape(v)}, {first} has {stack.shape[1:]}")
-            stack[i] = v
+            stack[i] = v if rows is None else np.asarray(v)[rows]
     assert points is not None
     fields: dict[str, np.ndarray] = {}
     for name, stack in stacks.items():
@@ -382,9 +427,9 @@ def _stack_meshes(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
             for c in range(stack.shape[2]):
                 fields[f"{name}[{c}]"] = stack[:, :, c]
     if not on_cells:
-        return fields, replace(_located(points), cells=cells)
+        return fields, replace(_located(points), cells=cells), reordered
     centroids = np.concatenate([_centroids(points, kind, conn, files[0]) for kind, conn in cells])
-    return fields, replace(_located(centroids), mesh_points=points, cells=cells, on_cells=True)
+    return fields, replace(_located(centroids), mesh_points=points, cells=cells, on_cells=True), reordered
 
 
 def _read_mesh(path: Path) -> Any:
