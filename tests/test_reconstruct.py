@@ -40,7 +40,7 @@ def _run(args, mlruns, cwd=ROOT):
                           text=True, env=env, cwd=cwd)
 
 
-def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path):
+def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path, capsys):
     import meshio
 
     truth = tilted_wafer()
@@ -70,6 +70,24 @@ def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path):
         runs = c.search_runs([c.get_experiment_by_name("reconstruct").experiment_id])
         assert len(runs) == 1 and len(runs[0].inputs.dataset_inputs) == 16
         assert runs[0].data.metrics["image_mpix"] == pytest.approx(64 * 80 / 1e6)
+        # the wafer archived: its replay says how to read it there, reads it there, and checks each file
+        from tracking.replay import main as replay
+
+        (tmp_path / "archive").mkdir()
+        wafer.rename(tmp_path / "archive" / "wafer_07")
+        rid, moved = runs[0].info.run_id[:8], tmp_path / "archive" / "wafer_07"
+        assert replay([rid]) == 2
+        assert f"if it moved, pass --moved {wafer}=WHERE_IT_IS" in capsys.readouterr().err
+        assert replay([rid, "--moved", f"{tmp_path / 'wafers'}={tmp_path / 'archive'}"]) == 2  # a typo
+        assert f"--moved: the run read nothing under {tmp_path / 'wafers'}; it read under {wafer}\n" \
+            in capsys.readouterr().err
+        assert replay([rid, "--moved", f"{tmp_path}/wafer_07/={moved}"]) == 0
+        res = capsys.readouterr()
+        assert "reproduced" in res.out and f"read from {moved}" in res.err, res.out + res.err
+        bucket = sorted(moved.iterdir())[3]
+        bucket.write_bytes(bucket.read_bytes()[:-1] + b"\x00")
+        assert replay([rid, "--moved", f"{tmp_path}/wafer_07={moved}"]) == 2
+        assert f"({bucket}) changed since the run" in capsys.readouterr().err
 
 
 def test_unpadded_file_numbers_and_a_multi_page_tiff_give_the_folders_heights(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Replay a past run by its ID and say whether it reproduced.
 
-    python -m tracking.replay RUN_ID [--rtol R] [--force] [--recorded-code]
+    python -m tracking.replay RUN_ID [--rtol R] [--force] [--recorded-code] [--moved OLD=NEW ...]
 
 Rebuilds the config from the run's ``config.json``, imports the recorded entry point
 (``module:function``, by name: tracking never imports the studies), re-runs it with the
@@ -9,7 +9,9 @@ metric-by-metric table. Result metrics must agree within ``--rtol`` (default 0: 
 on the same CPU machine); measurements (time, throughput, memory) are shown, not compared.
 By default the replay runs today's code; ``--recorded-code`` runs it in a checkout of the
 run's own commit and recorded uncommitted diff (``tracking/checkout.py``), which is what
-reproduces a run made by older code exactly.
+reproduces a run made by older code exactly. Files the run read that have moved since are
+read from where they are now with ``--moved OLD=NEW`` (``tracking/relocate.py``); their
+sha256 is checked as always.
 
 Exit status: 0 reproduced, 1 did not reproduce, 2 bad input (unknown run, missing or
 corrupted config, changed dataset without --force, unreachable store) — in which case
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cpikan.config import from_recorded
-from tracking import hashing, interrupts, links, logs, provenance, store, tracker
+from tracking import hashing, interrupts, links, logs, provenance, relocate, store, tracker
 from tracking.store import TrackingError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -50,8 +52,9 @@ def _import(ref: str, what: str) -> Any:
     return obj
 
 
-def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, float]]]:
-    """The config object and the entry point, rebuilt from the run (no writes)."""
+def load_config(client: Any, run: Any, moves: relocate.Moves = ()) -> tuple[Any, Callable[..., dict[str, float]]]:
+    """The config object and the entry point, rebuilt from the run (no writes), with the
+    paths it read under ``moves`` moved."""
     from mlflow.exceptions import MlflowException
 
     tags = run.data.tags
@@ -75,6 +78,10 @@ def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, flo
     recorded = tags.get(tracker.TAG_CONFIG_HASH)
     if recorded and hashing.config_hash(data) != recorded:
         raise TrackingError(f"run {rid}: {tracker.CONFIG_ARTIFACT} does not match its config_hash tag (corrupted)")
+    if moves:
+        datasets = tracker.recorded_datasets(client, run).values()
+        relocate.check_used(moves, [*relocate.strings(data), *(d["path"] for d in datasets)])
+        data = relocate.moved_values(data, moves)
     fn = _import(tags[tracker.TAG_ENTRY], "entry point")
     config: Any = data
     if tracker.TAG_CONFIG_CLASS in tags:
@@ -90,18 +97,20 @@ def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, flo
     return config, fn
 
 
-def check_datasets(run: Any, force: bool, client: Any = None) -> list[str]:
-    """Refuse (unless ``force``) when a recorded dataset's content changed or vanished."""
+def check_datasets(run: Any, force: bool, client: Any = None, moves: relocate.Moves = ()) -> list[str]:
+    """Refuse (unless ``force``) when a recorded dataset's content changed or vanished (read
+    where ``moves`` put it)."""
     warnings = []
     for name, info in tracker.recorded_datasets(client or store.client(), run).items():
-        path = Path(info["path"])
-        problem = None
+        path = Path(relocate.moved_path(info["path"], moves))
+        problem, hint = None, "; pass --force to replay anyway"
         if not path.exists():
             problem = f"dataset {name!r} ({path}) no longer exists"
+            hint = f"; if it moved, pass --moved {path.parent}=WHERE_IT_IS (its sha256 is checked), or --force to replay anyway"
         elif hashing.file_sha256(path) != info["sha256"]:
             problem = f"dataset {name!r} ({path}) changed since the run (sha256 differs)"
         if problem and not force:
-            raise TrackingError(problem + "; pass --force to replay anyway")
+            raise TrackingError(problem + hint)
         if problem:
             warnings.append(problem)
     return warnings
@@ -178,17 +187,19 @@ def print_table(rows: list[tuple]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
-def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, str]:
+def replay(run_id: str, rtol: float = 0.0, force: bool = False, moves: relocate.Moves = ()) -> tuple[bool, str]:
     """Re-run ``run_id``; returns (reproduced, new run ID). Raises TrackingError on bad input."""
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
-    config, fn = load_config(client, run)
+    config, fn = load_config(client, run, moves)
     stopped = run.info.status == "KILLED"
     if stopped:
         print(f"note: run {run_id} was interrupted (KILLED): the replay runs to the end, and each metric is compared "
               "at the step where the run logged it last", file=sys.stderr)
-    for w in check_datasets(run, force, client) + code_warnings(run, client) + version_warnings(run):
+    for w in check_datasets(run, force, client, moves) + code_warnings(run, client) + version_warnings(run):
         print(f"warning: {w}", file=sys.stderr)
+    for old, new in moves:
+        print(f"note: what the run read under {old} is read from {new} (each file's sha256 checked)", file=sys.stderr)
     tags = run.data.tags
     if tags.get("torch.threads"):
         import torch  # after the checks: a bad run ID answers without loading torch
@@ -201,7 +212,8 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     try:
         with tracker.Tracker(exp, config=config, entry_point=tags[tracker.TAG_ENTRY], seed=seed,
                              run_name=f"replay of {run.info.run_name or run_id}",
-                             tags={TAG_REPLAY_OF: run_id}) as ctx:
+                             tags={TAG_REPLAY_OF: run_id, **({"replay.moved": json.dumps(dict(moves))} if moves else {})}
+                             ) as ctx:
             new_id = ctx.run_id
             fn(config, ctx)
     except (ValueError, OSError, ImportError) as exc:  # what the run read is gone or refused now
@@ -216,7 +228,8 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False) -> tuple[bool, s
     return ok, new_id
 
 
-def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bool) -> int | None:
+def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bool,
+                              moved: list[str]) -> int | None:
     """Replay ``run_id`` by the replay of the code it was made with, checked out beside
     this one; returns that replay's exit status, or None when today's code is the run's
     (the replay then runs here as usual)."""
@@ -239,7 +252,10 @@ def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bo
         # -P: the checkout's packages, not the ones in the current directory
         path = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)
         argv = [sys.executable, "-P", "-m", "tracking.replay", run_id, "--rtol", repr(rtol)]
-        argv += ["--force"] * force + ["-v"] * verbose
+        if moved and not (code / "tracking" / "relocate.py").exists():
+            raise TrackingError(f"--moved: the run's code (commit {tags['git.commit'][:12]}) cannot read moved files; "
+                                "replay it with today's code (without --recorded-code), or move them back")
+        argv += ["--force"] * force + ["-v"] * verbose + [f"--moved={m}" for m in moved]
         return interrupts.call(argv, env={**os.environ, "PYTHONPATH": path})
 
 
@@ -253,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recorded-code", action="store_true",
                     help="run the replay with the code the run was made with (its commit and uncommitted diff, "
                          "checked out in a temporary git worktree) instead of today's")
+    ap.add_argument("--moved", action="append", default=[], metavar="OLD=NEW",
+                    help="what the run read under the folder or file OLD is now under NEW (repeatable); "
+                         "every file's sha256 is still checked")
     args = ap.parse_args(argv)
     logs.configure(args.verbose)
     interrupts.sigterm_as_ctrl_c()
@@ -260,12 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --rtol must be ≥ 0", file=sys.stderr)
         return 2
     try:
+        moves = relocate.parse_moves(args.moved)
         args.run_id = store.get_run(store.client(must_exist=True), args.run_id).info.run_id  # the start of one, too
         if args.recorded_code:
-            status = replay_with_recorded_code(args.run_id, args.rtol, args.force, args.verbose)
+            status = replay_with_recorded_code(args.run_id, args.rtol, args.force, args.verbose, args.moved)
             if status is not None:
                 return status
-        ok, new_id = replay(args.run_id, args.rtol, args.force)
+        ok, new_id = replay(args.run_id, args.rtol, args.force, moves)
     except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
