@@ -414,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_all(args, shard)
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; the wafer's .part is gone already
         if shard.leader:
-            print(f"interrupted: the wafer in progress was not written (those done stay in {args.out})",
-                  file=sys.stderr)
+            done = f" (those done stay in {args.out})" if Path(args.out).is_dir() else ""
+            print(f"interrupted: the wafer in progress was not written{done}", file=sys.stderr)
         return 130
     finally:
         distributed.finish()

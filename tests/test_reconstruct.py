@@ -1049,3 +1049,29 @@ def test_a_second_command_on_the_same_wafer_and_out_is_refused(tmp_path, capsys)
         assert [p.name for p in out.iterdir()] == [".wafer.lock"]  # nothing of ours
     assert main(args) == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["wafer"]  # no lock left behind
+
+
+def test_ctrl_c_keeps_the_wafers_done_and_nothing_of_the_one_in_progress(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second wafer: the first stays, the second leaves no .part and no lock,
+    and the message says where the done ones are; during the only wafer, the --out this
+    command made is removed and the message does not point at it."""
+    from studies import reconstruct
+
+    for name in ("first", "second"):
+        np.save(tmp_path / f"{name}.npy", physics.quantize(physics.render(tilted_wafer(24, 32)), 16))
+    track = reconstruct.track
+
+    def interrupted_on_second(src, *args, **kwargs):
+        if src.stem == "second":
+            raise KeyboardInterrupt
+        return track(src, *args, **kwargs)
+
+    monkeypatch.setattr(reconstruct, "track", interrupted_on_second)
+    both = [str(tmp_path / "first.npy"), str(tmp_path / "second.npy")]
+    assert reconstruct.main([*both, "--out", str(tmp_path / "out"), "--no-track"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f"interrupted: the wafer in progress was not written (those done stay in {tmp_path / 'out'})"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["first"]
+    assert reconstruct.main([both[1], "--out", str(tmp_path / "new"), "--no-track"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted: the wafer in progress was not written"
+    assert not (tmp_path / "new").exists()
