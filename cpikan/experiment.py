@@ -18,6 +18,7 @@ from cpikan.nn import INITS, MLP, ScaledCPIKAN, ScaledModel
 from cpikan.nn.base import DTYPES
 from cpikan.nn.chebykan import BASES, SQUASHES
 from cpikan.pde import PROBLEMS, Problem, make_problem
+from cpikan.pde.check import check_problem
 from cpikan.train import Callback, TrainConfig, Trainer, TrainResult, seed_everything
 
 MODEL_KINDS = ("cpikan", "mlp")
@@ -131,6 +132,7 @@ def run_pinn(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     problem, model = build(cfg)
+    check_problem(problem, model)  # the lab's own PDE: its mistakes named now, not after training
     if init_state is not None:
         start_from(model, init_state, cfg.init_from or "init_state")
     elif cfg.init_from:

@@ -17,6 +17,7 @@ import torch
 
 from cpikan.experiment import PINNConfig, build, n_parameters, run_pinn
 from cpikan.pde import PROBLEMS, make_problem
+from cpikan.pde.check import check_problem
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
 from studies.registry import Study, names_in, register
@@ -71,12 +72,14 @@ def next_seed(trial: Any, base: PINNConfig) -> PINNConfig:
 
 
 def problem_builds(config: PINNConfig) -> None:
-    """The problem is built once before any run (the user's own too: their command line):
-    a wrong ``problem_kwargs`` name or value is one line, not a failed trial per retry."""
+    """The problem is built and tried on a few points once before any run (the user's own
+    too: their command line): a wrong ``problem_kwargs`` name or value, or a residual of the
+    wrong shape, is one line, not a failed trial per retry."""
     try:
         make_problem(config.problem, **config.problem_kwargs)
     except (TypeError, OSError) as exc:  # an argument the problem does not take; a data file it cannot read
         raise ValueError(f"problem_kwargs: {exc}") from None
+    check_problem(*build(config))
 
 
 def benchmark_check(name: str) -> Any:

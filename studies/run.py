@@ -77,7 +77,7 @@ def describe_study(study: Any, study_def: registry.Study, spec: WorkerSpec, best
 
 def summarize(study_def: registry.Study, spec: WorkerSpec, status: str) -> str:
     """Trial counts, best trials, a description and the study plots onto the parent run,
-    and a short summary printed. Returns the first trial error when no trial completed."""
+    and a short summary printed. Returns the last trial error when no trial completed."""
     from studies.plots import study_plots
     from tracking.tracker import Tracker
 
@@ -121,8 +121,9 @@ def summarize(study_def: registry.Study, spec: WorkerSpec, status: str) -> str:
         print(f"    … {len(best) - 5} more (make dashboard)")
     if states.get("COMPLETE") or states.get("PRUNED"):
         return ""
-    errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
-    return errors[0] if errors else ""
+    errors = [f"trial {t.number}: {t.user_attrs['error']}" for t in study.get_trials(deepcopy=False)
+              if "error" in t.user_attrs]
+    return errors[-1] if errors else ""  # the last: a resume's, not a failure fixed since
 
 
 def other_code_trials(parent_run_id: str) -> dict[str, list[int]]:
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if status == "KILLED":
         return 130
     if error:  # a study whose every trial failed is a failed command, not a quiet success
-        print(f"error: no trial completed; the first failure: {error}", file=sys.stderr)
+        print(f"error: no trial completed; the last failure, {error}", file=sys.stderr)
         return 1
     return 1 if status == "FAILED" else 0
 

@@ -144,14 +144,20 @@ def run_trial(spec: WorkerSpec, study_def: registry.Study, trial: Any, base: Any
     return values
 
 
-def _next_trial(study: Any, spec: WorkerSpec, bar: Any) -> Any:
-    """Count and ask under the study's lock; None when the study has its trials."""
+def _next_trial(study: Any, spec: WorkerSpec, bar: Any, start: int) -> Any:
+    """Count and ask under the study's lock; None when the study has its trials, or when
+    this command's trials (numbered from ``start``) keep failing: twice the trial count, or
+    twice in a row the same way while no trial ever completed (a bug in the user's code,
+    not a config that failed)."""
     with storage.study_lock(spec.study_name, spec.storage):
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        trials = study.get_trials(deepcopy=False)
+        states = [t.state.name for t in trials]
         done = sum(s in FINISHED for s in states)
         bar.n = done
         bar.refresh()
-        if done + states.count("RUNNING") >= spec.trials or states.count("FAIL") >= max(spec.trials, 3) * 2:
+        errors = [t.user_attrs.get("error") for t in trials if t.number >= start and t.state.name == "FAIL"]
+        same = not done and len(errors) >= 2 and errors[-1] == errors[-2]
+        if done + states.count("RUNNING") >= spec.trials or len(errors) >= max(spec.trials, 3) * 2 or same:
             return None
         with warnings.catch_warnings():  # ask/tell is ours by design; studies.storage.heartbeat beats
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -167,11 +173,12 @@ def work(spec: WorkerSpec, study_def: registry.Study, base: Any, others: Callabl
 
     study, store, recorded = open_study(spec, study_def)
     mark_stale_runs(study, store)
+    start = len(study.get_trials(deepcopy=False))  # a resume's earlier failures do not stop it
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     bar = tqdm(total=spec.trials, desc=spec.study, unit="trial", disable=spec.index != 0, mininterval=1)
     try:
         while deadline is None or time.monotonic() < deadline:
-            trial = _next_trial(study, spec, bar)
+            trial = _next_trial(study, spec, bar, start)
             if trial is None:
                 break
             try:

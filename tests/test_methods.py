@@ -81,8 +81,17 @@ def test_method_search_runs_each_option_as_a_run(mlruns):
 def test_a_study_whose_every_trial_fails_is_a_failed_command(mlruns, capsys):
     from studies.run import main
 
-    assert main(["method_search", "--trials", "1", "--set", 'base.problem_kwargs={"n_interior": 0}']) == 1
-    assert "no trial completed; the first failure: ValueError: n_interior" in capsys.readouterr().err
+    """… and stops after the second failure the same way (it ran six), also when resumed
+    (a resume stopped at once on the earlier command's failures, naming the first of them)."""
+    from studies import storage
+
+    args = ["method_search", "--trials", "1", "--set", 'base.problem_kwargs={"n_interior": 0}']
+    for tries in (2, 4):
+        assert main(args) == 1
+        assert f"no trial completed; the last failure, trial {tries - 1}: ValueError: n_interior" \
+            in capsys.readouterr().err
+        study = storage.load_study("method_search", storage.default_storage())
+        assert [t.state.name for t in study.trials] == ["FAIL"] * tries
 
 
 def test_volume_weights_are_uniform_for_a_grid_and_smaller_where_points_crowd():

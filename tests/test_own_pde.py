@@ -56,6 +56,10 @@ def lab(tmp_path_factory):
             return -(math.pi ** 2) * torch.sin(math.pi * x)
     '''))
     (root / "poisson.py").write_text(POISSON)
+    # the same PDE with u·u' in it: d.u is (N, 1), so d.u * d.dx(0) is (N, N), which Adam averaged silently
+    (root / "broadcast.py").write_text(POISSON.replace("return d.dxx(0) - source(x[:, 0])",
+                                                      "return d.dxx(0) - source(x[:, 0]) + 0 * d.u * d.dx(0)"))
+    (root / "noexact.py").write_text(POISSON.replace("def exact(self, x):", "def solution(self, x):"))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(CPIKAN_MLRUNS=str(root / "mlruns"), PYTHONPATH=str(ROOT))
     return root, env
@@ -97,6 +101,9 @@ def test_your_pde_runs_is_recorded_by_content_and_replays(lab, monkeypatch):
     (["pinn", "--set", "problem=nofile.py:Poisson1D"], "problem: nofile.py: no such file"),
     (["pinn", "--set", "problem=poisson.py:Nope"], "problem: '{root}/poisson.py:Nope' cannot be imported (AttributeError"),
     (["pinn", "--set", "problem=bogus"], "allowed: helmholtz1d, helmholtz2d,"),
+    (["pinn", "--set", "problem=broadcast.py:Poisson1D"], "problem: poisson1d_lab's 'pde' term gives shape (4, 4) for 4 "
+                                                          "points; a term is one residual per point, shape (4,) (d.u is"),
+    (["pinn", "--set", "problem=noexact.py:Poisson1D"], "problem: poisson1d_lab defines no exact(x): a run is measured"),
     # built before any run: not a failed trial per retry
     (["pinn", "--set", "problem=helpers/forcing.py:source"], "forcing.py:source failed (TypeError: source() missing"),
     (["helmholtz1d", "--set", 'problem_kwargs={"n_interor": 50}'], "unexpected keyword argument 'n_interor'"),

@@ -1,0 +1,61 @@
+"""A problem tried on a few points before it is trained.
+
+A lab's own PDE is code the project has never seen. Mistakes in it surface late and
+cryptically: ``d.u * d.dx(0)`` multiplies an (N, 1) by an (N,) into an (N, N) that Adam
+averages without complaint (the wrong equation, trained for minutes) and that the
+Levenberg–Marquardt phase rejects from inside ``vmap``; a problem with no exact solution
+trains to the end and then fails where it is measured. :func:`check_problem` runs each
+piece once on a few points and names what is wrong, before any training.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cpikan.pde.base import Problem
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def has_exact(problem: Problem) -> bool:
+    return type(problem).exact is not Problem.exact
+
+
+def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
+    """Sample ``problem``'s points, evaluate each loss term on ``rows`` of them and its exact
+    solution on the evaluation grid's first ones; a ValueError names the term and the cause
+    (a residual must be one value per point, shape (N,))."""
+    name = problem.name or type(problem).__name__
+    if not has_exact(problem):
+        raise ValueError(f"problem: {name} defines no exact(x): a run is measured by its relative L2 error "
+                         "against it (rel_l2); define exact(x), a closed form or a reference solver's solution "
+                         "interpolated at x")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
+    try:
+        batch = problem.sample(torch.Generator().manual_seed(0)).to(dtype)
+        terms = problem.terms(batch)
+    except Exception as exc:  # the user's code: say which part of it
+        raise ValueError(f"problem: {name}'s points or loss terms could not be made ({_first_line(exc)})") from None
+    for term_name, term in terms.items():
+        inputs = tuple(t[:rows] for t in term.inputs)
+        n = len(inputs[0])
+        try:
+            r = term.fn(model, *inputs)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"problem: {name}'s {term_name!r} term failed on {n} points ({_first_line(exc)})") from None
+        if tuple(r.shape) != (n,):
+            hint = " (d.u is (N, outputs): write d.u[:, 0], as d.dx(j) is)" if r.ndim == 2 and term_name == "pde" else ""
+            raise ValueError(f"problem: {name}'s {term_name!r} term gives shape {tuple(r.shape)} for {n} points; "
+                             f"a term is one residual per point, shape ({n},){hint}")
+    grid = problem.eval_grid()[:rows]
+    try:
+        ref = problem.exact(grid)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"problem: {name}'s exact(x) failed on the evaluation grid ({_first_line(exc)})") from None
+    if tuple(ref.shape) != (len(grid),):
+        raise ValueError(f"problem: {name}'s exact(x) gives shape {tuple(ref.shape)} for {len(grid)} points; "
+                         f"expected ({len(grid)},)")
