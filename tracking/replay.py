@@ -52,9 +52,13 @@ def _import(ref: str, what: str) -> Any:
     return obj
 
 
-def load_config(client: Any, run: Any, moves: relocate.Moves = ()) -> tuple[Any, Callable[..., dict[str, float]]]:
-    """The config object and the entry point, rebuilt from the run (no writes), with the
-    paths it read under ``moves`` moved."""
+def load_config(client: Any, run: Any) -> tuple[Any, Callable[..., dict[str, float]]]:
+    """The config object and the entry point, rebuilt from the run (no writes)."""
+    return config_from(run, recorded_config(client, run))
+
+
+def recorded_config(client: Any, run: Any) -> Any:
+    """The run's ``config.json`` as recorded (JSON values), checked against its hash."""
     from mlflow.exceptions import MlflowException
 
     tags = run.data.tags
@@ -78,10 +82,12 @@ def load_config(client: Any, run: Any, moves: relocate.Moves = ()) -> tuple[Any,
     recorded = tags.get(tracker.TAG_CONFIG_HASH)
     if recorded and hashing.config_hash(data) != recorded:
         raise TrackingError(f"run {rid}: {tracker.CONFIG_ARTIFACT} does not match its config_hash tag (corrupted)")
-    if moves:
-        datasets = tracker.recorded_datasets(client, run).values()
-        relocate.check_used(moves, [*relocate.strings(data), *(d["path"] for d in datasets)])
-        data = relocate.moved_values(data, moves)
+    return data
+
+
+def config_from(run: Any, data: Any) -> tuple[Any, Callable[..., dict[str, float]]]:
+    """The config object (of the run's recorded class) and the entry point, from ``data``."""
+    tags, rid = run.data.tags, run.info.run_id
     fn = _import(tags[tracker.TAG_ENTRY], "entry point")
     config: Any = data
     if tracker.TAG_CONFIG_CLASS in tags:
@@ -191,12 +197,18 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False, moves: relocate.
     """Re-run ``run_id``; returns (reproduced, new run ID). Raises TrackingError on bad input."""
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
-    config, fn = load_config(client, run, moves)
+    data = recorded_config(client, run)
+    if moves:
+        datasets = tracker.recorded_datasets(client, run).values()
+        relocate.check_used(moves, [*relocate.strings(data), *(d["path"] for d in datasets)])
+        data = relocate.moved_values(data, moves)
+    warnings = check_datasets(run, force, client, moves)  # before the config: it may name a file that is gone
+    config, fn = config_from(run, data)
     stopped = run.info.status == "KILLED"
     if stopped:
         print(f"note: run {run_id} was interrupted (KILLED): the replay runs to the end, and each metric is compared "
               "at the step where the run logged it last", file=sys.stderr)
-    for w in check_datasets(run, force, client, moves) + code_warnings(run, client) + version_warnings(run):
+    for w in warnings + code_warnings(run, client) + version_warnings(run):
         print(f"warning: {w}", file=sys.stderr)
     for old, new in moves:
         print(f"note: what the run read under {old} is read from {new} (each file's sha256 checked)", file=sys.stderr)
