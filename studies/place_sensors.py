@@ -8,7 +8,8 @@ SNAPSHOTS: one ``.npy`` (m, ny, nx) or (m, n); one ``.npz`` with an array per fi
 ``points``, (n, d), and ``weights``, (n,) each point's share of the domain, both optional); one XDMF time series (a step per snapshot, as FEniCS writes
 them); or several files / a folder, one snapshot each in name
 order: ``.npy`` arrays, CSV tables with a row per point (ParaView's "Save Data":
-``Points:0``, ``U:0``, …), or meshes meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) with
+``Points:0``, ``U:0``, …; Fluent's ``x-coordinate``, STAR-CCM+'s ``X (m)`` and CFD-Post's
+``X [ m ]`` are coordinates too), or meshes meshio reads (``.vtu``, ``.vtk``, ``.xdmf``, …) with
 the fields as point data, or as cell data only (a finite-volume solver's values: sensors
 then sit at cell centroids). Tables and meshes that list the same points in another order
 (a parallel solver's export) are matched by coordinates, with a note. A vector ``U`` is read as ``U[0]``, ``U[1]``, …; ``--fields U``

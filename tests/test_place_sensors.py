@@ -145,6 +145,45 @@ def test_paraview_csv_tables_give_the_same_sensors_as_the_meshes_they_were_saved
         read_family([tmp_path / "csv"])
 
 
+@pytest.mark.parametrize("tool", ["fluent", "cfd_post", "star"])
+def test_fluent_cfd_post_and_star_tables_give_the_paraview_tables_sensors(vtu_family, tmp_path, tool):
+    """Each solver's CSV export names its coordinates its own way (x-coordinate padded with
+    spaces; X [ m ] after a [Name] … [Data] preamble; "X (m)"): read as coordinates, they
+    give ParaView's sensors. Before, they were taken for fields (left out as the same in
+    every snapshot), and the sensors came without coordinates."""
+    import pandas as pd
+
+    folder, _ = vtu_family
+    names = {"fluent": ("nodenumber", "x-coordinate", "y-coordinate", "z-coordinate", "x-velocity", "y-velocity",
+                        "z-velocity", "pressure"),
+             "cfd_post": ("Node Number", "X [ m ]", "Y [ m ]", "Z [ m ]", "Velocity u [ m s^-1 ]",
+                          "Velocity v [ m s^-1 ]", "Velocity w [ m s^-1 ]", "Pressure [ Pa ]"),
+             "star": ("Node", "X (m)", "Y (m)", "Z (m)", "Velocity[i] (m/s)", "Velocity[j] (m/s)",
+                      "Velocity[k] (m/s)", "Pressure (Pa)")}[tool]
+    for d in ("paraview", tool):
+        (tmp_path / d).mkdir()
+    for f in sorted(folder.iterdir()):
+        mesh = meshio.read(f)
+        u, x = mesh.point_data["U"], mesh.points
+        cols = [np.arange(1, len(x) + 1), x[:, 0], x[:, 1], x[:, 2], u[:, 0], u[:, 1], u[:, 2], mesh.point_data["p"]]
+        pd.DataFrame({"U:0": u[:, 0], "U:1": u[:, 1], "U:2": u[:, 2], "p": mesh.point_data["p"],
+                      **{f"Points:{d}": x[:, d] for d in range(3)}}).to_csv(tmp_path / "paraview" / f"{f.stem}.csv",
+                                                                            index=False)
+        out = tmp_path / tool / f"{f.stem}.csv"
+        if tool == "star":
+            pd.DataFrame(dict(zip(names, cols))).to_csv(out, index=False)
+            continue
+        rows = "".join(", ".join(f"{int(v):>10d}" if j == 0 else f"{v: .17e}" for j, v in enumerate(r)) + "\n"
+                       for r in zip(*cols))
+        header = ", ".join(f"{n:>24}" for n in names) if tool == "fluent" else ", ".join(names)
+        preamble = "[Name]\nplane 1\n\n[Data]\n" if tool == "cfd_post" else ""
+        out.write_text(preamble + header + "\n" + rows)
+    for d in ("paraview", tool):
+        assert place_sensors.main([str(tmp_path / d), "--k", "6", "--out", str(tmp_path / f"{d}_out"), "--no-track"]) == 0
+    assert (tmp_path / f"{tool}_out" / "sensors.csv").read_text() == (tmp_path / "paraview_out" / "sensors.csv").read_text()
+    assert "x" in (tmp_path / f"{tool}_out" / "sensors.csv").read_text().splitlines()[0].split(",")
+
+
 def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_sensor_is_flagged(rank3_family, tmp_path,
                                                                                                capsys):
     src, new = rank3_family

@@ -326,8 +326,35 @@ def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
     return {"field": out}, Layout(grid=first.shape if first.ndim == 2 else None)
 
 
-#: coordinate columns of a table: plain names, or ParaView's "Save Data" (Points:0, …)
-_AXES = (("x", "y", "z"), ("Points:0", "Points:1", "Points:2"), ("Points_0", "Points_1", "Points_2"))
+#: a coordinate column as solvers' exports name it: x; Points:0 (ParaView's "Save Data");
+#: x-coordinate (Fluent); X (m) (STAR-CCM+); X [ m ] (CFD-Post); any case
+_AXIS = re.compile(r"points[:_]([012])|([xyz])(?:[-_ ]?coordinate)?(?:\s*[(\[][^)\]]*[)\]])?", re.IGNORECASE)
+
+
+def _axes(columns: Sequence[str]) -> list[str]:
+    """A table's coordinate columns in x, y, z order (the first that names each axis)."""
+    found: dict[int, str] = {}
+    for c in columns:
+        m = _AXIS.fullmatch(c)
+        if m:
+            found.setdefault(int(m[1]) if m[1] else "xyz".index(m[2].lower()), c)
+    return [found[d] for d in sorted(found)]
+
+
+def _read_table(path: Path) -> Any:
+    """A CSV table, its column names stripped (Fluent pads them); a CFD-Post export's
+    preamble ([Name] …) skipped to its [Data] section."""
+    import pandas as pd
+
+    try:
+        with path.open(newline="") as f:
+            head = [f.readline() for _ in range(64)] if f.read(6) == "[Name]" else []
+        data = next((i for i, line in enumerate(head) if line.strip() == "[Data]"), None)
+        table = pd.read_csv(path, skipinitialspace=True, skiprows=0 if data is None else data + 1)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise SensorError(f"snapshots: {path} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
 
 
 def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout, list[str]]:
@@ -335,19 +362,14 @@ def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout, lis
     coordinate columns optional (then the rows' order is the points'; with them, a table
     listing the same points in another order is matched by coordinates). Also returns the
     names of the files so matched."""
-    import pandas as pd
-
     first: Any = None
     stacks: dict[str, np.ndarray] = {}
     reordered: list[str] = []
     for i, f in enumerate(_progress(files)):
-        try:
-            table = pd.read_csv(f)
-        except (ValueError, OSError, UnicodeDecodeError) as exc:
-            raise SensorError(f"snapshots: {f} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
+        table = _read_table(f)
         if first is None:
             first = table
-            axes = next(([a for a in names if a in table] for names in _AXES if names[0] in table), [])
+            axes = _axes(list(table))
             values = [c for c in table if c not in axes]
             bad = [c for c in values if table[c].dtype.kind not in "fiu"]
             if bad:
