@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cpikan.psi import physics
+from tests.helpers import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 WAVES = (5.0, 5.5, 6.05, 6.655)
@@ -33,11 +34,19 @@ def write_bmp_buckets(folder: Path, height: np.ndarray, noise=0.005) -> Path:
     return folder
 
 
-def _run(args, mlruns, cwd=ROOT):
+def _run_process(args, mlruns, cwd=ROOT):
+    """``python -m studies.reconstruct ARGS`` as a process of its own."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(CPIKAN_MLRUNS=str(mlruns), PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "studies.reconstruct", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd)
+
+
+def _run(args, mlruns, cwd=ROOT):
+    """The same command's main() in this process (tests/helpers.py: run_main)."""
+    from studies.reconstruct import main
+
+    return run_main(main, args, mlruns, cwd)
 
 
 def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path, capsys):
@@ -45,7 +54,7 @@ def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path, 
 
     truth = tilted_wafer()
     wafer = write_bmp_buckets(tmp_path / "wafer_07", truth)
-    out = _run([wafer, "--out", tmp_path / "out", "--pixel-pitch", "3.5"], tmp_path / "mlruns")
+    out = _run_process([wafer, "--out", tmp_path / "out", "--pixel-pitch", "3.5"], tmp_path / "mlruns")
     assert out.returncode == 0, out.stderr
     res = tmp_path / "out" / "wafer_07"
     assert sorted(p.name for p in res.iterdir()) == ["flags.npy", "height.npy", "height.tif", "mask.npy",
@@ -737,7 +746,7 @@ def test_your_own_model_from_a_file_reconstructs_exactly_and_is_recorded(tmp_pat
 
     root, model = user_model
     src = _model_input(tmp_path, 200, 136)
-    res = _run([src, "--out", tmp_path / "out", "--model", f"{root / 'unet.py'}:build",
+    res = _run_process([src, "--out", tmp_path / "out", "--model", f"{root / 'unet.py'}:build",
                 "--weights", root / "w.safetensors", "--tile", "96"], tmp_path / "mlruns")
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out" / "wafer"
@@ -849,7 +858,7 @@ def test_a_model_file_imports_as_its_own_script_would_and_all_its_files_are_reco
     src = _model_input(tmp_path, 40, 48)
     # from the model's own folder, as most run it: torch.ops' and torch.classes' relative
     # __file__ ('_ops.py') resolved into it, and hashing that file crashed the command
-    res = _run([src, "--out", tmp_path / "out", "--model", "net.py:build"], tmp_path / "mlruns", cwd=solo)
+    res = _run_process([src, "--out", tmp_path / "out", "--model", "net.py:build"], tmp_path / "mlruns", cwd=solo)
     assert res.returncode == 0, res.stderr
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     (run,) = mlflow.search_runs(experiment_names=["reconstruct"], output_format="list")

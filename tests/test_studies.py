@@ -183,8 +183,8 @@ def pg():
         (["helmholtz1d", "--storage", "postgresql://postgres@127.0.0.1:1/none"], "unreachable"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, monkeypatch, args, message):
-    out = _study(tmp_path, *args)
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, monkeypatch, capsys, args, message):
+    out = _study_here(tmp_path, monkeypatch, capsys, *args)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     journal = tmp_path / "optuna" / "journal.log"
