@@ -29,6 +29,14 @@ def _cli(args, env_root, **env):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full, cwd=ROOT)
 
 
+def _replay(args, mlruns):
+    """``python -m tracking.replay ARGS``, its main() in this process (tests/helpers.py)."""
+    from tests.helpers import run_main
+    from tracking.replay import main
+
+    return run_main(main, args, mlruns)
+
+
 def _tracked_pde_run(cfg):
     with Tracker(f"pde/{cfg.problem}", config=cfg, entry_point=pde.ENTRY_POINT, seed=cfg.train.seed) as run:
         pde.run(cfg, run)
@@ -209,12 +217,12 @@ def test_dirty_tree_diff_is_recorded(mlruns, tmp_path, monkeypatch):
 
 def test_replay_reproduces_exactly(mlruns):
     rid = _tracked_pde_run(tiny_config(adam_steps=20, lr=1e-2, lbfgs_steps=5))
-    out = _cli(["-m", "tracking.replay", rid], mlruns)
+    out = _replay([rid], mlruns)
     assert out.returncode == 0, out.stderr
     assert "DIFFERENT" not in out.stdout and "rel_l2" in out.stdout and "reproduced" in out.stdout
     assert "when the run was made" not in out.stderr  # the same libraries
     store.client().set_tag(rid, "version.numpy", "1.0.0")  # as if made before an upgrade
-    out = _cli(["-m", "tracking.replay", rid], mlruns)
+    out = _replay([rid], mlruns)
     assert "warning: numpy 1.0.0 when the run was made, " in out.stderr and out.returncode == 0, out.stderr
     c = store.client()
     replays = [r for r in _all_runs(c) if r.data.tags.get("replay_of") == rid]
@@ -239,7 +247,7 @@ def test_an_interrupted_run_replays_to_where_it_stopped(mlruns):
     c = store.client()
     assert c.get_run(run.run_id).info.status == "KILLED"
     assert max(m.step for m in c.get_metric_history(run.run_id, "loss")) == 12
-    out = _cli(["-m", "tracking.replay", run.run_id], mlruns)
+    out = _replay([run.run_id], mlruns)
     assert out.returncode == 0 and "reproduced" in out.stdout and "DIFFERENT" not in out.stdout, out.stdout
     assert "interrupted (KILLED)" in out.stderr and "loss " in out.stdout
 
@@ -252,7 +260,7 @@ def test_replay_refuses_a_changed_dataset(mlruns, tmp_path):
     rid = _tracked_pde_run(cfg)
     make_problem("reaction_diffusion_inverse").write_observations(str(data), n=50, seed=7)
     before = len(_all_runs(store.client()))
-    out = _cli(["-m", "tracking.replay", rid], mlruns)
+    out = _replay([rid], mlruns)
     assert out.returncode == 2
     assert "changed since the run" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert len(_all_runs(store.client())) == before
@@ -272,7 +280,7 @@ def test_replay_bad_input_is_one_line_exit_2_and_writes_nothing(mlruns):
         corrupt.run_id: "corrupted",
     }
     for rid, message in cases.items():
-        out = _cli(["-m", "tracking.replay", rid], mlruns)
+        out = _replay([rid], mlruns)
         assert out.returncode == 2, (rid, out.stderr)
         assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     out = _cli(["-m", "tracking.replay", bare.run_id], mlruns, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
@@ -296,7 +304,7 @@ def test_a_replay_whose_entry_point_refuses_is_one_line_exit_2(mlruns, tmp_path)
     with Tracker("t/reads", config={"path": str(data)}, entry_point="tests.test_tracking:reads_a_file") as run:
         reads_a_file({"path": str(data)}, run)
     data.unlink()
-    out = _cli(["-m", "tracking.replay", run.run_id], mlruns)
+    out = _replay([run.run_id], mlruns)
     assert out.returncode == 2, out.stdout + out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "stopped: path:" in out.stderr and "no longer exists" in out.stderr
     failed = [r for r in _all_runs(store.client()) if r.data.tags.get("replay_of") == run.run_id]
