@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _kpi(mlruns, out, *args):
-    env = {k: v for k, v in os.environ.items() if k != store.ENV_URI}
-    env.update(CPIKAN_MLRUNS=str(mlruns), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "reports.kpi", "--out", str(out), *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    return _cli("reports.kpi", mlruns, "--out", str(out), *args)
 
 
 def _data(page):
@@ -90,9 +87,12 @@ def test_bad_input(mlruns, tmp_path, args, message):
 
 
 def _cli(mod, mlruns, *args):
-    env = {k: v for k, v in os.environ.items() if k != store.ENV_URI}
-    env.update(CPIKAN_MLRUNS=str(mlruns), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", mod, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    """``python -m MOD ARGS``, its main() in this process (tests/helpers.py: run_main)."""
+    import importlib
+
+    from tests.helpers import run_main
+
+    return run_main(importlib.import_module(mod).main, args, mlruns, ROOT)
 
 
 def test_vtk_round_trip_for_pinn_and_psi_runs(mlruns, tmp_path):
