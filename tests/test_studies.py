@@ -62,7 +62,7 @@ def _runs(mlruns, monkeypatch):
 
 def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch, capsys):
     with_lm = [*TINY, "--set", "train.lm_steps=2"]  # replay must reproduce the LM phase too
-    out = _study(tmp_path, "helmholtz1d", "--trials", "3", *with_lm)
+    out = _study_here(tmp_path, monkeypatch, capsys, "helmholtz1d", "--trials", "3", *with_lm)
     assert out.returncode == 0, out.stderr
     trials = _trials(tmp_path, "helmholtz1d")
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
@@ -73,11 +73,12 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch, capsys):
     assert sorted(r.data.tags["optuna.trial_number"] for r in children) == ["0", "1", "2"]
     assert all(r.data.tags["optuna.state"] == "COMPLETE" and "rel_l2" in r.data.metrics for r in children)
     rid = trials[1].user_attrs["mlflow_run_id"]
-    rep = subprocess.run([sys.executable, "-m", "tracking.replay", rid], capture_output=True, text=True,
-                         env=_env(tmp_path), cwd=ROOT)
+    from tests.helpers import run_main
+    from tracking.replay import main as replay
+
+    rep = run_main(replay, [rid], tmp_path)
     assert rep.returncode == 0, rep.stdout + rep.stderr
-    parent = subprocess.run([sys.executable, "-m", "tracking.replay", parents[0].info.run_id], capture_output=True,
-                            text=True, env=_env(tmp_path), cwd=ROOT)  # the study's own run: its trials replay
+    parent = run_main(replay, [parents[0].info.run_id], tmp_path)  # the study's own run: its trials replay
     assert parent.returncode == 2 and "parent run of study 'helmholtz1d': replay one of its trials" in parent.stderr
     # running the same command again resumes: the study already has its 3 trials
     again = _study_here(tmp_path, monkeypatch, capsys, "helmholtz1d", "--trials", "3", *with_lm)
@@ -104,7 +105,7 @@ def test_nested_runs_and_a_trial_replays(tmp_path, monkeypatch, capsys):
     assert "note: 1 of 3 complete trials were made by other code (commit feedfacefeed: #0)" in said.stdout
 
 
-def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
+def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch, capsys):
     slow = ["--set", "train.adam_steps=200", "--set", "train.lbfgs_steps=0", "--set", "train.lm_steps=0",
             "--set", 'problem_kwargs={"n_interior": 100}']
     proc = subprocess.Popen([sys.executable, "-m", "studies.run", "helmholtz1d", "--trials", "3", *slow],
@@ -132,7 +133,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path, monkeypatch):
         proc.wait()
     before = {t.number: t.state.name for t in _trials(tmp_path, "helmholtz1d")}
     stale = max(before)
-    out = _study(tmp_path, "helmholtz1d", "--trials", "3", *slow)
+    out = _study_here(tmp_path, monkeypatch, capsys, "helmholtz1d", "--trials", "3", *slow)
     assert out.returncode == 0, out.stderr
     trials = _trials(tmp_path, "helmholtz1d")
     numbers = [t.number for t in trials]
@@ -208,13 +209,15 @@ def test_list_names_every_study(tmp_path):
         importlib.import_module(module.split()[0])
 
 
-def _random_study_configs(mlruns, monkeypatch, workers, steps, storage=None):
-    """Every trial once, every worker busy, runs nested; the output too."""
+def _random_study_configs(mlruns, monkeypatch, workers, steps, storage=None, capsys=None):
+    """Every trial once, every worker busy, runs nested; the output too (one worker: in this
+    process, given ``capsys``)."""
     fast = ["--set", f"train.adam_steps={steps}", "--set", "train.lm_steps=0",
             "--set", 'problem_kwargs={"n_interior": 60}']
     where = ["--storage", storage] if storage else []
-    out = _study(mlruns, "scheduler_search", "--trials", "4", "--workers", str(workers), "--sampler", "random",
-                 "--seed", "7", "--pruner", "none", *where, *fast)
+    args = ["scheduler_search", "--trials", "4", "--workers", str(workers), "--sampler", "random",
+            "--seed", "7", "--pruner", "none", *where, *fast]
+    out = _study_here(mlruns, monkeypatch, capsys, *args) if capsys else _study(mlruns, *args)
     assert out.returncode == 0, out.stderr
     trials = _trials(mlruns, "scheduler_search", storage)
     assert sorted(t.number for t in trials) == list(range(4)) and all(t.state.name == "COMPLETE" for t in trials)
@@ -229,7 +232,7 @@ def _random_study_configs(mlruns, monkeypatch, workers, steps, storage=None):
 
 
 @pytest.mark.postgres
-def test_parallel_random_study_is_reproducible_from_its_seed(tmp_path, monkeypatch, pg):
+def test_parallel_random_study_is_reproducible_from_its_seed(tmp_path, monkeypatch, pg, capsys):
     """Per-trial seeds: the same configs whatever the split between workers and whatever the
     storage; none twice. Two workers share a PostgreSQL study (the team's way)."""
     # a password in the URL (trust auth ignores it) reaches neither the output nor a run
@@ -237,7 +240,7 @@ def test_parallel_random_study_is_reproducible_from_its_seed(tmp_path, monkeypat
     # trials of a few seconds on two workers: the parent works from the start, and with instant
     # trials it could finish all 4 before the spawned worker has imported torch
     first, out, runs = _random_study_configs(tmp_path / "a", monkeypatch, workers=2, steps=400, storage=url)
-    second, _, _ = _random_study_configs(tmp_path / "b", monkeypatch, workers=1, steps=15)
+    second, _, _ = _random_study_configs(tmp_path / "b", monkeypatch, workers=1, steps=15, capsys=capsys)
     assert len(set(first)) == len(first) == 4
     assert set(first) == set(second)
     assert "hunter2" not in out.stdout + out.stderr
