@@ -63,8 +63,10 @@ def test_replay_of_a_run_recorded_before_a_field_runs_what_it_ran(mlruns, tmp_pa
     c = store.client()
     c.log_text(run.run_id, json.dumps(old), "config.json")
     c.set_tag(run.run_id, TAG_CONFIG_HASH, hashing.config_hash(old))
-    out = subprocess.run([sys.executable, "-m", "tracking.replay", run.run_id], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent)
+    from tests.helpers import run_main
+    from tracking.replay import main as replay
+
+    out = run_main(replay, [run.run_id], mlruns)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "predates 2 config field(s); set as the code then behaved: curriculum_factors=[], curriculum_steps=[]" \
         in out.stderr
@@ -155,8 +157,12 @@ def test_replay_with_the_recorded_code_reproduces_what_todays_code_cannot(tmp_pa
     assert "planted" in own.stdout and f"reproduced run {rid}" in own.stdout
     worktrees = subprocess.run([*git, "worktree", "list"], capture_output=True, text=True, check=True).stdout
     assert len(worktrees.splitlines()) == 1, worktrees  # the checkout is gone
-    summary = python(clone, "-m", "reports.summary", rid).stdout  # which replay ran which code
+    from reports.summary import main as summarize
+    from tests.helpers import run_main
+    from tracking.replay import main as replay
+
+    summary = run_main(summarize, [rid], store_dir).stdout  # which replay ran which code
     assert "(its commit): true" in summary and "(code of " in summary and "): false" in summary, summary
-    elsewhere = python(root, "-m", "tracking.replay", rid, "--recorded-code")  # a repository without that commit
+    elsewhere = run_main(replay, [rid, "--recorded-code"], store_dir, tmp_path)  # a repository without that commit
     assert elsewhere.returncode == 2 and "does not hold" in elsewhere.stderr
     assert len(elsewhere.stderr.strip().splitlines()) == 1, elsewhere.stderr
