@@ -4,10 +4,16 @@ import json
 
 import pytest
 
-from tests.helpers import tiny_config
-from tests.test_tracking import _cli, _tracked_pde_run
+from tests.helpers import run_main, tiny_config
+from tests.test_tracking import _replay, _tracked_pde_run
 from tracking import store
 from tracking.diff import diff_runs
+from tracking.diff import main as diff_main
+
+
+def _diff(args, mlruns):
+    """``python -m tracking.diff ARGS``, its main() in this process."""
+    return run_main(diff_main, args, mlruns)
 
 
 def test_two_runs_differ_only_where_their_configs_do(mlruns):
@@ -18,25 +24,25 @@ def test_two_runs_differ_only_where_their_configs_do(mlruns):
     assert "rel_l2" in diffs["results"] and "seconds" not in diffs["results"]  # measurement
     assert set(diffs["provenance"]) == {"config_hash"}
     assert "seconds" in diff_runs(a, b, measurements=True)["results"]
-    out = _cli(["-m", "tracking.diff", a[:8], b[:8], "--json"], mlruns)  # the starts it prints do
+    out = _diff([a[:8], b[:8], "--json"], mlruns)  # the starts it prints do
     assert out.returncode == 1
     assert json.loads(out.stdout)["differences"]["config"] == {"train.lr": ["0.01", "0.02"]}
 
 
 def test_a_run_and_its_replay_are_identical(mlruns):
     a = _tracked_pde_run(tiny_config(adam_steps=12, lr=1e-2))
-    rep = _cli(["-m", "tracking.replay", a[:8]], mlruns)  # the start of its ID, as git takes a commit's
+    rep = _replay([a[:8]], mlruns)  # the start of its ID, as git takes a commit's
     assert rep.returncode == 0, rep.stdout + rep.stderr
     c = store.client()
     replay = [r for r in c.search_runs([c.get_run(a).info.experiment_id]) if r.data.tags.get("replay_of") == a]
     assert len(replay) == 1 and f"reproduced run {a}" in rep.stdout
-    out = _cli(["-m", "tracking.diff", a, replay[0].info.run_id], mlruns)
+    out = _diff([a, replay[0].info.run_id], mlruns)
     assert out.returncode == 0 and out.stdout.strip() == "identical", out.stdout + out.stderr
 
 
 def test_unknown_run_is_exit_2(mlruns):
     _tracked_pde_run(tiny_config(adam_steps=2))
-    out = _cli(["-m", "tracking.diff", "nope", "nada"], mlruns)
+    out = _diff(["nope", "nada"], mlruns)
     assert out.returncode == 2 and out.stderr.startswith("error: run ID 'nope'") and not out.stdout
 
 
@@ -46,11 +52,11 @@ def test_runs_of_two_kinds_are_said_to_be(mlruns):
     a = _tracked_pde_run(tiny_config(adam_steps=2))
     with Tracker("t/other", config={"x": 1}) as other:  # a config of another kind (a plain dict: no class)
         pass
-    out = _cli(["-m", "tracking.diff", a, other.run_id], mlruns)
+    out = _diff([a, other.run_id], mlruns)
     assert out.returncode == 1 and "note: runs of two kinds" not in out.stdout  # a dict names no class
     c = store.client()
     c.set_tag(other.run_id, "cpikan.config_class", "studies.reconstruct:ReconstructConfig")
-    out = _cli(["-m", "tracking.diff", a, other.run_id], mlruns)
+    out = _diff([a, other.run_id], mlruns)
     assert out.stdout.startswith(f"note: runs of two kinds ({a[:8]}: cpikan.experiment:PINNConfig, "
                                  f"{other.run_id[:8]}: studies.reconstruct:ReconstructConfig)"), out.stdout
 
