@@ -376,7 +376,9 @@ def test_models_round_trip_as_safetensors_and_pickles_are_refused(mlruns):
         run.log_artifact(path, "model")
     with pytest.raises(TrackingError, match=r"pickle \(state_dict.pt\).*tracking.models convert " + run.run_id):
         models.load_model(run.run_id)
-    out = _cli(["-m", "tracking.models", "convert", run.run_id], mlruns)
+    from tests.helpers import run_main
+
+    out = run_main(models.main, ["convert", run.run_id], mlruns)
     assert out.returncode == 0, out.stderr
     converted, _, _ = models.load_model(run.run_id)
     assert torch.equal(converted(x), model(x))
