@@ -20,8 +20,8 @@ errors weigh each point by its share of the domain (its cells' area or volume), 
 mesh gives the answer a uniform one does.
 
 ``--candidates``: where a sensor can be mounted (a wall, a probe's reach), as a CSV of point
-indices (``index``) or coordinates (``x, y`` / ``row, col``, each one of the snapshots'
-points); every method then places among them only.
+indices (``index``) or coordinates (``x, y`` / ``row, col``, or a solver's own names as for
+the snapshots; each one of the snapshots' points); every method then places among them only.
 
 First the held-out check: snapshots spread through the family are withheld, the basis is
 fitted to the rest, and each method's linear estimate of the withheld snapshots from K noisy

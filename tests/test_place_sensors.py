@@ -357,6 +357,12 @@ def test_sensors_go_only_where_the_candidates_allow(vtu_family, rank3_family, tm
                                    str(tmp_path / "walls.csv"), "--out", str(out), "--no-track"]) == 0
         assert set(json.loads((out / "placement.json").read_text())["indices"]) <= set(walls)
         assert json.loads((out / "summary.json").read_text())["candidates"] == len(walls)
+    # the walls as Fluent exports them: its own names for the coordinates, padded
+    (tmp_path / "fluent.csv").write_text("nodenumber,   x-coordinate,   y-coordinate\n" + "".join(
+        f"{n:>10d}, {pts[i, 0]: .17e}, {pts[i, 1]: .17e}\n" for n, i in enumerate(walls, 1)))
+    assert place_sensors.main([str(folder), "--k", "6", "--candidates", str(tmp_path / "fluent.csv"),
+                               "--out", str(tmp_path / "fluent"), "--no-track"]) == 0
+    assert (tmp_path / "fluent" / "sensors.csv").read_text() == (tmp_path / "qr" / "sensors.csv").read_text()
     src, _ = rank3_family  # on a grid, by index: the left half only
     left = [i for i in range(9 * 14) if i % 14 < 7]
     pd.DataFrame({"index": left}).to_csv(tmp_path / "left.csv", index=False)

@@ -99,14 +99,16 @@ def candidate_points(family: Family, path: Path) -> np.ndarray:
     """Indices of the points a CSV names as places a sensor may go: an ``index`` column, or
     the family's coordinate columns (``x, y`` / ``row, col``), each matched to a point of the
     family (within 1e-6 of the domain's size; a coordinate that is no point is an error)."""
-    import pandas as pd
     import scipy.spatial
 
     try:
-        table = pd.read_csv(path)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise SensorError(f"candidates: {path} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
+        table = _read_table(path)
+    except SensorError as exc:
+        raise SensorError(str(exc).replace("snapshots: ", "candidates: ", 1)) from None
     axes = list(family.axes())
+    named = _axis_columns(list(table))  # a solver's own names (x-coordinate, X (m), …) for x, y, z
+    if not set(axes) <= set(table) and all(a in "xyz" and "xyz".index(a) in named for a in axes):
+        axes = [named["xyz".index(a)] for a in axes]
     if "index" in table:
         idx = table["index"].to_numpy()
         if idx.dtype.kind not in "iu":
@@ -331,13 +333,19 @@ def _stack_npy(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout]:
 _AXIS = re.compile(r"points[:_]([012])|([xyz])(?:[-_ ]?coordinate)?(?:\s*[(\[][^)\]]*[)\]])?", re.IGNORECASE)
 
 
-def _axes(columns: Sequence[str]) -> list[str]:
-    """A table's coordinate columns in x, y, z order (the first that names each axis)."""
+def _axis_columns(columns: Sequence[str]) -> dict[int, str]:
+    """A table's coordinate columns by axis (0: x), the first that names each."""
     found: dict[int, str] = {}
     for c in columns:
         m = _AXIS.fullmatch(c)
         if m:
             found.setdefault(int(m[1]) if m[1] else "xyz".index(m[2].lower()), c)
+    return found
+
+
+def _axes(columns: Sequence[str]) -> list[str]:
+    """A table's coordinate columns in x, y, z order."""
+    found = _axis_columns(columns)
     return [found[d] for d in sorted(found)]
 
 
