@@ -447,7 +447,7 @@ def run_all(args: argparse.Namespace, shard: Any) -> int:
     with contextlib.ExitStack() as held:  # a lock per wafer, to the end: a second command on it is refused
         for p in args.inputs:
             src = Path(p)
-            name = src.stem if src.is_file() else src.name
+            name = src.stem.removesuffix(".ome") if src.is_file() else src.name  # OME-TIFF: x.ome.tif
             work, final = out / f"{name}.part", out / name
             refusal: io.InputError | None = None
             if shard.leader:

@@ -158,6 +158,9 @@ def _layout(root: Path, case: str, buckets: np.ndarray) -> Path:
             for b in buckets:
                 tif.write(b, metadata=None)
         return root / "thumb.tif"
+    if case == "ome":  # a microscope's OME-TIFF, the buckets as its channels: out/stack, not out/stack.ome
+        tifffile.imwrite(root / "stack.ome.tif", buckets, ome=True, metadata={"axes": "CYX"})
+        return root / "stack.ome.tif"
     if case == "int32_samples":  # one page of 16 signed 32-bit samples, Deflate
         tifffile.imwrite(root / "i32.tif", np.moveaxis(buckets.astype(np.int32), 0, -1), planarconfig="contig",
                          photometric="minisblack", compression="zlib")
@@ -182,7 +185,7 @@ def _layout(root: Path, case: str, buckets: np.ndarray) -> Path:
 
 @pytest.mark.parametrize("case", ["imagej", "lzw", "sample_axis", "float32", "hyperstack", "big_endian_npy",
                                   "float64_npy", "samples_planar", "samples_interleaved", "pagewise",
-                                  "thumbnail_first", "int32_samples", "labview_i16", "grey_as_rgb"])
+                                  "thumbnail_first", "int32_samples", "labview_i16", "grey_as_rgb", "ome"])
 def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
     """Big-endian, LZW-compressed, (H, W, 1), float TIFFs, an ImageJ hyperstack, big-endian
     and float64 arrays, a stack written page by page, one behind a thumbnail, counts in
@@ -201,13 +204,14 @@ def test_the_labs_file_layouts_give_the_same_heights(tmp_path, capsys, case):
             (src / f"._{f.name}").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
     for wafer in (tmp_path / "plain.npy", src):
         assert main([str(wafer), "--out", str(tmp_path / "out"), "--no-track"]) == 0, capsys.readouterr().err
-    plain, other = (np.load(tmp_path / "out" / name / "height.npy") for name in ("plain", src.stem))
+    named = src.stem.removesuffix(".ome")
+    plain, other = (np.load(tmp_path / "out" / name / "height.npy") for name in ("plain", named))
     assert np.array_equal(plain, other)
     if case.startswith("samples"):  # the units check's sample of the first bucket reads it alike
         from cpikan.psi import io
 
         assert np.array_equal(io.first_channel(src, 16), io.first_channel(tmp_path / "plain.npy", 16))
-    assert sorted(p.name for p in (tmp_path / "out" / src.stem).iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "out" / named).iterdir()) == [
         "flags.npy", "height.npy", "height.tif", "mask.npy", "preview.png", "surface.vtu"]
 
 
