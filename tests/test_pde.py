@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cpikan import diff, sampling
-from cpikan.pde import PROBLEMS, make_problem
+from cpikan.pde import PROBLEMS, Problem, make_problem
 
 
 @pytest.mark.parametrize("name", sorted(set(PROBLEMS) - {"allen_cahn"}))  # numerical reference: below
@@ -102,3 +102,43 @@ def test_allen_cahn_reference_converges_and_interpolates():
     assert (problem.exact(pts) - torch.tensor([u[256][i, j] for i, j in between])).abs().max() < 1e-7
     batch = problem.sample(torch.Generator().manual_seed(0))
     assert set(problem.terms(batch)) == {"pde", "ic", "periodic", "periodic_dx"}
+
+
+class FindK(Problem):
+    """A lab's inverse problem: u'' = −k² sin(kx) with k unknown, u observed at 30 points."""
+
+    name = "find_k"
+    coords = ("x",)
+
+    def __init__(self):
+        super().__init__((0.0,), (1.0,), n_interior=200, n_boundary=2)
+        self.k = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+    def exact(self, x):
+        return torch.sin(math.pi * x[:, 0])
+
+    def residual(self, d, x):
+        return d.dxx(0) + self.k**2 * torch.sin(self.k * x[:, 0])
+
+    def data(self):
+        x = torch.linspace(0, 1, 30, dtype=torch.float64)[:, None]
+        return {"obs": (x, self.exact(x))}
+
+
+def test_an_inverse_problems_own_coefficient_is_a_result():
+    """What a lab's inverse run is for, its unknown coefficient, is among its results (it
+    trained, and was recorded nowhere), and each trained parameter is found."""
+    from cpikan.experiment import ModelConfig, build_model
+    from cpikan.pde.check import check_problem
+    from cpikan.train import TrainConfig, Trainer
+
+    problem = FindK()
+    model = build_model(ModelConfig(hidden=(8, 8), dtype="float64"), problem, 0)
+    check_problem(problem, model)
+    result = Trainer(model, problem, TrainConfig(adam_steps=200, lm_steps=100)).fit()
+    assert result.metrics["problem.k"] == pytest.approx(math.pi, rel=1e-3)
+    assert result.metrics["rel_l2"] < 1e-3
+    inverse = make_problem("reaction_diffusion_inverse")
+    learned = inverse.learned()
+    assert set(learned) == {"problem.log_D", "problem.log_kappa"}
+    assert learned["problem.log_D"] == float(inverse.log_D)

@@ -205,7 +205,19 @@ class Problem(nn.Module):
         ref = self.exact(grid)
         pred = torch.cat([model(c)[:, 0].double() for c in grid.split(65536)])
         rel = torch.linalg.vector_norm(pred - ref) / torch.linalg.vector_norm(ref)
-        return {"rel_l2": float(rel)}
+        return {"rel_l2": float(rel), **self.learned()}
+
+    def learned(self) -> dict[str, float]:
+        """The problem's own trained parameters (an inverse problem's unknown coefficients) by
+        name, ``problem.k`` (``problem.w[0]``, … for a small vector): what an inverse run is
+        for, recorded with its error."""
+        out = {}
+        for name, p in self.named_parameters():
+            if p.numel() == 1:
+                out[f"problem.{name}"] = float(p.detach())
+            elif p.numel() <= 8:
+                out.update({f"problem.{name}[{i}]": float(v) for i, v in enumerate(p.detach().flatten())})
+        return out
 
     def settings(self) -> dict[str, object]:
         return {"problem": self.name, "lo": list(self.lo), "hi": list(self.hi),
