@@ -1,7 +1,9 @@
 """PDE definitions: the reference solutions satisfy residuals and conditions; sampling."""
 
 import math
+import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +144,24 @@ def test_an_inverse_problems_own_coefficient_is_a_result():
     learned = inverse.learned()
     assert set(learned) == {"problem.log_D", "problem.log_kappa"}
     assert learned["problem.log_D"] == float(inverse.log_D)
+
+
+def test_a_problem_that_computes_with_numpy_is_refused_naming_what_to_return():
+    """exact(x) in numpy (a reference from a solver's arrays) failed inside the sampler
+    ('ndarray has no attribute to'); a residual in numpy carries no gradient to the network."""
+    from cpikan.experiment import ModelConfig, build_model
+    from cpikan.pde.check import check_problem
+
+    class NumpyExact(FindK):
+        def exact(self, x):
+            return np.sin(math.pi * x[:, 0].numpy())
+
+    class NumpyResidual(FindK):
+        def residual(self, d, x):
+            return np.zeros(len(x))
+
+    for cls, message in ((NumpyExact, "exact(x) gives a ndarray; return a torch tensor"),
+                         (NumpyResidual, "'pde' term gives a ndarray; it must be a torch tensor")):
+        problem = cls()
+        with pytest.raises(ValueError, match=re.escape(f"problem: find_k's {message}")):
+            check_problem(problem, build_model(ModelConfig(hidden=(4,)), problem, 0))

@@ -26,14 +26,25 @@ def has_exact(problem: Problem) -> bool:
 
 
 def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
-    """Sample ``problem``'s points, evaluate each loss term on ``rows`` of them and its exact
-    solution on the evaluation grid's first ones; a ValueError names the term and the cause
-    (a residual must be one value per point, shape (N,))."""
+    """Evaluate ``problem``'s exact solution on the evaluation grid's first ``rows`` points,
+    then sample its points and evaluate each loss term on ``rows`` of them; a ValueError
+    names the piece and the cause (a residual must be one value per point, shape (N,))."""
     name = problem.name or type(problem).__name__
     if not has_exact(problem):
         raise ValueError(f"problem: {name} defines no exact(x): a run is measured by its relative L2 error "
                          "against it (rel_l2); define exact(x), a closed form or a reference solver's solution "
                          "interpolated at x")
+    grid = problem.eval_grid()[:rows]
+    try:
+        ref = problem.exact(grid)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"problem: {name}'s exact(x) failed on the evaluation grid ({_first_line(exc)})") from None
+    if not isinstance(ref, torch.Tensor):
+        raise ValueError(f"problem: {name}'s exact(x) gives a {type(ref).__name__}; return a torch tensor "
+                         "(torch.as_tensor(values) for a reference computed with numpy)")
+    if tuple(ref.shape) != (len(grid),):
+        raise ValueError(f"problem: {name}'s exact(x) gives shape {tuple(ref.shape)} for {len(grid)} points; "
+                         f"expected ({len(grid)},)")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
     try:
         batch = problem.sample(torch.Generator().manual_seed(0)).to(dtype)
@@ -49,15 +60,10 @@ def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
             r = term.fn(model, *inputs)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"problem: {name}'s {term_name!r} term failed on {n} points ({_first_line(exc)})") from None
+        if not isinstance(r, torch.Tensor):  # numpy, a float: no gradient reaches the network
+            raise ValueError(f"problem: {name}'s {term_name!r} term gives a {type(r).__name__}; it must be a torch "
+                             "tensor computed from the model's output (torch.sin, not np.sin)")
         if tuple(r.shape) != (n,):
             hint = " (d.u is (N, outputs): write d.u[:, 0], as d.dx(j) is)" if r.ndim == 2 and term_name == "pde" else ""
             raise ValueError(f"problem: {name}'s {term_name!r} term gives shape {tuple(r.shape)} for {n} points; "
                              f"a term is one residual per point, shape ({n},){hint}")
-    grid = problem.eval_grid()[:rows]
-    try:
-        ref = problem.exact(grid)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"problem: {name}'s exact(x) failed on the evaluation grid ({_first_line(exc)})") from None
-    if tuple(ref.shape) != (len(grid),):
-        raise ValueError(f"problem: {name}'s exact(x) gives shape {tuple(ref.shape)} for {len(grid)} points; "
-                         f"expected ({len(grid)},)")
