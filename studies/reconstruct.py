@@ -36,7 +36,7 @@ fringes are under 6× the buckets' own noise (at the pixel's brightness), clippe
 buckets are not numbers (NaN, Inf in a float file), or whose model height is not; flags.npy
 says which.
 
-Writes DIR/NAME/: height.npy (float32 memmap), height.tif, mask.npy, flags.npy, preview.png (µm colour
+Writes DIR/NAME/: height.npy (float32 memmap), height.tif (NaN where flagged; µm scale), mask.npy, flags.npy, preview.png (µm colour
 bar), surface.vtu (ParaView; x, y in µm by --pixel-pitch), channels.npy (every output
 channel, when the model has more than one), into DIR/NAME.part first and renamed when
 complete. Each wafer is one MLflow run (experiment ``reconstruct``) with the input files'
@@ -230,7 +230,7 @@ def reconstruct_one(src: Path, work: Path, cfg: ReconstructConfig, model: Any, p
         lasers = classical.wavelength_error(sample, pcfg, h_min, h_max, saturation=clip)
         stats.update(wavelength_figures(lasers, pcfg, float(np.sqrt(squares / n))))
     stats["fringe_snr"] = classical.fringe_snr(sample, pcfg, saturation=clip)
-    io.write_tiff(work / "height.tif", height)
+    io.write_tiff(work / "height.tif", height, mask, cfg.pixel_pitch_um)
     io.write_preview(work / "preview.png", height, mask, cfg.pixel_pitch_um)
     io.write_vtk(work / "surface.vtu", height, mask, cfg.pixel_pitch_um, flags=flags)
     del buckets
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wavelengths", default=None, help="µm, laser order (default: wavelengths.txt or 5.0,5.5,6.05,6.655)")
     ap.add_argument("--h-min", type=float, default=None, help="lowest height searched, µm")
     ap.add_argument("--h-max", type=float, default=None, help="highest height searched, µm")
-    ap.add_argument("--pixel-pitch", type=float, default=1.0, help="µm per pixel (VTK and preview axes)")
+    ap.add_argument("--pixel-pitch", type=float, default=1.0, help="µm per pixel (the scale of surface.vtu, preview.png and height.tif)")
     ap.add_argument("--tile", type=int, default=None, help="tile size for a model (default: the largest within --max-memory)")
     ap.add_argument("--max-memory", default="512MB", help="budget for one batch of model tiles (default 512MB)")
     ap.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the smallest exact one)")

@@ -64,7 +64,11 @@ def test_bmp_buckets_of_a_tilted_wafer_reconstruct_with_default_flags(tmp_path, 
     assert float(np.sqrt(np.mean((height - truth)[mask] ** 2))) <= 0.05
     import tifffile
 
-    assert np.array_equal(tifffile.imread(res / "height.tif"), height)
+    with tifffile.TiffFile(res / "height.tif") as tif:  # Fiji and Gwyddion: µm, and no data where flagged
+        assert np.array_equal(tif.asarray(), np.where(mask, height, np.nan), equal_nan=True)
+        assert tif.imagej_metadata["unit"] == "micron"
+        num, den = tif.pages[0].tags["XResolution"].value
+        assert num / den == pytest.approx(1 / 3.5)
     mesh = meshio.read(res / "surface.vtu")
     assert mesh.points[:, 0].max() == pytest.approx(79 * 3.5)  # the pixel pitch in µm
     assert np.allclose(mesh.point_data["height_um"], height.ravel(), atol=1e-5)
@@ -407,6 +411,10 @@ def test_a_saturated_exposure_is_flagged_with_what_to_do(tmp_path):
     assert "a bucket at the camera's maximum count (lower the exposure)" in out.stderr, out.stderr
     clipped = (buckets == 255).any(axis=0)
     assert clipped.mean() > 0.5 and np.array_equal(np.load(tmp_path / "out" / "bright" / "mask.npy"), ~clipped)
+    import tifffile
+
+    exported = tifffile.imread(tmp_path / "out" / "bright" / "height.tif")  # the flagged pixels: no data
+    assert np.isnan(exported[clipped]).all() and not np.isnan(exported[~clipped]).any()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)

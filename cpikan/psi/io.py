@@ -499,8 +499,12 @@ def check_writable(folder: Path, create: bool = False) -> None:
             raise InputError(f"--out {folder}: cannot create it ({exc.strerror})") from None
 
 
-def write_tiff(path: Path, data: np.ndarray) -> None:
-    """A float32 TIFF (BigTIFF when large), written under a temporary name, then renamed."""
+def write_tiff(path: Path, data: np.ndarray, mask: np.ndarray | None = None, pitch_um: float | None = None) -> None:
+    """A float32 TIFF (BigTIFF when large), written under a temporary name, then renamed.
+    With ``mask``, pixels outside it are NaN (what ImageJ, Fiji and Gwyddion show as no
+    data); with ``pitch_um``, the pixel size is recorded, so they measure in µm (ImageJ's
+    own metadata, and resolution tags in pixels per cm for a BigTIFF, which ImageJ's
+    format cannot be)."""
     import tifffile
 
     tmp = path.with_name(path.name + ".part")
@@ -509,11 +513,20 @@ def write_tiff(path: Path, data: np.ndarray) -> None:
     def strips() -> Iterator[np.ndarray]:
         for r in range(0, data.shape[0], rows):
             strip = np.array(data[r : r + rows], np.float32)
+            if mask is not None:
+                strip[~np.asarray(mask[r : r + rows], bool)] = np.nan
+                release_pages(mask)
             release_pages(data)  # a memmap's read pages leave RSS (1 GB of height at 16384²)
             yield strip
 
-    tifffile.imwrite(tmp, strips(), shape=data.shape, dtype=np.float32, bigtiff=data.nbytes > 2**31,
-                     photometric="minisblack", rowsperstrip=rows)
+    big = data.nbytes > 2**31
+    scale: dict[str, Any] = {}
+    if pitch_um and big:
+        scale = {"resolution": (1e4 / pitch_um, 1e4 / pitch_um), "resolutionunit": "CENTIMETER"}
+    elif pitch_um:
+        scale = {"imagej": True, "resolution": (1 / pitch_um, 1 / pitch_um), "metadata": {"unit": "micron"}}
+    tifffile.imwrite(tmp, strips(), shape=data.shape, dtype=np.float32, bigtiff=big,
+                     photometric="minisblack", rowsperstrip=rows, **scale)
     release_pages(data)
     os.replace(tmp, path)
 
