@@ -227,7 +227,9 @@ def convergence_figures(client: Any) -> list[tuple[str, Any]]:
         if not hist:
             continue
         fig = go.Figure(go.Scatter(x=[m.step for m in hist], y=[m.value for m in hist], mode="lines"))
-        fig.update_layout(title=f"{name}: latest run's loss", yaxis_type="log", height=300,
+        problem = Path(runs[0].data.params.get("problem", "")).name  # the pinn study's: the lab's own PDE, by file
+        said = f" ({problem})" if problem and not name.endswith(f"/{problem}") else ""
+        fig.update_layout(title=f"{name}: latest run's loss{said}", yaxis_type="log", height=300,
                           template="plotly_white", margin=dict(t=40, b=30))
         out.append((name, fig))
     return out

@@ -167,3 +167,19 @@ def test_the_weekly_job_fills_every_kpi():
     out = subprocess.run([sys.executable, "-m", "reports.weekly", "--dry-run"], capture_output=True, text=True,
                          cwd=ROOT)
     assert out.returncode == 0 and out.stdout.count("--study-name weekly-") == len(weekly.JOBS)
+
+
+def test_the_pinn_studys_convergence_plot_names_the_labs_pde(mlruns):
+    """Each PDE benchmark's section is its own problem; the pinn study's runs any PDE, so its
+    plot names the one its latest run solved (it said only 'studies/pinn')."""
+    from reports.kpi import convergence_figures
+    from tracking.tracker import Tracker
+
+    for exp, problem in (("studies/pinn", "/lab/pdes/burgers.py:Burgers"), ("studies/helmholtz1d", "helmholtz1d")):
+        with Tracker(exp, config={"problem": problem}) as run:
+            run.log_metrics({"loss": 1.0}, step=0)
+            run.log_metrics({"loss": 0.5}, step=1)
+            run.log_results({"rel_l2": 1e-3})
+    titles = {name: fig.layout.title.text for name, fig in convergence_figures(store.client())}
+    assert titles == {"studies/pinn": "studies/pinn: latest run's loss (burgers.py:Burgers)",
+                      "studies/helmholtz1d": "studies/helmholtz1d: latest run's loss"}
