@@ -283,6 +283,10 @@ def test_replay_bad_input_is_one_line_exit_2_and_writes_nothing(mlruns):
         out = _replay([rid], mlruns)
         assert out.returncode == 2, (rid, out.stderr)
         assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for moved, message in (("scans", "--moved: 'scans' is not OLD=NEW"),
+                           ("/scans=/no/such/archive", "--moved: /no/such/archive (the new place of /scans) does not")):
+        out = _replay([corrupt.run_id, "--moved", moved], mlruns)
+        assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     out = _cli(["-m", "tracking.replay", bare.run_id], mlruns, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
     assert out.returncode == 2 and "unreachable" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
