@@ -127,9 +127,10 @@ class FindK(Problem):
         return {"obs": (x, self.exact(x))}
 
 
-def test_an_inverse_problems_own_coefficient_is_a_result():
+def test_an_inverse_problems_own_coefficient_is_a_result(mlruns):
     """What a lab's inverse run is for, its unknown coefficient, is among its results (it
-    trained, and was recorded nowhere), and each trained parameter is found."""
+    trained, and was recorded nowhere), and each trained parameter is found, under names
+    MLflow takes."""
     from cpikan.experiment import ModelConfig, build_model
     from cpikan.pde.check import check_problem
     from cpikan.train import TrainConfig, Trainer
@@ -144,6 +145,15 @@ def test_an_inverse_problems_own_coefficient_is_a_result():
     learned = inverse.learned()
     assert set(learned) == {"problem.log_D", "problem.log_kappa"}
     assert learned["problem.log_D"] == float(inverse.log_D)
+    from tracking.tracker import Tracker
+
+    problem.w = torch.nn.Parameter(torch.arange(3.0))  # a small vector of unknowns
+    with Tracker("t/inverse") as run:
+        run.log_results(problem.learned())
+    from tracking import store
+
+    logged = store.client().get_run(run.run_id).data.metrics
+    assert logged == {"problem.k": result.metrics["problem.k"], "problem.w.0": 0.0, "problem.w.1": 1.0, "problem.w.2": 2.0}
 
 
 def test_a_problem_that_computes_with_numpy_is_refused_naming_what_to_return():

@@ -209,14 +209,14 @@ class Problem(nn.Module):
 
     def learned(self) -> dict[str, float]:
         """The problem's own trained parameters (an inverse problem's unknown coefficients) by
-        name, ``problem.k`` (``problem.w[0]``, … for a small vector): what an inverse run is
-        for, recorded with its error."""
+        name, ``problem.k`` (``problem.w.0``, … for a small vector: MLflow's names allow no
+        brackets): what an inverse run is for, recorded with its error."""
         out = {}
         for name, p in self.named_parameters():
             if p.numel() == 1:
                 out[f"problem.{name}"] = float(p.detach())
             elif p.numel() <= 8:
-                out.update({f"problem.{name}[{i}]": float(v) for i, v in enumerate(p.detach().flatten())})
+                out.update({f"problem.{name}.{i}": float(v) for i, v in enumerate(p.detach().flatten())})
         return out
 
     def settings(self) -> dict[str, object]:
