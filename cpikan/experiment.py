@@ -75,7 +75,7 @@ class PINNConfig:
 
 
 def build_model(cfg: ModelConfig, problem: Problem, seed: int) -> ScaledModel:
-    widths = [problem.dim, *cfg.hidden, 1]
+    widths = [problem.dim, *cfg.hidden, problem.outputs]
     common = dict(init=cfg.init, dtype=cfg.dtype, fourier_features=cfg.fourier_features,
                   fourier_sigma=cfg.fourier_sigma, seed=seed)
     model: ScaledModel

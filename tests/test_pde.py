@@ -175,3 +175,45 @@ def test_a_problem_that_computes_with_numpy_is_refused_naming_what_to_return():
         problem = cls()
         with pytest.raises(ValueError, match=re.escape(f"problem: find_k's {message}")):
             check_problem(problem, build_model(ModelConfig(hidden=(4,)), problem, 0))
+
+
+class Oscillator(Problem):
+    """A first-order system of two fields: u' = v, v' = −π²u on [0, 1]; u = sin πx, v = π cos πx."""
+
+    name = "oscillator"
+    coords = ("x",)
+    outputs = 2
+
+    def __init__(self):
+        super().__init__((0.0,), (1.0,), n_interior=100, n_boundary=2)
+
+    def exact(self, x):
+        return torch.stack([torch.sin(math.pi * x[:, 0]), math.pi * torch.cos(math.pi * x[:, 0])], dim=1)
+
+    def residual(self, d, x):
+        return torch.stack([d.dx(0, 0) - d.u[:, 1], d.dx(0, 1) + math.pi**2 * d.u[:, 0]], dim=1)
+
+
+def test_a_system_of_equations_trains_each_field_and_each_equation():
+    """A lab's system (Schrödinger's real and imaginary parts, a reaction–diffusion pair) is
+    one network with a field per output: an equation per field and a condition per field,
+    each a loss term LM takes; every field's error is a result."""
+    from cpikan.experiment import ModelConfig, build_model
+    from cpikan.pde.check import check_problem
+    from cpikan.train import TrainConfig, Trainer
+
+    problem = Oscillator()
+    model = build_model(ModelConfig(hidden=(8, 8), dtype="float64"), problem, 0)
+    check_problem(problem, model)
+    terms = problem.terms(problem.sample(torch.Generator().manual_seed(0)).to(torch.float64))
+    assert sorted(terms) == ["bc_0", "bc_1", "pde_0", "pde_1"]
+    result = Trainer(model, problem, TrainConfig(adam_steps=100, lm_steps=100)).fit()
+    assert result.metrics["rel_l2"] < 1e-4 and max(result.metrics["rel_l2_0"], result.metrics["rel_l2_1"]) < 1e-4
+
+    class OneEquation(Oscillator):
+        def residual(self, d, x):
+            return d.dx(0, 0) - d.u[:, 1]
+
+    with pytest.raises(ValueError, match=r"'pde_0' term failed on 4 points \(ValueError: residual: gives shape "
+                                         r"\(4,\); a system of 2 fields gives one equation per field, \(4, 2\)\)"):
+        check_problem(OneEquation(), model)

@@ -8,6 +8,7 @@ problem) are ordinary parameters that train and checkpoint with the model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,10 +41,16 @@ class Term:
         return len(self.inputs[0])
 
 
-def misfit(model: nn.Module, points: Tensor, values: Tensor) -> Tensor:
-    """u(points) − values: the residual of a Dirichlet, initial or data condition."""
-    pred = model(points)[:, 0]
+def misfit(model: nn.Module, points: Tensor, values: Tensor, out: int = 0) -> Tensor:
+    """u(points) − values: the residual of a Dirichlet, initial or data condition (on the
+    network's output ``out``: a system's field)."""
+    pred = model(points)[:, out]
     return pred - values.to(pred.dtype)
+
+
+def like(outputs: Tensor, values: Tensor) -> Tensor:
+    """The network's (N, outputs) as ``values`` hold them: (N,) the first, (N, O) the first O."""
+    return outputs[:, 0] if values.ndim == 1 else outputs[:, : values.shape[1]]
 
 
 @dataclass
@@ -97,6 +104,11 @@ class Problem(nn.Module):
     residual_scale: float = 1.0
     #: coordinates whose both faces carry u = 0 (a model may impose them exactly: hard_bc)
     zero_faces: tuple[int, ...] = ()
+    #: the network's outputs: a system's fields (u, v, …), read as d.u[:, k] and d.dx(j, k).
+    #: With several, exact(x) gives (N, outputs) and residual(d, x) one equation per field,
+    #: (N, outputs); each equation and each field's condition is a loss term of its own
+    #: (pde_0, bc_1, …: one residual per point, as Levenberg–Marquardt takes them)
+    outputs: int = 1
     #: constructor arguments that choose how the problem is solved, not what it is (a
     #: benchmark may vary these and stay itself; any other argument makes another problem)
     method_kwargs: tuple[str, ...] = ("n_interior", "n_boundary", "n_initial", "sampler")
@@ -174,18 +186,28 @@ class Problem(nn.Module):
         """The PDE residual (divided by ``residual_scale``) and each condition's misfit."""
         x = sampling.check_finite("interior", batch.interior)
 
-        def pde(model: nn.Module, x: Tensor) -> Tensor:
+        def pde(model: nn.Module, x: Tensor, eq: int = -1) -> Tensor:
             d = model.derivatives(x) if deriv_fn is None else deriv_fn(model, x)
-            return self.residual(d, x.to(d.u.dtype)) / self.residual_scale
+            r = self.residual(d, x.to(d.u.dtype)) / self.residual_scale
+            if eq >= 0 and r.shape != (len(x), self.outputs):
+                raise ValueError(f"residual: gives shape {tuple(r.shape)}; a system of {self.outputs} fields gives "
+                                 f"one equation per field, ({len(x)}, {self.outputs})")
+            return r if eq < 0 else r[:, eq]
 
-        terms = {"pde": Term(pde, (x,))}
-        if batch.weight is not None:  # VW-PINNs: r_i·√w_i, so the mean square weighs volumes
-            def weighted(model: nn.Module, x: Tensor, root: Tensor) -> Tensor:
-                return pde(model, x) * root.to(x.dtype)
+        def weighted(model: nn.Module, x: Tensor, root: Tensor, eq: int = -1) -> Tensor:
+            return pde(model, x, eq) * root.to(x.dtype)  # VW-PINNs: r_i·√w_i, the mean square weighs volumes
 
-            terms["pde"] = Term(weighted, (x, batch.weight.sqrt()))
+        terms = {}
+        for eq in [-1] if self.outputs == 1 else range(self.outputs):
+            name = "pde" if eq < 0 else f"pde_{eq}"
+            terms[name] = (Term(functools.partial(pde, eq=eq), (x,)) if batch.weight is None
+                           else Term(functools.partial(weighted, eq=eq), (x, batch.weight.sqrt())))
         for name, (pts, vals) in batch.conditions.items():
-            terms[name] = Term(misfit, (pts, vals))
+            if vals.ndim == 1:
+                terms[name] = Term(misfit, (pts, vals))
+            else:  # a condition on every field of a system: one term per field
+                terms.update({f"{name}_{k}": Term(functools.partial(misfit, out=k), (pts, vals[:, k]))
+                              for k in range(vals.shape[1])})
         return terms
 
     def loss_terms(
@@ -203,9 +225,13 @@ class Problem(nn.Module):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         grid = self.eval_grid()
         ref = self.exact(grid)
-        pred = torch.cat([model(c)[:, 0].double() for c in grid.split(65536)])
+        pred = torch.cat([like(model(c), ref).double() for c in grid.split(65536)])
         rel = torch.linalg.vector_norm(pred - ref) / torch.linalg.vector_norm(ref)
-        return {"rel_l2": float(rel), **self.learned()}
+        fields = {}
+        if ref.ndim == 2:  # a system: each field's error too
+            fields = {f"rel_l2_{k}": float(torch.linalg.vector_norm(pred[:, k] - ref[:, k])
+                                           / torch.linalg.vector_norm(ref[:, k])) for k in range(ref.shape[1])}
+        return {"rel_l2": float(rel), **fields, **self.learned()}
 
     def learned(self) -> dict[str, float]:
         """The problem's own trained parameters (an inverse problem's unknown coefficients) by

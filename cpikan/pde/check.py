@@ -42,9 +42,10 @@ def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
     if not isinstance(ref, torch.Tensor):
         raise ValueError(f"problem: {name}'s exact(x) gives a {type(ref).__name__}; return a torch tensor "
                          "(torch.as_tensor(values) for a reference computed with numpy)")
-    if tuple(ref.shape) != (len(grid),):
+    want = (len(grid),) if problem.outputs == 1 else (len(grid), problem.outputs)
+    if tuple(ref.shape) != want:
         raise ValueError(f"problem: {name}'s exact(x) gives shape {tuple(ref.shape)} for {len(grid)} points; "
-                         f"expected ({len(grid)},)")
+                         f"expected {want} ({problem.outputs} output{'s' if problem.outputs > 1 else ''})")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
     try:
         batch = problem.sample(torch.Generator().manual_seed(0)).to(dtype)
@@ -64,6 +65,7 @@ def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
             raise ValueError(f"problem: {name}'s {term_name!r} term gives a {type(r).__name__}; it must be a torch "
                              "tensor computed from the model's output (torch.sin, not np.sin)")
         if tuple(r.shape) != (n,):
-            hint = " (d.u is (N, outputs): write d.u[:, 0], as d.dx(j) is)" if r.ndim == 2 and term_name == "pde" else ""
+            hint = (" (d.u is (N, outputs): write d.u[:, 0], as d.dx(j) is; a system of equations sets "
+                    "outputs = the number of fields)") if r.ndim == 2 and term_name == "pde" else ""
             raise ValueError(f"problem: {name}'s {term_name!r} term gives shape {tuple(r.shape)} for {n} points; "
                              f"a term is one residual per point, shape ({n},){hint}")

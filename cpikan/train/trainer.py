@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from cpikan import sampling
 from cpikan.losses import make_balancer
 from cpikan.memory import keep_freed_memory
-from cpikan.pde.base import Collocation, Problem, misfit
+from cpikan.pde.base import Collocation, Problem, like, misfit
 from cpikan.train.callbacks import Callback
 from cpikan.train.checkpoint import Checkpointing, copy_into
 from cpikan.train.config import TrainConfig
@@ -306,7 +306,7 @@ class Trainer(Checkpointing):
         """Augmented Lagrangian update: each condition's target t ← t − (u(x) − v)."""
         for k, value in self._al_values.items():
             pts, target = self.batch.conditions[k]
-            violation = self.model(pts)[:, 0].to(target.dtype) - value
+            violation = like(self.model(pts), value).to(target.dtype) - value
             self.batch.conditions[k] = (pts, target - violation)
 
     def _weigh_volumes(self) -> None:
