@@ -57,7 +57,8 @@ class Balancer:
 class LRA(Balancer):
     """Learning-rate annealing (Wang, Teng & Perdikaris 2021, Algorithm 1).
 
-    λ̂_i = max|∇θ L_pde| / mean|∇θ L_i|;  λ_i ← (1 − α)·λ_i + α·λ̂_i.  The PDE weight is fixed.
+    λ̂_i = max|∇θ L_pde| / mean|∇θ L_i|;  λ_i ← (1 − α)·λ_i + α·λ̂_i.  The PDE weight is fixed
+    (a system's: the largest of its equations', each times its weight).
     """
 
     def __init__(self, weights: Mapping[str, float] | None = None, every: int = 10,
@@ -66,15 +67,16 @@ class LRA(Balancer):
         self.alpha = alpha
 
     def update(self, terms: Mapping[str, Tensor], params: Sequence[Tensor]) -> None:
-        if "pde" not in terms:
+        pde = [n for n in terms if n == "pde" or n.startswith("pde_")]  # a system: an equation per field
+        if not pde:
             return
-        g_max = _flat_grad(terms["pde"], params).abs().max()
+        g_max = max(self.weight(n) * _flat_grad(terms[n], params).abs().max() for n in pde)
         for name, term in terms.items():
-            if name == "pde":
+            if name in pde:
                 continue
             g_mean = _flat_grad(term, params).abs().mean()
             if torch.isfinite(g_max) and torch.isfinite(g_mean) and g_mean > 0:
-                hat = float(self.weight("pde") * g_max / g_mean)
+                hat = float(g_max / g_mean)
                 self.weights[name] = (1 - self.alpha) * self.weight(name) + self.alpha * hat
 
 

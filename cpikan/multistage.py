@@ -212,6 +212,9 @@ def train_multistage(cfg: MultiStageConfig, callbacks: Sequence[Callback] = (),
         on_stage: called with each :class:`StageResult` as it finishes (logging).
     """
     problem, first = build(cfg.base)
+    if problem.outputs > 1:
+        raise ValueError(f"base.problem: multi-stage training fits the spectrum of one equation's residual; "
+                         f"{problem.name!r} is a system of {problem.outputs} fields (train it as one stage)")
     model = StagedModel()
     model.add(first, 1.0)
     grid, n = spectrum_grid(problem)

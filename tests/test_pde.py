@@ -210,6 +210,17 @@ def test_a_system_of_equations_trains_each_field_and_each_equation():
     result = Trainer(model, problem, TrainConfig(adam_steps=100, lm_steps=100)).fit()
     assert result.metrics["rel_l2"] < 1e-4 and max(result.metrics["rel_l2_0"], result.metrics["rel_l2_1"]) < 1e-4
 
+    # the methods that read the PDE's residual read a system's: RAR-D draws by its equations' norm, LRA
+    # weighs each condition against the largest equation gradient (it skipped balancing: no 'pde' term)
+    problem = Oscillator()
+    model = build_model(ModelConfig(hidden=(8, 8), dtype="float64"), problem, 0)
+    trainer = Trainer(model, problem, TrainConfig(adam_steps=20, lm_steps=0, rar_every=10, rar_points=5,
+                                                  rar_candidates=200, balancing="lra", balance_every=5))
+    trainer.fit()
+    assert len(trainer.batch.interior) == problem.n_interior + 5
+    assert all(trainer.balancer.weight(n) != 1.0 for n in ("bc_0", "bc_1"))
+    assert trainer.balancer.weight("pde_0") == trainer.balancer.weight("pde_1") == 1.0
+
     class OneEquation(Oscillator):
         def residual(self, d, x):
             return d.dx(0, 0) - d.u[:, 1]

@@ -292,7 +292,8 @@ class Trainer(Checkpointing):
 
             def residual(x: Tensor) -> Tensor:
                 with torch.no_grad():
-                    return self.problem.residual(self.model.derivatives(x), x)
+                    r = self.problem.residual(self.model.derivatives(x), x)
+                return r if r.ndim == 1 else r.norm(dim=1)  # a system: its equations' residual per point
 
             new = sampling.rar_d(cands, residual, cfg.rar_points, self.gen, cfg.rar_k, cfg.rar_c)
             self.batch.interior = torch.cat([self.batch.interior, new])
