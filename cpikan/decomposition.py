@@ -99,6 +99,9 @@ class XPINN:
 
     def __init__(self, problem: Problem, config: XPINNConfig, shard: Shard | None = None) -> None:
         shard = shard or Shard()
+        if problem.outputs > 1:  # its interfaces match one field's value and flux
+            raise ValueError(f"problem: {problem.name!r} is a system of {problem.outputs} fields; the strips' "
+                             "interfaces match one field (train it on one domain)")
         if config.axis >= problem.dim:
             raise ValueError(f"axis: must be < the problem's {problem.dim} dimensions, got {config.axis}")
         if config.parts % shard.world:
