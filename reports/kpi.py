@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cpikan.arguments import ArgumentParser
 from reports.common import measured
 from reports.sensors import figures as sensor_figures
 from reports.sensors import guard_rows
@@ -318,8 +319,8 @@ runs started before the period. <code>make weekly</code> fills every KPI (its jo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reports.kpi", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m reports.kpi", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--since", default="7d")
     ap.add_argument("--out", default="reports/out/kpi.html")
     ap.add_argument("--kpis", default=str(KPI_FILE))

@@ -10,10 +10,12 @@ import html
 import sys
 from pathlib import Path
 
+from cpikan.arguments import ArgumentParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reports.study", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m reports.study", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
     ap.add_argument("--storage", default=None)
     ap.add_argument("--out", default=None)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cpikan.arguments import ArgumentParser
 from reports.common import get_run
 from tracking.store import TrackingError
 
@@ -71,8 +72,8 @@ def summarize(client: Any, run: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reports.summary", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m reports.summary", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_id")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-attach", action="store_true")

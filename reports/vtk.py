@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cpikan.arguments import ArgumentParser
 from reports.common import get_run
 from tracking.store import TrackingError
 
@@ -99,8 +100,8 @@ def meshes_for_run(client: Any, run: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reports.vtk", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m reports.vtk", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_id")
     ap.add_argument("--out", default="reports/out/vtk")
     ap.add_argument("--no-attach", action="store_true")

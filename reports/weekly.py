@@ -19,6 +19,7 @@ import datetime as dt
 import sys
 from dataclasses import dataclass
 
+from cpikan.arguments import ArgumentParser
 from reports.kpi import load_kpis
 from tracking import interrupts
 
@@ -67,8 +68,8 @@ def commands(stamp: str) -> list[tuple[Job, list[str]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reports.weekly", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m reports.weekly", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     ap.add_argument("--report", default="reports/out/kpi.html")
     args = ap.parse_args(argv)

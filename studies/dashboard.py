@@ -15,13 +15,14 @@ import argparse
 import logging
 import sys
 
+from cpikan.arguments import ArgumentParser
 from studies import storage
 from tracking.provenance import redact_urls
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m studies.dashboard", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m studies.dashboard", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--storage", default=None, help="journal:PATH or postgresql://… (default: $CPIKAN_STORAGE, else the project's journal)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ap.add_argument("--port", type=int, default=8080)

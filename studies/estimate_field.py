@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cpikan.arguments import ArgumentParser
 from cpikan.sensors.placement import Placement, SensorError, reconstruct, residual, standard_error
 from cpikan.sensors.pod import Basis
 
@@ -219,8 +220,8 @@ def write(path: Path, fields: dict[str, np.ndarray], placed: Placed, sd: dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m studies.estimate_field", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m studies.estimate_field", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", metavar="DIR", help="a folder written by python -m studies.place_sensors")
     ap.add_argument("readings", metavar="READINGS.csv")
     ap.add_argument("--out", required=True, help="FIELDS.npz, or FIELDS.vtu for one snapshot")

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpikan.arguments import ArgumentParser
 from studies import sensor_plots
 from tracking import logs
 
@@ -240,8 +241,8 @@ def parse_k(text: str) -> int | list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m studies.place_sensors", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m studies.place_sensors", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="SNAPSHOTS")
     ap.add_argument("--k", required=True, help="number of sensors, or several (4:16, 4,8,12): the check at each, no placement")
     ap.add_argument("--out", required=True, help="output folder")

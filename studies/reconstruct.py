@@ -62,6 +62,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cpikan.arguments import ArgumentParser
 from cpikan.psi import io
 from cpikan.psi.physics import DEFAULT_PSI
 from studies.reconstruct_model import (
@@ -380,8 +381,8 @@ def validate(args: argparse.Namespace) -> ReconstructConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m studies.reconstruct", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m studies.reconstruct", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="WAFER")
     ap.add_argument("--out", required=True, help="output folder (one subfolder per wafer)")
     ap.add_argument("--model", default="classical",

@@ -28,6 +28,7 @@ import subprocess
 import sys
 from typing import Any
 
+from cpikan.arguments import ArgumentParser
 from studies import registry, samplers, storage
 from studies.worker import WorkerSpec, open_study, work
 from tracking import interrupts, logs
@@ -147,8 +148,8 @@ def other_code_trials(parent_run_id: str) -> dict[str, list[int]]:
 
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m studies.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m studies.run", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", nargs="?", help="study name (see --list)")
     ap.add_argument("--list", action="store_true", help="list the studies and exit")
     ap.add_argument("--trials", type=int, default=None, help="total trials of the study (default: the study's own)")

@@ -25,6 +25,7 @@ import json
 import sys
 from typing import Any
 
+from cpikan.arguments import ArgumentParser
 from tracking import logs, provenance, store, tracker
 from tracking.store import TrackingError
 
@@ -99,8 +100,8 @@ def print_differences(diffs: dict[str, dict[str, list[Any]]], names: tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tracking.diff", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m tracking.diff", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_a")
     ap.add_argument("run_b")
     ap.add_argument("--json", action="store_true", help="print the differences as JSON (for scripts)")

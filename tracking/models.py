@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cpikan.arguments import ArgumentParser
 from cpikan.config import from_recorded, to_jsonable
 from tracking import store
 from tracking.store import TrackingError
@@ -156,8 +157,8 @@ def convert(run_id: str, builder: str, artifact_path: str, old_file: str) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tracking.models", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m tracking.models", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     conv = sub.add_parser("convert", help="re-log a pickled state dict as safetensors")
     conv.add_argument("run_id")

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cpikan.arguments import ArgumentParser
 from cpikan.config import from_recorded
 from tracking import hashing, interrupts, links, logs, provenance, relocate, store, tracker
 from tracking.store import TrackingError
@@ -272,8 +273,8 @@ def replay_with_recorded_code(run_id: str, rtol: float, force: bool, verbose: bo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tracking.replay", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m tracking.replay", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_id")
     ap.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for result metrics (default 0: exact)")
     ap.add_argument("--force", action="store_true", help="replay even if a dataset changed")

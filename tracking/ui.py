@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+from cpikan.arguments import ArgumentParser
 from tracking import interrupts, store
 from tracking.provenance import redact_urls
 
@@ -89,8 +90,8 @@ def address_error(host: str, port: int) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tracking.ui", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m tracking.ui", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("MLFLOW_UI_PORT", 5000)))
     ap.add_argument("-v", "--verbose", action="store_true", help="show the server's log here, not in mlruns/ui.log")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cpikan.arguments import ArgumentParser
 from cpikan.tiling.geometry import Geometry, resolve
 from cpikan.tiling.predict import predict_full, predict_tiled
 
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from cpikan.tiling.factory import build
 
-    ap = argparse.ArgumentParser(prog="python -m cpikan.tiling check", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m cpikan.tiling check", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("factory", help="MODULE:CALLABLE or FILE.py:CALLABLE returning the model; "
                     "literal arguments may follow: 'unet.py:UNet(in_channels=16)'")
     ap.add_argument("--weights", default=None, help="a safetensors state dict to load into it first")
