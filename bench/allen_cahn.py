@@ -38,6 +38,7 @@ import argparse
 import sys
 import time
 
+from cpikan.arguments import ArgumentParser
 from cpikan.experiment import ModelConfig, PINNConfig
 from cpikan.marching import MarchingConfig, WindowResult, train_marching
 from cpikan.pde.allen_cahn import refinement_error
@@ -61,7 +62,7 @@ def config(args: argparse.Namespace) -> MarchingConfig:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=10)
     ap.add_argument("--width", type=int, default=12)
     ap.add_argument("--degree", type=int, default=8)

@@ -42,6 +42,7 @@ from dataclasses import replace
 import torch
 from tqdm import tqdm
 
+from cpikan.arguments import ArgumentParser
 from cpikan.experiment import ModelConfig, PINNConfig, run_pinn
 from cpikan.presets import PRESETS
 from cpikan.train import TrainConfig
@@ -98,7 +99,7 @@ def parse_counts(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problem", default=PEAK.problem, choices=sorted(CONFIGS))
     ap.add_argument("--counts", default=None, help="uniform's interior point counts, comma-separated (default: "
                     f"{LADDERS[PEAK.problem][0]} for {PEAK.problem}, else {LADDERS['diffusion'][0]})")

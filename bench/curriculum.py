@@ -15,7 +15,6 @@ whatever it is; exits 1 only when a run fails to produce a curve.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cpikan.arguments import ArgumentParser
 from cpikan.psi.curriculum import CurriculumConfig, level_patch, train_levels
 from cpikan.psi.data import open_memmap_dataset
 from cpikan.psi.model import PSINet
@@ -89,7 +89,7 @@ def run(levels: CurriculumConfig, data: dict[int, tuple], val: tuple, seed: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--schedule", default="4:400,2:200,1:300", help="factor:steps per level, coarse to fine")
     ap.add_argument("--steps", type=int, default=600, help="single-resolution steps")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from cpikan.arguments import ArgumentParser
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from published_cpikan import PublishedCPIKAN  # noqa: E402
 
@@ -76,7 +78,7 @@ def run_setup(name: str, steps: int) -> tuple[float, float, float, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

@@ -61,6 +61,7 @@ import statistics
 import sys
 from dataclasses import replace
 
+from cpikan.arguments import ArgumentParser
 from cpikan.sensors.guard import load_thresholds
 from cpikan.sensors.inverse import FlowInverseConfig, solve
 from studies.registry import apply_overrides
@@ -126,7 +127,7 @@ def save_reference() -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("flow", nargs="?", default="all", choices=[*FLOWS, "all"])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed+seeds−1 (to split a run)")

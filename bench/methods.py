@@ -15,7 +15,6 @@ finite.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import multiprocessing
@@ -28,6 +27,7 @@ from dataclasses import replace
 import torch
 from tqdm import tqdm
 
+from cpikan.arguments import ArgumentParser
 from cpikan.experiment import PINNConfig, run_pinn
 from cpikan.methods import METHODS, applicable, apply, source_weights
 from cpikan.presets import PRESETS
@@ -58,7 +58,7 @@ def one(cfg: PINNConfig, method: str) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problem", default="diffusion", choices=sorted(PRESETS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default=",".join(METHODS))

@@ -23,6 +23,7 @@ from dataclasses import asdict, fields, replace
 import torch
 from threadpoolctl import threadpool_limits
 
+from cpikan.arguments import ArgumentParser
 from cpikan.experiment import ModelConfig, PINNConfig
 from cpikan.multistage import MultiStageConfig, train_multistage
 from cpikan.presets import PRESETS
@@ -38,7 +39,7 @@ LIMIT_S = 15 * 60
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("problem", choices=sorted(TARGETS))
     ap.add_argument("--stages", type=int, default=0, help="default: 2 with spectral stages, else 4")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a MultiStageConfig field")

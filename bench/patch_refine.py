@@ -24,12 +24,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from cpikan.arguments import ArgumentParser
 from cpikan.psi import classical, physics, synth
 from cpikan.psi.patches import PatchRefineConfig, refine_wafer
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--grid", default="4x4", help="patch rows x cols")
     ap.add_argument("--overlap", type=int, default=PatchRefineConfig.overlap)

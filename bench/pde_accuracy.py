@@ -27,6 +27,7 @@ from dataclasses import asdict, replace
 import torch
 from tqdm import tqdm
 
+from cpikan.arguments import ArgumentParser
 from cpikan.experiment import ModelConfig, PINNConfig, n_parameters, run_pinn
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
@@ -98,7 +99,7 @@ def run_seed(cfg: PINNConfig, problem: str, seed: int) -> tuple[dict[str, float]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("problem", choices=sorted(PRESETS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", "--seeds", dest="seed", type=seed_list, default=[0],

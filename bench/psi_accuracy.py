@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from cpikan.arguments import ArgumentParser
 from cpikan.psi.classical import reconstruct
 from cpikan.psi.data import open_memmap_dataset
 from cpikan.psi.model import PSINet
@@ -40,7 +41,7 @@ class Deadline(Callback):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--steps", type=int, default=100_000, help="upper bound; the time budget usually ends first")
     ap.add_argument("--threads", type=int, default=2)

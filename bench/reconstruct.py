@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpikan.arguments import ArgumentParser
+
 
 def write_tiffs(height: int, width: int, folder: Path) -> Path:
     import tifffile
@@ -87,7 +89,7 @@ def tiling_efficiency(run_id: str, size: int = 2048) -> tuple[float, float, dict
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--height", type=int, default=9344)
     ap.add_argument("--width", type=int, default=7000)
     ap.add_argument("--model", default="best", help="best (default), a psi_pretrain run ID, or classical")

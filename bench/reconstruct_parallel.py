@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpikan.arguments import ArgumentParser
+
 
 def run(n: int, src: Path, out: Path, model: str, threads: int | None) -> float:
     """Seconds of the command's compute (its own report): via torchrun with n processes of
@@ -45,7 +47,7 @@ def run(n: int, src: Path, out: Path, model: str, threads: int | None) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--model", default="best", help="best (default) or a psi_pretrain run ID")

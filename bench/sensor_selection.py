@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from cpikan.arguments import ArgumentParser
 from cpikan.sensors import flows, place, pod_basis, reconstruct
 
 LIMITS = {512: 6.0, 2048: 60.0}
@@ -68,7 +69,7 @@ def peer(snaps: np.ndarray, test: np.ndarray, k: int, rank: int) -> tuple[float,
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=12)
     ap.add_argument("--rank", type=int, default=10)
     ap.add_argument("--snapshots", type=int, default=40)

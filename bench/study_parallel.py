@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cpikan.arguments import ArgumentParser
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,7 +41,7 @@ def best_value(mlruns: str, name: str) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--search-trials", type=int, default=16)
     args = ap.parse_args()

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cpikan.arguments import ArgumentParser
 from cpikan.nn.unet import UNet
 from cpikan.psi.data import normalize_buckets
 from cpikan.psi.synth import WaferSpec, write_dataset
@@ -52,7 +53,7 @@ print(json.dumps({"seconds": seconds, "peak_rss_kb": peak_rss_mb() * 1024}))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--height", type=int, default=9344)
     ap.add_argument("--width", type=int, default=7000)
     ap.add_argument("--tile", type=int, default=512)

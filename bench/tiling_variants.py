@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cpikan.arguments import ArgumentParser
+
 TOLERANCE = 1e-5
 
 
@@ -52,7 +54,7 @@ def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Te
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="best", help="best (default), a psi_pretrain run ID, or random")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 
+from cpikan.arguments import ArgumentParser
 from cpikan.psi.synth import WaferSpec, write_dataset
 
 CHILD = r"""
@@ -74,7 +75,7 @@ def child(args: dict) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--height", type=int, default=9344)
     ap.add_argument("--width", type=int, default=7000)
     ap.add_argument("--tile", type=int, default=512)

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from cpikan.arguments import ArgumentParser
 from cpikan.experiment import ModelConfig, PINNConfig, build
 from cpikan.train import Callback, TrainConfig, Trainer
 
@@ -47,7 +48,7 @@ def train(steps: int, callbacks: list[Callback]) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--naive-steps", type=int, default=2000)

@@ -23,7 +23,6 @@ seconds of 1, and ok when rel_l2 ≤ 2 × rel_l2_single (issue 18). Exits 1 when
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from dataclasses import replace
 import torch
 
 from cpikan import distributed
+from cpikan.arguments import ArgumentParser
 from cpikan.decomposition import XPINN, XPINNConfig
 from cpikan.distributed import Shard
 from cpikan.experiment import n_parameters, run_pinn
@@ -61,7 +61,7 @@ def single(seed: int) -> tuple[dict[str, float], float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", type=int, default=2)
     ap.add_argument("--hidden", default="8,8", help="each strip's hidden widths")
     ap.add_argument("--degree", type=int, default=8)
