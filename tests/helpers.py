@@ -1,4 +1,4 @@
-"""Small configs shared by the tests (fast on one CPU thread)."""
+"""Shared by the tests: small configs (fast on one CPU thread), and a command run in this process."""
 
 from cpikan.experiment import ModelConfig, PINNConfig
 from cpikan.train import TrainConfig
