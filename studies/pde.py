@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cpikan.experiment import PINNConfig, build, n_parameters, run_pinn
-from cpikan.pde import PROBLEMS, make_problem
+from cpikan.pde import PROBLEMS
 from cpikan.pde.check import check_problem
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
@@ -76,10 +76,10 @@ def problem_builds(config: PINNConfig) -> None:
     too: their command line): a wrong ``problem_kwargs`` name or value, or a residual of the
     wrong shape, is one line, not a failed trial per retry."""
     try:
-        make_problem(config.problem, **config.problem_kwargs)
+        problem, model = build(config)
     except (TypeError, OSError) as exc:  # an argument the problem does not take; a data file it cannot read
         raise ValueError(f"problem_kwargs: {exc}") from None
-    check_problem(*build(config))
+    check_problem(problem, model)
 
 
 def benchmark_check(name: str) -> Any:

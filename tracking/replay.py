@@ -104,11 +104,11 @@ def config_from(run: Any, data: Any) -> tuple[Any, Callable[..., dict[str, float
     return config, fn
 
 
-def check_datasets(run: Any, force: bool, client: Any = None, moves: relocate.Moves = ()) -> list[str]:
+def check_datasets(datasets: dict[str, dict[str, str]], force: bool, moves: relocate.Moves = ()) -> list[str]:
     """Refuse (unless ``force``) when a recorded dataset's content changed or vanished (read
     where ``moves`` put it)."""
     warnings = []
-    for name, info in tracker.recorded_datasets(client or store.client(), run).items():
+    for name, info in datasets.items():
         path = Path(relocate.moved_path(info["path"], moves))
         problem, hint = None, "; pass --force to replay anyway"
         if not path.exists():
@@ -198,12 +198,11 @@ def replay(run_id: str, rtol: float = 0.0, force: bool = False, moves: relocate.
     """Re-run ``run_id``; returns (reproduced, new run ID). Raises TrackingError on bad input."""
     client = store.client(must_exist=True)
     run = store.get_run(client, run_id)
-    data = recorded_config(client, run)
+    data, datasets = recorded_config(client, run), tracker.recorded_datasets(client, run)
     if moves:
-        datasets = tracker.recorded_datasets(client, run).values()
-        relocate.check_used(moves, [*relocate.strings(data), *(d["path"] for d in datasets)])
+        relocate.check_used(moves, [*relocate.strings(data), *(d["path"] for d in datasets.values())])
         data = relocate.moved_values(data, moves)
-    warnings = check_datasets(run, force, client, moves)  # before the config: it may name a file that is gone
+    warnings = check_datasets(datasets, force, moves)  # before the config: it may name a file that is gone
     config, fn = config_from(run, data)
     stopped = run.info.status == "KILLED"
     if stopped:

@@ -101,10 +101,7 @@ def candidate_points(family: Family, path: Path) -> np.ndarray:
     family (within 1e-6 of the domain's size; a coordinate that is no point is an error)."""
     import scipy.spatial
 
-    try:
-        table = _read_table(path)
-    except SensorError as exc:
-        raise SensorError(str(exc).replace("snapshots: ", "candidates: ", 1)) from None
+    table = _read_table(path, "candidates")
     axes = list(family.axes())
     named = _axis_columns(list(table))  # a solver's own names (x-coordinate, X (m), …) for x, y, z
     if not set(axes) <= set(table) and all(a in "xyz" and "xyz".index(a) in named for a in axes):
@@ -183,13 +180,9 @@ def read_family(inputs: Sequence[str | Path], fields: Sequence[str] | None = Non
     chosen, outside, more = _outside(chosen, files)
     layout, weighed = _weighed(layout, files[0])
     if reordered:
-        notes.append(f"{_count(reordered, 'snapshot')} list the points in another order than {files[0].name} "
+        notes.append(f"{len(reordered)} snapshot{'s' * (len(reordered) > 1)} list the points in another order than {files[0].name} "
                      f"({reordered[0]}{', …' if len(reordered) > 1 else ''}); matched by coordinates")
     return Family(chosen, layout, tuple(files), tuple(notes + more + weighed), outside)
-
-
-def _count(items: Sequence[Any], noun: str) -> str:
-    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
 
 
 def _match_points(points: np.ndarray, other: np.ndarray, tol: float) -> np.ndarray | None:
@@ -343,15 +336,9 @@ def _axis_columns(columns: Sequence[str]) -> dict[int, str]:
     return found
 
 
-def _axes(columns: Sequence[str]) -> list[str]:
-    """A table's coordinate columns in x, y, z order."""
-    found = _axis_columns(columns)
-    return [found[d] for d in sorted(found)]
-
-
-def _read_table(path: Path) -> Any:
+def _read_table(path: Path, field: str = "snapshots") -> Any:
     """A CSV table, its column names stripped (Fluent pads them); a CFD-Post export's
-    preamble ([Name] …) skipped to its [Data] section."""
+    preamble ([Name] …) skipped to its [Data] section. Errors name ``field``."""
     import pandas as pd
 
     try:
@@ -360,7 +347,7 @@ def _read_table(path: Path) -> Any:
         data = next((i for i, line in enumerate(head) if line.strip() == "[Data]"), None)
         table = pd.read_csv(path, skipinitialspace=True, skiprows=0 if data is None else data + 1)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise SensorError(f"snapshots: {path} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
+        raise SensorError(f"{field}: {path} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
     table.columns = [str(c).strip() for c in table.columns]
     return table
 
@@ -377,7 +364,7 @@ def _stack_tables(files: list[Path]) -> tuple[dict[str, np.ndarray], Layout, lis
         table = _read_table(f)
         if first is None:
             first = table
-            axes = _axes(list(table))
+            axes = [c for _, c in sorted(_axis_columns(list(table)).items())]  # x, y, z order
             values = [c for c in table if c not in axes]
             bad = [c for c in values if table[c].dtype.kind not in "fiu"]
             if bad:
