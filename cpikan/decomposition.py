@@ -340,8 +340,7 @@ class XPINN:
         return out
 
     def evaluate(self) -> dict[str, float]:
-        grid = self.problem.eval_grid()
-        ref = self.problem.exact(grid)
+        grid, ref = self.problem.reference_solution()
         pred = self.predict(grid)
         table, _ = self._all_faces(grad=False)
         (table,) = reduce_sum([table], self.shard)

@@ -6,6 +6,7 @@ recorded anywhere rebuilds the same run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,8 @@ class PINNConfig:
     def __post_init__(self) -> None:
         validate(self)
         self.problem = refs.absolute_ref(self.problem)  # a replay from any folder finds the same file
+        if isinstance(self.problem_kwargs.get("reference"), str):  # so does the reference solution
+            self.problem_kwargs["reference"] = os.path.abspath(os.path.expanduser(self.problem_kwargs["reference"]))
 
     def to_json(self) -> str:
         return canonical_json(self)

@@ -41,9 +41,9 @@ class Report(Callback):
 def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
     """Train, evaluate and log: step metrics, results, the model and a convergence figure.
     (The lab's own problem, ``FILE.py:CLASS``, is recorded by content by the tracker.)"""
-    data_file = config.problem_kwargs.get("data_file")
-    if data_file:
-        ctx.log_dataset(data_file, name=Path(data_file).name)
+    files = {Path(f).name: f for f in (config.problem_kwargs.get(k) for k in ("data_file", "reference")) if f}
+    if files:  # what the run read besides code: a replay checks them by sha256
+        ctx.log_datasets(files)
     init_state = None
     if config.init_from:  # transfer learning: the source run's trained network (safetensors)
         init_state = part(read_run(config.init_from)[1], "model")
@@ -51,6 +51,8 @@ def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
     t0 = time.perf_counter()
     result, model, problem = run_pinn(config, [ctx.metrics_callback(), Report(ctx)], init_state=init_state)
     seconds = time.perf_counter() - t0
+    if problem.reference_file and problem.reference_file not in files.values():  # named in the problem's own code
+        ctx.log_dataset(problem.reference_file, name=Path(problem.reference_file).name)
     results = dict(result.metrics)
     results.update(final_loss=result.loss, steps=float(result.steps),
                    nan_events=float(result.nan_events), params=float(n_parameters(model)))

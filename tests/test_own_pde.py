@@ -103,7 +103,7 @@ def test_your_pde_runs_is_recorded_by_content_and_replays(lab, monkeypatch):
     (["pinn", "--set", "problem=bogus"], "allowed: helmholtz1d, helmholtz2d,"),
     (["pinn", "--set", "problem=broadcast.py:Poisson1D"], "problem: poisson1d_lab's 'pde' term gives shape (4, 4) for 4 "
                                                           "points; a term is one residual per point, shape (4,) (d.u is"),
-    (["pinn", "--set", "problem=noexact.py:Poisson1D"], "problem: poisson1d_lab defines no exact(x): a run is measured"),
+    (["pinn", "--set", "problem=noexact.py:Poisson1D"], "problem: poisson1d_lab defines no exact(x) and names no reference: a run is measured"),
     # built before any run: not a failed trial per retry
     (["pinn", "--set", "problem=helpers/forcing.py:source"], "forcing.py:source failed (TypeError: source() missing"),
     (["helmholtz1d", "--set", 'problem_kwargs={"n_interor": 50}'], "unexpected keyword argument 'n_interor'"),

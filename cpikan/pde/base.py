@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from cpikan import sampling
 from cpikan.diff import Derivatives
 from cpikan.nn.base import check_bounds
+from cpikan.pde.reference import load_reference
 
 DerivFn = Callable[[nn.Module, Tensor], Derivatives]
 
@@ -123,6 +125,7 @@ class Problem(nn.Module):
         n_initial: int = 400,
         sampler: str = "lhs",
         eval_resolution: int = 101,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
         self.lo, self.hi = (tuple(v) for v in check_bounds(lo, hi))
@@ -134,6 +137,10 @@ class Problem(nn.Module):
         self.n_interior, self.n_boundary, self.n_initial = n_interior, n_boundary, n_initial
         self.sampler = sampler
         self.eval_resolution = eval_resolution
+        #: a reference solver's solution to measure against instead of exact(x) (cpikan.pde.reference)
+        self.reference_file = None if reference is None else str(Path(reference).resolve())
+        self._reference = None if reference is None else load_reference(
+            reference, self.coords, self.lo, self.hi, self.outputs)
 
     @property
     def dim(self) -> int:
@@ -141,7 +148,7 @@ class Problem(nn.Module):
 
     # -- to implement --------------------------------------------------------------
     def exact(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name or type(self).__name__} defines no exact(x)")
 
     def residual(self, d: Derivatives, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -170,12 +177,27 @@ class Problem(nn.Module):
         cond = {}
         if self.n_boundary:
             b = self.sample_boundary(self.n_boundary, gen)
-            cond["bc"] = (b, self.exact(b))
+            cond["bc"] = (b, self.boundary_values(b))
         if self.time_dependent and self.n_initial:
             i = self.sample_initial(self.n_initial, gen)
-            cond["ic"] = (i, self.exact(i))
+            cond["ic"] = (i, self.initial_values(i))
         cond.update(self.data())
         return Collocation(interior, cond)
+
+    def boundary_values(self, x: Tensor) -> Tensor:
+        """u at boundary points (the Dirichlet data): ``exact(x)`` unless a problem with no
+        closed form (measured against a ``reference``) says what it is."""
+        return self._known("boundary_values", x)
+
+    def initial_values(self, x: Tensor) -> Tensor:
+        """u at t = lo[-1] (the initial condition): ``exact(x)`` unless the problem says."""
+        return self._known("initial_values", x)
+
+    def _known(self, hook: str, x: Tensor) -> Tensor:
+        if type(self).exact is Problem.exact:
+            raise NotImplementedError(f"{self.name or type(self).__name__} defines neither exact(x) nor {hook}(x), "
+                                      f"which gives the condition's values")
+        return self.exact(x)
 
     def data(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Observed samples (inverse problems); none by default."""
@@ -221,10 +243,17 @@ class Problem(nn.Module):
                 for a, b in zip(self.lo, self.hi)]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.dim)
 
+    def reference_solution(self) -> tuple[Tensor, Tensor]:
+        """The points a run is measured at and the solution there: the ``reference`` file's,
+        or ``exact`` on the evaluation grid."""
+        if self._reference is not None:
+            return self._reference
+        grid = self.eval_grid()
+        return grid, self.exact(grid)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        grid = self.eval_grid()
-        ref = self.exact(grid)
+        grid, ref = self.reference_solution()
         pred = torch.cat([like(model(c), ref).double() for c in grid.split(65536)])
         rel = torch.linalg.vector_norm(pred - ref) / torch.linalg.vector_norm(ref)
         fields = {}

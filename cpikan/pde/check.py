@@ -4,8 +4,10 @@ A lab's own PDE is code the project has never seen. Mistakes in it surface late 
 cryptically: ``d.u * d.dx(0)`` multiplies an (N, 1) by an (N,) into an (N, N) that Adam
 averages without complaint (the wrong equation, trained for minutes) and that the
 Levenberg–Marquardt phase rejects from inside ``vmap``; a problem with no exact solution
-trains to the end and then fails where it is measured. :func:`check_problem` runs each
-piece once on a few points and names what is wrong, before any training.
+trains to the end and then fails where it is measured (one with no closed form names a
+reference solver's file instead, and gives its boundary and initial values itself).
+:func:`check_problem` runs each piece once on a few points and names what is wrong, before
+any training.
 """
 
 from __future__ import annotations
@@ -25,15 +27,7 @@ def has_exact(problem: Problem) -> bool:
     return type(problem).exact is not Problem.exact
 
 
-def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
-    """Evaluate ``problem``'s exact solution on the evaluation grid's first ``rows`` points,
-    then sample its points and evaluate each loss term on ``rows`` of them; a ValueError
-    names the piece and the cause (a residual must be one value per point, shape (N,))."""
-    name = problem.name or type(problem).__name__
-    if not has_exact(problem):
-        raise ValueError(f"problem: {name} defines no exact(x): a run is measured by its relative L2 error "
-                         "against it (rel_l2); define exact(x), a closed form or a reference solver's solution "
-                         "interpolated at x")
+def _check_exact(problem: Problem, name: str, rows: int) -> None:
     grid = problem.eval_grid()[:rows]
     try:
         ref = problem.exact(grid)
@@ -46,11 +40,41 @@ def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
     if tuple(ref.shape) != want:
         raise ValueError(f"problem: {name}'s exact(x) gives shape {tuple(ref.shape)} for {len(grid)} points; "
                          f"expected {want} ({problem.outputs} output{'s' if problem.outputs > 1 else ''})")
+
+
+def _check_conditions(problem: Problem, name: str, conditions: dict) -> None:
+    """Each condition's values: a tensor, one value per point (or one per field)."""
+    for cond, (pts, vals) in conditions.items():
+        hook = {"bc": "boundary_values", "ic": "initial_values"}.get(cond, "data")
+        if not isinstance(vals, torch.Tensor):
+            raise ValueError(f"problem: {name}'s {hook}(x) gives a {type(vals).__name__}; return a torch tensor")
+        shapes = [(len(pts),)] + ([(len(pts), problem.outputs)] if problem.outputs > 1 else [])
+        if tuple(vals.shape) not in shapes:
+            raise ValueError(f"problem: {name}'s {hook}(x) gives shape {tuple(vals.shape)} for {len(pts)} points; "
+                             f"expected {' or '.join(map(str, shapes))}")
+
+
+def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
+    """Evaluate ``problem``'s exact solution on the evaluation grid's first ``rows`` points
+    (or require a reference file), then sample its points, check each condition's values and
+    evaluate each loss term on ``rows`` of them; a ValueError names the piece and the cause
+    (a residual must be one value per point, shape (N,))."""
+    name = problem.name or type(problem).__name__
+    if has_exact(problem):
+        _check_exact(problem, name, rows)
+    elif problem.reference_file is None:
+        raise ValueError(f"problem: {name} defines no exact(x) and names no reference: a run is measured by its "
+                         "relative L2 error against one; define exact(x), or give a reference solver's solution, "
+                         "problem_kwargs={\"reference\": \"FILE.npz\"} (docs/howto.md, 'Add a PDE')")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
     try:
-        batch = problem.sample(torch.Generator().manual_seed(0)).to(dtype)
+        batch = problem.sample(torch.Generator().manual_seed(0))
+        _check_conditions(problem, name, batch.conditions)
+        batch = batch.to(dtype)
         terms = problem.terms(batch)
-    except ValueError:  # a loss that is no sum of squares (Deep Ritz): the trainer refuses LM on it, by name
+    except ValueError as exc:  # a loss that is no sum of squares (Deep Ritz): the trainer refuses LM on it
+        if str(exc).startswith("problem: "):
+            raise
         terms = {}
     except Exception as exc:  # the user's code: say which part of it
         raise ValueError(f"problem: {name}'s points or loss terms could not be made ({_first_line(exc)})") from None
