@@ -122,7 +122,7 @@ def test_a_problem_without_exact_names_what_it_lacks(tmp_path):
         initial_values = Problem.initial_values
 
     p = NoInitial(reference=str(tmp_path / "ref.npz"))
-    with pytest.raises(ValueError, match=r"NotImplementedError: burgers defines neither exact\(x\) nor initial_values"):
+    with pytest.raises(ValueError, match=r"points could not be made \(NotImplementedError: burgers defines neither exact\(x\) nor initial_values"):
         check_problem(p, _model(p))
 
     class NumpyInitial(Burgers):

@@ -154,8 +154,34 @@ class Problem(nn.Module):
         raise NotImplementedError
 
     # -- sampling ------------------------------------------------------------------
+    def inside(self, x: Tensor) -> Tensor:
+        """Which points of the box lie in the domain, (N,) bool: a problem on a disk or an
+        L-shape says so here, and its interior and initial points and its evaluation grid keep
+        those inside (its boundary is :meth:`sample_boundary`'s to give). The box by default."""
+        return torch.ones(len(x), dtype=torch.bool)
+
+    def has_region(self) -> bool:
+        """Whether the domain is less than the box (:meth:`inside` is the problem's own)."""
+        return type(self).inside is not Problem.inside
+
+    def _in_region(self, draw: Callable[[int], Tensor], n: int) -> Tensor:
+        """n points of ``draw(m)`` (m points in the box) that lie inside the domain."""
+        if not self.has_region():
+            return draw(n)
+        kept, found, drawn = [], 0, 0
+        while found < n:
+            if drawn >= 1000 * n:  # a domain that small is a mistake in inside(x), or far better sampled directly
+                raise ValueError(f"inside: {found} of {drawn} points drawn in the box lie inside the domain; "
+                                 "check inside(x), or sample the domain yourself (sample_interior)")
+            pts = draw(max(2 * (n - found), 64))
+            drawn += len(pts)
+            pts = pts[self.inside(pts).to(torch.bool)]
+            kept.append(pts)
+            found += len(pts)
+        return torch.cat(kept)[:n]
+
     def sample_interior(self, n: int, gen: torch.Generator) -> Tensor:
-        return sampling.sample(self.sampler, n, self.lo, self.hi, gen)
+        return self._in_region(lambda m: sampling.sample(self.sampler, m, self.lo, self.hi, gen), n)
 
     def sample_boundary(self, n: int, gen: torch.Generator) -> Tensor:
         """Points on the spatial faces of the box (every face equally often)."""
@@ -169,8 +195,11 @@ class Problem(nn.Module):
         return pts.scatter(1, dim[:, None], value[:, None])
 
     def sample_initial(self, n: int, gen: torch.Generator) -> Tensor:
-        pts = sampling.sample(self.sampler, n, self.lo, self.hi, gen)
-        return torch.cat([pts[:, :-1], torch.full_like(pts[:, -1:], self.lo[-1])], dim=1)
+        def draw(m: int) -> Tensor:
+            pts = sampling.sample(self.sampler, m, self.lo, self.hi, gen)
+            return torch.cat([pts[:, :-1], torch.full_like(pts[:, -1:], self.lo[-1])], dim=1)
+
+        return self._in_region(draw, n)
 
     def sample(self, gen: torch.Generator) -> Collocation:
         interior = self.sample_interior(self.n_interior, gen)
@@ -241,7 +270,8 @@ class Problem(nn.Module):
     def eval_grid(self) -> Tensor:
         axes = [torch.linspace(a, b, self.eval_resolution, dtype=torch.float64)
                 for a, b in zip(self.lo, self.hi)]
-        return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.dim)
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.dim)
+        return grid[self.inside(grid).to(torch.bool)] if self.has_region() else grid  # measured where it lives
 
     def reference_solution(self) -> tuple[Tensor, Tensor]:
         """The points a run is measured at and the solution there: the ``reference`` file's,

@@ -42,6 +42,25 @@ def _check_exact(problem: Problem, name: str, rows: int) -> None:
                          f"expected {want} ({problem.outputs} output{'s' if problem.outputs > 1 else ''})")
 
 
+def _check_region(problem: Problem, name: str) -> None:
+    """``inside(x)``: a bool per point; and the boundary sampled on the domain, not the box."""
+    pts = torch.tensor([problem.lo, problem.hi], dtype=torch.float64)
+    try:
+        mask = problem.inside(pts)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"problem: {name}'s inside(x) failed ({_first_line(exc)})") from None
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (len(pts),):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"problem: {name}'s inside(x) gives {got} for {len(pts)} points; expected a bool tensor "
+                         f"of shape ({len(pts)},)")
+    if problem.n_boundary and type(problem).sample_boundary is Problem.sample_boundary:
+        raise ValueError(f"problem: {name} defines inside(x) but samples its boundary on the box's faces; define "
+                         "sample_boundary(n, gen) on the domain's boundary (or n_boundary=0)")
+    if problem.reference_file is None and not len(problem.eval_grid()):
+        raise ValueError(f"problem: {name}'s inside(x) keeps none of the {problem.eval_resolution}-point-per-axis "
+                         "evaluation grid; check inside(x), or raise eval_resolution")
+
+
 def _check_conditions(problem: Problem, name: str, conditions: dict) -> None:
     """Each condition's values: a tensor, one value per point (or one per field)."""
     for cond, (pts, vals) in conditions.items():
@@ -60,6 +79,8 @@ def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
     evaluate each loss term on ``rows`` of them; a ValueError names the piece and the cause
     (a residual must be one value per point, shape (N,))."""
     name = problem.name or type(problem).__name__
+    if problem.has_region():
+        _check_region(problem, name)
     if has_exact(problem):
         _check_exact(problem, name, rows)
     elif problem.reference_file is None:
@@ -69,15 +90,15 @@ def check_problem(problem: Problem, model: nn.Module, rows: int = 4) -> None:
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
     try:
         batch = problem.sample(torch.Generator().manual_seed(0))
-        _check_conditions(problem, name, batch.conditions)
-        batch = batch.to(dtype)
-        terms = problem.terms(batch)
-    except ValueError as exc:  # a loss that is no sum of squares (Deep Ritz): the trainer refuses LM on it
-        if str(exc).startswith("problem: "):
-            raise
-        terms = {}
     except Exception as exc:  # the user's code: say which part of it
-        raise ValueError(f"problem: {name}'s points or loss terms could not be made ({_first_line(exc)})") from None
+        raise ValueError(f"problem: {name}'s points could not be made ({_first_line(exc)})") from None
+    _check_conditions(problem, name, batch.conditions)
+    try:
+        terms = problem.terms(batch.to(dtype))
+    except ValueError:  # a loss that is no sum of squares (Deep Ritz): the trainer refuses LM on it, by name
+        terms = {}
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"problem: {name}'s loss terms could not be made ({_first_line(exc)})") from None
     for term_name, term in terms.items():
         inputs = tuple(t[:rows] for t in term.inputs)
         n = len(inputs[0])
