@@ -79,6 +79,9 @@ def test_grid_mat_and_scattered_files_give_the_same_points_and_error(tmp_path):
     for pts, vals in read:
         assert torch.equal(pts, read[0][0]) and torch.equal(vals, read[0][1])
     assert pts.shape == (45, 2) and float(vals[9 * 0 + 1]) == U[0, 1]  # ij order: x slowest
+    np.savez(tmp_path / "system.npz", x=X, t=T, u=np.stack([U, 2 * U], -1))  # a system: a trailing axis of fields
+    pts2, vals2 = load_reference(tmp_path / "system.npz", Burgers.coords, (-1, 0), (1, 1), outputs=2)
+    assert torch.equal(pts2, pts) and torch.equal(vals2, torch.stack([vals, 2 * vals], 1))
 
     problem = Burgers(reference=str(tmp_path / "shock.mat"))
     model = _model(problem)
