@@ -5,7 +5,8 @@
 DIR: the folder ``place_sensors`` wrote (placement.json, basis.npz). READINGS.csv: a header
 ``sensor`` and the fields the sensors were placed for (DIR/summary.json lists them, e.g.
 ``U[0],U[1],p``), then a row per sensor (numbered as in DIR/sensors.csv); with a
-``snapshot`` column, several snapshots, each estimated on its own. Every sensor needs a
+``snapshot`` column, several snapshots, each estimated on its own (as a spreadsheet saves it
+too: a byte-order mark, semicolons with decimal commas, or tabs). Every sensor needs a
 reading of every field, but those ``--without`` names (a faulty or missing sensor): the
 estimate is then made from the others.
 
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from cpikan.arguments import ArgumentParser
+from cpikan.sensors.data import dialect
 from cpikan.sensors.placement import Placement, SensorError, reconstruct, residual, standard_error
 from cpikan.sensors.pod import Basis
 
@@ -91,10 +93,14 @@ def _cell_order(key: str) -> tuple[int, str]:
 def read_readings(path: Path, fields: list[str], k: int, without: frozenset[int] = frozenset()) -> np.ndarray:
     """(snapshots, fields, sensors) readings from the CSV, sensors 1 … k but those ``without``
     (their rows, if any, are not read); every error names the row or column."""
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            rows, header = list(reader), list(reader.fieldnames or [])
+    try:  # as a spreadsheet saves it too: a byte-order mark, semicolons and decimal commas, or tabs
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            sep, decimal = dialect(f.readline())
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=sep, skipinitialspace=True)
+            rows, header = list(reader), [c.strip() for c in reader.fieldnames or []]
+            rows = [{str(k).strip(): v.replace(decimal, ".") if isinstance(v, str) else v for k, v in row.items()}
+                    for row in rows]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SensorError(f"readings: {path} cannot be read ({exc})") from None
     if "sensor" not in header:

@@ -184,6 +184,56 @@ def test_fluent_cfd_post_and_star_tables_give_the_paraview_tables_sensors(vtu_fa
     assert "x" in (tmp_path / f"{tool}_out" / "sensors.csv").read_text().splitlines()[0].split(",")
 
 
+SPREADSHEET = {  # how a spreadsheet or a DAQ saves a table: (byte-order mark, separator, decimal mark)
+    "excel_utf8": ("\ufeff", ",", "."), "excel_comma_decimal": ("", ";", ","), "labview_tabs": ("", "\t", "."),
+    "cfd_post_windows": ("\ufeff", ",", "."),
+}
+
+
+def _save_as(table, path, dialect, preamble=""):
+    bom, sep, dec = SPREADSHEET[dialect]
+    rows = [sep.join(map(str, table.columns))] + [sep.join(str(v) if isinstance(v, int) else repr(float(v)).replace(".", dec)
+                                                           for v in r)
+                                                  for r in table.itertuples(index=False)]
+    path.write_text(bom + preamble + "\n".join(rows) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("dialect", sorted(SPREADSHEET))
+def test_tables_as_spreadsheets_and_daqs_save_them_read_as_commas_do(vtu_family, rank3_family, tmp_path, capsys, dialect):
+    """A byte-order mark (Excel's "CSV UTF-8", CFD-Post on Windows) made the first column
+    'ï»¿sensor' ("needs a 'sensor' column (found sensor, …)"); semicolons with decimal commas
+    (Excel where the comma is the decimal mark) and tabs (LabVIEW) were one column. Each now
+    gives the comma table's sensors, and its readings the same estimate."""
+    import pandas as pd
+
+    folder, _ = vtu_family
+    for d in ("plain", dialect):
+        (tmp_path / d).mkdir()
+    for f in sorted(folder.iterdir())[:12]:
+        mesh = meshio.read(f)
+        table = pd.DataFrame({"U:0": mesh.point_data["U"][:, 0], "U:1": mesh.point_data["U"][:, 1], "p": mesh.point_data["p"],
+                              **{f"Points:{d}": mesh.points[:, d] for d in range(2)}})
+        table.to_csv(tmp_path / "plain" / f"{f.stem}.csv", index=False)
+        _save_as(table, tmp_path / dialect / f"{f.stem}.csv", dialect,
+                 "[Name]\nplane 1\n\n[Data]\n" if dialect == "cfd_post_windows" else "")
+    for d in ("plain", dialect):
+        assert place_sensors.main([str(tmp_path / d), "--k", "6", "--out", str(tmp_path / f"{d}_out"), "--no-track"]) == 0
+    assert (tmp_path / f"{dialect}_out" / "sensors.csv").read_text() == (tmp_path / "plain_out" / "sensors.csv").read_text()
+
+    src, new = rank3_family
+    out = tmp_path / "sensors"
+    assert place_sensors.main([str(src), "--k", "6", "--rank", "3", "--out", str(out), "--no-track"]) == 0
+    sensors = pd.read_csv(out / "sensors.csv")
+    readings = pd.DataFrame({"sensor": sensors["sensor"], "heat": new[sensors["row"], sensors["col"]]})
+    readings.to_csv(tmp_path / "plain.csv", index=False)
+    _save_as(readings, tmp_path / "saved.csv", dialect)
+    for name in ("plain", "saved"):
+        assert estimate_field.main([str(out), str(tmp_path / f"{name}.csv"), "--out", str(tmp_path / f"{name}.npz")]) == 0, \
+            capsys.readouterr().err
+    with np.load(tmp_path / "plain.npz") as a, np.load(tmp_path / "saved.npz") as b:
+        assert np.array_equal(a["heat"], b["heat"])
+
+
 def test_an_estimate_from_exact_readings_of_a_new_member_is_exact_and_a_faulty_sensor_is_flagged(rank3_family, tmp_path,
                                                                                                capsys):
     src, new = rank3_family

@@ -336,19 +336,40 @@ def _axis_columns(columns: Sequence[str]) -> dict[int, str]:
     return found
 
 
+def dialect(header: str) -> tuple[str, str]:
+    """(separator, decimal mark) of a table from its header line: commas; semicolons, as a
+    spreadsheet writes where the comma is the decimal mark (its numbers read either way); or
+    tabs, as LabVIEW writes a spreadsheet file."""
+    for sep in (",", ";", "\t"):
+        if sep in header:
+            return sep, "," if sep == ";" else "."
+    return ",", "."
+
+
 def _read_table(path: Path, field: str = "snapshots") -> Any:
-    """A CSV table, its column names stripped (Fluent pads them); a CFD-Post export's
-    preamble ([Name] …) skipped to its [Data] section. Errors name ``field``."""
+    """A CSV table (a byte-order mark, semicolons or tabs as well), its column names stripped
+    (Fluent pads them); a CFD-Post export's preamble ([Name] …) skipped to its [Data]
+    section. Errors name ``field``."""
     import pandas as pd
 
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             head = [f.readline() for _ in range(64)] if f.read(6) == "[Name]" else []
-        data = next((i for i, line in enumerate(head) if line.strip() == "[Data]"), None)
-        table = pd.read_csv(path, skipinitialspace=True, skiprows=0 if data is None else data + 1)
+            data = next((i for i, line in enumerate(head) if line.strip() == "[Data]"), None)
+            f.seek(0)
+            lines = f.read(1 << 16).lstrip("\ufeff").splitlines()
+        header = lines[0 if data is None else min(data + 1, len(lines) - 1)] if lines else ""
+        sep, decimal = dialect(header)
+        table = pd.read_csv(path, encoding="utf-8-sig", sep=sep, skipinitialspace=True,
+                            skiprows=0 if data is None else data + 1, dtype=str if decimal == "," else None)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise SensorError(f"{field}: {path} is not a readable CSV table ({str(exc).splitlines()[0]})") from None
     table.columns = [str(c).strip() for c in table.columns]
+    if decimal == ",":  # 0,5 or 0.5: numbers where every cell reads as one
+        for c in table:
+            as_numbers = pd.to_numeric(table[c].str.strip().str.replace(",", ".", regex=False), errors="coerce")
+            if as_numbers.notna().sum() == table[c].notna().sum():
+                table[c] = as_numbers
     return table
 
 
