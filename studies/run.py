@@ -29,7 +29,8 @@ import sys
 from typing import Any
 
 from cpikan.arguments import ArgumentParser
-from studies import registry, samplers, storage
+from cpikan.config import canonical_json
+from studies import inputs, registry, samplers, storage
 from studies.worker import WorkerSpec, open_study, work
 from tracking import interrupts, logs
 
@@ -208,9 +209,13 @@ def prepare(args: argparse.Namespace) -> tuple[registry.Study, Any]:
     try:
         storage.open_storage(args.storage)  # reachable?
         store.client()
-        check_resume(storage.study_attrs(args.study_name, args.storage), base, args)
+        attrs = storage.study_attrs(args.study_name, args.storage)
+        check_resume(attrs, base, args)
+        changed = attrs and inputs.check_inputs(args.study_name, f"studies/{study_def.name}", canonical_json(base))
     except (storage.StorageError, store.TrackingError) as exc:
         raise BadInput(str(exc)) from None
+    if changed:
+        raise BadInput(changed)
     return study_def, base
 
 

@@ -145,7 +145,7 @@ def test_a_problem_without_exact_names_what_it_lacks(tmp_path):
         check_problem(p, _model(p))
 
 
-def test_the_reference_is_recorded_and_replay_checks_it(tmp_path):
+def test_the_reference_is_recorded_and_replay_and_resume_check_it(tmp_path):
     from studies.run import main as study
     from tracking import store
     from tracking.replay import main as replay
@@ -155,9 +155,9 @@ def test_the_reference_is_recorded_and_replay_checks_it(tmp_path):
     (lab / "poisson.py").write_text(POISSON)
     x = np.linspace(0, 1, 101)
     np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x))
-    out = run_main(study, ["pinn", "--set", "problem=poisson.py:Poisson1D", "--set", 'problem_kwargs={"reference": "ref.npz"}',
-                           "--set", "model.hidden=[8,8]", "--set", "train.adam_steps=0", "--set", "train.lm_steps=15"],
-                   tmp_path / "mlruns", lab)
+    args = ["pinn", "--set", "problem=poisson.py:Poisson1D", "--set", 'problem_kwargs={"reference": "ref.npz"}',
+            "--set", "model.hidden=[8,8]", "--set", "train.adam_steps=0", "--set", "train.lm_steps=15"]
+    out = run_main(study, args, tmp_path / "mlruns", lab)
     assert out.returncode == 0, out.stderr
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
@@ -173,3 +173,12 @@ def test_the_reference_is_recorded_and_replay_checks_it(tmp_path):
     np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x) + 1e-6)  # the reference recomputed: another measure
     changed = run_main(replay, [run.info.run_id], tmp_path / "mlruns", tmp_path)
     assert changed.returncode == 2 and "dataset 'ref.npz'" in changed.stderr and "changed" in changed.stderr, changed.stderr
+    # nor does the study resume: its trial #0 was measured against the old file, and would be ranked with new ones
+    resumed = run_main(study, [*args, "--trials", "2"], tmp_path / "mlruns", lab)
+    assert resumed.returncode == 2, resumed.stderr
+    assert f"study 'pinn': {lab / 'ref.npz'} changed since its complete trial(s) #0 read it" in resumed.stderr
+    fresh = resumed.stderr.split("--study-name ")[1].split()[0]
+    assert run_main(study, [*args, "--study-name", fresh], tmp_path / "mlruns", lab).returncode == 0
+    (lab / "poisson.py").write_text(POISSON.replace("u(0) = u(1) = 0", "u(0) = u(1) = 0 (edited)"))  # the PDE's own file too
+    again = run_main(study, [*args, "--study-name", fresh, "--trials", "2"], tmp_path / "mlruns", lab)
+    assert again.returncode == 2 and f"{lab / 'poisson.py'} changed since its complete trial(s) #0" in again.stderr
