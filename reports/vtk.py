@@ -1,7 +1,11 @@
 """VTK export through meshio: PINN solutions on a structured grid (u, exact, error as point
-data) and PSI height maps as surface meshes (height, error, modulation).
+data; at a reference file's points for a problem measured against one) and PSI height
+maps as surface meshes (height, error, modulation).
 
-    python -m reports.vtk RUN_ID [--out DIR] [--no-attach]
+    python -m reports.vtk RUN_ID [--out DIR] [--no-attach] [--problem FILE.py:CLASS]
+
+A run of the lab's own PDE is rebuilt from its file only when the user names it
+(``--problem``, as the run's params show it) and every file the run read is unchanged.
 
 Works for PDE runs (``studies.pde:run``) and PSI runs (``studies.psi_pretrain:run``): the
 model is rebuilt from the run's artifacts; files are attached to the run under ``vtk/``.
@@ -37,20 +41,46 @@ def _cells(shape: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:
     return [("hexahedron", np.stack(corners, 1))]
 
 
+def _grid_shape(points: np.ndarray) -> tuple[int, ...] | None:
+    """The shape of the ij grid ``points`` are, or None when they are scattered."""
+    axes = [np.unique(points[:, j]) for j in range(points.shape[1])]
+    shape = tuple(len(a) for a in axes)
+    if int(np.prod(shape)) != len(points):
+        return None
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, points.shape[1])
+    return shape if np.array_equal(grid, points) else None
+
+
 def pinn_mesh(model: Any, problem: Any, resolution: int | None = None) -> Any:
+    """The solution on a structured grid with its exact value and error as point data; a
+    problem measured against a reference file, at the file's points (``u_reference``: on its
+    grid, or as vertices when scattered); a system, each field (``u_0``, ``u_1``, …)."""
     import meshio
     import torch
 
-    res = resolution or min(problem.eval_resolution, {1: 2001, 2: 201, 3: 41}[problem.dim])
-    axes = [torch.linspace(a, b, res, dtype=torch.float64) for a, b in zip(problem.lo, problem.hi)]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, problem.dim)
+    if problem.reference_file is not None:
+        grid, ref = problem.reference_solution()
+        shape, label = _grid_shape(grid.numpy()), "u_reference"
+    else:
+        res = resolution or min(problem.eval_resolution, {1: 2001, 2: 201, 3: 41}[problem.dim])
+        axes = [torch.linspace(a, b, res, dtype=torch.float64) for a, b in zip(problem.lo, problem.hi)]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, problem.dim)
+        shape, label = (res,) * problem.dim, "u_exact"
+        if problem.has_region():  # outside the domain the network means nothing: vertices inside only
+            grid, shape = grid[problem.inside(grid).to(torch.bool)], None
+        ref = problem.exact(grid)
     with torch.no_grad():
-        u = model(grid)[:, 0].double().numpy()
-    exact = problem.exact(grid).numpy()
+        out = torch.cat([model(c) for c in grid.split(65536)]).double().numpy()
+    ref = ref.numpy().reshape(len(grid), -1)
+    data = {}
+    for k in range(ref.shape[1]):
+        u = "u" if ref.shape[1] == 1 else f"u_{k}"
+        data.update({u: out[:, k], label.replace("u", u, 1): ref[:, k],
+                     "error" if ref.shape[1] == 1 else f"error_{k}": out[:, k] - ref[:, k]})
     pts = np.zeros((len(grid), 3))
     pts[:, : problem.dim] = grid.numpy()
-    return meshio.Mesh(pts, _cells((res,) * problem.dim),
-                       point_data={"u": u, "u_exact": exact, "error": u - exact})
+    cells = _cells(shape) if shape and problem.dim <= 3 else [("vertex", np.arange(len(pts))[:, None])]
+    return meshio.Mesh(pts, cells, point_data=data)
 
 
 def psi_mesh(height: np.ndarray, truth: np.ndarray | None = None, modulation: np.ndarray | None = None,
@@ -69,7 +99,7 @@ def psi_mesh(height: np.ndarray, truth: np.ndarray | None = None, modulation: np
     return meshio.Mesh(pts, _cells((H, W)), point_data=data)
 
 
-def meshes_for_run(client: Any, run: Any) -> dict[str, Any]:
+def meshes_for_run(client: Any, run: Any, code: tuple[str, ...] = ()) -> dict[str, Any]:
     entry = run.data.tags.get("cpikan.entry_point", "")
     rid = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +108,7 @@ def meshes_for_run(client: Any, run: Any) -> dict[str, Any]:
             from cpikan.experiment import build
             from tracking import models
 
-            model, tensors, config = models.load_model(rid)
+            model, tensors, config = models.load_model(rid, code=code)
             problem = build(config)[0]
             problem.load_state_dict(models.part(tensors, "problem"))
             return {"solution.vtu": pinn_mesh(model, problem)}
@@ -105,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_id")
     ap.add_argument("--out", default="reports/out/vtk")
     ap.add_argument("--no-attach", action="store_true")
+    ap.add_argument("--problem", action="append", default=[], metavar="FILE.py:CLASS",
+                    help="the lab's own PDE the run names: you name it, so your file is imported (the store never "
+                         "chooses code to import), once every file the run read is there unchanged")
     args = ap.parse_args(argv)
     try:
         client, run = get_run(args.run_id)
         args.run_id = run.info.run_id  # the whole ID when given its start
-        meshes = meshes_for_run(client, run)
-    except TrackingError as exc:
+        meshes = meshes_for_run(client, run, tuple(args.problem))
+    except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) / args.run_id

@@ -83,6 +83,17 @@ def test_grid_mat_and_scattered_files_give_the_same_points_and_error(tmp_path):
     pts2, vals2 = load_reference(tmp_path / "system.npz", Burgers.coords, (-1, 0), (1, 1), outputs=2)
     assert torch.equal(pts2, pts) and torch.equal(vals2, torch.stack([vals, 2 * vals], 1))
 
+    class Pair(Burgers):
+        outputs = 2
+
+    from reports.vtk import pinn_mesh
+
+    pair = Pair(reference=str(tmp_path / "system.npz"))
+    mesh = pinn_mesh(_model(pair), pair)  # on the reference's grid, each field with its reference and error
+    assert mesh.cells[0].type == "quad" and len(mesh.points) == 45
+    assert sorted(mesh.point_data) == ["error_0", "error_1", "u_0", "u_0_reference", "u_1", "u_1_reference"]
+    assert np.array_equal(mesh.point_data["u_1_reference"], 2 * U.ravel())
+
     problem = Burgers(reference=str(tmp_path / "shock.mat"))
     model = _model(problem)
     check_problem(problem, model)
@@ -145,7 +156,7 @@ def test_a_problem_without_exact_names_what_it_lacks(tmp_path):
         check_problem(p, _model(p))
 
 
-def test_the_reference_is_recorded_and_replay_and_resume_check_it(tmp_path):
+def test_the_reference_is_recorded_and_replay_resume_and_vtk_check_it(tmp_path):
     from studies.run import main as study
     from tracking import store
     from tracking.replay import main as replay
@@ -170,9 +181,27 @@ def test_the_reference_is_recorded_and_replay_and_resume_check_it(tmp_path):
     assert run.data.metrics["rel_l2"] < 1e-3  # trained against the equation, measured against the file
     again = run_main(replay, [run.info.run_id], tmp_path / "mlruns", tmp_path)
     assert again.returncode == 0 and f"reproduced run {run.info.run_id}" in again.stdout, again.stderr
+    # the solution in ParaView: at the reference's points, rebuilt from the file only when the user names it
+    from reports.vtk import main as vtk
+
+    vtk_args = [run.info.run_id, "--out", tmp_path / "vtk", "--no-attach"]
+    refused = run_main(vtk, vtk_args, tmp_path / "mlruns", lab)
+    assert refused.returncode == 2 and "reports.vtk" in refused.stderr and "--problem" in refused.stderr, refused.stderr
+    wrong = run_main(vtk, [*vtk_args, "--problem", "other.py:Poisson1D"], tmp_path / "mlruns", lab)
+    assert wrong.returncode == 2 and "other.py:Poisson1D is not it" in wrong.stderr, wrong.stderr
+    named = run_main(vtk, [*vtk_args, "--problem", "poisson.py:Poisson1D"], tmp_path / "mlruns", lab)
+    assert named.returncode == 0, named.stderr
+    import meshio
+
+    mesh = meshio.read(tmp_path / "vtk" / run.info.run_id / "solution.vtu")
+    assert np.array_equal(mesh.points[:, 0], x) and mesh.cells[0].type == "line"
+    assert np.array_equal(mesh.point_data["u_reference"], np.sin(np.pi * x))
+    assert np.abs(mesh.point_data["error"]).max() < 1e-3
     np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x) + 1e-6)  # the reference recomputed: another measure
     changed = run_main(replay, [run.info.run_id], tmp_path / "mlruns", tmp_path)
     assert changed.returncode == 2 and "dataset 'ref.npz'" in changed.stderr and "changed" in changed.stderr, changed.stderr
+    stale = run_main(vtk, [*vtk_args, "--problem", "poisson.py:Poisson1D"], tmp_path / "mlruns", lab)
+    assert stale.returncode == 2 and "dataset 'ref.npz'" in stale.stderr, stale.stderr  # not the run's reference
     # nor does the study resume: its trial #0 was measured against the old file, and would be ranked with new ones
     resumed = run_main(study, [*args, "--trials", "2"], tmp_path / "mlruns", lab)
     assert resumed.returncode == 2, resumed.stderr

@@ -58,6 +58,12 @@ def test_points_and_the_measure_stay_inside_the_domain():
     ref = problem.exact(grid)
     want = float(torch.linalg.vector_norm(pred - ref) / torch.linalg.vector_norm(ref))
     assert problem.evaluate(model)["rel_l2"] == pytest.approx(want, rel=1e-12)
+    from reports.vtk import pinn_mesh
+
+    mesh = pinn_mesh(model, problem, resolution=11)  # vertices inside the disk only: outside, the network means nothing
+    assert mesh.cells[0].type == "vertex" and 0 < len(mesh.points) < 11 ** 3
+    assert (mesh.points[:, 0] ** 2 + mesh.points[:, 1] ** 2).max() < 1
+    assert sorted(mesh.point_data) == ["error", "u", "u_exact"]
 
 
 def test_a_box_problem_samples_as_before():

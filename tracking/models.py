@@ -115,28 +115,47 @@ def read_run(run_id: str, artifact_path: str = "model") -> tuple[dict[str, Any],
         return read(download(run_id, artifact_path, tmp), run_id)
 
 
-def load_model(run_id: str, artifact_path: str = "model") -> tuple[Any, dict[str, Any], Any]:
-    """(module in eval mode, all tensors, config) of a run's model artifact."""
+def load_model(run_id: str, artifact_path: str = "model", code: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any], Any]:
+    """(module in eval mode, all tensors, config) of a run's model artifact; ``code``: the
+    lab's own code the run names, as the user names it (see :func:`refuse_user_code`)."""
     meta, tensors = read_run(run_id, artifact_path)
     config_cls = _import(meta["config_class"])
     config, _ = from_recorded(config_cls, meta["config"])  # a run of an older version: as it then was
-    refuse_user_code(config, run_id)
+    refuse_user_code(config, run_id, code)
     model = _import(meta["builder"])(config)
     model.load_state_dict(part(tensors, "model"))
     return model.eval(), tensors, config
 
 
-def refuse_user_code(config: Any, run_id: str) -> None:
+def refuse_user_code(config: Any, run_id: str, code: tuple[str, ...] = ()) -> None:
     """A model from the store is rebuilt by the project's own code only: a config naming the
-    lab's own (a ``FILE.py:CLASS`` problem) would have the store choose code to import."""
+    lab's own (a ``FILE.py:CLASS`` problem) would have the store choose code to import. The
+    user may name it (``code``, as they would type it): then the user chose it, and it is
+    imported once every file the run read (that code and its modules, a reference) is there
+    with the content the run recorded."""
+    from cpikan import refs
     from cpikan.config import named_code
 
     named = named_code(config)
+    for path, ref, _ in named:
+        if ref in {refs.absolute_ref(c) for c in code}:
+            continue
+        said = f" ({', '.join(code)} is not it)" if code else ""
+        raise TrackingError(f"run {run_id}: its {path} is code of the lab's own ({ref}){said}; a model is rebuilt "
+                            f"from the store with the project's code only, or with code you name (python -m "
+                            f"reports.vtk {run_id} --problem {ref}); to train it again: python -m tracking.replay {run_id}")
     if named:
-        path, ref, _ = named[0]
-        raise TrackingError(f"run {run_id}: its {path} is code of the lab's own ({ref}); a model is rebuilt "
-                            f"from the store with the project's code only: replay the run to train it again "
-                            f"(python -m tracking.replay {run_id})")
+        from tracking.hashing import file_sha256
+        from tracking.tracker import recorded_datasets
+
+        client = store.client(must_exist=True)
+        for name, info in recorded_datasets(client, store.get_run(client, run_id)).items():
+            path = Path(info["path"])
+            state = ("no longer exists" if not path.is_file() else
+                     "changed since the run (sha256 differs)" if file_sha256(path) != info["sha256"] else "")
+            if state:
+                raise TrackingError(f"run {run_id}: dataset {name!r} ({path}) {state}: the model would be rebuilt "
+                                    "on other files than it was trained with")
 
 
 def convert(run_id: str, builder: str, artifact_path: str, old_file: str) -> None:
