@@ -86,6 +86,12 @@ def test_grid_mat_and_scattered_files_give_the_same_points_and_error(tmp_path):
     class Pair(Burgers):
         outputs = 2
 
+    scipy.io.savemat(tmp_path / "nls.mat", {"x": X[None], "t": T[None], "uu": U + 2j * U})  # NLS.mat: ψ complex
+    pts3, vals3 = load_reference(tmp_path / "nls.mat", Burgers.coords, (-1, 0), (1, 1), outputs=2)
+    assert torch.equal(pts3, pts) and torch.equal(vals3, vals2)  # real and imaginary parts: a system's two fields
+    with pytest.raises(ValueError, match="uu is complex; a complex field is a system of two real ones"):
+        load_reference(tmp_path / "nls.mat", Burgers.coords, (-1, 0), (1, 1))
+
     from reports.vtk import pinn_mesh
 
     pair = Pair(reference=str(tmp_path / "system.npz"))
@@ -108,7 +114,7 @@ def test_grid_mat_and_scattered_files_give_the_same_points_and_error(tmp_path):
     ({"x": 2 * X, "t": T, "u": U}, "reference: x spans [-2, 2], outside the problem's [-1, 1]; is it the same problem?"),
     ({"x": X, "t": T, "u": np.where(U > 0.5, np.nan, U)}, "is not finite at point 5 ([-0.75, 0.0]); 7 such point(s)"),
     ({"x": X, "t": T, "usol": U, "v": U}, "holds t, usol, v, x; name the solution 'u' (besides t, x)"),
-    ({"x": X, "u": U[:, 0]}, "holds u, x; expected the axes x, t and the values on their grid, or points and values"),
+    ({"x": X, "u": U[:, 0]}, "holds u, x; expected the axes x, t (arrays named as the problem's coords) and the values"),
     ({"x": X, "t": T, "u": 0 * U}, "solution is zero everywhere; a relative error needs one that is not"),
     ({"x": X, "t": T, "u": np.array([None, 1.0], dtype=object)}, "holds Python objects"),
 ])

@@ -13,7 +13,8 @@ Two layouts, in ``.npz`` or MATLAB ``.mat`` (v5–v7; nothing is unpickled):
   with a trailing axis of the fields for a system;
 * scattered points: ``points`` (N, dim) and the values (N,) or (N, outputs).
 
-The values are the array named ``u``, or the one array left besides the coordinates.
+The values are the array named ``u``, or the one array left besides the coordinates; a
+complex one (``uu`` in NLS.mat) gives a system's two fields, its real and imaginary parts.
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ def _values_key(arrays: dict[str, np.ndarray], used: set[str], path: Path) -> st
     return rest[0]
 
 
+def _real(values: np.ndarray, key: str, outputs: int) -> np.ndarray:
+    """The values as float64; a complex field (Schrödinger's ψ) as its real and imaginary
+    parts, the two fields of a system (outputs = 2), in a trailing axis."""
+    if not np.iscomplexobj(values):
+        return np.asarray(values, dtype=np.float64)
+    if outputs != 2:
+        raise ValueError(f"reference: {key} is complex; a complex field is a system of two real ones, its real and "
+                         f"imaginary parts: set outputs = 2 on the problem (it has {outputs})")
+    return np.stack([values.real, values.imag], axis=-1).astype(np.float64)
+
+
 def load_reference(path: str | Path, coords: tuple[str, ...], lo: tuple[float, ...], hi: tuple[float, ...],
                    outputs: int = 1) -> tuple[Tensor, Tensor]:
     """The reference's points (N, dim) and values ((N,), or (N, outputs) for a system), in
@@ -71,7 +83,7 @@ def load_reference(path: str | Path, coords: tuple[str, ...], lo: tuple[float, .
     if coords and len(coords) == dim and all(c in arrays for c in coords):
         axes = [np.asarray(arrays[c], dtype=np.float64).ravel() for c in coords]
         key = _values_key(arrays, set(coords), path)
-        values = np.asarray(arrays[key], dtype=np.float64)
+        values = _real(arrays[key], key, outputs)
         grid = tuple(len(a) for a in axes)
         if values.shape != grid + field_shape:
             if values.squeeze().shape == grid + field_shape:
@@ -88,12 +100,13 @@ def load_reference(path: str | Path, coords: tuple[str, ...], lo: tuple[float, .
         if dim == 1 and points.ndim == 1:
             points = points[:, None]
         key = _values_key(arrays, {"points"}, path)
-        values = np.asarray(arrays[key], dtype=np.float64)
+        values = _real(arrays[key], key, outputs)
         if points.ndim != 2 or points.shape[1] != dim or values.shape != (len(points), *field_shape):
             raise ValueError(f"reference: expected points (N, {dim}) and {key} {('N', *field_shape)}, got "
                              f"{points.shape} and {values.shape}")
     else:
-        want = f"the axes {', '.join(coords)} and the values on their grid" if coords else "points (N, dim)"
+        want = (f"the axes {', '.join(coords)} (arrays named as the problem's coords) and the values on their grid"
+                if coords else "points (N, dim)")
         hint = "" if coords else " (or set coords on the problem to read a grid)"
         raise ValueError(f"reference: {path} holds {', '.join(sorted(arrays)) or 'no arrays'}; expected {want}, "
                          f"or points and values{hint}")
