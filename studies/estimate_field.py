@@ -6,9 +6,10 @@ DIR: the folder ``place_sensors`` wrote (placement.json, basis.npz). READINGS.cs
 ``sensor`` and the fields the sensors were placed for (DIR/summary.json lists them, e.g.
 ``U[0],U[1],p``), then a row per sensor (numbered as in DIR/sensors.csv); with a
 ``snapshot`` column, several snapshots, each estimated on its own (as a spreadsheet saves it
-too: a byte-order mark, semicolons with decimal commas, or tabs). Every sensor needs a
-reading of every field, but those ``--without`` names (a faulty or missing sensor): the
-estimate is then made from the others.
+too: a byte-order mark, semicolons with decimal commas, or tabs). A sensor that did not read
+in a snapshot (its row absent, or the cell empty or NaN: a dropout) is left out of that
+snapshot's estimate, which is made from the sensors that did; one that read in none is
+named, with ``--without`` (a faulty or missing sensor: left out of every snapshot).
 
 The estimate is the linear one the placement was scored with: each field's POD modes
 fitted to the readings by least squares, added to the family's mean. With more sensors
@@ -22,7 +23,8 @@ with no more sensors than modes left, the others cannot tell, and it says so.
 Each field's standard error from the sensor noise place_sensors assumed (σ√(φᵀ(ΘᵀΘ)⁻¹φ):
 where the sensors pin the field and where they amplify the noise; truncation not counted)
 is written beside it as FIELD_sd. Writes FIELDS.npz (each field as (snapshots, ny, nx) or
-(snapshots, n), FIELD_sd as (ny, nx) or (n,), and ``points``) or,
+(snapshots, n), FIELD_sd as (ny, nx) or (n,), or per snapshot when a snapshot lacks a
+reading, and ``points``) or,
 for one snapshot, FIELDS.vtu (the fields as point data on the snapshots' own mesh and cells,
 or on bare points when they came without a mesh), under a temporary name first. Exit status: 0 done, 2 bad input (nothing written).
 """
@@ -90,9 +92,12 @@ def _cell_order(key: str) -> tuple[int, str]:
     return (int(parts[1]), key) if key.startswith("cells:") else (-1, key)
 
 
-def read_readings(path: Path, fields: list[str], k: int, without: frozenset[int] = frozenset()) -> np.ndarray:
-    """(snapshots, fields, sensors) readings from the CSV, sensors 1 … k but those ``without``
-    (their rows, if any, are not read); every error names the row or column."""
+def read_readings(path: Path, fields: list[str], k: int,
+                  without: frozenset[int] = frozenset()) -> tuple[list[str], np.ndarray]:
+    """(the snapshots' names, (snapshots, fields, sensors) readings) from the CSV, sensors
+    1 … k but those ``without`` (their rows, if any, are not read); NaN where a snapshot
+    lacks a sensor's reading (its row absent, the cell empty or NaN: a sensor that dropped
+    out). Every error names the row or column."""
     try:  # as a spreadsheet saves it too: a byte-order mark, semicolons and decimal commas, or tabs
         with path.open(newline="", encoding="utf-8-sig") as f:
             sep, decimal = dialect(f.readline())
@@ -116,31 +121,36 @@ def read_readings(path: Path, fields: list[str], k: int, without: frozenset[int]
     for line, row in enumerate(rows, start=2):
         try:
             s = int(row["sensor"])
-            values = [float(row[f]) for f in fields]
+            values = [float(row[f]) if (row[f] or "").strip() else np.nan for f in fields]  # empty: not read
         except (TypeError, ValueError):
             raise SensorError(f"readings: {path} line {line}: expected a sensor number and numbers, got {row}") from None
         if not 1 <= s <= k:
             raise SensorError(f"readings: {path} line {line}: sensor {s}; the placement has sensors 1 to {k}")
         if s in without:
             continue
-        if not np.isfinite(values).all():
-            raise SensorError(f"readings: {path} line {line}: sensor {s} reads NaN or Inf "
-                              f"(leave it out: --without {s})")
+        if np.isinf(values).any():
+            raise SensorError(f"readings: {path} line {line}: sensor {s} reads Inf "
+                              f"(leave it out: --without {s}; an empty cell or NaN is a reading not made)")
         snap = snaps.setdefault(row.get("snapshot") or "", {})
         if s in snap:
             raise SensorError(f"readings: {path} line {line}: sensor {s} read twice"
                               + (f" in snapshot {row['snapshot']}" if row.get("snapshot") else ""))
         snap[s] = values
-    used = [s for s in range(1, k + 1) if s not in without]
-    for name, snap in snaps.items():
-        absent = [s for s in used if s not in snap]
-        if absent:
-            where = f" in snapshot {name}" if name else ""
-            raise SensorError(f"readings: {path}: no reading from sensor {absent[0]}{where} ({len(absent)} missing; "
-                              f"to estimate without it: --without {absent[0]})")
     if not snaps:
         raise SensorError(f"readings: {path} has no rows")
-    return np.array([[[snap[s][i] for s in used] for i in range(len(fields))] for snap in snaps.values()])
+    used = [s for s in range(1, k + 1) if s not in without]
+    nan = [np.nan] * len(fields)
+    out = np.array([[[snap.get(s, nan)[i] for s in used] for i in range(len(fields))] for snap in snaps.values()])
+    read = np.isfinite(out)
+    for j, s in enumerate(used):
+        if not read[:, :, j].any():
+            where = "" if len(snaps) == 1 else " in any snapshot"
+            raise SensorError(f"readings: {path}: no reading from sensor {s}{where}; to estimate without it: "
+                              f"--without {','.join(map(str, sorted(without | {s})))}")
+    for (t, i) in zip(*np.nonzero(~read.any(axis=2))):
+        where = f" in snapshot {list(snaps)[t]}" if len(snaps) > 1 else ""
+        raise SensorError(f"readings: {path}: no sensor read {fields[i]}{where}")
+    return list(snaps), out
 
 
 def sensors_used(placed: Placed, without: frozenset[int]) -> Placement:
@@ -155,29 +165,53 @@ def sensors_used(placed: Placed, without: frozenset[int]) -> Placement:
                                                    if s not in without))
 
 
+def _groups(readings: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(snapshot rows, sensors that read in them) for each set of sensors that read together
+    in ``readings`` ((snapshots, sensors), NaN: not read): one group when every sensor read."""
+    read = np.isfinite(readings)
+    patterns, which = np.unique(read, axis=0, return_inverse=True)
+    return [(np.flatnonzero(which.ravel() == g), pattern) for g, pattern in enumerate(patterns)]
+
+
+def _subset(placement: Placement, read: np.ndarray) -> Placement:
+    return replace(placement, indices=tuple(i for i, ok in zip(placement.indices, read) if ok))
+
+
 def misfit(placed: Placed, placement: Placement, readings: np.ndarray) -> float:
     """The worst sensor residual as a multiple of what the family and the sensor noise
     explain: √(family's largest² + σ²(K − r)), the second term the expected residual of K
-    noisy readings fitted with r modes (0 with no more sensors than modes: nothing to tell)."""
-    worst, k = 0.0, len(placement.indices)
+    noisy readings fitted with r modes (0 with no more sensors than modes: nothing to tell).
+    A snapshot that lacks readings is fitted with the sensors that read in it."""
+    worst = 0.0
     for i, (name, basis) in enumerate(placed.bases.items()):
-        off = float(residual(basis, placement, readings[:, i, :]).max())
-        explained = np.hypot(placed.family_residual[name], placed.noise_sd[name] * np.sqrt(max(k - basis.rank, 0)))
-        worst = max(worst, off / explained if explained > 0 else 0.0 if off == 0 else np.inf)
+        for rows, read in _groups(readings[:, i, :]):
+            k = int(read.sum())
+            off = float(residual(basis, _subset(placement, read), readings[rows][:, i, read]).max())
+            explained = np.hypot(placed.family_residual[name], placed.noise_sd[name] * np.sqrt(max(k - basis.rank, 0)))
+            worst = max(worst, off / explained if explained > 0 else 0.0 if off == 0 else np.inf)
     return worst
 
 
 def estimate(placed: Placed, placement: Placement,
              readings: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
-    """(field → (snapshots, n) estimate from ``placement``'s sensors, field → (n,) its
-    standard error from the sensor noise place_sensors assumed, their :func:`misfit`)."""
+    """(field → (snapshots, n) estimate from ``placement``'s sensors, field → its standard
+    error from the sensor noise place_sensors assumed, their :func:`misfit`). The standard
+    error is (n,), or (snapshots, n) when some snapshot lacks a reading (NaN in
+    ``readings``): each is estimated from the sensors that read in it."""
     out, sd = {}, {}
+    each = not np.isfinite(readings).all()
     for i, (name, basis) in enumerate(placed.bases.items()):
-        out[name] = reconstruct(basis, placement, readings[:, i, :])
-        sd[name] = standard_error(basis, placement, placed.noise_sd[name])
+        out[name] = np.empty((len(readings), basis.points))
+        sd[name] = np.empty((len(readings), basis.points))
+        for rows, read in _groups(readings[:, i, :]):
+            used = _subset(placement, read)
+            out[name][rows] = reconstruct(basis, used, readings[rows][:, i, read])
+            sd[name][rows] = standard_error(basis, used, placed.noise_sd[name])
+        if not each:
+            sd[name] = sd[name][0]
         if placed.outside is not None:
             out[name][:, placed.outside] = np.nan  # not in the flow, as in the snapshots
-            sd[name][placed.outside] = np.nan
+            sd[name][..., placed.outside] = np.nan
     return out, sd, misfit(placed, placement, readings)
 
 
@@ -187,8 +221,8 @@ def culprits(placed: Placed, placement: Placement, readings: np.ndarray,
     out, the others fit the family (misfit ≤ WARN_RESIDUAL), and what they then fit to;
     empty when none does. None when one fewer sensor leaves no more readings than modes (the
     others then fit anything: a sensor cannot be told from its neighbours)."""
-    if len(numbers) - 1 <= max(b.rank for b in placed.bases.values()):
-        return None
+    if len(numbers) - 1 <= max(b.rank for b in placed.bases.values()) or not np.isfinite(readings).all():
+        return None  # (leaving one out of snapshots that lack others: not tried)
     found = []
     for j, s in enumerate(numbers):
         rest = replace(placement, indices=placement.indices[:j] + placement.indices[j + 1:])
@@ -201,7 +235,7 @@ def culprits(placed: Placed, placement: Placement, readings: np.ndarray,
 def write(path: Path, fields: dict[str, np.ndarray], placed: Placed, sd: dict[str, np.ndarray] | None = None) -> None:
     """FIELDS.npz, or FIELDS.vtu on the snapshots' own mesh (points alone when they had none);
     each field's standard error ``sd`` beside it as FIELD_sd."""
-    fields = {**fields, **{f"{n}_sd": v[None] for n, v in (sd or {}).items()}}
+    fields = {**fields, **{f"{n}_sd": v if v.ndim == 2 else v[None] for n, v in (sd or {}).items()}}
     tmp = path.with_name(path.name + ".part" + path.suffix)
     if path.suffix == ".vtu":
         import meshio
@@ -219,7 +253,7 @@ def write(path: Path, fields: dict[str, np.ndarray], placed: Placed, sd: dict[st
         meshio.write(tmp, meshio.Mesh(pts, cells, **data))
     else:
         shaped = {n: v.reshape(len(v), *placed.grid) if placed.grid else v for n, v in fields.items()}
-        shaped.update({n: v[0] for n, v in shaped.items() if n.endswith("_sd") and n[:-3] in placed.bases})
+        shaped.update({f"{n}_sd": shaped[f"{n}_sd"][0] for n, v in (sd or {}).items() if v.ndim == 1})
         with tmp.open("wb") as f:
             np.savez(f, points=placed.points, **shaped)
     os.replace(tmp, path)
@@ -247,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         placed = load(Path(args.folder))
         placement = sensors_used(placed, without)
         numbers = [s for s in range(1, len(placed.placement.indices) + 1) if s not in without]
-        readings = read_readings(Path(args.readings), list(placed.bases), len(placed.placement.indices), without)
+        snapshot_names, readings = read_readings(Path(args.readings), list(placed.bases), len(placed.placement.indices),
+                                                 without)
         if out.suffix == ".vtu" and len(readings) > 1:
             raise SensorError(f"--out: {len(readings)} snapshots do not fit one .vtu; write .npz")
     except SensorError as exc:
@@ -255,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fields, sd, worst = estimate(placed, placement, readings)
     write(out, fields, placed, sd)
+    lacking = ~np.isfinite(readings).all(axis=1)  # (snapshots, sensors): a field or more not read
+    if lacking.any():
+        t, j = (int(v[0]) for v in np.nonzero(lacking))
+        where = f" in snapshot {snapshot_names[t]}" if len(readings) > 1 else ""
+        print(f"note: {int(lacking.any(axis=1).sum())} snapshot(s) lack readings (sensor {numbers[j]}{where} first): each "
+              "is estimated from the sensors that read in it, with its own standard error (FIELD_sd per snapshot)",
+              file=sys.stderr)
     left_out = f" (without {', '.join(map(str, sorted(without)))})" if without else ""
     print(f"{len(readings)} snapshot(s) of {', '.join(fields)} from {len(placement.indices)} sensors{left_out} → {out}")
     print("  standard error from the sensor noise place_sensors assumed (FIELD_sd in the output): " + "; ".join(

@@ -570,10 +570,49 @@ def test_bad_snapshot_input_is_one_line_naming_the_field_and_writes_nothing(vtu_
     assert not (tmp_path / "out.part").exists()
 
 
+def test_a_sensor_that_dropped_out_of_some_snapshots_is_left_out_of_those_only(rank3_family, tmp_path, capsys):
+    """A time series where sensor 2 did not read at t1 (its row absent) and sensor 5 at t2
+    (an empty cell), as a DAQ logs a dropout: each snapshot is estimated from the sensors
+    that read in it, as --without would for that snapshot alone, the others as if complete,
+    and the standard error is per snapshot. Before, the whole file was refused."""
+    import pandas as pd
+
+    src, new = rank3_family
+    out = tmp_path / "sensors"
+    assert place_sensors.main([str(src), "--k", "6", "--rank", "3", "--out", str(out), "--no-track"]) == 0
+    sensors = pd.read_csv(out / "sensors.csv")
+    fields = {"t0": new, "t1": 0.5 * new - 0.2 * np.load(src)[0], "t2": np.load(src)[3]}
+    table = pd.DataFrame([{"snapshot": t, "sensor": s, "heat": f[r, c]} for t, f in fields.items()
+                          for s, r, c in zip(sensors["sensor"], sensors["row"], sensors["col"])])
+    table = table[~((table.snapshot == "t1") & (table.sensor == 2))].astype({"heat": object})
+    table.loc[(table.snapshot == "t2") & (table.sensor == 5), "heat"] = ""
+    table.to_csv(tmp_path / "r.csv", index=False)
+    assert estimate_field.main([str(out), str(tmp_path / "r.csv"), "--out", str(tmp_path / "all.npz")]) == 0
+    assert "2 snapshot(s) lack readings (sensor 2 in snapshot t1 first)" in capsys.readouterr().err
+    with np.load(tmp_path / "all.npz") as z:
+        est, sd = z["heat"], z["heat_sd"]
+    assert est.shape == sd.shape == (3, 9, 14)
+    for t, (name, field) in enumerate(fields.items()):
+        alone = table[table.snapshot == name].drop(columns="snapshot")
+        alone = alone[alone.heat != ""]
+        alone.to_csv(tmp_path / "one.csv", index=False)
+        gone = sorted(set(sensors["sensor"]) - set(alone.sensor))
+        args = ["--without", ",".join(map(str, gone))] if gone else []
+        assert estimate_field.main([str(out), str(tmp_path / "one.csv"), "--out", str(tmp_path / "one.npz"), *args]) == 0
+        with np.load(tmp_path / "one.npz") as z:
+            assert np.array_equal(z["heat"][0], est[t]) and np.array_equal(z["heat_sd"], sd[t])
+        assert np.abs(est[t] - field).max() <= 1e-9 * np.abs(field).max()  # 5 sensors still pin 3 modes
+    assert sd[1].max() > sd[0].max() and sd[2].max() > sd[0].max()
+    capsys.readouterr()
+    table[table.sensor != 4].to_csv(tmp_path / "r.csv", index=False)  # a sensor that read in no snapshot: named
+    assert estimate_field.main([str(out), str(tmp_path / "r.csv"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "no reading from sensor 4 in any snapshot; to estimate without it: --without 4" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing sensor", "no reading from sensor 4"), ("unknown column", "column 'q'"), ("not a number", "line 3"),
     ("twice", "sensor 2 read twice"), ("out of range", "sensors 1 to 4"), ("other basis", "placement: chosen on basis"),
-    ("suffix", "--out: est.csv"), ("no rows", "has no rows"),
+    ("suffix", "--out: est.csv"), ("no rows", "has no rows"), ("infinite", "line 4: sensor 3 reads Inf"),
 ])
 def test_bad_readings_are_one_line_naming_the_field_and_write_nothing(rank3_family, tmp_path, capsys, case, message):
     src, _ = rank3_family
@@ -582,7 +621,7 @@ def test_bad_readings_are_one_line_naming_the_field_and_write_nothing(rank3_fami
     rows = ["sensor,heat", "1,0.5", "2,0.1", "3,0.2", "4,0.3"]
     rows = {"missing sensor": rows[:4], "unknown column": ["sensor,heat,q"] + [r + ",1" for r in rows[1:]],
             "not a number": [rows[0], rows[1], "2,warm", *rows[3:]], "twice": [*rows, "2,0.4"],
-            "out of range": [*rows, "5,0.1"], "no rows": rows[:1]}.get(case, rows)
+            "out of range": [*rows, "5,0.1"], "no rows": rows[:1], "infinite": [*rows[:3], "3,inf", rows[4]]}.get(case, rows)
     (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
     if case == "other basis":  # a basis file from another placement
         assert place_sensors.main([str(src), "--k", "4", "--rank", "2", "--out", str(tmp_path / "b"), "--no-track"]) == 0
