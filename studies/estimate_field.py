@@ -104,8 +104,7 @@ def read_readings(path: Path, fields: list[str], k: int,
             f.seek(0)
             reader = csv.DictReader(f, delimiter=sep, skipinitialspace=True)
             rows, header = list(reader), [c.strip() for c in reader.fieldnames or []]
-            rows = [{str(k).strip(): v.replace(decimal, ".") if isinstance(v, str) else v for k, v in row.items()}
-                    for row in rows]
+            rows = [{str(k).strip(): v for k, v in row.items()} for row in rows]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SensorError(f"readings: {path} cannot be read ({exc})") from None
     if "sensor" not in header:
@@ -121,7 +120,8 @@ def read_readings(path: Path, fields: list[str], k: int,
     for line, row in enumerate(rows, start=2):
         try:
             s = int(row["sensor"])
-            values = [float(row[f]) if (row[f] or "").strip() else np.nan for f in fields]  # empty: not read
+            values = [float(row[f].replace(decimal, ".")) if (row[f] or "").strip() else np.nan  # empty: not read
+                      for f in fields]
         except (TypeError, ValueError):
             raise SensorError(f"readings: {path} line {line}: expected a sensor number and numbers, got {row}") from None
         if not 1 <= s <= k:
@@ -147,7 +147,9 @@ def read_readings(path: Path, fields: list[str], k: int,
             where = "" if len(snaps) == 1 else " in any snapshot"
             raise SensorError(f"readings: {path}: no reading from sensor {s}{where}; to estimate without it: "
                               f"--without {','.join(map(str, sorted(without | {s})))}")
-    for (t, i) in zip(*np.nonzero(~read.any(axis=2))):
+    unread = np.argwhere(~read.any(axis=2))  # (snapshot, field) pairs no sensor read
+    if len(unread):
+        t, i = unread[0]
         where = f" in snapshot {list(snaps)[t]}" if len(snaps) > 1 else ""
         raise SensorError(f"readings: {path}: no sensor read {fields[i]}{where}")
     return list(snaps), out

@@ -607,6 +607,10 @@ def test_a_sensor_that_dropped_out_of_some_snapshots_is_left_out_of_those_only(r
     table[table.sensor != 4].to_csv(tmp_path / "r.csv", index=False)  # a sensor that read in no snapshot: named
     assert estimate_field.main([str(out), str(tmp_path / "r.csv"), "--out", str(tmp_path / "x.npz")]) == 2
     assert "no reading from sensor 4 in any snapshot; to estimate without it: --without 4" in capsys.readouterr().err
+    table.loc[table.snapshot == "t1", "heat"] = ""  # a snapshot nothing read in
+    table.to_csv(tmp_path / "r.csv", index=False)
+    assert estimate_field.main([str(out), str(tmp_path / "r.csv"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "no sensor read heat in snapshot t1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, message", [
