@@ -79,7 +79,7 @@ def test_a_box_problem_samples_as_before():
     assert len(Box().eval_grid()) == 21 ** 3
 
 
-def test_a_region_needs_its_own_boundary_and_a_mask_that_keeps_something():
+def test_a_region_needs_its_own_boundary_and_a_mask_that_keeps_something(tmp_path):
     class FacesOnly(DiskHeat):
         sample_boundary = Problem.sample_boundary
 
@@ -103,5 +103,14 @@ def test_a_region_needs_its_own_boundary_and_a_mask_that_keeps_something():
     with pytest.raises(ValueError, match="inside(x) keeps none of the 21-point-per-axis evaluation grid".replace("(", r"\(")
                        .replace(")", r"\)")):
         check_problem(p, _model(p))
+    import numpy as np
+
+    axis = np.linspace(-1, 1, 5)
+    np.savez(tmp_path / "ref.npz", x=axis, y=axis, t=np.linspace(0, 1, 3), u=np.ones((5, 5, 3)))  # the whole box
+    p = DiskHeat(reference=str(tmp_path / "ref.npz"))
+    with pytest.raises(ValueError, match=r"reference holds 48 point\(s\) outside its domain \(inside\(x\) is False; "
+                                         r"the first at \[-1.0, -1.0, 0.0\]\)"):
+        check_problem(p, _model(p))
+    p = Nowhere()
     with pytest.raises(ValueError, match=r"inside: 0 of \d+ points drawn in the box lie inside the domain"):
         p.sample_interior(10, torch.Generator().manual_seed(0))

@@ -56,7 +56,14 @@ def _check_region(problem: Problem, name: str) -> None:
     if problem.n_boundary and type(problem).sample_boundary is Problem.sample_boundary:
         raise ValueError(f"problem: {name} defines inside(x) but samples its boundary on the box's faces; define "
                          "sample_boundary(n, gen) on the domain's boundary (or n_boundary=0)")
-    if problem.reference_file is None and not len(problem.eval_grid()):
+    if problem.reference_file is not None:  # measured there: a point outside would count where no equation holds
+        pts, _ = problem.reference_solution()
+        out = ~problem.inside(pts).to(torch.bool)
+        if out.any():
+            first = [round(v, 6) for v in pts[int(out.nonzero()[0])].tolist()]
+            raise ValueError(f"problem: {name}'s reference holds {int(out.sum())} point(s) outside its domain "
+                             f"(inside(x) is False; the first at {first}); give the solution on the domain only")
+    elif not len(problem.eval_grid()):
         raise ValueError(f"problem: {name}'s inside(x) keeps none of the {problem.eval_resolution}-point-per-axis "
                          "evaluation grid; check inside(x), or raise eval_resolution")
 
