@@ -21,6 +21,7 @@ from cpikan.config import canonical_json, choice, validate
 from cpikan.experiment import PINNConfig, n_parameters, run_pinn
 from cpikan.methods import METHODS, applicable, apply, source_weights
 from cpikan.presets import PRESETS
+from studies.pde import log_problem_files
 from studies.registry import Study, register
 from tracking.models import log_model
 
@@ -47,6 +48,7 @@ class MethodSearchConfig:
 
 def run(config: MethodSearchConfig, ctx: Any) -> dict[str, float]:
     pinn = apply(config.base, config.method)
+    log_problem_files(ctx, pinn)
     init_state, source_seconds = source_weights(pinn) if config.method == "transfer" else (None, 0.0)
     t0 = time.perf_counter()
     result, model, problem = run_pinn(pinn, [ctx.metrics_callback()], init_state=init_state)

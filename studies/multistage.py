@@ -16,6 +16,7 @@ from typing import Any
 from cpikan.multistage import MultiStageConfig, StageResult, train_multistage
 from cpikan.pde import PROBLEMS
 from cpikan.presets import PRESETS
+from studies.pde import log_problem_files
 from studies.registry import Study, register
 
 
@@ -33,6 +34,7 @@ def run(cfg: MultiStageConfig, ctx: Any) -> dict[str, float]:
         ctx.log_metrics({"stage_rel_l2": s.rel_l2, "stage_residual": s.residual_rms, "stage_scale": s.scale,
                          "stage_frequency": s.frequency, "stage_seconds": s.seconds}, step=s.stage)
 
+    log_problem_files(ctx, cfg.base)
     t0 = time.perf_counter()
     train_multistage(cfg, on_stage=on_stage)
     seconds = time.perf_counter() - t0

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from cpikan import refs
 from cpikan.experiment import PINNConfig, build, n_parameters, run_pinn
-from cpikan.pde import PROBLEMS
+from cpikan.pde import PROBLEMS, make_problem
 from cpikan.pde.check import check_problem
 from cpikan.presets import PRESETS
 from cpikan.train import Callback
@@ -41,9 +42,7 @@ class Report(Callback):
 def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
     """Train, evaluate and log: step metrics, results, the model and a convergence figure.
     (The lab's own problem, ``FILE.py:CLASS``, is recorded by content by the tracker.)"""
-    files = {Path(f).name: f for f in (config.problem_kwargs.get(k) for k in ("data_file", "reference")) if f}
-    if files:  # what the run read besides code: a replay checks them by sha256
-        ctx.log_datasets(files)
+    log_problem_files(ctx, config)
     init_state = None
     if config.init_from:  # transfer learning: the source run's trained network (safetensors)
         init_state = part(read_run(config.init_from)[1], "model")
@@ -51,8 +50,6 @@ def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
     t0 = time.perf_counter()
     result, model, problem = run_pinn(config, [ctx.metrics_callback(), Report(ctx)], init_state=init_state)
     seconds = time.perf_counter() - t0
-    if problem.reference_file and problem.reference_file not in files.values():  # named in the problem's own code
-        ctx.log_dataset(problem.reference_file, name=Path(problem.reference_file).name)
     results = dict(result.metrics)
     results.update(final_loss=result.loss, steps=float(result.steps),
                    nan_events=float(result.nan_events), params=float(n_parameters(model)))
@@ -60,6 +57,22 @@ def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
                     step=result.steps)
     log_model(ctx, {"model": model, "problem": problem}, "studies.pde:build_model", config)
     return results
+
+
+#: problem arguments that name a file the problem reads (observations, a reference solution)
+PROBLEM_FILES = ("data_file", "reference")
+
+
+def log_problem_files(ctx: Any, config: PINNConfig) -> None:
+    """The data files a run's problem reads, by sha256, before it trains: a replay, a model
+    rebuilt from the store and a resumed study check them. A lab's own problem is built to
+    find a reference its code names itself."""
+    files = [config.problem_kwargs.get(k) for k in PROBLEM_FILES]
+    if refs.is_ref(config.problem):
+        files.append(make_problem(config.problem, **config.problem_kwargs).reference_file)
+    named = {Path(f).name: str(Path(f).resolve()) for f in files if f}
+    if named:
+        ctx.log_datasets(named)
 
 
 def build_model(config: PINNConfig) -> torch.nn.Module:

@@ -217,3 +217,33 @@ def test_the_reference_is_recorded_and_replay_resume_and_vtk_check_it(tmp_path):
     (lab / "poisson.py").write_text(POISSON.replace("u(0) = u(1) = 0", "u(0) = u(1) = 0 (edited)"))  # the PDE's own file too
     again = run_main(study, [*args, "--study-name", fresh, "--trials", "2"], tmp_path / "mlruns", lab)
     assert again.returncode == 2 and f"{lab / 'poisson.py'} changed since its complete trial(s) #0" in again.stderr
+
+
+def test_a_reference_the_problem_names_itself_is_recorded_by_the_other_pinn_studies_too(tmp_path):
+    """method_search (and multistage_search) train a PINNConfig of their own: their runs
+    recorded no reference, so a replay or a resume could not check it. And a lab's class may
+    name its reference itself (beside its file), not in problem_kwargs."""
+    from studies.run import main as study
+    from tracking import store
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "poisson.py").write_text(POISSON.replace('kw.setdefault("n_boundary", 2)', 'kw.setdefault("n_boundary", 2)\n'
+        '        kw.setdefault("reference", __file__.replace("poisson.py", "ref.npz"))'))
+    x = np.linspace(0, 1, 101)
+    np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x))
+    args = ["method_search", "--set", "base.problem=poisson.py:Poisson1D", "--set", "base.problem_kwargs={}",
+            "--set", "base.model.hidden=[8]", "--set", "base.train.adam_steps=0", "--set", "base.train.lm_steps=10",
+            "--set", "base.train.loss_weights={}", "--trials", "1"]
+    out = run_main(study, args, tmp_path / "mlruns", lab)
+    assert out.returncode == 0, out.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        c = store.client()
+        (run,) = [r for r in c.search_runs([c.get_experiment_by_name("studies/method_search").experiment_id])
+                  if "optuna.trial_number" in r.data.tags]
+    assert {"poisson.py", "ref.npz"} <= {i.dataset.name for i in run.inputs.dataset_inputs}
+    np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x) + 1e-6)
+    resumed = run_main(study, [*args[:-1], "2"], tmp_path / "mlruns", lab)
+    assert resumed.returncode == 2 and "ref.npz changed since its complete trial(s) #0" in resumed.stderr, resumed.stderr
