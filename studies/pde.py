@@ -56,7 +56,18 @@ def run(config: PINNConfig, ctx: Any) -> dict[str, float]:
     ctx.log_results(results, {"seconds": seconds, "steps_per_second": result.steps / max(seconds, 1e-9)},
                     step=result.steps)
     log_model(ctx, {"model": model, "problem": problem}, "studies.pde:build_model", config)
+    if problem.time_dependent:
+        ctx.log_figure(error_over_time_figure(*problem.error_over_time(model)), "figures/error_over_time.html")
     return results
+
+
+def error_over_time_figure(times: torch.Tensor, error: torch.Tensor) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=times.tolist(), y=error.tolist(), mode="lines+markers", name="relative L2"))
+    fig.update_layout(title="relative L2 error over time (at the points rel_l2 is measured at)", xaxis_title="t",
+                      yaxis_title="relative L2 error", yaxis_type="log", template="plotly_white")
+    return fig
 
 
 #: problem arguments that name a file the problem reads (observations, a reference solution)

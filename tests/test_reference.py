@@ -107,6 +107,17 @@ def test_grid_mat_and_scattered_files_give_the_same_points_and_error(tmp_path):
         pred = model(pts)[:, 0]
     want = float(torch.linalg.vector_norm(pred - vals) / torch.linalg.vector_norm(vals))
     assert problem.evaluate(model)["rel_l2"] == pytest.approx(want, rel=1e-12)  # at the file's points, no interpolation
+    times, err = problem.error_over_time(model)  # where the error grows: each time of the grid
+    assert torch.equal(times, torch.as_tensor(T))
+    for j in range(len(T)):
+        at = pts[:, 1] == T[j]
+        assert float(err[j]) == pytest.approx(float(torch.linalg.vector_norm((pred - vals)[at])
+                                                    / torch.linalg.vector_norm(vals[at])), rel=1e-12)
+    times2, err2 = problem.error_over_time(model, bins=2)  # scattered times: equal spans
+    assert torch.equal(times2, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    first = pts[:, 1] < 0.5
+    assert float(err2[0]) == pytest.approx(float(torch.linalg.vector_norm((pred - vals)[first])
+                                                  / torch.linalg.vector_norm(vals[first])), rel=1e-12)
 
 
 @pytest.mark.parametrize("arrays, message", [

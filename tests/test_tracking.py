@@ -63,6 +63,7 @@ def test_run_records_params_metrics_tags_artifacts(mlruns):
     assert "seconds" in json.loads(tags["cpikan.measurement_metrics"])
     names = {a.path for a in c.list_artifacts(rid)} | {a.path for a in c.list_artifacts(rid, "model")}
     assert {"config.json", "model/model.safetensors", "model/model.json", "figures"} <= names
+    assert {"figures/convergence.html", "figures/error_over_time.html"} <= {a.path for a in c.list_artifacts(rid, "figures")}
     config = json.loads(Path(c.download_artifacts(rid, "config.json", str(mlruns.parent))).read_text())
     assert config["train"]["adam_steps"] == 15
 

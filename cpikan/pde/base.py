@@ -292,6 +292,27 @@ class Problem(nn.Module):
                                            / torch.linalg.vector_norm(ref[:, k])) for k in range(ref.shape[1])}
         return {"rel_l2": float(rel), **fields, **self.learned()}
 
+    @torch.no_grad()
+    def error_over_time(self, model: nn.Module, bins: int = 100) -> tuple[Tensor, Tensor]:
+        """(times, the relative L2 error at each) of a time-dependent problem, at the points
+        it is measured at: each time of a grid, or ``bins`` equal spans of scattered points'
+        times. Where the error grows (a shock forming, a late front) shows here, not in rel_l2."""
+        if not self.time_dependent:
+            raise ValueError(f"{self.name or type(self).__name__} is not time-dependent")
+        pts, ref = self.reference_solution()
+        pred = torch.cat([like(model(c), ref).double() for c in pts.split(65536)])
+        t = pts[:, -1]
+        times, slot = torch.unique(t, return_inverse=True)
+        if len(times) > bins:  # scattered: spans
+            edges = torch.linspace(float(t.min()), float(t.max()), bins + 1, dtype=t.dtype)
+            slot = torch.bucketize(t, edges[1:-1], right=True)  # [t_k, t_k+1): the last span closed
+            times = (edges[:-1] + edges[1:]) / 2
+        sq = lambda v: v.square().reshape(len(v), -1).sum(1)  # noqa: E731 — over a system's fields too
+        err = torch.zeros(len(times), dtype=torch.float64).index_add_(0, slot, sq(pred - ref))
+        norm = torch.zeros(len(times), dtype=torch.float64).index_add_(0, slot, sq(ref))
+        keep = norm > 0  # a span without points, or where the solution is zero: no relative error
+        return times[keep], (err[keep] / norm[keep]).sqrt()
+
     def learned(self) -> dict[str, float]:
         """The problem's own trained parameters (an inverse problem's unknown coefficients) by
         name, ``problem.k`` (``problem.w.0``, … for a small vector: MLflow's names allow no
