@@ -137,6 +137,12 @@ def test_unreadable_references_are_refused_naming_the_cause(tmp_path, arrays, me
     assert message in str(err.value)
 
 
+def test_a_single_precision_reference_says_what_it_cannot_measure(tmp_path):
+    np.savez(tmp_path / "ref32.npz", x=X, t=T, u=U.astype(np.float32))
+    with pytest.warns(UserWarning, match=r"u holds float32 values; a relative error below ~1e-07 cannot be measured"):
+        Burgers(reference=str(tmp_path / "ref32.npz"))
+
+
 def test_a_reference_is_an_npz_or_mat_file_that_exists(tmp_path):
     with pytest.raises(ValueError, match=r"reference: ref.csv is not a reference file; allowed: .npz, .mat"):
         Burgers(reference=str(tmp_path / "ref.csv"))

@@ -20,6 +20,7 @@ complex one (``uu`` in NLS.mat) gives a system's two fields, its real and imagin
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,11 @@ def _values_key(arrays: dict[str, np.ndarray], used: set[str], path: Path) -> st
 
 def _real(values: np.ndarray, key: str, outputs: int) -> np.ndarray:
     """The values as float64; a complex field (Schrödinger's ψ) as its real and imaginary
-    parts, the two fields of a system (outputs = 2), in a trailing axis."""
+    parts, the two fields of a system (outputs = 2), in a trailing axis. Values kept in
+    single precision are said: an error below their rounding cannot be measured against them."""
+    if values.dtype.kind in "fc" and np.finfo(values.dtype).eps > 1e-12:
+        warnings.warn(f"reference: {key} holds {values.dtype} values; a relative error below "
+                      f"~{np.finfo(values.dtype).eps:.0e} cannot be measured against it (save it in float64)", stacklevel=4)
     if not np.iscomplexobj(values):
         return np.asarray(values, dtype=np.float64)
     if outputs != 2:
