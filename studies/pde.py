@@ -70,15 +70,12 @@ def error_over_time_figure(times: torch.Tensor, error: torch.Tensor) -> Any:
     return fig
 
 
-#: problem arguments that name a file the problem reads (observations, a reference solution)
-PROBLEM_FILES = ("data_file", "reference")
-
-
 def log_problem_files(ctx: Any, config: PINNConfig) -> None:
     """The data files a run's problem reads, by sha256, before it trains: a replay, a model
-    rebuilt from the store and a resumed study check them. A lab's own problem is built to
-    find a reference its code names itself."""
-    files = [config.problem_kwargs.get(k) for k in PROBLEM_FILES]
+    rebuilt from the store and a resumed study check them. Every problem argument that names
+    a file (observations, a reference solution, whatever a lab's class calls it) is one; a
+    lab's own problem is built to find a reference its code names itself."""
+    files = [v for v in config.problem_kwargs.values() if isinstance(v, str) and v and Path(v).is_file()]
     if refs.is_ref(config.problem):
         files.append(make_problem(config.problem, **config.problem_kwargs).reference_file)
     named = {Path(f).name: str(Path(f).resolve()) for f in files if f}

@@ -246,10 +246,12 @@ def test_a_reference_the_problem_names_itself_is_recorded_by_the_other_pinn_stud
     lab = tmp_path / "lab"
     lab.mkdir()
     (lab / "poisson.py").write_text(POISSON.replace('kw.setdefault("n_boundary", 2)', 'kw.setdefault("n_boundary", 2)\n'
-        '        kw.setdefault("reference", __file__.replace("poisson.py", "ref.npz"))'))
+        '        kw.setdefault("reference", __file__.replace("poisson.py", "ref.npz"))\n'
+        '        self.gauge = open(kw.pop("gauge")).read()'))  # a file the lab's class reads, by its own name
+    (lab / "gauge.txt").write_text("calibration 1\n")
     x = np.linspace(0, 1, 101)
     np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x))
-    args = ["method_search", "--set", "base.problem=poisson.py:Poisson1D", "--set", "base.problem_kwargs={}",
+    args = ["method_search", "--set", "base.problem=poisson.py:Poisson1D", "--set", 'base.problem_kwargs={"gauge": "gauge.txt"}',
             "--set", "base.model.hidden=[8]", "--set", "base.train.adam_steps=0", "--set", "base.train.lm_steps=10",
             "--set", "base.train.loss_weights={}", "--trials", "1"]
     out = run_main(study, args, tmp_path / "mlruns", lab)
@@ -260,7 +262,7 @@ def test_a_reference_the_problem_names_itself_is_recorded_by_the_other_pinn_stud
         c = store.client()
         (run,) = [r for r in c.search_runs([c.get_experiment_by_name("studies/method_search").experiment_id])
                   if "optuna.trial_number" in r.data.tags]
-    assert {"poisson.py", "ref.npz"} <= {i.dataset.name for i in run.inputs.dataset_inputs}
+    assert {"poisson.py", "ref.npz", "gauge.txt"} <= {i.dataset.name for i in run.inputs.dataset_inputs}
     np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x) + 1e-6)
     resumed = run_main(study, [*args[:-1], "2"], tmp_path / "mlruns", lab)
     assert resumed.returncode == 2 and "ref.npz changed since its complete trial(s) #0" in resumed.stderr, resumed.stderr
