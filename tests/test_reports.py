@@ -123,6 +123,11 @@ def test_vtk_round_trip_for_pinn_and_psi_runs(mlruns, tmp_path):
         for f in fields:
             assert np.array_equal(back.point_data[f], mesh.point_data[f]), f
         assert f"vtk/{name}" in {a.path for a in store.client().list_artifacts(rid, "vtk")}
+    from reports.vtk import main as vtk
+    from tests.helpers import run_main
+
+    unused = run_main(vtk, [pinn_id, "--problem", "mine.py:Mine", "--no-attach"], mlruns, tmp_path)  # not said: refused
+    assert unused.returncode == 2 and "--problem: run" in unused.stderr and "names no code of the lab's own" in unused.stderr
 
 
 def test_summary_of_a_replayed_run_names_the_original(mlruns, tmp_path):

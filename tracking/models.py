@@ -137,6 +137,9 @@ def refuse_user_code(config: Any, run_id: str, code: tuple[str, ...] = ()) -> No
     from cpikan.config import named_code
 
     named = named_code(config)
+    if code and not named:
+        raise TrackingError(f"--problem: run {run_id} names no code of the lab's own (its problem is the "
+                            f"project's); leave --problem out")
     for path, ref, _ in named:
         if ref in {refs.absolute_ref(c) for c in code}:
             continue
