@@ -59,6 +59,9 @@ class PINNConfig:
     #: e.g. another wavenumber). A run ID means nothing here: the study layer turns it into
     #: weights and passes them to ``run_pinn(init_state=…)``.
     init_from: str = ""
+    #: time marching: a time-dependent problem trained in this many windows one after another,
+    #: each starting from the one before's end (cpikan.marching); 1: the whole span at once
+    time_windows: int = bounded(1, ge=1, le=100)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -136,6 +139,15 @@ def run_pinn(
         torch.set_num_threads(cfg.threads)
     problem, model = build(cfg)
     check_problem(problem, model)  # the lab's own PDE: its mistakes named now, not after training
+    if cfg.time_windows > 1:
+        if not problem.time_dependent:
+            raise ValueError(f"time_windows: {problem.name or cfg.problem} is not time-dependent; allowed: 1")
+        if init_state is not None or cfg.init_from or trainer_kw:
+            raise ValueError("time_windows: marching trains a network per window; it takes no init_from, "
+                             "checkpoint or device")
+        from cpikan.marching import march
+
+        return march(cfg, callbacks)
     if init_state is not None:
         start_from(model, init_state, cfg.init_from or "init_state")
     elif cfg.init_from:

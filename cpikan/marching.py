@@ -28,20 +28,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from cpikan import diff
+from cpikan import diff, refs
 from cpikan.config import ConfigError, bounded, canonical_json, validate
 from cpikan.experiment import PINNConfig, build_model
 from cpikan.multistage import StagedModel  # a weighted sum of models, jets included
 from cpikan.pde import PROBLEMS, Problem, make_problem
-from cpikan.train import Callback, Trainer, seed_everything
+from cpikan.train import Callback, Trainer, TrainResult, seed_everything
 
 
 def _marchable() -> list[str]:
-    return sorted(name for name, cls in PROBLEMS.items() if hasattr(cls, "window"))
+    return sorted(name for name, cls in PROBLEMS.items() if cls.time_dependent)
 
 
 @dataclass
@@ -58,13 +59,14 @@ class MarchingConfig:
         if isinstance(self.base, dict):
             self.base = PINNConfig.from_dict(self.base)
         validate(self)
-        if self.base.problem not in _marchable():
+        if not refs.is_ref(self.base.problem) and self.base.problem not in _marchable():  # a lab's own: at build
             raise ConfigError("base.problem", f"{self.base.problem!r} has no time windows; allowed: "
                               f"{', '.join(_marchable())}")
-        if self.end_line_nodes and (self.end_line_nodes < 2 or len(PROBLEMS[self.base.problem].coords) != 2):
+        cls = PROBLEMS.get(self.base.problem)  # None: the lab's own (its options are the project's problems')
+        if self.end_line_nodes and (self.end_line_nodes < 2 or cls is None or len(cls.coords) != 2):
             raise ConfigError("end_line_nodes", f"0, or ≥ 2 nodes on a problem with one space coordinate and "
                               f"time; got {self.end_line_nodes} on {self.base.problem!r}")
-        if self.known_part and not hasattr(PROBLEMS[self.base.problem], "known_part"):
+        if self.known_part and not hasattr(cls, "known_part"):
             raise ConfigError("known_part", f"{self.base.problem!r} has no known part to add")
 
     def to_json(self) -> str:
@@ -89,12 +91,15 @@ class MarchedModel(nn.Module):
         if len(self.windows) != len(self.edges) - 1:
             raise ValueError(f"model: {len(self.windows)} trained windows for {len(self.edges) - 1} spans")
         which = torch.bucketize(x[:, -1].double().contiguous(), self.edges[1:-1])
-        out = torch.empty(len(x), 1, dtype=x.dtype)
+        out: Tensor | None = None
         for k, net in enumerate(self.windows):
             rows = which == k
             if rows.any():
-                out[rows] = net(x[rows]).to(x.dtype)
-        return out
+                part = net(x[rows]).to(x.dtype)
+                if out is None:  # as wide as the windows' outputs (a system's fields)
+                    out = torch.empty(len(x), part.shape[1], dtype=x.dtype)
+                out[rows] = part
+        return out if out is not None else torch.empty(0, 1, dtype=x.dtype)
 
 
 class EndLine(nn.Module):
@@ -202,9 +207,15 @@ class WindowResult:
 
 
 def _end_state(net: nn.Module, t: float) -> Callable[[Tensor], Tensor]:
+    """u(·, t) of a trained window: of x (one space coordinate, as Allen–Cahn's window takes
+    it) or of points (N, dim) whose time is replaced by t (any problem's window); a system's
+    every field."""
     def start(x: Tensor) -> Tensor:
+        at = torch.stack([x, torch.full_like(x, t)], 1) if x.ndim == 1 else torch.cat(
+            [x[:, :-1], torch.full_like(x[:, -1:], t)], 1)
         with torch.no_grad():
-            return net(torch.stack([x, torch.full_like(x, t)], 1))[:, 0]
+            out = net(at)
+        return out[:, 0] if out.shape[1] == 1 else out
     return start
 
 
@@ -246,4 +257,63 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
     return model, problem, results
 
 
-__all__ = ["Anchored", "EndLine", "HermiteLine", "MarchedModel", "MarchingConfig", "WindowResult", "train_marching"]
+class _Relay(Callback):
+    """The callbacks of a whole run, fed from window after window: steps numbered on across
+    windows, each window's evaluation as ``window_rel_l2`` (it is the window's alone), the
+    run's begin and end once."""
+
+    def __init__(self, callbacks: Sequence[Callback]) -> None:
+        self.callbacks, self.offset, self.begun = list(callbacks), 0, False
+        self.losses: list[float] = []
+        self.nan_events = 0
+
+    def on_train_begin(self, trainer: Any) -> None:
+        if not self.begun:
+            self.begun = True
+            for cb in self.callbacks:
+                cb.on_train_begin(trainer)
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_step(self.offset + step, metrics)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if "rel_l2" in metrics:
+            for cb in self.callbacks:
+                cb.on_eval(self.offset + step, {"window_rel_l2": metrics["rel_l2"]})
+
+    def on_train_end(self, result: Any) -> None:  # a window's end
+        self.offset += result.steps
+        self.losses.extend(result.losses)
+        self.nan_events += result.nan_events
+
+
+def march(cfg: PINNConfig, callbacks: Sequence[Callback] = ()) -> tuple[TrainResult, MarchedModel, Problem]:
+    """``run_pinn`` for ``cfg.time_windows`` > 1: the problem marched window by window (each
+    starting from the window before's end, fitted), every window trained as ``cfg`` trains,
+    the marched model evaluated as one on the whole problem. Callbacks see one run."""
+    t0 = time.perf_counter()
+    relay = _Relay(callbacks)
+    model, problem, windows = train_marching(MarchingConfig(replace(cfg, time_windows=1), windows=cfg.time_windows),
+                                             [relay])
+    metrics = {**problem.evaluate(model), **{f"window_rel_l2_{w.window}": w.rel_l2 for w in windows}}
+    result = TrainResult(relay.offset, windows[-1].loss, metrics, relay.nan_events, False,
+                         time.perf_counter() - t0, relay.losses)
+    for cb in callbacks:
+        cb.on_eval(relay.offset, metrics)
+        cb.on_train_end(result)
+    return result, model, problem
+
+
+def marched_skeleton(cfg: PINNConfig, problem: Problem) -> MarchedModel:
+    """The untrained marched model of ``cfg`` (its windows' networks, as built before training:
+    a trained one's weights load into it)."""
+    t_lo, t_hi = problem.lo[-1], problem.hi[-1]
+    edges = [t_lo + (t_hi - t_lo) * k / cfg.time_windows for k in range(cfg.time_windows + 1)]
+    parts = [problem.window(a, b, start=(lambda x: x[:, 0]) if k else None)
+             for k, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
+    return MarchedModel(edges, [build_model(cfg.model, part, cfg.train.seed + k) for k, part in enumerate(parts)])
+
+
+__all__ = ["Anchored", "EndLine", "HermiteLine", "MarchedModel", "MarchingConfig", "WindowResult", "march", "marched_skeleton",
+           "train_marching"]

@@ -84,8 +84,14 @@ def log_problem_files(ctx: Any, config: PINNConfig) -> None:
 
 
 def build_model(config: PINNConfig) -> torch.nn.Module:
-    """The untrained network of ``config`` (the builder recorded with its weights)."""
-    return build(config)[1]
+    """The untrained network of ``config`` (the builder recorded with its weights): a marched
+    one's windows when it marches."""
+    problem, model = build(config)
+    if config.time_windows > 1:
+        from cpikan.marching import marched_skeleton
+
+        return marched_skeleton(config, problem)
+    return model
 
 
 def next_seed(trial: Any, base: PINNConfig) -> PINNConfig:

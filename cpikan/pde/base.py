@@ -8,6 +8,7 @@ problem) are ordinary parameters that train and checkpoint with the model.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -227,6 +228,36 @@ class Problem(nn.Module):
             raise NotImplementedError(f"{self.name or type(self).__name__} defines neither exact(x) nor {hook}(x), "
                                       f"which gives the condition's values")
         return self.exact(x)
+
+    def window(self, t0: float, t1: float, start: Callable[[Tensor], Tensor] | None = None,
+               fitted_start: bool = True) -> Problem:
+        """The same problem on [t0, t1] of its time (time marching, ``cpikan.marching``): its
+        initial values at t0 are ``start(points)`` (the window before's end), the problem's own
+        at its first time; its reference and observations, if any, cut to the window. The copy shares the
+        problem's parameters (an inverse problem's unknowns train on, window after window)."""
+        if not self.time_dependent:
+            raise ValueError(f"time_windows: {self.name or type(self).__name__} is not time-dependent")
+        if not self.lo[-1] <= t0 < t1 <= self.hi[-1]:
+            raise ValueError(f"window: need {self.lo[-1]} ≤ t0 < t1 ≤ {self.hi[-1]}, got [{t0}, {t1}]")
+        if start is None and t0 != self.lo[-1]:
+            raise ValueError(f"window: a window from t0 = {t0} after the first time needs the state at t0 (start)")
+        out = copy.copy(self)
+        out.lo, out.hi = (*self.lo[:-1], t0), (*self.hi[:-1], t1)
+        out.n_initial = self.n_initial if fitted_start else 0
+        if start is not None:
+            out.initial_values = start  # type: ignore[method-assign]
+        if self._reference is not None:
+            pts, values = self._reference
+            keep = (pts[:, -1] >= t0) & (pts[:, -1] <= t1)
+            out._reference = (pts[keep], values[keep])
+        observed = self.data
+
+        def data() -> dict[str, tuple[Tensor, Tensor]]:  # observations: those made in the window
+            return {k: (p[(p[:, -1] >= t0) & (p[:, -1] <= t1)], v[(p[:, -1] >= t0) & (p[:, -1] <= t1)])
+                    for k, (p, v) in observed().items()}
+
+        out.data = data  # type: ignore[method-assign]
+        return out
 
     def data(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Observed samples (inverse problems); none by default."""
