@@ -79,6 +79,9 @@ class MultiStageConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.spectral_degrees = tuple(int(d) for d in self.spectral_degrees)
         validate(self)
+        if self.base.time_windows != 1:  # each stage fits the whole span's residual
+            raise ValueError(f"base.time_windows: multi-stage training fits one network per stage over the whole "
+                             f"span; allowed: 1, got {self.base.time_windows}")
         if self.stage_kind == "spectral" and (not self.spectral_degrees or min(self.spectral_degrees) < 1):
             raise ValueError("spectral_degrees: one degree ≥ 1 per coordinate is needed with stage_kind "
                              f"'spectral', got {self.spectral_degrees}")

@@ -64,6 +64,10 @@ def test_marched_steps_run_on_across_windows_and_end_once():
     inverse = make_problem("reaction_diffusion_inverse")  # its observations: each window those made in it
     seen = inverse.window(0.5, 1.0, start=lambda p: p[:, 0]).data()["data"][0]
     assert 0 < len(seen) < len(inverse.data()["data"][0]) and seen[:, 1].min() >= 0.5
+    from cpikan.multistage import MultiStageConfig
+
+    with pytest.raises(ValueError, match=r"base.time_windows: multi-stage training fits one network per stage"):
+        MultiStageConfig(replace(tiny_config("diffusion"), time_windows=2))
     with pytest.raises(ValueError, match=r"time_windows: helmholtz1d is not time-dependent; allowed: 1"):
         run_pinn(replace(tiny_config("helmholtz1d"), time_windows=2))
 
