@@ -219,6 +219,12 @@ def _end_state(net: nn.Module, t: float) -> Callable[[Tensor], Tensor]:
     return start
 
 
+def _edges(problem: Problem, windows: int) -> list[float]:
+    """The times that split the problem's span into ``windows`` equal windows."""
+    t_lo, t_hi = problem.lo[-1], problem.hi[-1]
+    return [t_lo + (t_hi - t_lo) * k / windows for k in range(windows + 1)]
+
+
 def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
                    on_window: Callable[[WindowResult], None] | None = None) -> tuple[MarchedModel, Problem, list[WindowResult]]:
     """Train ``cfg.windows`` networks one after another; returns the marched model, the whole
@@ -226,8 +232,7 @@ def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
     if cfg.base.threads:
         torch.set_num_threads(cfg.base.threads)
     problem = make_problem(cfg.base.problem, **cfg.base.problem_kwargs)
-    t_lo, t_hi = problem.lo[-1], problem.hi[-1]
-    edges = [t_lo + (t_hi - t_lo) * k / cfg.windows for k in range(cfg.windows + 1)]
+    edges = _edges(problem, cfg.windows)
     model = MarchedModel(edges)
     known = problem.known_part().requires_grad_(False) if cfg.known_part else None  # type: ignore[attr-defined]
     results: list[WindowResult] = []
@@ -308,12 +313,11 @@ def march(cfg: PINNConfig, callbacks: Sequence[Callback] = ()) -> tuple[TrainRes
 def marched_skeleton(cfg: PINNConfig, problem: Problem) -> MarchedModel:
     """The untrained marched model of ``cfg`` (its windows' networks, as built before training:
     a trained one's weights load into it)."""
-    t_lo, t_hi = problem.lo[-1], problem.hi[-1]
-    edges = [t_lo + (t_hi - t_lo) * k / cfg.time_windows for k in range(cfg.time_windows + 1)]
+    edges = _edges(problem, cfg.time_windows)
     parts = [problem.window(a, b, start=(lambda x: x[:, 0]) if k else None)
              for k, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
     return MarchedModel(edges, [build_model(cfg.model, part, cfg.train.seed + k) for k, part in enumerate(parts)])
 
 
-__all__ = ["Anchored", "EndLine", "HermiteLine", "MarchedModel", "MarchingConfig", "WindowResult", "march", "marched_skeleton",
-           "train_marching"]
+__all__ = ["Anchored", "EndLine", "HermiteLine", "MarchedModel", "MarchingConfig", "WindowResult", "march",
+           "marched_skeleton", "train_marching"]
