@@ -7,7 +7,9 @@ network on [t_k, t_{k+1}] whose initial condition is window k−1's prediction a
 problem's own initial condition for the first). Each window trains like an ordinary run of
 ``base`` (Adam, then Levenberg–Marquardt in float64), with its own seed. The error a window
 leaves at its end is the next one's initial data: it is carried, not corrected, so the
-per-window results show where it grows. The problem supplies ``window(t0, t1, start)``.
+per-window results show where it grows. The problem supplies ``window(t0, t1, start)``:
+``Problem.window`` for any time-dependent one (the lab's own too, ``PINNConfig.time_windows``
+through :func:`march`), Allen–Cahn's own for its periodic ends.
 
 With ``hard_initial`` every window after the first is u = s(x) + (1 + t̂)·N(x, t)
 (:class:`Anchored`), s the window before's end line: the initial data holds exactly on the
