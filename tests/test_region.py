@@ -111,6 +111,19 @@ def test_a_region_needs_its_own_boundary_and_a_mask_that_keeps_something(tmp_pat
     with pytest.raises(ValueError, match=r"reference holds 48 point\(s\) outside its domain \(inside\(x\) is False; "
                                          r"the first at \[-1.0, -1.0, 0.0\]\)"):
         check_problem(p, _model(p))
+    xx, yy = np.meshgrid(axis, axis, indexing="ij")
+    masked = np.where((xx**2 + yy**2 < 1)[..., None], 1.0, np.nan) * np.ones(3)  # a grid solver's: NaN outside
+    np.savez(tmp_path / "ref.npz", x=axis, y=axis, t=np.linspace(0, 1, 3), u=masked)
+    p = DiskHeat(reference=str(tmp_path / "ref.npz"))
+    check_problem(p, _model(p))  # NaN outside the disk: those points are not the domain's
+    pts, values = p.reference_solution()
+    assert len(pts) == 27 and torch.isfinite(values).all() and (pts[:, 0] ** 2 + pts[:, 1] ** 2).max() < 1
+    masked[2, 2, 1] = np.nan  # the disk's centre: a NaN where the domain is
+    np.savez(tmp_path / "ref.npz", x=axis, y=axis, t=np.linspace(0, 1, 3), u=masked)
+    p = DiskHeat(reference=str(tmp_path / "ref.npz"))
+    with pytest.raises(ValueError, match=r"reference is NaN at 1 point\(s\) inside its domain \(the first at "
+                                         r"\[0.0, 0.0, 0.5\]\); NaN marks the points outside it only"):
+        check_problem(p, _model(p))
     p = Nowhere()
     with pytest.raises(ValueError, match=r"inside: 0 of \d+ points drawn in the box lie inside the domain"):
         p.sample_interior(10, torch.Generator().manual_seed(0))

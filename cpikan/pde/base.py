@@ -141,7 +141,7 @@ class Problem(nn.Module):
         #: a reference solver's solution to measure against instead of exact(x) (cpikan.pde.reference)
         self.reference_file = None if reference is None else str(Path(reference).resolve())
         self._reference = None if reference is None else load_reference(
-            reference, self.coords, self.lo, self.hi, self.outputs)
+            reference, self.coords, self.lo, self.hi, self.outputs, masked=self.has_region())
 
     @property
     def dim(self) -> int:
@@ -308,7 +308,9 @@ class Problem(nn.Module):
         """The points a run is measured at and the solution there: the ``reference`` file's,
         or ``exact`` on the evaluation grid."""
         if self._reference is not None:
-            return self._reference
+            pts, values = self._reference
+            known = values.reshape(len(values), -1).isfinite().all(1)  # a region's grid: NaN outside it
+            return (pts, values) if bool(known.all()) else (pts[known], values[known])
         grid = self.eval_grid()
         return grid, self.exact(grid)
 

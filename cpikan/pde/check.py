@@ -57,6 +57,13 @@ def _check_region(problem: Problem, name: str) -> None:
         raise ValueError(f"problem: {name} defines inside(x) but samples its boundary on the box's faces; define "
                          "sample_boundary(n, gen) on the domain's boundary (or n_boundary=0)")
     if problem.reference_file is not None:  # measured there: a point outside would count where no equation holds
+        every, values = problem._reference
+        unknown = ~values.reshape(len(values), -1).isfinite().all(1)
+        gap = unknown & problem.inside(every).to(torch.bool)
+        if gap.any():  # NaN is allowed outside the region only
+            first = [round(v, 6) for v in every[int(gap.nonzero()[0])].tolist()]
+            raise ValueError(f"problem: {name}'s reference is NaN at {int(gap.sum())} point(s) inside its domain "
+                             f"(the first at {first}); NaN marks the points outside it only")
         pts, _ = problem.reference_solution()
         out = ~problem.inside(pts).to(torch.bool)
         if out.any():

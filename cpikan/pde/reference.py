@@ -74,9 +74,10 @@ def _real(values: np.ndarray, key: str, outputs: int) -> np.ndarray:
 
 
 def load_reference(path: str | Path, coords: tuple[str, ...], lo: tuple[float, ...], hi: tuple[float, ...],
-                   outputs: int = 1) -> tuple[Tensor, Tensor]:
+                   outputs: int = 1, masked: bool = False) -> tuple[Tensor, Tensor]:
     """The reference's points (N, dim) and values ((N,), or (N, outputs) for a system), in
-    float64; a ValueError names ``reference`` and what is wrong with the file."""
+    float64; a ValueError names ``reference`` and what is wrong with the file. ``masked``: a
+    problem on a region, whose grid reference is NaN outside it (the caller checks where)."""
     path = Path(path)
     if path.suffix.lower() not in SUFFIXES:
         raise ValueError(f"reference: {path.name} is not a reference file; allowed: {', '.join(SUFFIXES)}")
@@ -117,7 +118,9 @@ def load_reference(path: str | Path, coords: tuple[str, ...], lo: tuple[float, .
                          f"or points and values{hint}")
     if not len(points):
         raise ValueError(f"reference: {path} holds no points")
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1) | ~np.isfinite(points).all(axis=1)
+    bad = ~np.isfinite(points).all(axis=1)
+    if not masked:
+        bad |= ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"reference: {path} is not finite at point {i} ({points[i].tolist()}); "
@@ -129,6 +132,6 @@ def load_reference(path: str | Path, coords: tuple[str, ...], lo: tuple[float, .
             name = coords[j] if j < len(coords) else f"coordinate {j}"
             raise ValueError(f"reference: {name} spans [{low:g}, {high:g}], outside the problem's "
                              f"[{lo[j]:g}, {hi[j]:g}]; is it the same problem?")
-    if not math.isfinite(norm := float(np.linalg.norm(values))) or norm == 0:
+    if not math.isfinite(norm := float(np.linalg.norm(np.nan_to_num(values, nan=0.0)))) or norm == 0:
         raise ValueError(f"reference: {path}'s solution is zero everywhere; a relative error needs one that is not")
     return torch.from_numpy(points), torch.from_numpy(values)
