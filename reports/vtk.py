@@ -2,7 +2,7 @@
 data; at a reference file's points for a problem measured against one) and PSI height
 maps as surface meshes (height, error, modulation).
 
-    python -m reports.vtk RUN_ID [--out DIR] [--no-attach] [--problem FILE.py:CLASS]
+    python -m reports.vtk RUN_ID [--out DIR] [--no-attach] [--problem FILE.py:CLASS] [--moved OLD=NEW]
 
 A run of the lab's own PDE is rebuilt from its file only when the user names it
 (``--problem``, as the run's params show it) and every file the run read is unchanged.
@@ -99,7 +99,8 @@ def psi_mesh(height: np.ndarray, truth: np.ndarray | None = None, modulation: np
     return meshio.Mesh(pts, _cells((H, W)), point_data=data)
 
 
-def meshes_for_run(client: Any, run: Any, code: tuple[str, ...] = ()) -> dict[str, Any]:
+def meshes_for_run(client: Any, run: Any, code: tuple[str, ...] = (),
+                   moves: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     entry = run.data.tags.get("cpikan.entry_point", "")
     rid = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +109,7 @@ def meshes_for_run(client: Any, run: Any, code: tuple[str, ...] = ()) -> dict[st
             from cpikan.experiment import build
             from tracking import models
 
-            model, tensors, config = models.load_model(rid, code=code)
+            model, tensors, config = models.load_model(rid, code=code, moves=moves)
             problem = build(config)[0]
             problem.load_state_dict(models.part(tensors, "problem"))
             return {"solution.vtu": pinn_mesh(model, problem)}
@@ -138,11 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problem", action="append", default=[], metavar="FILE.py:CLASS",
                     help="the lab's own PDE the run names: you name it, so your file is imported (the store never "
                          "chooses code to import), once every file the run read is there unchanged")
+    ap.add_argument("--moved", action="append", default=[], metavar="OLD=NEW",
+                    help="a folder or file the run read is now at NEW (its sha256 is still checked)")
     args = ap.parse_args(argv)
     try:
+        from tracking import relocate
+
+        moves = relocate.parse_moves(args.moved)
         client, run = get_run(args.run_id)
         args.run_id = run.info.run_id  # the whole ID when given its start
-        meshes = meshes_for_run(client, run, tuple(args.problem))
+        meshes = meshes_for_run(client, run, tuple(args.problem), moves)
     except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -220,6 +220,11 @@ def test_the_reference_is_recorded_and_replay_resume_and_vtk_check_it(tmp_path):
     assert np.array_equal(mesh.points[:, 0], x) and mesh.cells[0].type == "line"
     assert np.array_equal(mesh.point_data["u_reference"], np.sin(np.pi * x))
     assert np.abs(mesh.point_data["error"]).max() < 1e-3
+    lab.rename(tmp_path / "archive")  # the lab's folder archived: read where it is now, its files checked
+    moved = run_main(vtk, [*vtk_args, "--problem", tmp_path / "archive" / "poisson.py:Poisson1D",
+                           "--moved", f"{lab}={tmp_path / 'archive'}"], tmp_path / "mlruns", tmp_path)
+    assert moved.returncode == 0, moved.stderr
+    (tmp_path / "archive").rename(lab)
     np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x) + 1e-6)  # the reference recomputed: another measure
     changed = run_main(replay, [run.info.run_id], tmp_path / "mlruns", tmp_path)
     assert changed.returncode == 2 and "dataset 'ref.npz'" in changed.stderr and "changed" in changed.stderr, changed.stderr

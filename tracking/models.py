@@ -115,19 +115,25 @@ def read_run(run_id: str, artifact_path: str = "model") -> tuple[dict[str, Any],
         return read(download(run_id, artifact_path, tmp), run_id)
 
 
-def load_model(run_id: str, artifact_path: str = "model", code: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any], Any]:
+def load_model(run_id: str, artifact_path: str = "model", code: tuple[str, ...] = (),
+               moves: tuple[tuple[str, str], ...] = ()) -> tuple[Any, dict[str, Any], Any]:
     """(module in eval mode, all tensors, config) of a run's model artifact; ``code``: the
-    lab's own code the run names, as the user names it (see :func:`refuse_user_code`)."""
+    lab's own code the run names, as the user names it (see :func:`refuse_user_code`);
+    ``moves``: where files the run read are now (``tracking.relocate``)."""
+    from tracking import relocate
+
     meta, tensors = read_run(run_id, artifact_path)
     config_cls = _import(meta["config_class"])
-    config, _ = from_recorded(config_cls, meta["config"])  # a run of an older version: as it then was
-    refuse_user_code(config, run_id, code)
+    recorded = relocate.moved_values(meta["config"], moves)
+    config, _ = from_recorded(config_cls, recorded)  # a run of an older version: as it then was
+    refuse_user_code(config, run_id, code, moves)
     model = _import(meta["builder"])(config)
     model.load_state_dict(part(tensors, "model"))
     return model.eval(), tensors, config
 
 
-def refuse_user_code(config: Any, run_id: str, code: tuple[str, ...] = ()) -> None:
+def refuse_user_code(config: Any, run_id: str, code: tuple[str, ...] = (),
+                     moves: tuple[tuple[str, str], ...] = ()) -> None:
     """A model from the store is rebuilt by the project's own code only: a config naming the
     lab's own (a ``FILE.py:CLASS`` problem) would have the store choose code to import. The
     user may name it (``code``, as they would type it): then the user chose it, and it is
@@ -152,9 +158,11 @@ def refuse_user_code(config: Any, run_id: str, code: tuple[str, ...] = ()) -> No
         from tracking.tracker import recorded_datasets
 
         client = store.client(must_exist=True)
+        from tracking import relocate
+
         for name, info in recorded_datasets(client, store.get_run(client, run_id)).items():
-            path = Path(info["path"])
-            state = ("no longer exists" if not path.is_file() else
+            path = Path(relocate.moved_path(info["path"], moves))
+            state = ("no longer exists (if it moved: --moved OLD=NEW)" if not path.is_file() else
                      "changed since the run (sha256 differs)" if file_sha256(path) != info["sha256"] else "")
             if state:
                 raise TrackingError(f"run {run_id}: dataset {name!r} ({path}) {state}: the model would be rebuilt "
