@@ -147,7 +147,7 @@ def run_pinn(
                              "checkpoint or device")
         from cpikan.marching import march
 
-        return march(cfg, callbacks)
+        return march(cfg, callbacks, problem)  # the problem built and checked above
     if init_state is not None:
         start_from(model, init_state, cfg.init_from or "init_state")
     elif cfg.init_from:

@@ -228,12 +228,15 @@ def _edges(problem: Problem, windows: int) -> list[float]:
 
 
 def train_marching(cfg: MarchingConfig, callbacks: Sequence[Callback] = (),
-                   on_window: Callable[[WindowResult], None] | None = None) -> tuple[MarchedModel, Problem, list[WindowResult]]:
+                   on_window: Callable[[WindowResult], None] | None = None,
+                   problem: Problem | None = None) -> tuple[MarchedModel, Problem, list[WindowResult]]:
     """Train ``cfg.windows`` networks one after another; returns the marched model, the whole
-    problem (its ``evaluate`` scores the marched model on the full grid) and each window's figures."""
+    problem (its ``evaluate`` scores the marched model on the full grid) and each window's
+    figures. ``problem``: the config's, when the caller has built it already."""
     if cfg.base.threads:
         torch.set_num_threads(cfg.base.threads)
-    problem = make_problem(cfg.base.problem, **cfg.base.problem_kwargs)
+    if problem is None:
+        problem = make_problem(cfg.base.problem, **cfg.base.problem_kwargs)
     edges = _edges(problem, cfg.windows)
     model = MarchedModel(edges)
     known = problem.known_part().requires_grad_(False) if cfg.known_part else None  # type: ignore[attr-defined]
@@ -295,14 +298,15 @@ class _Relay(Callback):
         self.nan_events += result.nan_events
 
 
-def march(cfg: PINNConfig, callbacks: Sequence[Callback] = ()) -> tuple[TrainResult, MarchedModel, Problem]:
+def march(cfg: PINNConfig, callbacks: Sequence[Callback] = (),
+          problem: Problem | None = None) -> tuple[TrainResult, MarchedModel, Problem]:
     """``run_pinn`` for ``cfg.time_windows`` > 1: the problem marched window by window (each
     starting from the window before's end, fitted), every window trained as ``cfg`` trains,
     the marched model evaluated as one on the whole problem. Callbacks see one run."""
     t0 = time.perf_counter()
     relay = _Relay(callbacks)
     model, problem, windows = train_marching(MarchingConfig(replace(cfg, time_windows=1), windows=cfg.time_windows),
-                                             [relay])
+                                             [relay], problem=problem)
     metrics = {**problem.evaluate(model), **{f"window_rel_l2_{w.window}": w.rel_l2 for w in windows}}
     result = TrainResult(relay.offset, windows[-1].loss, metrics, relay.nan_events, False,
                          time.perf_counter() - t0, relay.losses)

@@ -53,3 +53,18 @@ def run_main(main, args, mlruns=None, cwd=None):
                 signal.signal(s, h)
             torch.set_num_threads(threads)
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def trial_run(mlruns, experiment):
+    """(a client on the store ``mlruns``, the one trial run of ``experiment`` in it)."""
+    import pytest
+
+    from tracking import store
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CPIKAN_MLRUNS", str(mlruns))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        c = store.client()
+        (run,) = [r for r in c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
+                  if "optuna.trial_number" in r.data.tags]
+    return c, run

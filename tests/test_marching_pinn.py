@@ -8,7 +8,7 @@ import torch
 
 from cpikan.experiment import run_pinn
 from cpikan.train import History
-from tests.helpers import run_main, tiny_config
+from tests.helpers import run_main, tiny_config, trial_run
 
 HEAT = '''
 """u_t = u_xx / pi^2 on [0, 1] x [0, 1], u = 0 at x = 0, 1, u(x, 0) = sin(pi x): no exact(x) here."""
@@ -75,7 +75,6 @@ def test_marched_steps_run_on_across_windows_and_end_once():
 def test_a_lab_pde_marches_in_the_pinn_study_replays_and_exports(tmp_path):
     from reports.vtk import main as vtk
     from studies.run import main as study
-    from tracking import store
     from tracking.replay import main as replay
 
     lab = tmp_path / "lab"
@@ -88,13 +87,8 @@ def test_a_lab_pde_marches_in_the_pinn_study_replays_and_exports(tmp_path):
             "--set", "train.lm_steps=20"]
     out = run_main(study, args, tmp_path / "mlruns", lab)
     assert out.returncode == 0, out.stderr
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        c = store.client()
-        (run,) = [r for r in c.search_runs([c.get_experiment_by_name("studies/pinn").experiment_id])
-                  if "optuna.trial_number" in r.data.tags]
-        figures = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
+    c, run = trial_run(tmp_path / "mlruns", "studies/pinn")
+    figures = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
     m = run.data.metrics
     assert run.data.params["time_windows"] == "2" and m["rel_l2"] < 5e-3, m
     assert m["window_rel_l2_0"] < 5e-3 and m["window_rel_l2_1"] < 5e-3

@@ -13,7 +13,7 @@ from cpikan.experiment import ModelConfig, build_model
 from cpikan.pde import Problem
 from cpikan.pde.check import check_problem
 from cpikan.pde.reference import load_reference
-from tests.helpers import run_main
+from tests.helpers import run_main, trial_run
 
 POISSON = '''
 """u'' = -pi^2 sin(pi x) on [0, 1], u(0) = u(1) = 0: no exact(x), measured against a file."""
@@ -181,7 +181,6 @@ def test_a_problem_without_exact_names_what_it_lacks(tmp_path):
 
 def test_the_reference_is_recorded_and_replay_resume_and_vtk_check_it(tmp_path):
     from studies.run import main as study
-    from tracking import store
     from tracking.replay import main as replay
 
     lab = tmp_path / "lab"
@@ -193,12 +192,7 @@ def test_the_reference_is_recorded_and_replay_resume_and_vtk_check_it(tmp_path):
             "--set", "model.hidden=[8,8]", "--set", "train.adam_steps=0", "--set", "train.lm_steps=15"]
     out = run_main(study, args, tmp_path / "mlruns", lab)
     assert out.returncode == 0, out.stderr
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        c = store.client()
-        (run,) = [r for r in c.search_runs([c.get_experiment_by_name("studies/pinn").experiment_id])
-                  if "optuna.trial_number" in r.data.tags]
+    c, run = trial_run(tmp_path / "mlruns", "studies/pinn")
     assert run.data.params["problem_kwargs.reference"] == str(lab / "ref.npz")  # absolute: replays from anywhere
     assert "ref.npz" in {i.dataset.name for i in run.inputs.dataset_inputs}
     assert run.data.metrics["rel_l2"] < 1e-3  # trained against the equation, measured against the file
@@ -246,7 +240,6 @@ def test_a_reference_the_problem_names_itself_is_recorded_by_the_other_pinn_stud
     recorded no reference, so a replay or a resume could not check it. And a lab's class may
     name its reference itself (beside its file), not in problem_kwargs."""
     from studies.run import main as study
-    from tracking import store
 
     lab = tmp_path / "lab"
     lab.mkdir()
@@ -261,12 +254,7 @@ def test_a_reference_the_problem_names_itself_is_recorded_by_the_other_pinn_stud
             "--set", "base.train.loss_weights={}", "--trials", "1"]
     out = run_main(study, args, tmp_path / "mlruns", lab)
     assert out.returncode == 0, out.stderr
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CPIKAN_MLRUNS", str(tmp_path / "mlruns"))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        c = store.client()
-        (run,) = [r for r in c.search_runs([c.get_experiment_by_name("studies/method_search").experiment_id])
-                  if "optuna.trial_number" in r.data.tags]
+    c, run = trial_run(tmp_path / "mlruns", "studies/method_search")
     assert {"poisson.py", "ref.npz", "gauge.txt"} <= {i.dataset.name for i in run.inputs.dataset_inputs}
     np.savez(lab / "ref.npz", x=x, u=np.sin(np.pi * x) + 1e-6)
     resumed = run_main(study, [*args[:-1], "2"], tmp_path / "mlruns", lab)
